@@ -1,0 +1,158 @@
+"""The ``rltrain`` command: compose the Hydra config, validate it, write it into the run
+directory, and hand it to the launcher (in-process, N local workers, or one Slurm task).
+
+Overrides are checked up front with Hydra's compose API so that a mistyped key, a wrong type or an
+unknown option fails with a message that names the key and lists the valid choices, instead of a
+Hydra traceback.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from rltrain.config import ConfigError, RunConfig, register_configs, validate
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+GROUPS = ["algo", "token_selection", "policy_loss", "reward", "data", "model", "deepspeed", "experiment"]
+
+
+def group_options(group: str) -> list[str]:
+    """Options of a config group: the yaml files in conf/<group>/."""
+    d = Path(CONF_DIR) / group
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def _node_keys(cfg, dotted: str) -> tuple[str, list[str]]:
+    """(existing parent path, its keys) for a dotted key that may not exist."""
+    parts = dotted.split(".")
+    node, path = cfg, []
+    for part in parts[:-1]:
+        if isinstance(node, DictConfig) and part in node:
+            node, path = node[part], path + [part]
+        else:
+            break
+    keys = list(node.keys()) if isinstance(node, DictConfig) else []
+    return ".".join(path), keys
+
+
+def explain_override_error(err: Exception, overrides: list[str]) -> str:
+    """Turn a Hydra composition error into one message naming the key and the valid choices."""
+    from hydra import compose, initialize_config_dir
+
+    text = str(err)
+    m = re.search(r"Could not find '([\w/]+)/([^']+)'", text)
+    if m:
+        group, option = m.group(1), m.group(2)
+        return (f"unknown option {group}={option}; valid options for '{group}': "
+                f"{', '.join(group_options(group))}")
+    m = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' not in", text)
+    if m:
+        key = m.group(1)
+        # Compose without the offending override to list the keys that do exist there.
+        rest = [o for o in overrides if not o.lstrip("+~").startswith(key + "=")]
+        try:
+            with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+                cfg = compose("config", overrides=rest)
+            parent, keys = _node_keys(cfg, key)
+        except Exception:  # noqa: BLE001 - best effort: fall back to Hydra's own text
+            return text
+        where = f"'{parent}'" if parent else "the top level"
+        return f"unknown config key '{key}'; valid keys under {where}: {', '.join(keys)}"
+    m = re.search(r"Error merging override (\S+)", text)
+    if m:
+        cause = err.__cause__ or err
+        first = str(cause).splitlines()[0]
+        return f"bad value in override '{m.group(1)}': {first}"
+    return text
+
+
+def compose_or_explain(overrides: list[str]):
+    """Compose the config with the compose API; raise ConfigError with a clear message."""
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+            return compose("config", overrides=overrides)
+    except Exception as err:  # noqa: BLE001 - any composition failure becomes one clear message
+        raise ConfigError(explain_override_error(err, overrides)) from err
+
+
+def to_run_config(cfg: DictConfig) -> RunConfig:
+    """The typed config (dataclasses all the way down)."""
+    return OmegaConf.to_object(cfg)
+
+
+def _user_overrides(argv: list[str]) -> list[str] | None:
+    """The config overrides among argv, or None when Hydra's own flags make pre-checking moot."""
+    if any(a in ("--help", "-h", "--hydra-help", "--info", "--version") or a.startswith("--info")
+           for a in argv):
+        return None
+    out = []
+    for a in argv:
+        if a.startswith("-"):
+            continue
+        if "=" in a and not a.lstrip("+~").startswith("hydra"):
+            key, value = a.split("=", 1)
+            if "," in value and ("-m" in argv or "--multirun" in argv):
+                value = value.split(",")[0]  # a sweep: check its first value
+            out.append(f"{key}={value}")
+    return out
+
+
+def run_job(cfg: DictConfig) -> dict:
+    """Body of the Hydra app: one run (one job of a sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from rltrain import launch
+
+    run_cfg = to_run_config(cfg)
+    if run_cfg.run_dir is None:
+        run_cfg.run_dir = HydraConfig.get().runtime.output_dir
+    validate(run_cfg, world_size=launch.planned_world_size(run_cfg))
+    return launch.launch(run_cfg)
+
+
+HELP = """rltrain: RL post-training of language models (DPO, PPO, GRPO, SPO).
+
+Usage: rltrain [GROUP=OPTION ...] [key=value ...] [-m for sweeps] [--cfg job]
+
+Config groups (conf/<group>/):
+{groups}
+
+Examples:
+  rltrain                                     # GRPO, SmolLM2-135M-Instruct, two-digit addition, CPU
+  rltrain algo=spo_tree data=math data.path=train.jsonl
+  rltrain algo=grpo token_selection=high_entropy policy_loss=kl_cov
+  rltrain -m algo=grpo,spo_chain seed=0,1,2
+  rltrain --cfg job                           # print the resolved config
+"""
+
+
+def main() -> None:
+    register_configs()
+    argv = sys.argv[1:]
+    if argv and argv[0] in ("--help", "-h"):
+        groups = "\n".join(f"  {g:16s} {', '.join(group_options(g)) or '(none yet)'}" for g in GROUPS)
+        print(HELP.format(groups=groups))
+        return
+    overrides = _user_overrides(argv)
+    if overrides is not None:
+        try:
+            cfg = compose_or_explain(overrides)
+            if "--cfg" not in argv and "-c" not in argv:
+                validate(to_run_config(cfg))
+        except ConfigError as err:
+            print(f"rltrain: config error: {err}", file=sys.stderr)
+            sys.exit(2)
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    app = hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)(run_job)
+    app()
+
+
+if __name__ == "__main__":
+    main()

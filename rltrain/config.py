@@ -1,0 +1,499 @@
+"""The configuration schema: one dataclass per config-group option, registered in Hydra's
+ConfigStore, plus ``validate()`` for the rules that span fields.
+
+Every field carries a docstring comment. Hydra rejects unknown keys and wrong types against these
+schemas; ``rltrain.cli`` turns those rejections into messages that list the valid keys. Defaults
+live here (and in ``conf/``), never in code further down.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A configuration value or combination that cannot run; the message names the keys."""
+
+
+# --------------------------------------------------------------------------- algo
+
+
+@dataclass
+class AlgoConfig:
+    """Fields shared by every algorithm option (``algo=...``)."""
+
+    name: str = MISSING
+    """Algorithm family: sft | dpo | ppo | grpo | spo_chain | spo_tree."""
+    loss_agg_mode: str = "token-mean"
+    """How per-token losses are reduced: token-mean | seq-mean-token-mean | seq-mean-token-sum |
+    seq-mean-token-sum-norm (ALGORITHMS.md §0)."""
+    loss_agg_constant: Optional[float] = None
+    """Divisor C of seq-mean-token-sum-norm; None = rollout.max_new_tokens."""
+    kl_coef: float = 0.0
+    """β of the KL term to the frozen reference; 0 = no reference model is loaded at all."""
+    kl_estimator: str = "k3"
+    """KL estimator of the KL loss: k1 | k2 | k3 | abs | k3+."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient (loss -= c·agg(H)); 0 = off."""
+
+
+@dataclass
+class GRPOConfig(AlgoConfig):
+    """GRPO and its DAPO / Dr. GRPO variants (ALGORITHMS.md §3)."""
+
+    name: str = "grpo"
+    adv_scale: str = "std"
+    """Group advantage scaling: std (GRPO) | none (Dr. GRPO)."""
+    std_ddof: int = 1
+    """Degrees of freedom of the group std: 1 (verl, default) | 0 (population)."""
+    adv_eps: float = 1e-6
+    """ε added to the group std."""
+    dynamic_sampling: bool = False
+    """DAPO: drop groups whose rewards are all equal and sample more prompts to refill."""
+    max_gen_batches: int = 10
+    """DAPO: give up after this many generation batches in one step (≤ 0 = no limit)."""
+    overlong_buffer: int = 0
+    """DAPO overlong shaping: length of the soft-penalty buffer L_cache in tokens (0 = off)."""
+    overlong_factor: float = 1.0
+    """DAPO overlong shaping: penalty factor."""
+
+
+@dataclass
+class PPOConfig(AlgoConfig):
+    """PPO with a critic, with the three tricks of Xu et al. (ALGORITHMS.md §2)."""
+
+    name: str = "ppo"
+    kl_coef: float = 0.1
+    kl_in_reward: bool = True
+    """True: k1 KL penalty in the token rewards (PPO style); False: KL loss (kl_estimator)."""
+    adaptive_kl: bool = False
+    """Adaptive KL controller (target kl_target over kl_horizon samples)."""
+    kl_target: float = 6.0
+    kl_horizon: int = 10000
+    gamma: float = 1.0
+    lam: float = 1.0
+    adv_norm: bool = True
+    """Trick 1: whiten advantages over the whole step's batch across ranks."""
+    adv_norm_scope: str = "batch"
+    """batch (across ranks, default) | per_minibatch."""
+    ref_ema: float = 0.001
+    """Trick 3: reference ← η·actor + (1−η)·reference after every step; 0 = frozen reference."""
+    value_clip: float = 0.2
+    value_norm: bool = True
+    """Running normalisation of value targets (β = 0.99995)."""
+    critic_lr: float = 5e-6
+    critic_path: Optional[str] = None
+    """Critic backbone; None = a copy of the policy backbone with a fresh value head."""
+    critic_warmup_steps: int = 0
+    """Steps that train only the critic at the start."""
+    max_reward_clip: float = 5.0
+    early_stop_ratio: float = 5.0
+    """Zero a minibatch's loss if its mean importance ratio exceeds this (≤ 0 = off)."""
+    dual_clip: Optional[float] = None
+
+
+@dataclass
+class SPOConfig(AlgoConfig):
+    """Segment Policy Optimization, chain or tree (ALGORITHMS.md §4)."""
+
+    name: str = "spo_chain"
+    kl_coef: float = 1e-4
+    partition: str = "cutpoint"
+    """Chain: cutpoint (low-probability tokens) | fixed (near-equal token chunks)."""
+    cut_threshold: float = 0.9
+    """Chain: a token with p < threshold is a cutpoint candidate."""
+    cut_interval: int = 5
+    """Chain: keep every k-th candidate."""
+    num_segments: int = 4
+    """Chain, partition=fixed: number of chunks."""
+    mc_rollouts: int = 4
+    """Chain: Monte-Carlo continuations per cutpoint (K)."""
+    first_segment_value: str = "group_mean"
+    """Chain: group_mean (rltrain default) | zero (official code)."""
+    branching: list[int] = field(default_factory=lambda: [6, 6, 6])
+    """Tree: branching factor per depth."""
+    segment_len: int = 30
+    """Tree: tokens per segment at non-final depths (M)."""
+    tree_adv: str = "rloo"
+    """Tree: rloo (V(child) − V(parent)) | grpo (divided by the sibling std)."""
+    replay_max_age: int = 8
+    """Tree: drop replayed edges this many steps old; 0 disables edge replay."""
+    replay_per_question: int = 32
+    """Tree: edges drawn per question per step."""
+    adv_whiten: str = "batch"
+    """batch (across ranks) | per_minibatch (SPO code) | none."""
+
+
+@dataclass
+class DPOConfig(AlgoConfig):
+    """DPO, IPO, conservative DPO and iterative DPO (ALGORITHMS.md §1)."""
+
+    name: str = "dpo"
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    """sigmoid (DPO) | ipo."""
+    label_smoothing: float = 0.0
+    """cDPO ε (fraction of flipped labels), in [0, 0.5)."""
+    reference_free: bool = False
+    cache_ref_logps: bool = True
+    """Compute reference log-probs once and cache them on disk (offline DPO)."""
+    max_length: int = 512
+    max_prompt_length: int = 256
+    truncation: str = "keep_end"
+    """How the prompt is truncated: keep_end | keep_start."""
+    iterative: bool = False
+    """Iterative DPO: sample K responses per prompt, pair best vs worst, train, repeat."""
+    rounds: int = 3
+    """Iterative DPO: number of rounds."""
+    reference: str = "initial"
+    """Iterative DPO reference: initial | previous_iterate."""
+
+
+@dataclass
+class SFTConfig(AlgoConfig):
+    """Supervised fine-tuning on (prompt, response) with the prompt masked."""
+
+    name: str = "sft"
+
+
+# --------------------------------------------------------------------------- token selection / policy loss
+
+
+@dataclass
+class TokenSelectionConfig:
+    """Which response tokens receive policy gradient (``token_selection=...``)."""
+
+    name: str = "all"
+    """all | high_entropy | prob_mask."""
+    top_ratio: float = 0.2
+    """high_entropy: fraction ρ of the batch's valid tokens kept (highest entropy)."""
+    normalize: str = "all"
+    """high_entropy: loss denominator over all response tokens (paper) or selected (official code)."""
+    threshold: float = 0.9
+    """prob_mask: keep tokens whose sampling probability is below this."""
+
+
+@dataclass
+class PolicyLossConfig:
+    """Per-token policy loss (``policy_loss=...``)."""
+
+    name: str = "clip"
+    """clip | clip_cov | kl_cov."""
+    clip_low: float = 0.2
+    """ε_low: ratio clipped below at 1 − clip_low."""
+    clip_high: float = 0.2
+    """ε_high: ratio clipped above at 1 + clip_high (0.28 = DAPO clip-higher)."""
+    dual_clip: Optional[float] = None
+    """Dual-clip constant c for negative advantages (e.g. 3); None = off."""
+    clip_cov_ratio: float = 2e-4
+    """clip_cov: fraction r of tokens whose gradient is detached."""
+    clip_cov_lb: float = 1.0
+    """clip_cov: lower covariance bound ω_low."""
+    clip_cov_ub: float = 5.0
+    """clip_cov: upper covariance bound ω_high."""
+    kl_cov_ratio: float = 2e-4
+    """kl_cov: fraction of tokens (top by covariance) that get the KL penalty."""
+    kl_cov_coef: float = 1.0
+    """kl_cov: β of |log π − log π_old| on selected tokens."""
+    scope: str = "batch"
+    """Covariance selection pool: batch (whole step, across ranks) | micro_batch (official code)."""
+
+
+# --------------------------------------------------------------------------- reward / data / model
+
+
+@dataclass
+class RewardConfig:
+    """Reward source (``reward=...``). Fields other than ``name`` and ``max_fail_fraction`` are
+    exactly the keyword arguments of the reward's constructor (one subclass per option)."""
+
+    name: str = "math"
+    """math | code | judge | classifier | python | combined."""
+    max_fail_fraction: float = 0.1
+    """Stop the run when more than this fraction of one step's reward calls raise."""
+
+
+@dataclass
+class MathRewardConfig(RewardConfig):
+    name: str = "math"
+    correct_score: float = 1.0
+    wrong_score: float = 0.0
+    format_score: Optional[float] = None
+    """Score for a boxed but wrong answer; None = wrong_score."""
+    use_math_verify: bool = True
+    """LaTeX equivalence through math-verify (in a process pool) after the fast checks."""
+    timeout_s: float = 5.0
+
+
+@dataclass
+class DataConfig:
+    """Dataset (``data=...``). Fields other than the three below are exactly the keyword
+    arguments of the dataset builder (one subclass per option)."""
+
+    name: str = "arith"
+    """arith | gsm8k | math | apps | qa | prefs | synthetic_prefs."""
+    system_prompt: Optional[str] = None
+    """System message prepended when the tokenizer has a chat template."""
+    use_chat_template: bool = True
+
+
+@dataclass
+class ArithDataConfig(DataConfig):
+    """Synthetic arithmetic word problems, generated offline."""
+
+    name: str = "arith"
+    difficulty: int = 1
+    """1 = two-digit addition; higher adds operands, larger numbers, other operations."""
+    n_train: int = 2000
+    n_test: int = 200
+    seed: int = 1234
+
+
+@dataclass
+class FileDataConfig(DataConfig):
+    """A dataset from a hub id or local jsonl/json/parquet files (gsm8k, math, qa)."""
+
+    name: str = "gsm8k"
+    path: Optional[str] = None
+    """Local training file (jsonl/json/parquet); None = load hub_id."""
+    test_path: Optional[str] = None
+    hub_id: Optional[str] = None
+    test_fraction: float = 0.0
+    """Held-out fraction when there is no test file."""
+
+
+@dataclass
+class ModelConfig:
+    """Policy model (``model=...``)."""
+
+    name: str = "smollm2_135m"
+    """smollm2_135m (real, offline) | tiny (random, tests) | hf (any hub id or local dir)."""
+    path: Optional[str] = None
+    """Hub id or local directory (model=hf), or a saved tiny model."""
+    dtype: str = "bf16"
+    """Compute dtype: bf16 (fp32 master weights kept for the optimizer) | fp32."""
+    gradient_checkpointing: bool = False
+    tiny_hidden_size: int = 64
+    tiny_layers: int = 2
+
+
+@dataclass
+class DeepSpeedConfig:
+    """DeepSpeed ZeRO stage (``deepspeed=...``)."""
+
+    name: str = "none"
+    """none | zero1 | zero2 | zero3 | zero3_offload."""
+    stage: int = 0
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+
+# --------------------------------------------------------------------------- shared sections
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and global batch semantics (DESIGN.md: per iteration, across all ranks)."""
+
+    steps: int = 10
+    """Optimizer iterations (rollout batches)."""
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 8
+    minibatches_per_step: int = 1
+    """Optimizer steps per rollout batch."""
+    epochs: int = 1
+    """Passes over each rollout batch."""
+    micro_batch_size: int = 16
+    """Sequences per forward pass per rank (memory knob; does not change the loss)."""
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    """constant | linear | cosine (after warmup)."""
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_strings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalConfig:
+    """Greedy evaluation on the test split."""
+
+    every: int = 0
+    """Evaluate every N steps (0 = only at start and end)."""
+    size: int = 200
+    max_new_tokens: int = 64
+    at_start: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0
+    """Save every N steps (0 = only at the end)."""
+    keep: int = 2
+    """Complete checkpoints kept (older ones are deleted)."""
+    save_final: bool = True
+
+
+@dataclass
+class LaunchConfig:
+    nproc_per_node: int = 1
+    """Local worker processes (torch.distributed: gloo on CPU, nccl on GPU)."""
+    threads_per_rank: int = 0
+    """OMP/torch threads per rank; 0 = cores / ranks."""
+    timeout_s: int = 600
+    """A rank that stops answering makes the job exit after this many seconds."""
+
+
+@dataclass
+class LogConfig:
+    console: bool = True
+    """Rich live display (falls back to plain lines when not a terminal)."""
+    tensorboard: bool = False
+
+
+@dataclass
+class RunConfig:
+    """The whole run."""
+
+    algo: AlgoConfig = MISSING
+    token_selection: TokenSelectionConfig = field(default_factory=TokenSelectionConfig)
+    policy_loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    seed: int = 0
+    resume: str = "auto"
+    """auto (continue from the run dir's last complete checkpoint if any) | never | <run dir>."""
+    run_dir: Optional[str] = None
+    """Where outputs go; None = Hydra's output directory."""
+
+
+ALGO_SCHEMAS = {"grpo": GRPOConfig, "ppo": PPOConfig, "spo_chain": SPOConfig, "spo_tree": SPOConfig,
+                "dpo": DPOConfig, "sft": SFTConfig}
+
+# Every schema node that conf/<group>/<option>.yaml files extend, by group and node name.
+SCHEMA_NODES: dict[str, dict[str, type]] = {
+    "algo": {"grpo_schema": GRPOConfig, "ppo_schema": PPOConfig, "spo_schema": SPOConfig,
+             "dpo_schema": DPOConfig, "sft_schema": SFTConfig},
+    "token_selection": {"token_selection_schema": TokenSelectionConfig},
+    "policy_loss": {"policy_loss_schema": PolicyLossConfig},
+    "reward": {"math_reward_schema": MathRewardConfig},
+    "data": {"arith_data_schema": ArithDataConfig, "file_data_schema": FileDataConfig},
+    "model": {"model_schema": ModelConfig},
+    "deepspeed": {"deepspeed_schema": DeepSpeedConfig},
+}
+
+
+def register_configs() -> None:
+    """Put every schema into Hydra's ConfigStore (yaml options extend these by name)."""
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    for group, nodes in SCHEMA_NODES.items():
+        for name, schema in nodes.items():
+            cs.store(group=group, name=name, node=schema)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def schema_keys(schema) -> list[str]:
+    """Field names of a dataclass schema (used in error messages)."""
+    return [f.name for f in fields(schema)] if is_dataclass(schema) else []
+
+
+def _choice(key: str, value: str, valid) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+def validate(cfg: RunConfig, world_size: int = 1) -> None:
+    """Check the rules that span fields; raise ConfigError naming the keys and numbers."""
+    t, a = cfg.train, cfg.algo
+    _choice("algo.name", a.name, list(ALGO_SCHEMAS))
+    _choice("algo.loss_agg_mode", a.loss_agg_mode,
+            ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
+    _choice("algo.kl_estimator", a.kl_estimator, ["k1", "k2", "k3", "abs", "k3+"])
+    _choice("token_selection.name", cfg.token_selection.name, ["all", "high_entropy", "prob_mask"])
+    _choice("token_selection.normalize", cfg.token_selection.normalize, ["all", "selected"])
+    _choice("policy_loss.name", cfg.policy_loss.name, ["clip", "clip_cov", "kl_cov"])
+    _choice("policy_loss.scope", cfg.policy_loss.scope, ["batch", "micro_batch"])
+    _choice("model.dtype", cfg.model.dtype, ["bf16", "fp32"])
+    _choice("train.lr_schedule", t.lr_schedule, ["constant", "linear", "cosine"])
+    _choice("deepspeed.stage", str(cfg.deepspeed.stage), ["0", "1", "2", "3"])
+    if not 0 < cfg.token_selection.top_ratio <= 1:
+        raise ConfigError(f"token_selection.top_ratio={cfg.token_selection.top_ratio} must be in (0, 1]")
+    for key in ("steps", "prompts_per_step", "samples_per_prompt", "minibatches_per_step", "epochs",
+                "micro_batch_size"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key}={getattr(t, key)} must be ≥ 1")
+    if cfg.rollout.max_new_tokens < 1:
+        raise ConfigError(f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} must be ≥ 1")
+    if cfg.rollout.temperature < 0:
+        raise ConfigError(f"rollout.temperature={cfg.rollout.temperature} must be ≥ 0")
+    if cfg.launch.nproc_per_node < 1:
+        raise ConfigError(f"launch.nproc_per_node={cfg.launch.nproc_per_node} must be ≥ 1")
+
+    if a.name in ("grpo", "ppo", "spo_chain"):
+        seqs = t.prompts_per_step * t.samples_per_prompt
+        if t.prompts_per_step % world_size:
+            raise ConfigError(
+                f"train.prompts_per_step={t.prompts_per_step} must divide evenly over {world_size} ranks "
+                "(a prompt's whole group stays on one rank)")
+        if seqs % t.minibatches_per_step:
+            raise ConfigError(
+                f"train.prompts_per_step × train.samples_per_prompt = {seqs} sequences do not split into "
+                f"train.minibatches_per_step={t.minibatches_per_step} equal minibatches")
+        per_rank_mb = seqs // t.minibatches_per_step // world_size
+        if (seqs // t.minibatches_per_step) % world_size:
+            raise ConfigError(
+                f"a minibatch of {seqs // t.minibatches_per_step} sequences does not split over {world_size} ranks "
+                "(train.prompts_per_step, train.samples_per_prompt, train.minibatches_per_step)")
+        if per_rank_mb % t.micro_batch_size and t.micro_batch_size < per_rank_mb:
+            raise ConfigError(
+                f"a minibatch holds {per_rank_mb} sequences per rank, which train.micro_batch_size="
+                f"{t.micro_batch_size} does not divide (gradient accumulation must be whole)")
+    if isinstance(a, GRPOConfig):
+        _choice("algo.adv_scale", a.adv_scale, ["std", "none"])
+        _choice("algo.std_ddof", str(a.std_ddof), ["0", "1"])
+        if t.samples_per_prompt < 2 and a.adv_scale == "std":
+            raise ConfigError("algo=grpo needs train.samples_per_prompt ≥ 2 (group-normalised advantages)")
+    if isinstance(a, PPOConfig):
+        _choice("algo.adv_norm_scope", a.adv_norm_scope, ["batch", "per_minibatch"])
+        if not 0 <= a.ref_ema <= 1:
+            raise ConfigError(f"algo.ref_ema={a.ref_ema} must be in [0, 1]")
+    if isinstance(a, SPOConfig):
+        _choice("algo.partition", a.partition, ["cutpoint", "fixed"])
+        _choice("algo.first_segment_value", a.first_segment_value, ["group_mean", "zero"])
+        _choice("algo.tree_adv", a.tree_adv, ["rloo", "grpo"])
+        _choice("algo.adv_whiten", a.adv_whiten, ["batch", "per_minibatch", "none"])
+        if any(b < 1 for b in a.branching):
+            raise ConfigError(f"algo.branching={list(a.branching)} must be positive integers")
+    if isinstance(a, DPOConfig):
+        _choice("algo.loss_type", a.loss_type, ["sigmoid", "ipo"])
+        _choice("algo.reference", a.reference, ["initial", "previous_iterate"])
+        if not 0 <= a.label_smoothing < 0.5:
+            raise ConfigError(f"algo.label_smoothing={a.label_smoothing} must be in [0, 0.5)")
+        if a.max_prompt_length >= a.max_length:
+            raise ConfigError(
+                f"algo.max_prompt_length={a.max_prompt_length} must be < algo.max_length={a.max_length}")
