@@ -497,3 +497,23 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
         if a.max_prompt_length >= a.max_length:
             raise ConfigError(
                 f"algo.max_prompt_length={a.max_prompt_length} must be < algo.max_length={a.max_length}")
+
+
+def option_schema(group: str, name: str) -> type:
+    """The schema class of option ``name`` of a config group (used to reload config.yaml)."""
+    if group == "algo":
+        return ALGO_SCHEMAS[name]
+    nodes = SCHEMA_NODES[group]
+    if len(nodes) == 1:
+        return next(iter(nodes.values()))
+    by_name = OPTION_SCHEMAS.get(group, {})
+    if name not in by_name:
+        raise ConfigError(f"{group}.name={name!r} is not valid; choose one of: {', '.join(by_name)}")
+    return by_name[name]
+
+
+# Options of groups with several schemas, by option name.
+OPTION_SCHEMAS: dict[str, dict[str, type]] = {
+    "data": {"arith": ArithDataConfig, "gsm8k": FileDataConfig, "math": FileDataConfig},
+    "reward": {"math": MathRewardConfig},
+}

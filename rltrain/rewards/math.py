@@ -377,15 +377,25 @@ class MathReward:
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker,
             )
-        futures = {
-            self._pool.submit(math_verify_equal, pred, ref, self.timeout_s): i
-            for i, pred, ref in pending
-        }
-        # Each item is bounded by math-verify's own timeouts (2 parses + comparisons); the
-        # batch deadline only catches a worker stuck where signals cannot reach it.
-        rounds = math.ceil(len(pending) / self.num_workers)
-        done, not_done = cf.wait(futures, timeout=rounds * 4 * self.timeout_s + _POOL_GRACE_S)
-        results: dict[int, bool | None] = {futures[f]: f.result() for f in done}
+        try:
+            futures = {
+                self._pool.submit(math_verify_equal, pred, ref, self.timeout_s): i
+                for i, pred, ref in pending
+            }
+            # Each item is bounded by math-verify's own timeouts (2 parses + comparisons);
+            # the batch deadline only catches a worker stuck where signals cannot reach it.
+            rounds = math.ceil(len(pending) / self.num_workers)
+            deadline = rounds * 4 * self.timeout_s + _POOL_GRACE_S
+            done, not_done = cf.wait(futures, timeout=deadline)
+            results: dict[int, bool | None] = {futures[f]: f.result() for f in done}
+        except cf.process.BrokenProcessPool as exc:
+            self._kill_pool()
+            raise RuntimeError(
+                "a math-verify worker process died. Workers use the 'spawn' start method, so "
+                "a script that scores math must start its work under "
+                "`if __name__ == '__main__':`; or turn math-verify off with "
+                "reward.use_math_verify=false"
+            ) from exc
         if not_done:
             self._kill_pool()
             results.update({futures[f]: None for f in not_done})

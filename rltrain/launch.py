@@ -1,0 +1,162 @@
+"""Launch modes: one process, N local worker processes, or one task of a Slurm job.
+
+The ``rltrain`` process composes the config once and writes the resolved ``config.yaml`` into
+the run directory. Workers read that file (``python -m rltrain.launch RUN_DIR``) and never re-run
+Hydra. Under Slurm each task takes its rank and world size from the Slurm environment.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from rltrain.config import RunConfig, option_schema
+
+LOOPS = {
+    "grpo": "rltrain.loops.grpo:train",
+    "ppo": "rltrain.loops.ppo:train",
+    "spo_chain": "rltrain.loops.spo:train",
+    "spo_tree": "rltrain.loops.spo:train",
+    "dpo": "rltrain.loops.dpo:train",
+    "sft": "rltrain.loops.sft:train",
+}
+
+
+def slurm_world() -> tuple[int, int, int] | None:
+    """(rank, world_size, local_rank) when running as one task of a multi-task Slurm step."""
+    if "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return (int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]),
+                int(os.environ.get("SLURM_LOCALID", "0")))
+    return None
+
+
+def planned_world_size(cfg: RunConfig) -> int:
+    sw = slurm_world()
+    return sw[1] if sw else cfg.launch.nproc_per_node
+
+
+def save_config(cfg: RunConfig, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def load_config(run_dir: str | Path) -> RunConfig:
+    """Read a run directory's config.yaml back into typed dataclasses."""
+    raw = OmegaConf.load(Path(run_dir) / "config.yaml")
+    base = OmegaConf.structured(RunConfig)
+    for group in ("algo", "reward", "data", "model", "deepspeed", "token_selection", "policy_loss"):
+        schema = option_schema(group, raw[group]["name"])
+        base[group] = OmegaConf.merge(OmegaConf.structured(schema), raw[group])
+        del raw[group]
+    return OmegaConf.to_object(OmegaConf.merge(base, raw))
+
+
+def _import(path: str):
+    import importlib
+
+    mod, fn = path.split(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def set_threads(cfg: RunConfig, world_size: int) -> None:
+    import torch
+
+    n = cfg.launch.threads_per_rank or max(1, (os.cpu_count() or 1) // world_size)
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    torch.set_num_threads(n)
+
+
+def run_worker(cfg: RunConfig, rank: int = 0, world_size: int = 1, *, master_addr: str = "127.0.0.1",
+               master_port: int = 29500):
+    """Run the algorithm's loop in this process as ``rank`` of ``world_size``."""
+    from rltrain.engine.dist import init_dist
+
+    set_threads(cfg, world_size)
+    dist = init_dist(rank, world_size, master_addr=master_addr, master_port=master_port,
+                     timeout_s=cfg.launch.timeout_s)
+    return _import(LOOPS[cfg.algo.name])(cfg, dist)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn_local(cfg: RunConfig, run_dir: Path, n: int) -> dict:
+    """N worker processes on this machine; if one fails, stop the others and raise."""
+    port = _free_port()
+    procs = []
+    for rank in range(n):
+        env = dict(os.environ, RLTRAIN_RANK=str(rank), RLTRAIN_WORLD=str(n), LOCAL_RANK=str(rank),
+                   RLTRAIN_MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, "-m", "rltrain.launch", str(run_dir)], env=env))
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+            if failed:
+                rank, code = failed[0]
+                raise RuntimeError(
+                    f"worker rank {rank} exited with code {code}; stopped the other workers. "
+                    f"Its log is above; rerun with resume=auto to continue from {run_dir}/checkpoints")
+            if all(c == 0 for c in codes):
+                break
+            time.sleep(0.5)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    return {"run_dir": str(run_dir)}
+
+
+def _slurm_master() -> tuple[str, int]:
+    nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST") or "127.0.0.1"
+    try:
+        host = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True,
+                              check=True).stdout.split()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        host = nodes.split(",")[0]
+    port = 20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000
+    return host, port
+
+
+def launch(cfg: RunConfig) -> dict:
+    """Entry from the CLI (once per job of a sweep)."""
+    run_dir = Path(cfg.run_dir)
+    sw = slurm_world()
+    if sw is not None:
+        rank, world, _ = sw
+        if rank == 0:
+            save_config(cfg, run_dir)
+        addr, port = _slurm_master()
+        return run_worker(cfg, rank, world, master_addr=addr, master_port=port) or {}
+    save_config(cfg, run_dir)
+    if cfg.launch.nproc_per_node == 1:
+        return run_worker(cfg) or {}
+    return _spawn_local(cfg, run_dir, cfg.launch.nproc_per_node)
+
+
+def worker_main() -> None:
+    parser = argparse.ArgumentParser(description="one rltrain worker (started by `rltrain`)")
+    parser.add_argument("run_dir")
+    args = parser.parse_args()
+    cfg = load_config(args.run_dir)
+    run_worker(cfg, int(os.environ["RLTRAIN_RANK"]), int(os.environ["RLTRAIN_WORLD"]),
+               master_port=int(os.environ["RLTRAIN_MASTER_PORT"]))
+
+
+if __name__ == "__main__":
+    worker_main()
