@@ -48,7 +48,8 @@ def lr_lambda(step: int, *, warmup_steps: int, schedule: str, total_steps: int) 
 class LocalActor:
     """A model trained in one process, with fp32 master weights when computing in bf16."""
 
-    def __init__(self, model: torch.nn.Module, optim: OptimConfig, *, dtype: str = "bf16"):
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig, *, dtype: str = "bf16", dist=None):
+        self.dist = dist
         self.compute_dtype = DTYPES[dtype]
         self.optim_cfg = optim
         model = model.float()
@@ -79,6 +80,12 @@ class LocalActor:
             for m, p in zip(self.master, self.params):
                 m.grad = None if p.grad is None else p.grad.float()
                 p.grad = None
+        if self.dist is not None and self.dist.enabled:
+            # Each rank's loss is already divided by global counts: the sum is the full gradient.
+            for m in self.master:
+                if m.grad is None:
+                    m.grad = torch.zeros_like(m)
+                m.grad = self.dist.sum(m.grad)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.master, self.optim_cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()

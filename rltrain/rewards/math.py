@@ -117,7 +117,7 @@ _DROP = [
     "^{\\circ}", "^\\circ", "°", r"\circ", r"\%", "%", r"\$", "$",
 ]
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_UNIT_RE = re.compile(r"(-?[\d.,/]*\d)\s+[a-zA-Z][a-zA-Z .]*")
+_UNIT_RE = re.compile(r"(-?[\d.,/]*\d)\s+[a-zA-Z]{2,}[a-zA-Z .]*")
 _LEADING_VAR_RE = re.compile(r"^[a-zA-Z]\s*=\s*(?=\S)")
 _PLAIN_NUM_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
 _FRAC_RE = re.compile(r"([-+]?)(\d*)\\frac(?:\{(\d+)\}|(\d))(?:\{(\d+)\}|(\d))")
@@ -183,27 +183,24 @@ def parse_number(normalized: str) -> Fraction | None:
     return -value if sign == "-" else value
 
 
-def _percent(answer: str) -> bool:
-    return "%" in answer
+def quick_compare(predicted: str, reference: str) -> tuple[bool | None, str]:
+    """Decide equivalence without sympy: ``(verdict, method)``, verdict ``None`` = undecided.
 
-
-def quick_compare(predicted: str, reference: str) -> bool | None:
-    """Decide equivalence without sympy, or return ``None`` when only math-verify can tell.
-
-    Equal normalized strings → True. Two plain numbers → exact comparison (True/False); with a
-    percent sign on either side, ``25\\%`` also equals ``0.25``.
+    Equal normalized strings → ``(True, "exact")``. Two plain numbers → exact fraction
+    comparison, ``(bool, "numeric")``; with a percent sign on either side ``25\\%`` also equals
+    ``0.25``. Anything else → ``(None, "none")``: only math-verify can tell.
     """
     pred, ref = normalize_answer(predicted), normalize_answer(reference)
-    if pred == ref and pred:
-        return True
+    if pred and pred == ref:
+        return True, "exact"
     pred_value, ref_value = parse_number(pred), parse_number(ref)
     if pred_value is None or ref_value is None:
-        return None
+        return None, "none"
     if pred_value == ref_value:
-        return True
-    if _percent(predicted) or _percent(reference):
-        return pred_value in (ref_value / 100, ref_value * 100)
-    return False
+        return True, "numeric"
+    if "%" in predicted or "%" in reference:
+        return pred_value in (ref_value / 100, ref_value * 100), "numeric"
+    return False, "numeric"
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,6 +287,9 @@ class MathReward:
         self.timeout_s = int(timeout_s)
         self.num_workers = num_workers
         self._pool: cf.ProcessPoolExecutor | None = None
+        # Seams for tests: the function run in the workers, and the hang-guard slack.
+        self._verify_fn = math_verify_equal
+        self._pool_grace_s = _POOL_GRACE_S
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -351,12 +351,10 @@ class MathReward:
             if predicted is None:
                 verdicts.append(_Verdict(False, None, "no_answer"))
                 continue
-            quick = quick_compare(predicted, reference)
-            if quick is not None:
-                method = "exact" if normalize_answer(predicted) == normalize_answer(reference) else "numeric"
-                verdicts.append(_Verdict(quick, predicted, method))
+            verdict, method = quick_compare(predicted, reference)
+            verdicts.append(_Verdict(bool(verdict), predicted, method))
+            if verdict is not None:
                 continue
-            verdicts.append(_Verdict(False, predicted, "none"))
             if (
                 self.use_math_verify
                 and len(predicted) <= _MAX_VERIFY_CHARS
@@ -379,16 +377,16 @@ class MathReward:
             )
         try:
             futures = {
-                self._pool.submit(math_verify_equal, pred, ref, self.timeout_s): i
+                self._pool.submit(self._verify_fn, pred, ref, self.timeout_s): i
                 for i, pred, ref in pending
             }
             # Each item is bounded by math-verify's own timeouts (2 parses + comparisons);
             # the batch deadline only catches a worker stuck where signals cannot reach it.
             rounds = math.ceil(len(pending) / self.num_workers)
-            deadline = rounds * 4 * self.timeout_s + _POOL_GRACE_S
+            deadline = rounds * 4 * self.timeout_s + self._pool_grace_s
             done, not_done = cf.wait(futures, timeout=deadline)
             results: dict[int, bool | None] = {futures[f]: f.result() for f in done}
-        except cf.process.BrokenProcessPool as exc:
+        except cf.BrokenExecutor as exc:
             self._kill_pool()
             raise RuntimeError(
                 "a math-verify worker process died. Workers use the 'spawn' start method, so "
@@ -406,6 +404,6 @@ class MathReward:
         if pool is None:
             return
         # ProcessPoolExecutor cannot interrupt a running task; kill the hung workers.
-        for process in list(getattr(pool, "_processes", {}).values()):
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
             process.kill()
         pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,110 @@
+"""GRPO group advantages, DAPO dynamic sampling and overlong shaping (ALGORITHMS §3).
+
+Papers: Shao et al. 2024, "DeepSeekMath" (GRPO); Yu et al. 2025, "DAPO"; Liu et al. 2025,
+"Understanding R1-Zero-Like Training" (Dr. GRPO). Behaviour as in verl ``core_algos.py``
+(``compute_grpo_outcome_advantage``) and the DAPO recipe.
+
+Layout: ``scores`` ``[N]`` holds ``N = num_groups · group_size`` rewards with each prompt's
+responses contiguous: rows ``[g·G, (g+1)·G)`` form group g.
+
+Decisions:
+- ``std_ddof`` (decision 4): 1 = ``torch.std`` (verl, default); 0 = ``np.std`` (SPO's GRPO).
+- A group of size 1 uses mean 0 and std 1, as verl does (so its advantage is r/(1+eps)).
+- Dr. GRPO is ``scale="none"`` (no std division) plus ``seq-mean-token-sum-norm`` aggregation.
+- ``dynamic_sampling_keep`` keeps groups of size 1, as verl does (``std > 0 or len == 1``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+GROUP_SCALES = ("std", "none")
+
+
+def _groups(scores: Tensor, group_size: int) -> Tensor:
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    if scores.dim() != 1 or scores.numel() % group_size != 0:
+        raise ValueError(
+            f"scores must be 1-D with a length divisible by group_size={group_size}, got shape {tuple(scores.shape)}"
+        )
+    return scores.reshape(-1, group_size)  # [num_groups, G]
+
+
+@torch.no_grad()
+def group_advantages(
+    scores: Tensor,
+    group_size: int,
+    *,
+    scale: str = "std",
+    eps: float = 1e-6,
+    std_ddof: int = 1,
+) -> Tensor:
+    """GRPO outcome advantage Â_i = (r_i − mean_g r) / (std_g r + eps), or r_i − mean_g r.
+
+    Args:
+        scores: ``[N]`` rewards, groups contiguous.
+        group_size: G, responses per prompt.
+        scale: ``"std"`` (GRPO/DAPO) or ``"none"`` (Dr. GRPO).
+        eps: added to the std (verl 1e-6; SPO's baseline 1e-8).
+        std_ddof: 1 (unbiased, verl) or 0 (population, SPO).
+
+    Returns:
+        ``[N]`` detached advantages, one per response (broadcast to its tokens by the caller).
+    """
+    if scale not in GROUP_SCALES:
+        raise ValueError(f"unknown scale {scale!r}; valid: {', '.join(GROUP_SCALES)}")
+    if std_ddof not in (0, 1):
+        raise ValueError(f"std_ddof must be 0 or 1, got {std_ddof}")
+    g = _groups(scores, group_size).to(torch.promote_types(scores.dtype, torch.float32))  # [NG, G]
+    if group_size == 1:
+        mean = torch.zeros_like(g)
+        std = torch.ones_like(g)
+    else:
+        mean = g.mean(dim=1, keepdim=True)  # [NG, 1]
+        std = g.std(dim=1, correction=std_ddof, keepdim=True)  # [NG, 1]
+    adv = g - mean
+    if scale == "std":
+        adv = adv / (std + eps)
+    return adv.reshape(-1)
+
+
+@torch.no_grad()
+def group_means(scores: Tensor, group_size: int) -> Tensor:
+    """Each response's group mean reward, ``[N]`` (SPO's V(prompt) for ``first_segment_value``)."""
+    g = _groups(scores, group_size)
+    return g.mean(dim=1, keepdim=True).expand_as(g).reshape(-1)
+
+
+@torch.no_grad()
+def dynamic_sampling_keep(scores: Tensor, group_size: int) -> Tensor:
+    """DAPO dynamic sampling: bool ``[num_groups]``, False for groups whose scores are all equal
+    (all correct or all wrong: zero advantage, zero gradient). Groups of size 1 are kept (verl).
+    Pass the filter metric (accuracy) as ``scores``.
+    """
+    g = _groups(scores, group_size)  # [NG, G]
+    if group_size == 1:
+        return torch.ones(g.shape[0], dtype=torch.bool, device=g.device)
+    return g.amax(dim=1) != g.amin(dim=1)
+
+
+@torch.no_grad()
+def overlong_penalty(lengths: Tensor, *, max_len: int, cache_len: int, factor: float) -> Tensor:
+    """DAPO soft overlong punishment, added to the reward:
+
+        expected = max_len − cache_len;  exceed = |y| − expected;  penalty = min(−exceed/cache_len·factor, 0)
+
+    i.e. 0 up to ``max_len − cache_len`` tokens, then linear down to −factor at ``max_len``
+    (DAPO: max_len 20480, cache_len 4096, factor 1.0).
+
+    Args:
+        lengths: ``[N]`` response lengths in tokens.
+
+    Returns:
+        ``[N]`` float penalties (≤ 0).
+    """
+    if cache_len <= 0 or max_len <= cache_len:
+        raise ValueError(f"need 0 < cache_len < max_len, got cache_len={cache_len}, max_len={max_len}")
+    expected = max_len - cache_len
+    exceed = lengths.to(torch.promote_types(lengths.dtype, torch.float32)) - expected  # [N]
+    return torch.clamp(-exceed / cache_len * factor, max=0.0)

@@ -1,0 +1,316 @@
+"""Pieces every training loop uses: building the policy, reward and data from the typed config,
+the deterministic prompt order, the training forward pass, greedy evaluation, checkpointing and
+resume. The loops themselves (grpo.py, ppo.py, ...) stay flat and read top to bottom.
+
+Determinism: the prompt order is a per-epoch permutation drawn from the seed, and every step's
+sampling generator is seeded from (seed, step, rank). Resuming therefore needs only the model,
+optimizer, scheduler and step; a killed-and-resumed run replays exactly.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rltrain.algos.core import logprobs_from_logits, token_entropy
+from rltrain.config import RunConfig
+from rltrain.engine.actor import LocalActor, OptimConfig
+from rltrain.engine.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, save_hf
+from rltrain.engine.dist import Dist
+from rltrain.engine.model import eos_token_ids, load_model
+from rltrain.rewards import build_reward
+from rltrain.rewards.base import score_safely
+from rltrain.rollout import SamplingParams, generate
+from rltrain.types import RewardOutput, Sample
+
+log = logging.getLogger(__name__)
+
+COMMON_FIELDS = {"name", "system_prompt", "use_chat_template", "max_fail_fraction"}
+
+
+def option_kwargs(option) -> dict:
+    """An option's fields minus the shared ones: exactly the builder's keyword arguments."""
+    return {f.name: getattr(option, f.name) for f in dataclasses.fields(option) if f.name not in COMMON_FIELDS}
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def build_actor(cfg: RunConfig, dist: Dist, total_optimizer_steps: int):
+    """The trainable policy (plain PyTorch or DeepSpeed) and its tokenizer."""
+    model, tok = load_model(cfg.model.name, cfg.model.path, dtype="fp32", seed=cfg.seed,
+                            **({"hidden_size": cfg.model.tiny_hidden_size, "num_layers": cfg.model.tiny_layers}
+                               if cfg.model.name == "tiny" else {}))
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    t = cfg.train
+    optim = OptimConfig(lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), warmup_steps=t.warmup_steps,
+                        schedule=t.lr_schedule, total_steps=total_optimizer_steps, max_grad_norm=t.max_grad_norm)
+    if cfg.deepspeed.stage > 0:
+        from rltrain.engine.deepspeed import DeepSpeedActor
+
+        return DeepSpeedActor(model, optim, cfg=cfg, dist=dist), tok
+    return LocalActor(model, optim, dtype=cfg.model.dtype, dist=dist), tok
+
+
+def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """An inference-only copy (the reference model)."""
+    ref = copy.deepcopy(module).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def build_data(cfg: RunConfig):
+    from rltrain.data import build_dataset
+
+    return build_dataset(cfg.data.name, **option_kwargs(cfg.data))
+
+
+def build_reward_fn(cfg: RunConfig):
+    return build_reward(cfg.reward.name, **option_kwargs(cfg.reward))
+
+
+def encode_prompts(tokenizer, samples: list[Sample], cfg: RunConfig) -> list[list[int]]:
+    from rltrain.data import render_prompt
+
+    texts = [render_prompt(tokenizer, s.question, system_prompt=cfg.data.system_prompt,
+                           use_chat_template=cfg.data.use_chat_template) for s in samples]
+    return [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+
+
+class PromptOrder:
+    """Deterministic prompt order: a fresh seeded permutation every pass over the data."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+
+    def indices(self, step: int, per_step: int) -> list[int]:
+        out = []
+        for pos in range(step * per_step, (step + 1) * per_step):
+            epoch, i = divmod(pos, self.n)
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            out.append(int(torch.randperm(self.n, generator=g)[i]))
+        return out
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def pack(prompt_ids: list[list[int]], response_ids: torch.Tensor, pad_id: int):
+    """Left-pad prompts and append the (right-padded) responses.
+
+    Returns input_ids [B, P+T], attention_mask [B, P+T], position_ids [B, P+T]; the responses
+    start at column P for every row.
+    """
+    B, T = response_ids.shape
+    P = max(len(p) for p in prompt_ids)
+    ids = torch.full((B, P + T), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, P + T), dtype=torch.long)
+    for i, p in enumerate(prompt_ids):
+        ids[i, P - len(p):P] = torch.tensor(p, dtype=torch.long)
+        attn[i, P - len(p):P] = 1
+    ids[:, P:] = response_ids
+    attn[:, P:] = 1  # padding after a response is causal-masked from everything before it
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    return ids, attn, pos
+
+
+def response_logprobs(model, prompt_ids, response_ids, *, pad_id: int, temperature: float,
+                      with_entropy: bool | str = False):
+    """Per-token log-probs [B, T] (and entropies [B, T]) of the responses, logits / temperature.
+
+    ``with_entropy``: False | True (differentiable) | "detached" (for logging only).
+    Only the T+1 last positions go through the LM head (``logits_to_keep``): the prompt's logits
+    are never computed.
+    """
+    ids, attn, pos = pack(prompt_ids, response_ids, pad_id)
+    T = response_ids.shape[1]
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1, use_cache=False)
+    logits = out.logits[:, :-1].float()  # [B, T, V]: position P-1+t predicts response token t
+    lp = logprobs_from_logits(logits, response_ids, temperature=temperature)
+    ent = None
+    if with_entropy == "detached":
+        with torch.no_grad():
+            ent = token_entropy(logits.detach(), temperature=temperature)
+    elif with_entropy:
+        ent = token_entropy(logits, temperature=temperature)
+    return lp, ent
+
+
+@torch.no_grad()
+def batched_logprobs(model, prompt_ids, response_ids, *, pad_id, temperature, micro_batch_size, with_entropy=False):
+    """``response_logprobs`` without gradients, in micro-batches."""
+    lps, ents = [], []
+    for s in range(0, len(prompt_ids), micro_batch_size):
+        lp, ent = response_logprobs(model, prompt_ids[s:s + micro_batch_size],
+                                    response_ids[s:s + micro_batch_size], pad_id=pad_id,
+                                    temperature=temperature, with_entropy=with_entropy)
+        lps.append(lp)
+        ents.append(ent)
+    return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
+
+
+# --------------------------------------------------------------------------- rollout + reward
+
+
+@dataclass
+class Scored:
+    """A rollout with its rewards, on one rank."""
+
+    prompt_ids: list[list[int]]
+    response_ids: torch.Tensor  # [N, T]
+    mask: torch.Tensor  # [N, T] float
+    logprobs: torch.Tensor  # [N, T] sampling log-probs
+    lengths: torch.Tensor  # [N]
+    finished: torch.Tensor  # [N] bool: ended by EOS / stop string
+    samples: list[Sample]  # [N], the prompt of each sequence
+    completions: list[str]
+    scores: torch.Tensor  # [N] float32
+    reward: RewardOutput
+
+
+def rollout_and_score(actor_module, tokenizer, samples: list[Sample], prompt_ids, reward_fn, cfg: RunConfig,
+                      *, n: int, generator: torch.Generator, params: SamplingParams | None = None):
+    """Sample ``n`` responses per prompt and score them; returns (Scored, timings)."""
+    t0 = time.time()
+    params = params or SamplingParams(
+        max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, n=n, stop_strings=tuple(cfg.rollout.stop_strings))
+    actor_module.eval()
+    ro = generate(actor_module, prompt_ids, params, eos_token_ids=eos_token_ids(actor_module, tokenizer),
+                  pad_token_id=tokenizer.pad_token_id, tokenizer=tokenizer, generator=generator)
+    actor_module.train()
+    t1 = time.time()
+    seq_samples = [samples[int(i)] for i in ro.prompt_index]
+    completions = [tokenizer.decode(r[: int(l)], skip_special_tokens=True)
+                   for r, l in zip(ro.response_ids, ro.lengths)]
+    out = score_safely(reward_fn, seq_samples, completions, max_fail_fraction=cfg.reward.max_fail_fraction)
+    t2 = time.time()
+    scored = Scored(
+        prompt_ids=ro.prompt_ids, response_ids=ro.response_ids, mask=ro.response_mask.float(),
+        logprobs=ro.logprobs, lengths=ro.lengths,
+        finished=torch.tensor([r == "stop" for r in ro.finish_reasons]),
+        samples=seq_samples, completions=completions,
+        scores=torch.tensor(out.scores, dtype=torch.float32), reward=out)
+    return scored, {"time/rollout": t1 - t0, "time/reward": t2 - t1}
+
+
+def reward_metrics(s: Scored, dist: Dist) -> dict:
+    """Batch-wide reward and length statistics (summed across ranks)."""
+    correct = s.reward.info.get("correct")
+    failed = s.reward.info.get("failed", [False] * len(s.completions))
+    local = torch.tensor([
+        float(len(s.completions)), float(s.scores.sum()),
+        float(sum(bool(c) for c in correct)) if correct is not None else 0.0,
+        float(sum(bool(f) for f in failed)), float(s.lengths.sum()),
+        float((~s.finished).sum()), float(s.lengths.max()) if len(s.lengths) else 0.0,
+    ], dtype=torch.float64)
+    tot = dist.sum(local[:6])
+    n = tot[0].item()
+    m = {"reward/mean": tot[1].item() / n, "reward/failed": int(tot[3].item()),
+         "response/length_mean": tot[4].item() / n, "response/truncated_frac": tot[5].item() / n,
+         "response/length_max": dist.max(local[6:7]).item()}
+    if correct is not None:
+        m["reward/accuracy"] = tot[2].item() / n
+    return m
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(module, tokenizer, samples: list[Sample], prompt_ids, reward_fn, cfg: RunConfig, dist: Dist,
+             batch_size: int = 64) -> dict:
+    """Greedy accuracy and mean score on (this rank's slice of) the test split, reduced across ranks."""
+    mine = list(range(dist.rank, len(samples), dist.world_size))
+    params = SamplingParams(max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0, n=1,
+                            stop_strings=tuple(cfg.rollout.stop_strings))
+    correct = score = length = 0.0
+    t0 = time.time()
+    for s in range(0, len(mine), batch_size):
+        idx = mine[s:s + batch_size]
+        sc, _ = rollout_and_score(module, tokenizer, [samples[i] for i in idx], [prompt_ids[i] for i in idx],
+                                  reward_fn, cfg, n=1, generator=torch.Generator().manual_seed(0), params=params)
+        score += float(sc.scores.sum())
+        c = sc.reward.info.get("correct")
+        correct += float(sum(bool(x) for x in c)) if c is not None else float((sc.scores > 0).sum())
+        length += float(sc.lengths.sum())
+    tot = dist.sum(torch.tensor([correct, score, length, float(len(mine))], dtype=torch.float64))
+    n = max(tot[3].item(), 1.0)
+    return {"accuracy": tot[0].item() / n, "score": tot[1].item() / n, "length": tot[2].item() / n,
+            "n": int(n), "time_s": time.time() - t0}
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def resume_dir(cfg: RunConfig) -> Path | None:
+    """The checkpoint to resume from, per ``resume`` (auto | never | <run dir>)."""
+    if cfg.resume == "never":
+        return None
+    src = cfg.run_dir if cfg.resume == "auto" else cfg.resume
+    ckpt = latest_checkpoint(src)
+    if ckpt is None and cfg.resume not in ("auto",):
+        raise FileNotFoundError(f"resume={cfg.resume}: no complete checkpoint under {src}/checkpoints")
+    return ckpt
+
+
+def save(cfg: RunConfig, dist: Dist, step: int, actor, tokenizer, extra: dict | None = None) -> None:
+    """Checkpoint (rank 0 writes; every rank takes part in gathering sharded weights)."""
+    full = actor.full_state_dict()  # collective under ZeRO-3
+    state = {"actor": actor.state_dict(), **(extra or {})}
+    if dist.is_main:
+        save_checkpoint(cfg.run_dir, step, trainer_state=state, keep=cfg.checkpoint.keep,
+                        policy_writer=lambda d: save_hf(actor.module, tokenizer, d, state_dict=full))
+    dist.barrier()
+
+
+def maybe_resume(cfg: RunConfig, actor) -> tuple[int, dict]:
+    """Load the latest complete checkpoint if any: (start step, trainer state)."""
+    ckpt = resume_dir(cfg)
+    if ckpt is None:
+        return 0, {}
+    state = load_trainer_state(ckpt)
+    actor.load_state_dict(state["actor"])
+    log.info("resumed from %s (step %d)", ckpt, state["step"])
+    return int(state["step"]), state
+
+
+def should_save(cfg: RunConfig, step: int) -> bool:
+    """After finishing step ``step`` (1-based count of completed steps)."""
+    every = cfg.checkpoint.every
+    return (every > 0 and step % every == 0) or (step == cfg.train.steps and cfg.checkpoint.save_final)
+
+
+def entropy_stats(ent: torch.Tensor, mask: torch.Tensor, dist: Dist) -> dict:
+    """Mean entropy, fraction of tokens below 0.01 and the 80th percentile, over the batch."""
+    vals = dist.gather_cat(ent[mask.bool()].float())
+    if vals.numel() == 0:
+        return {}
+    return {"actor/entropy": vals.mean().item(), "actor/entropy_lt_0.01": (vals < 0.01).float().mean().item(),
+            "actor/entropy_p80": torch.quantile(vals, 0.8).item()}
+
+
+def global_count(x: float, dist: Dist) -> float:
+    return dist.sum(torch.tensor([x], dtype=torch.float64)).item()
+
+
+def chunks(n: int, size: int):
+    """Index ranges of micro-batches."""
+    return [range(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+def finite_or_raise(loss: torch.Tensor, step: int) -> None:
+    if not math.isfinite(loss.item()):
+        raise FloatingPointError(f"non-finite loss at step {step}; lower train.lr or check the reward")

@@ -1,0 +1,143 @@
+"""The policy-gradient update shared by GRPO, SPO and PPO's actor: given sequences, per-token
+advantages and (optionally) reference log-probs, run ``epochs`` × ``minibatches_per_step``
+optimizer steps with micro-batching, token selection and the configured policy loss.
+
+The three separate steps of STYLE.md are visible here: per-token loss (``policy_loss``
+registry), token mask (``token_selection`` registry), aggregation (``core.aggregate`` with the
+step's global token/sequence counts, so micro-batch size and rank count do not change the loss).
+
+Batch-wide quantities (the high-entropy threshold, the covariance pools of Clip-Cov/KL-Cov, the
+aggregation denominators) are reduced across ranks before any gradient is taken. When the update
+is a single on-policy pass (one minibatch, one epoch) and nothing batch-wide needs the current
+policy's statistics up front, no separate "old log-prob" forward is run: π_old = π_θ detached.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from rltrain.algos import core
+from rltrain.algos.registry import policy_loss_spec, token_selector_spec
+from rltrain.config import RunConfig
+from rltrain.engine.dist import Dist
+from rltrain.loops.common import batched_logprobs, chunks, entropy_stats, finite_or_raise, response_logprobs
+
+
+@dataclass
+class PGBatch:
+    """One rank's training sequences for a step."""
+
+    prompt_ids: list[list[int]]
+    response_ids: torch.Tensor  # [N, T]
+    mask: torch.Tensor  # [N, T] float, valid response tokens
+    advantages: torch.Tensor  # [N, T]
+    ref_logp: torch.Tensor | None = None  # [N, T], only when algo.kl_coef > 0 (KL loss)
+
+
+class Metrics:
+    """Token-weighted metric sums, reduced across ranks at the end of a step."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, name: str, value: float, weight: float = 1.0) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + float(value) * weight
+        self.weights[name] = self.weights.get(name, 0.0) + weight
+
+    def reduce(self, dist: Dist) -> dict[str, float]:
+        names = sorted(self.sums)
+        t = torch.tensor([[self.sums[n], self.weights[n]] for n in names], dtype=torch.float64)
+        t = dist.sum(t) if len(names) else t
+        return {n: (t[i, 0] / t[i, 1]).item() if t[i, 1] > 0 else 0.0 for i, n in enumerate(names)}
+
+
+def needs_old_pass(cfg: RunConfig) -> bool:
+    """Whether the update needs log-probs (and entropies) of the whole batch before training."""
+    off_policy = cfg.train.minibatches_per_step > 1 or cfg.train.epochs > 1
+    return (off_policy or token_selector_spec(cfg.token_selection.name).needs_pool
+            or policy_loss_spec(cfg.policy_loss.name).needs_pool(cfg.policy_loss))
+
+
+def policy_update(actor, batch: PGBatch, cfg: RunConfig, dist: Dist, *, pad_id: int, step: int,
+                  generator: torch.Generator, world_scale: float = 1.0) -> dict:
+    """Train the actor on one step's batch; returns metrics (reduced across ranks)."""
+    t0 = time.time()
+    T_ = cfg.train
+    temp = cfg.rollout.temperature or 1.0
+    N = batch.response_ids.shape[0]
+    mask = batch.mask.bool()
+    sel_spec = token_selector_spec(cfg.token_selection.name)
+    loss_spec = policy_loss_spec(cfg.policy_loss.name)
+    constant = cfg.algo.loss_agg_constant or float(cfg.rollout.max_new_tokens)
+
+    old_logp = old_ent = None
+    if needs_old_pass(cfg):
+        old_logp, old_ent = batched_logprobs(actor.module, batch.prompt_ids, batch.response_ids, pad_id=pad_id,
+                                             temperature=temp, micro_batch_size=T_.micro_batch_size,
+                                             with_entropy=True)
+    # Token selection, fixed for the step (batch-wide pools all-gathered across ranks).
+    select = sel_spec.build(cfg.token_selection, entropy=old_ent, old_logp=old_logp, mask=mask,
+                            gather=dist.gather_cat)  # [N, T] bool, ⊆ mask
+    loss_mask = select if cfg.token_selection.normalize == "selected" else mask
+    pools = loss_spec.pools(cfg.policy_loss, old_logp=old_logp, advantages=batch.advantages, mask=mask,
+                            gather=dist.gather_cat) if old_logp is not None else {}
+    loss_kwargs = loss_spec.kwargs(cfg.policy_loss)
+
+    m = Metrics()
+    m.add("actor/selected_frac", (select.sum() / mask.sum().clamp(min=1)).item(), mask.sum().item())
+    all_ent = []
+    M = T_.minibatches_per_step
+    for _epoch in range(T_.epochs):
+        for k in range(M):
+            rows = torch.arange(k, N, M)  # interleaved: the same global minibatch for any rank count
+            counts = dist.sum(core.aggregate_counts(loss_mask[rows]))
+            kl_counts = dist.sum(core.aggregate_counts(mask[rows])) if batch.ref_logp is not None else None
+            for mb in chunks(len(rows), T_.micro_batch_size):
+                idx = rows[list(mb)]
+                p_ids = [batch.prompt_ids[i] for i in idx.tolist()]
+                want_ent_grad = cfg.algo.entropy_coef != 0
+                ent_mode = True if want_ent_grad else ("detached" if old_ent is None and _epoch == 0 else False)
+                logp, ent = response_logprobs(actor.module, p_ids, batch.response_ids[idx], pad_id=pad_id,
+                                              temperature=temp, with_entropy=ent_mode)
+                mk, sel, adv = mask[idx], select[idx], batch.advantages[idx]
+                old = old_logp[idx] if old_logp is not None else logp.detach()
+                loss_mat, lm = loss_spec.fn(logp, old, adv, mk, generator=generator,
+                                            **loss_kwargs, **{k2: v[idx] if torch.is_tensor(v) and v.dim() == 2
+                                                              and v.shape[0] == N else v for k2, v in pools.items()})
+                loss_mat = torch.where(sel, loss_mat, torch.zeros_like(loss_mat))  # unselected: no gradient
+                loss = core.aggregate(loss_mat, loss_mask[idx], cfg.algo.loss_agg_mode, constant,
+                                      num_tokens=counts[0], num_seqs=counts[1])
+                if batch.ref_logp is not None:
+                    kl_mat = core.kl_estimate(logp, batch.ref_logp[idx], cfg.algo.kl_estimator)
+                    kl = core.aggregate(kl_mat, mk, cfg.algo.loss_agg_mode, constant,
+                                        num_tokens=kl_counts[0], num_seqs=kl_counts[1])
+                    loss = loss + cfg.algo.kl_coef * kl
+                    m.add("actor/kl", core.masked_mean(kl_mat.detach(), mk).item(), mk.sum().item())
+                if want_ent_grad:
+                    loss = loss - cfg.algo.entropy_coef * core.aggregate(
+                        ent, mk, cfg.algo.loss_agg_mode, constant, num_tokens=counts[0], num_seqs=counts[1])
+                finite_or_raise(loss, step)
+                actor.backward(loss * world_scale)
+                ntok = mk.sum().item()
+                m.add("actor/pg_loss", loss.item() * counts[0].item() / max(ntok, 1), ntok)
+                for name, v in lm.items():
+                    m.add(f"actor/{name}", float(v), ntok)
+                if ent is not None and _epoch == 0:
+                    all_ent.append((ent.detach(), mk))
+            gn = actor.step()
+            m.add("actor/grad_norm", gn)
+    out = m.reduce(dist)
+    out["actor/pg_loss"] = out.get("actor/pg_loss", 0.0)
+    if old_ent is not None:
+        out.update(entropy_stats(old_ent, mask, dist))
+    elif all_ent:
+        e = torch.cat([torch.nn.functional.pad(x, (0, batch.response_ids.shape[1] - x.shape[1])) for x, _ in all_ent])
+        mm = torch.cat([torch.nn.functional.pad(y, (0, batch.response_ids.shape[1] - y.shape[1])) for _, y in all_ent])
+        out.update(entropy_stats(e, mm, dist))
+    out["actor/lr"] = actor.lr
+    out["time/update"] = time.time() - t0
+    return out
+
