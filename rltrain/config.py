@@ -164,42 +164,87 @@ class SFTConfig(AlgoConfig):
 
 @dataclass
 class TokenSelectionConfig:
-    """Which response tokens receive policy gradient (``token_selection=...``)."""
+    """Which response tokens receive policy gradient (``token_selection=...``). Fields other than
+    ``name`` are exactly the selector's options (rltrain/algos/registry.py)."""
 
     name: str = "all"
     """all | high_entropy | prob_mask."""
+
+
+@dataclass
+class HighEntropyConfig(TokenSelectionConfig):
+    """Top-ρ highest-entropy ("forking") tokens (Beyond the 80/20 rule, ALGORITHMS.md §5)."""
+
+    name: str = "high_entropy"
     top_ratio: float = 0.2
-    """high_entropy: fraction ρ of the batch's valid tokens kept (highest entropy)."""
+    """Fraction ρ of the batch's valid tokens kept (highest entropy)."""
     normalize: str = "all"
-    """high_entropy: loss denominator over all response tokens (paper) or selected (official code)."""
+    """Loss denominator: all response tokens (paper, default) | selected (official code)."""
+    scope: str = "batch"
+    """Threshold pool: batch (whole step, across ranks) | micro_batch (official code)."""
+
+
+@dataclass
+class ProbMaskConfig(TokenSelectionConfig):
+    """SPO's probability mask: only tokens sampled with probability below the threshold."""
+
+    name: str = "prob_mask"
     threshold: float = 0.9
-    """prob_mask: keep tokens whose sampling probability is below this."""
+    normalize: str = "all"
+    """Loss denominator: all response tokens | selected."""
 
 
 @dataclass
 class PolicyLossConfig:
-    """Per-token policy loss (``policy_loss=...``)."""
+    """Per-token policy loss (``policy_loss=...``). Fields other than ``name`` are exactly the
+    loss's options (rltrain/algos/registry.py)."""
 
     name: str = "clip"
     """clip | clip_cov | kl_cov."""
+
+
+@dataclass
+class ClipLossConfig(PolicyLossConfig):
+    """PPO clipped surrogate; clip-higher (DAPO) is clip_high=0.28."""
+
+    name: str = "clip"
     clip_low: float = 0.2
-    """ε_low: ratio clipped below at 1 − clip_low."""
+    """ε_low: the ratio is clipped below at 1 − clip_low."""
     clip_high: float = 0.2
-    """ε_high: ratio clipped above at 1 + clip_high (0.28 = DAPO clip-higher)."""
+    """ε_high: the ratio is clipped above at 1 + clip_high."""
     dual_clip: Optional[float] = None
-    """Dual-clip constant c for negative advantages (e.g. 3); None = off."""
-    clip_cov_ratio: float = 2e-4
-    """clip_cov: fraction r of tokens whose gradient is detached."""
-    clip_cov_lb: float = 1.0
-    """clip_cov: lower covariance bound ω_low."""
-    clip_cov_ub: float = 5.0
-    """clip_cov: upper covariance bound ω_high."""
-    kl_cov_ratio: float = 2e-4
-    """kl_cov: fraction of tokens (top by covariance) that get the KL penalty."""
-    kl_cov_coef: float = 1.0
-    """kl_cov: β of |log π − log π_old| on selected tokens."""
+    """Dual-clip constant c (> 1) capping the loss of negative-advantage tokens; None = off."""
+
+
+@dataclass
+class ClipCovConfig(PolicyLossConfig):
+    """Clip-Cov (Cui et al. 2025, ALGORITHMS.md §6)."""
+
+    name: str = "clip_cov"
+    clip_low: float = 1.0
+    """PPO clip ε_low (the official scripts use 1, i.e. ratio in [0, 2])."""
+    clip_high: float = 1.0
+    cov_low: float = 1.0
+    """ω_low: candidates have covariance above this."""
+    cov_high: float = 5.0
+    """ω_high: candidates have covariance below this."""
+    select_ratio: float = 2e-4
+    """Fraction r of tokens whose gradient is detached."""
     scope: str = "batch"
-    """Covariance selection pool: batch (whole step, across ranks) | micro_batch (official code)."""
+    """Selection pool: batch (whole step, across ranks) | micro_batch (official code)."""
+
+
+@dataclass
+class KLCovConfig(PolicyLossConfig):
+    """KL-Cov (Cui et al. 2025, ALGORITHMS.md §6)."""
+
+    name: str = "kl_cov"
+    select_ratio: float = 2e-4
+    """Fraction of tokens (top by covariance) that get the KL penalty (2e-4 = 0.02%)."""
+    kl_coef: float = 1.0
+    """β of |log π − log π_old| on the selected tokens."""
+    scope: str = "batch"
+    """Selection pool: batch (whole step, across ranks) | micro_batch (official code)."""
 
 
 # --------------------------------------------------------------------------- reward / data / model
@@ -396,8 +441,9 @@ ALGO_SCHEMAS = {"grpo": GRPOConfig, "ppo": PPOConfig, "spo_chain": SPOConfig, "s
 SCHEMA_NODES: dict[str, dict[str, type]] = {
     "algo": {"grpo_schema": GRPOConfig, "ppo_schema": PPOConfig, "spo_schema": SPOConfig,
              "dpo_schema": DPOConfig, "sft_schema": SFTConfig},
-    "token_selection": {"token_selection_schema": TokenSelectionConfig},
-    "policy_loss": {"policy_loss_schema": PolicyLossConfig},
+    "token_selection": {"all_selection_schema": TokenSelectionConfig,
+                        "high_entropy_schema": HighEntropyConfig, "prob_mask_schema": ProbMaskConfig},
+    "policy_loss": {"clip_schema": ClipLossConfig, "clip_cov_schema": ClipCovConfig, "kl_cov_schema": KLCovConfig},
     "reward": {"math_reward_schema": MathRewardConfig},
     "data": {"arith_data_schema": ArithDataConfig, "file_data_schema": FileDataConfig},
     "model": {"model_schema": ModelConfig},
@@ -435,13 +481,17 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
             ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
     _choice("algo.kl_estimator", a.kl_estimator, ["k1", "k2", "k3", "abs", "k3+"])
     _choice("token_selection.name", cfg.token_selection.name, ["all", "high_entropy", "prob_mask"])
-    _choice("token_selection.normalize", cfg.token_selection.normalize, ["all", "selected"])
     _choice("policy_loss.name", cfg.policy_loss.name, ["clip", "clip_cov", "kl_cov"])
-    _choice("policy_loss.scope", cfg.policy_loss.scope, ["batch", "micro_batch"])
+    for group in ("token_selection", "policy_loss"):
+        node = getattr(cfg, group)
+        if hasattr(node, "normalize"):
+            _choice(f"{group}.normalize", node.normalize, ["all", "selected"])
+        if hasattr(node, "scope"):
+            _choice(f"{group}.scope", node.scope, ["batch", "micro_batch"])
     _choice("model.dtype", cfg.model.dtype, ["bf16", "fp32"])
     _choice("train.lr_schedule", t.lr_schedule, ["constant", "linear", "cosine"])
     _choice("deepspeed.stage", str(cfg.deepspeed.stage), ["0", "1", "2", "3"])
-    if not 0 < cfg.token_selection.top_ratio <= 1:
+    if isinstance(cfg.token_selection, HighEntropyConfig) and not 0 < cfg.token_selection.top_ratio <= 1:
         raise ConfigError(f"token_selection.top_ratio={cfg.token_selection.top_ratio} must be in (0, 1]")
     for key in ("steps", "prompts_per_step", "samples_per_prompt", "minibatches_per_step", "epochs",
                 "micro_batch_size"):
@@ -516,4 +566,6 @@ def option_schema(group: str, name: str) -> type:
 OPTION_SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"arith": ArithDataConfig, "gsm8k": FileDataConfig, "math": FileDataConfig},
     "reward": {"math": MathRewardConfig},
+    "token_selection": {"all": TokenSelectionConfig, "high_entropy": HighEntropyConfig, "prob_mask": ProbMaskConfig},
+    "policy_loss": {"clip": ClipLossConfig, "clip_cov": ClipCovConfig, "kl_cov": KLCovConfig},
 }

@@ -23,6 +23,8 @@ from rltrain.types import Sample
 
 _NAMES = ("Ava", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hiro", "Isla", "Jonas",
           "Kira", "Liam", "Maya", "Noah", "Omar", "Priya")
+# Give up after this many consecutive repeats: the level has run out of distinct questions.
+_MAX_REJECTS = 20_000
 _ITEMS = ("apples", "marbles", "stickers", "books", "coins", "pencils", "shells", "cards")
 
 
@@ -133,19 +135,20 @@ def generate_problems(
     level = LEVELS[difficulty]
     seen = set(exclude)
     problems: list[Problem] = []
-    max_draws = 50 * n + 1000
-    for _ in range(max_draws):
-        if len(problems) == n:
-            break
+    rejects = 0  # consecutive draws that gave nothing new
+    while len(problems) < n and rejects < _MAX_REJECTS:
         problem = _word_problem(level, rng) if level.words else _expression(level, rng)
         if problem is None or problem.question in seen:
+            rejects += 1
             continue
+        rejects = 0
         seen.add(problem.question)
         problems.append(problem)
     if len(problems) < n:
         raise ValueError(
             f"arith difficulty={difficulty} gave only {len(problems)} of {n} distinct questions "
-            f"after {max_draws} draws; lower data.n_train / data.n_test"
+            f"({_MAX_REJECTS} draws in a row repeated earlier ones); lower data.n_train / "
+            "data.n_test"
         )
     return problems
 

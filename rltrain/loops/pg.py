@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
-from rltrain.algos import core
-from rltrain.algos.registry import policy_loss_spec, token_selector_spec
+from rltrain.algos import core, registry
 from rltrain.config import RunConfig
 from rltrain.engine.dist import Dist
-from rltrain.loops.common import batched_logprobs, chunks, entropy_stats, finite_or_raise, response_logprobs
+from rltrain.loops.common import (batched_logprobs, chunks, entropy_stats, finite_or_raise, option_kwargs,
+                                  response_logprobs)
 
 
 @dataclass
@@ -56,9 +56,43 @@ class Metrics:
 
 def needs_old_pass(cfg: RunConfig) -> bool:
     """Whether the update needs log-probs (and entropies) of the whole batch before training."""
+    sel = registry.get("token_selection", cfg.token_selection.name)
+    loss = registry.get("policy_loss", cfg.policy_loss.name)
     off_policy = cfg.train.minibatches_per_step > 1 or cfg.train.epochs > 1
-    return (off_policy or token_selector_spec(cfg.token_selection.name).needs_pool
-            or policy_loss_spec(cfg.policy_loss.name).needs_pool(cfg.policy_loss))
+    return (off_policy or bool(sel.requires) or sel.needs_pool(option_kwargs(cfg.token_selection))
+            or loss.needs_pool(option_kwargs(cfg.policy_loss)))
+
+
+def _my_slice(row: torch.Tensor, mask: torch.Tensor, dist: Dist) -> torch.Tensor:
+    """This rank's part of a pooled selection row [1, N_global] as [B, T] (rank order pools)."""
+    n_local = int(mask.sum())
+    counts = dist.gather_cat(torch.tensor([n_local], dtype=torch.long))
+    offset = int(counts[: dist.rank].sum())
+    return core.unflatten_valid(row[0, offset:offset + n_local], mask, fill=False)
+
+
+def select_tokens(cfg: RunConfig, mask, old_logp, old_ent, dist: Dist):
+    """The step's TokenSelection (batch-wide threshold pooled across ranks when configured)."""
+    spec = registry.get("token_selection", cfg.token_selection.name)
+    opts = option_kwargs(cfg.token_selection)
+    if spec.needs_pool(opts):
+        pool = dist.gather_cat(core.flatten_valid(old_ent, mask))  # [N_global]
+        ones = torch.ones(1, pool.numel(), dtype=torch.bool)
+        row = spec.select(ones, entropy=pool[None], **opts)  # [1, N_global]
+        return spec(mask, selected=_my_slice(row, mask, dist), **opts)
+    return spec(mask, entropy=old_ent, old_logp=old_logp, **opts)
+
+
+def select_for_loss(cfg: RunConfig, mask, old_logp, advantages, dist: Dist, generator):
+    """Batch-wide selection of a covariance-based policy loss, or None (π_θ = π_old at step start)."""
+    spec = registry.get("policy_loss", cfg.policy_loss.name)
+    opts = option_kwargs(cfg.policy_loss)
+    if not spec.needs_pool(opts):
+        return None
+    lp = dist.gather_cat(core.flatten_valid(old_logp, mask))[None]  # [1, N_global]
+    adv = dist.gather_cat(core.flatten_valid(advantages.float(), mask))[None]
+    row = spec.select(lp, lp, adv, torch.ones_like(lp, dtype=torch.bool), generator=generator, **opts)
+    return _my_slice(row, mask, dist)
 
 
 def policy_update(actor, batch: PGBatch, cfg: RunConfig, dist: Dist, *, pad_id: int, step: int,
@@ -69,8 +103,8 @@ def policy_update(actor, batch: PGBatch, cfg: RunConfig, dist: Dist, *, pad_id: 
     temp = cfg.rollout.temperature or 1.0
     N = batch.response_ids.shape[0]
     mask = batch.mask.bool()
-    sel_spec = token_selector_spec(cfg.token_selection.name)
-    loss_spec = policy_loss_spec(cfg.policy_loss.name)
+    loss_fn = registry.get("policy_loss", cfg.policy_loss.name)
+    loss_opts = option_kwargs(cfg.policy_loss)
     constant = cfg.algo.loss_agg_constant or float(cfg.rollout.max_new_tokens)
 
     old_logp = old_ent = None
@@ -78,13 +112,10 @@ def policy_update(actor, batch: PGBatch, cfg: RunConfig, dist: Dist, *, pad_id: 
         old_logp, old_ent = batched_logprobs(actor.module, batch.prompt_ids, batch.response_ids, pad_id=pad_id,
                                              temperature=temp, micro_batch_size=T_.micro_batch_size,
                                              with_entropy=True)
-    # Token selection, fixed for the step (batch-wide pools all-gathered across ranks).
-    select = sel_spec.build(cfg.token_selection, entropy=old_ent, old_logp=old_logp, mask=mask,
-                            gather=dist.gather_cat)  # [N, T] bool, ⊆ mask
-    loss_mask = select if cfg.token_selection.normalize == "selected" else mask
-    pools = loss_spec.pools(cfg.policy_loss, old_logp=old_logp, advantages=batch.advantages, mask=mask,
-                            gather=dist.gather_cat) if old_logp is not None else {}
-    loss_kwargs = loss_spec.kwargs(cfg.policy_loss)
+    # Token selection and covariance selection are fixed for the step, pooled across ranks.
+    selection = select_tokens(cfg, mask, old_logp, old_ent, dist)
+    loss_selected = select_for_loss(cfg, mask, old_logp, batch.advantages, dist, generator)
+    select, count_mask = selection.loss_mask, selection.count_mask
 
     m = Metrics()
     m.add("actor/selected_frac", (select.sum() / mask.sum().clamp(min=1)).item(), mask.sum().item())
@@ -93,7 +124,7 @@ def policy_update(actor, batch: PGBatch, cfg: RunConfig, dist: Dist, *, pad_id: 
     for _epoch in range(T_.epochs):
         for k in range(M):
             rows = torch.arange(k, N, M)  # interleaved: the same global minibatch for any rank count
-            counts = dist.sum(core.aggregate_counts(loss_mask[rows]))
+            counts = dist.sum(core.aggregate_counts(count_mask[rows]))
             kl_counts = dist.sum(core.aggregate_counts(mask[rows])) if batch.ref_logp is not None else None
             for mb in chunks(len(rows), T_.micro_batch_size):
                 idx = rows[list(mb)]
@@ -104,11 +135,10 @@ def policy_update(actor, batch: PGBatch, cfg: RunConfig, dist: Dist, *, pad_id: 
                                               temperature=temp, with_entropy=ent_mode)
                 mk, sel, adv = mask[idx], select[idx], batch.advantages[idx]
                 old = old_logp[idx] if old_logp is not None else logp.detach()
-                loss_mat, lm = loss_spec.fn(logp, old, adv, mk, generator=generator,
-                                            **loss_kwargs, **{k2: v[idx] if torch.is_tensor(v) and v.dim() == 2
-                                                              and v.shape[0] == N else v for k2, v in pools.items()})
-                loss_mat = torch.where(sel, loss_mat, torch.zeros_like(loss_mat))  # unselected: no gradient
-                loss = core.aggregate(loss_mat, loss_mask[idx], cfg.algo.loss_agg_mode, constant,
+                extra = {} if loss_selected is None else {"selected": loss_selected[idx]}
+                loss_mat, lm = loss_fn(logp, old, adv, mk, generator=generator, **extra, **loss_opts)
+                loss_mat = loss_mat.masked_fill(~sel, 0.0)  # unselected tokens: no gradient
+                loss = core.aggregate(loss_mat, count_mask[idx], cfg.algo.loss_agg_mode, constant,
                                       num_tokens=counts[0], num_seqs=counts[1])
                 if batch.ref_logp is not None:
                     kl_mat = core.kl_estimate(logp, batch.ref_logp[idx], cfg.algo.kl_estimator)

@@ -1,4 +1,4 @@
-"""``math``: competition math problems (Hendrycks et al., 2021, "MATH"), hub or local files.
+"""``math`` (the data option): competition math problems (Hendrycks et al., 2021, "MATH"), hub or local files.
 
 The reference answer is the row's ``answer`` column when it has one (MATH-500 and many
 re-uploads), else the content of the last ``\\boxed{…}`` in ``solution`` (nested braces
@@ -20,7 +20,7 @@ MATH_INSTRUCTION = "Put the final answer within \\boxed{}."
 _META_KEYS = ("level", "type", "subject", "unique_id")
 
 
-def math(
+def competition_math(
     *,
     path: str | None = None,
     test_path: str | None = None,
@@ -70,7 +70,7 @@ def math(
             if boxed is None or not boxed.strip():
                 raise ValueError(f"no \\boxed{{...}} answer in field {solution_key!r}")
             answer = boxed.strip()
-        meta = {key: row[key] for key in _META_KEYS if key in row}
+        meta = {key: row[key] for key in _META_KEYS if row.get(key) is not None}
         return Sample(id="", question=with_instruction(question, instruction), answer=answer,
                       solution=solution, meta=meta)
 

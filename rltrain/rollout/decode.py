@@ -1,0 +1,306 @@
+"""The batched, KV-cached decoding loop shared by ``generate`` and the SPO tree sampler.
+
+Both sample a tree per prompt: the prompt is the root; depth d has ``branching[d-1]`` children per
+expanded node; a non-final node holds at most ``segment_len`` tokens; final-depth nodes run until
+EOS / a stop string / ``max_new_tokens`` (counted from the root). ``generate`` is the one-level
+tree ``branching=[n], segment_len=max_new_tokens``.
+
+One loop, one batch. Every live sequence sits at the same response position (all nodes of a depth
+start together and run the same number of steps), so the batch moves depth by depth:
+
+    prefill all prompts (left-padded, one forward, logits of the last position only)
+    for each depth:
+        fork: index_select the KV cache, the last logits and the row state so that each live row
+              becomes ``b`` rows (the shared prefix is encoded once, never re-encoded)
+        repeat up to the depth's budget:
+            sample one token per row (row uniforms from the node's own stream, see sampling.py)
+            stop rows at EOS / stop strings; drop stopped rows from the batch (and their cache
+            rows) once they are a ``compact_fraction`` of it
+            forward the sampled tokens (one position each) → next logits
+
+Padding and positions: prompts are left-padded to the longest; a per-row additive bias
+``[B, 1, 1, capacity]`` (0, or the dtype's minimum on padding columns) is sliced to the current
+length and passed as the 4-D attention mask, which transformers uses as is (no mask building per
+step); position ids count real tokens only, so a prompt gets the same positions alone or padded.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from rltrain.rollout.kv_cache import PreallocatedCache
+from rltrain.rollout.sampling import node_seed, sample_next, segment_uniforms
+from rltrain.rollout.stops import StopStrings
+
+KV_CACHES = ("static", "dynamic")
+
+
+@dataclass
+class Level:
+    """The nodes of one depth (depth = index + 1), in order: children of one parent are
+    consecutive, and parents come in their own level's order (BFS order).
+
+    Attributes:
+        parent: ``[K]`` long, index of each node's parent in the previous level (the prompt index
+            for the first level).
+        child_index: ``[K]`` long, position of the node among its parent's children.
+        tokens: ``[K, budget]`` long, the node's segment, right-padded with ``pad_token_id``.
+        logprobs: ``[K, budget]`` float32, log-prob of each token under logits / T (0 on padding).
+        lengths: ``[K]`` long, tokens in each segment.
+        finish: per node "stop" (EOS or stop string) or "length" (its token budget ran out).
+        expanded: ``[K]`` bool, the node has children in the next level.
+    """
+
+    parent: torch.Tensor
+    child_index: torch.Tensor
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+    lengths: torch.Tensor
+    finish: list[str]
+    expanded: torch.Tensor
+
+
+@dataclass
+class DecodeConfig:
+    """Everything the loop needs besides the model and prompts (plain values, no config objects)."""
+
+    branching: list[int]
+    segment_len: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    eos_token_ids: list[int]
+    pad_token_id: int
+    stop: StopStrings
+    base_seed: int
+    kv_cache: str = "static"
+    compact_fraction: float = 0.125
+
+
+class _Timer:
+    """Accumulates wall-clock seconds per phase into ``stats`` (a no-op when stats is None)."""
+
+    def __init__(self, stats: dict[str, float] | None):
+        self.stats = stats
+
+    @contextmanager
+    def __call__(self, name: str):
+        if self.stats is None:
+            yield
+            return
+        t0 = time.perf_counter()
+        yield
+        self.stats[name] = self.stats.get(name, 0.0) + time.perf_counter() - t0
+
+
+def model_device(model) -> torch.device:
+    dev = getattr(model, "device", None)
+    if isinstance(dev, torch.device):
+        return dev
+    return next(model.parameters()).device
+
+
+def model_dtype(model) -> torch.dtype:
+    dt = getattr(model, "dtype", None)
+    if isinstance(dt, torch.dtype):
+        return dt
+    return next(model.parameters()).dtype
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_sliding_window(model, capacity: int) -> None:
+    """Our 4-D mask is full causal attention; refuse models whose sliding window would matter."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(text, "sliding_window", None)
+    layer_types = getattr(text, "layer_types", None) or []
+    uses_window = any("sliding" in t for t in layer_types) or bool(getattr(text, "use_sliding_window", False))
+    if window and uses_window and capacity > window:
+        raise NotImplementedError(
+            f"prompt + response length {capacity} exceeds the model's sliding window {window}; "
+            "the rollout engine only implements full causal attention"
+        )
+
+
+def decode_tree(model, prompts: list[list[int]], cfg: DecodeConfig, stats: dict[str, float] | None = None) -> list[Level]:
+    """Sample the trees described in the module docstring. Call under ``torch.inference_mode()``.
+
+    Returns:
+        One ``Level`` per depth that has nodes (index 0 = the prompts' children).
+    """
+    timer = _Timer(stats)
+    device = model_device(model)
+    dtype = model_dtype(model)
+    if not dtype.is_floating_point:
+        dtype = torch.float32
+    neg = torch.finfo(dtype).min
+    depth_count = len(cfg.branching)
+    keep_arg = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    eos = torch.tensor(sorted(set(cfg.eos_token_ids)), dtype=torch.long, device=device)
+
+    # ---- prefill: every prompt once, left-padded -------------------------------------------------
+    n_prompts = len(prompts)
+    prompt_lens = torch.tensor([len(p) for p in prompts], dtype=torch.long)  # [P]
+    width = int(prompt_lens.max())
+    capacity = width + cfg.max_new_tokens
+    _check_sliding_window(model, capacity)
+    ids = torch.full((n_prompts, width), cfg.pad_token_id, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+    col = torch.arange(width)
+    valid = col.unsqueeze(0) >= (width - prompt_lens).unsqueeze(1)  # [P, W] bool
+    positions = (col.unsqueeze(0) - (width - prompt_lens).unsqueeze(1)).clamp_(min=0)  # [P, W]
+    bias = torch.zeros((n_prompts, 1, 1, capacity), dtype=dtype)  # [P, 1, 1, C] additive mask
+    bias[:, 0, 0, :width].masked_fill_(~valid, neg)
+    causal = col.unsqueeze(0) <= col.unsqueeze(1)  # [W(query), W(key)]
+    prefill_mask = bias[:, :, :, :width].expand(n_prompts, 1, width, width).masked_fill(~causal, neg)  # [P,1,W,W]
+
+    cache = PreallocatedCache(capacity) if cfg.kv_cache == "static" else _dynamic_cache(model)
+    with timer("prefill"):
+        out = model(
+            input_ids=ids.to(device),
+            attention_mask=prefill_mask.to(device),
+            position_ids=positions.to(device),
+            past_key_values=cache,
+            use_cache=True,
+            **keep_arg,
+        )
+    logits = out.logits[:, -1].float()  # [P, V]
+    cache = out.past_key_values if out.past_key_values is not None else cache
+    del out
+    bias = bias.to(device)
+    next_pos = prompt_lens.to(device)  # [P] position id of the next fed token
+    paths: list[tuple[int, ...]] = [(i,) for i in range(n_prompts)]  # seed path of each row's node
+    history = torch.zeros((n_prompts, cfg.max_new_tokens), dtype=torch.long, device=device) if cfg.stop else None
+    row_parent = torch.arange(n_prompts)  # [rows] node index (previous level) of each batch row
+    cache_len = width
+    generated = 0  # response tokens so far, identical for every live row
+
+    levels: list[Level] = []
+    for depth in range(depth_count):
+        b = cfg.branching[depth]
+        last = depth == depth_count - 1
+        budget = min(cfg.max_new_tokens - generated, cfg.max_new_tokens if last else cfg.segment_len)
+        # ---- fork every live row into b children ------------------------------------------------
+        rows = logits.shape[0]
+        with timer("fork"):
+            fork = torch.arange(rows, device=device).repeat_interleave(b)  # [K]
+            cache.batch_select_indices(fork)
+            logits = logits.index_select(0, fork)
+            bias = bias.index_select(0, fork)
+            next_pos = next_pos.index_select(0, fork)
+            if history is not None:
+                history = history.index_select(0, fork)
+        parent = row_parent.repeat_interleave(b)  # [K]
+        child_index = torch.arange(b).repeat(rows)  # [K]
+        paths = [paths[r] + (j,) for r in range(rows) for j in range(b)]
+        n_nodes = len(paths)
+        with timer("rng"):
+            uniforms = segment_uniforms([node_seed(cfg.base_seed, p) for p in paths], budget).to(device)  # [K, budget]
+        tokens = torch.full((n_nodes, budget), cfg.pad_token_id, dtype=torch.long, device=device)
+        logprobs = torch.zeros((n_nodes, budget), dtype=torch.float32, device=device)
+        lengths = torch.zeros(n_nodes, dtype=torch.long, device=device)
+        stopped = torch.zeros(n_nodes, dtype=torch.bool, device=device)
+        node = torch.arange(n_nodes, device=device)  # [B] node of each batch row
+        alive = torch.ones(n_nodes, dtype=torch.bool, device=device)  # [B]
+        n_alive = n_nodes
+
+        for t in range(budget):
+            with timer("sample"):
+                tok, lp = sample_next(
+                    logits, uniforms[node, t], temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p
+                )  # [B], [B]
+                live_nodes = node[alive]
+                tokens[live_nodes, t] = tok[alive]
+                logprobs[live_nodes, t] = lp[alive]
+                lengths[live_nodes] = t + 1
+                generated_now = generated + t + 1
+                hit = torch.isin(tok, eos) & alive  # [B]
+            if history is not None:
+                with timer("stop_strings"):
+                    history[:, generated_now - 1] = tok
+                    hit |= cfg.stop.hits(history, generated_now).to(device) & alive
+            if bool(hit.any()):
+                stopped[node[hit]] = True
+                alive &= ~hit
+                n_alive = int(alive.sum())
+            if n_alive == 0 or t == budget - 1:
+                break
+            dead = alive.shape[0] - n_alive
+            if dead >= max(1, cfg.compact_fraction * alive.shape[0]):
+                with timer("compact"):
+                    keep = alive.nonzero().squeeze(1)  # [B']
+                    cache.batch_select_indices(keep)
+                    bias, next_pos, node, tok = (x.index_select(0, keep) for x in (bias, next_pos, node, tok))
+                    if history is not None:
+                        history = history.index_select(0, keep)
+                    alive = torch.ones(keep.shape[0], dtype=torch.bool, device=device)
+            with timer("forward"):
+                logits = _step(model, cache, tok, next_pos, bias[:, :, :, : cache_len + 1], keep_arg)
+            next_pos = next_pos + 1
+            cache_len += 1
+        generated += budget
+
+        # Nodes that ran out of budget: expanded if a deeper level exists and tokens remain.
+        can_expand = (not last) and generated < cfg.max_new_tokens
+        expanded = (~stopped) & torch.tensor(can_expand, device=device)
+        levels.append(
+            Level(
+                parent=parent,
+                child_index=child_index,
+                tokens=tokens,
+                logprobs=logprobs,
+                lengths=lengths,
+                finish=["stop" if s else "length" for s in stopped.tolist()],
+                expanded=expanded,
+            )
+        )
+        if not can_expand or n_alive == 0:
+            break
+        # ---- feed the segments' last tokens; the children's first token is sampled from these logits
+        with timer("compact"):
+            keep = alive.nonzero().squeeze(1)  # [B'] rows to expand, in node order
+            if keep.shape[0] != alive.shape[0]:
+                cache.batch_select_indices(keep)
+                bias, next_pos, node, tok = (x.index_select(0, keep) for x in (bias, next_pos, node, tok))
+                if history is not None:
+                    history = history.index_select(0, keep)
+        with timer("forward"):
+            logits = _step(model, cache, tok, next_pos, bias[:, :, :, : cache_len + 1], keep_arg)
+        next_pos = next_pos + 1
+        cache_len += 1
+        row_parent = node.cpu()
+        paths = [paths[i] for i in row_parent.tolist()]
+    return levels
+
+
+def _step(model, cache, tok: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, keep_arg: dict) -> torch.Tensor:
+    """Feed one token per row; return the next-token logits ``[B, V]`` float32."""
+    out = model(
+        input_ids=tok.unsqueeze(1),
+        attention_mask=mask,
+        position_ids=pos.unsqueeze(1),
+        past_key_values=cache,
+        use_cache=True,
+        **keep_arg,
+    )
+    return out.logits[:, -1].float()
+
+
+def _dynamic_cache(model):
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)

@@ -1,0 +1,157 @@
+"""Batched sampling with a KV cache: ``generate(model, prompts, params, ...) -> Rollout``.
+
+What makes it fast on CPU (measured on SmolLM2-135M, batch 64; see scripts/bench/rollout_bench.py):
+- a preallocated KV cache written in place (transformers' DynamicCache re-allocates and copies the
+  whole cache at every token: ~40% of a decode step in fp32);
+- each prompt is encoded once and its KV cache forked to its n samples;
+- the attention mask is a per-row additive bias sliced to the current length (no per-step mask
+  construction), and only the last position's logits are computed;
+- finished sequences leave the batch (with their cache rows) once they are 1/8 of it;
+- sampling is one pass of exp over the vocabulary plus a two-level inverse CDF (no sort; top-p
+  looks at the best 64/1024 tokens before sorting everything).
+
+Deviations from ``transformers.generate``: the random stream is per sequence (see sampling.py), so
+the samples differ from HF's for the same seed, but do not depend on batch composition; the
+log-probs returned are those of the untruncated ``softmax(logits / T)`` (what the trainer recomputes).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rltrain.rollout.decode import KV_CACHES, DecodeConfig, decode_tree
+from rltrain.rollout.sampling import draw_base_seed
+from rltrain.rollout.stops import StopStrings
+
+
+@dataclass
+class SamplingParams:
+    """How to sample responses.
+
+    Attributes:
+        max_new_tokens: response length cap (tokens, EOS included).
+        temperature: softmax temperature; 0 means greedy.
+        top_p: nucleus sampling mass; 1.0 = off. Applied after top-k.
+        top_k: keep the k most likely tokens; 0 = off.
+        n: samples per prompt.
+        stop_strings: stop once the decoded response contains one of these; the stop string
+            (and the whole token that completed it) stays in the response. Needs a tokenizer.
+    """
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    n: int = 1
+    stop_strings: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplingParams.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingParams.temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"SamplingParams.top_k must be >= 0, got {self.top_k}")
+        if self.n < 1:
+            raise ValueError(f"SamplingParams.n must be >= 1, got {self.n}")
+        self.stop_strings = tuple(self.stop_strings)
+
+
+@dataclass
+class Rollout:
+    """N = num_prompts * n sampled responses; sequences of prompt i are rows i*n .. i*n+n-1.
+
+    Attributes:
+        prompt_ids: per sequence, the prompt's token ids (unpadded).
+        response_ids: ``[N, T]`` long, right-padded with pad_token_id; T = longest response.
+        response_mask: ``[N, T]`` float, 1 on response tokens (the EOS token included).
+        logprobs: ``[N, T]`` float32, log-prob of each token under softmax(logits / temperature)
+            (temperature 1 for greedy); 0 on padding.
+        lengths: ``[N]`` long, response lengths.
+        finish_reasons: per sequence "stop" (EOS or stop string) or "length".
+        prompt_index: ``[N]`` long, the prompt each sequence answers.
+    """
+
+    prompt_ids: list[list[int]]
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    logprobs: torch.Tensor
+    lengths: torch.Tensor
+    finish_reasons: list[str]
+    prompt_index: torch.Tensor
+
+
+def generate(
+    model,
+    prompts: list[list[int]],
+    params: SamplingParams,
+    *,
+    eos_token_ids: list[int],
+    pad_token_id: int,
+    tokenizer=None,
+    generator: torch.Generator | None = None,
+    kv_cache: str = "static",
+    stats: dict[str, float] | None = None,
+) -> Rollout:
+    """Sample ``params.n`` responses to each prompt.
+
+    Args:
+        model: any ``transformers`` causal LM (called as ``model(input_ids=..., attention_mask=4-D,
+            position_ids=..., past_key_values=..., use_cache=True)``); put in eval mode for the
+            call and restored after. Works inside ``deepspeed.zero.GatheredParameters``.
+        prompts: token ids of each prompt (non-empty, unpadded).
+        params: see ``SamplingParams``.
+        eos_token_ids: tokens that end a response (kept in it, mask 1).
+        pad_token_id: fills ``response_ids`` (and the left padding of prompts).
+        tokenizer: needed only for ``params.stop_strings``.
+        generator: source of the one seed drawn per call (torch's default generator if None).
+        kv_cache: "static" (preallocated, default) or "dynamic" (transformers' DynamicCache).
+        stats: if given, wall-clock seconds per phase (prefill, forward, sample, ...) are added.
+
+    Returns:
+        A ``Rollout`` with plain (non-inference) tensors on the CPU.
+    """
+    if not prompts:
+        raise ValueError("generate: prompts is empty")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("generate: every prompt needs at least one token")
+    if kv_cache not in KV_CACHES:
+        raise ValueError(f"generate: kv_cache must be one of {KV_CACHES}, got {kv_cache!r}")
+    cfg = DecodeConfig(
+        branching=[params.n],
+        segment_len=params.max_new_tokens,
+        max_new_tokens=params.max_new_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k,
+        eos_token_ids=list(eos_token_ids),
+        pad_token_id=pad_token_id,
+        stop=StopStrings(params.stop_strings, tokenizer),
+        base_seed=draw_base_seed(generator),
+        kv_cache=kv_cache,
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            (level,) = decode_tree(model, prompts, cfg, stats)
+            width = max(1, int(level.lengths.max()))
+            out = (level.tokens[:, :width], level.logprobs[:, :width], level.lengths)
+    finally:
+        model.train(was_training)
+    # Clone outside inference mode: inference tensors cannot be saved for backward later.
+    tokens, logprobs, lengths = (x.cpu().clone() for x in out)
+    mask = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).float()  # [N, T]
+    prompt_index = torch.arange(len(prompts)).repeat_interleave(params.n)  # [N]
+    return Rollout(
+        prompt_ids=[list(prompts[i]) for i in prompt_index.tolist()],
+        response_ids=tokens,
+        response_mask=mask,
+        logprobs=logprobs,
+        lengths=lengths,
+        finish_reasons=level.finish,
+        prompt_index=prompt_index,
+    )

@@ -1,0 +1,107 @@
+"""Every shipped config option composes and validates; bad keys, types, options and batch
+combinations fail at start with a message naming the key and the valid choices."""
+import subprocess
+import sys
+
+import pytest
+
+from rltrain.cli import GROUPS, compose_or_explain, group_options, to_run_config
+from rltrain.config import ConfigError, register_configs, validate
+
+register_configs()
+
+
+def _all_options():
+    for group in GROUPS:
+        for option in group_options(group):
+            yield group, option
+
+
+@pytest.mark.parametrize("group,option", list(_all_options()))
+def test_every_option_composes_and_validates(group, option):
+    overrides = [f"+experiment={option}"] if group == "experiment" else [f"{group}={option}"]
+    if group == "model" and option == "hf":
+        overrides.append("model.path=some/model")
+    cfg = to_run_config(compose_or_explain(overrides))
+    validate(cfg)
+    if group != "experiment":
+        assert getattr(cfg, group).name == option
+
+
+def test_default_is_grpo_smollm_arith():
+    cfg = to_run_config(compose_or_explain([]))
+    assert (cfg.algo.name, cfg.model.name, cfg.data.name, cfg.reward.name) == ("grpo", "smollm2_135m", "arith", "math")
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError) as e:
+        compose_or_explain(["train.stepz=3"])
+    msg = str(e.value)
+    assert "train.stepz" in msg and "steps" in msg and "prompts_per_step" in msg
+
+
+def test_key_of_another_algorithm_is_rejected_with_its_valid_keys():
+    with pytest.raises(ConfigError) as e:
+        compose_or_explain(["algo.gamma=0.9"])  # gamma belongs to ppo, default algo is grpo
+    assert "algo.gamma" in str(e.value) and "adv_scale" in str(e.value)
+    cfg = to_run_config(compose_or_explain(["algo=ppo", "algo.gamma=0.9"]))
+    assert cfg.algo.gamma == 0.9
+
+
+def test_unknown_option_lists_options():
+    with pytest.raises(ConfigError) as e:
+        compose_or_explain(["algo=grpoo"])
+    msg = str(e.value)
+    assert "algo=grpoo" in msg and "spo_tree" in msg and "grpo" in msg and "_schema" not in msg
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError) as e:
+        compose_or_explain(["train.steps=ten"])
+    assert "train.steps=ten" in str(e.value)
+
+
+def test_batch_sizes_that_do_not_divide_are_named():
+    cfg = to_run_config(compose_or_explain(["train.prompts_per_step=3", "train.samples_per_prompt=5",
+                                            "train.minibatches_per_step=2"]))
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert "minibatches_per_step=2" in str(e.value) and "15" in str(e.value)
+    cfg = to_run_config(compose_or_explain(["train.prompts_per_step=3"]))
+    with pytest.raises(ConfigError, match="prompts_per_step=3 must divide evenly over 2 ranks"):
+        validate(cfg, world_size=2)
+    cfg = to_run_config(compose_or_explain(["train.micro_batch_size=5"]))
+    with pytest.raises(ConfigError, match="micro_batch_size=5"):
+        validate(cfg)
+
+
+def test_bad_choice_value_lists_choices():
+    cfg = to_run_config(compose_or_explain(["algo.loss_agg_mode=token-sum"]))
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert "token-sum" in str(e.value) and "seq-mean-token-sum-norm" in str(e.value)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "rltrain.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_help_lists_groups():
+    r = _cli("--help")
+    assert r.returncode == 0
+    for g in ("algo", "token_selection", "policy_loss", "reward", "data", "model", "deepspeed"):
+        assert g in r.stdout
+    assert "spo_tree" in r.stdout and "high_entropy" in r.stdout
+
+
+def test_cli_cfg_job_prints_resolved_config():
+    r = _cli("algo=ppo", "train.steps=3", "--cfg", "job")
+    assert r.returncode == 0, r.stderr
+    assert "gamma:" in r.stdout and "steps: 3" in r.stdout
+
+
+def test_cli_bad_key_exits_2_with_message():
+    r = _cli("train.lr_foo=1")
+    assert r.returncode == 2
+    assert "unknown config key 'train.lr_foo'" in r.stderr and "lr" in r.stderr
+    assert "Traceback" not in r.stderr
