@@ -83,8 +83,14 @@ def compose_or_explain(overrides: list[str]):
 
 
 def to_run_config(cfg: DictConfig) -> RunConfig:
-    """The typed config (dataclasses all the way down)."""
-    return OmegaConf.to_object(cfg)
+    """The typed config (dataclasses all the way down); a required key left unset is named."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        return OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as err:
+        key = getattr(err, "full_key", None) or str(err)
+        raise ConfigError(f"required key '{key}' has no value; set it on the command line ({key}=...)") from err
 
 
 def _user_overrides(argv: list[str]) -> list[str] | None:

@@ -82,17 +82,25 @@ class PPOConfig(AlgoConfig):
     ref_ema: float = 0.001
     """Trick 3: reference ← η·actor + (1−η)·reference after every step; 0 = frozen reference."""
     value_clip: float = 0.2
+    """Clip of the value update around the rollout-time values (ReaLHF value_eps_clip); ≤ 0 = off."""
     value_norm: bool = True
     """Running normalisation of value targets (β = 0.99995)."""
+    value_loss: str = "mse"
+    """Critic loss: mse (½e²) | huber (δ = 10)."""
     critic_lr: float = 5e-6
+    """Learning rate of the critic's own optimizer (AdamW; train.* gives the rest)."""
     critic_path: Optional[str] = None
-    """Critic backbone; None = a copy of the policy backbone with a fresh value head."""
+    """Critic backbone (HF directory or hub id; a value_head.pt next to it is loaded too);
+    None = a copy of the policy backbone with a fresh value head."""
     critic_warmup_steps: int = 0
-    """Steps that train only the critic at the start."""
+    """Steps at the start that train only the critic (the actor is not updated)."""
     max_reward_clip: float = 5.0
+    """Scores are clipped to ±this before they enter the token rewards."""
+    score_truncated: bool = False
+    """False (ReaLHF): only responses that finished get their score; truncated ones bootstrap from
+    the critic. True (verl): every response gets its score on its last token, nothing bootstraps."""
     early_stop_ratio: float = 5.0
-    """Zero a minibatch's loss if its mean importance ratio exceeds this (≤ 0 = off)."""
-    dual_clip: Optional[float] = None
+    """Zero a micro-batch's policy loss if its mean importance ratio exceeds this (≤ 0 = off)."""
 
 
 @dataclass
@@ -129,7 +137,12 @@ class SPOConfig(AlgoConfig):
 
 @dataclass
 class DPOConfig(AlgoConfig):
-    """DPO, IPO, conservative DPO and iterative DPO (ALGORITHMS.md §1)."""
+    """DPO, IPO, conservative DPO and iterative DPO (ALGORITHMS.md §1).
+
+    Offline: ``train.prompts_per_step`` pairs per optimizer step (global). Iterative: ``algo.rounds``
+    rounds of ``train.steps / algo.rounds`` steps; each round samples ``train.samples_per_prompt``
+    responses for each of its prompts, pairs best vs worst, then trains one pass over those pairs.
+    """
 
     name: str = "dpo"
     beta: float = 0.1
@@ -138,25 +151,41 @@ class DPOConfig(AlgoConfig):
     label_smoothing: float = 0.0
     """cDPO ε (fraction of flipped labels), in [0, 0.5)."""
     reference_free: bool = False
+    """Uniform reference: no reference model, reference log-ratio 0."""
     cache_ref_logps: bool = True
-    """Compute reference log-probs once and cache them on disk (offline DPO)."""
+    """Offline DPO: compute reference log-probs once, before training, and cache them on disk
+    (no reference model kept in memory); false = a frozen reference model forwards every batch."""
+    ref_cache_dir: Optional[str] = None
+    """Where the reference log-prob cache lives; None = the run directory. A shared directory lets
+    runs that differ only in β or the loss reuse it (entries are keyed by model, data, lengths)."""
     max_length: int = 512
+    """Prompt + response tokens; longer pairs are truncated (prompt first, then the responses)."""
     max_prompt_length: int = 256
     truncation: str = "keep_end"
     """How the prompt is truncated: keep_end | keep_start."""
     iterative: bool = False
     """Iterative DPO: sample K responses per prompt, pair best vs worst, train, repeat."""
     rounds: int = 3
-    """Iterative DPO: number of rounds."""
+    """Iterative DPO: number of rounds; train.steps must be a multiple of it."""
     reference: str = "initial"
-    """Iterative DPO reference: initial | previous_iterate."""
+    """Iterative DPO reference: initial (the starting policy) | previous_iterate (the policy at the
+    start of each round)."""
 
 
 @dataclass
 class SFTConfig(AlgoConfig):
-    """Supervised fine-tuning on (prompt, response) with the prompt masked."""
+    """Supervised fine-tuning on (prompt, response) with the prompt masked.
+
+    ``train.prompts_per_step`` examples per optimizer step (global); the loss is
+    ``algo.loss_agg_mode`` (token-mean) of −log π over response tokens (EOS included).
+    """
 
     name: str = "sft"
+    max_length: int = 512
+    """Prompt + response tokens; longer examples are truncated (prompt first, then the response)."""
+    max_prompt_length: int = 256
+    truncation: str = "keep_end"
+    """How the prompt is truncated: keep_end | keep_start."""
 
 
 # --------------------------------------------------------------------------- token selection / policy loss
@@ -270,7 +299,19 @@ class MathRewardConfig(RewardConfig):
     """Score for a boxed but wrong answer; None = wrong_score."""
     use_math_verify: bool = True
     """LaTeX equivalence through math-verify (in a process pool) after the fast checks."""
-    timeout_s: float = 5.0
+    timeout_s: int = 5
+    """Per-item time limit of math-verify (whole seconds)."""
+    num_workers: int = 2
+    """math-verify worker processes."""
+
+
+@dataclass
+class PythonRewardConfig(RewardConfig):
+    """Any Python callable ``fn(samples, completions) -> list[float] | RewardOutput``."""
+
+    name: str = "python"
+    fn: str = MISSING
+    """Import path ``package.module:function``."""
 
 
 @dataclass
@@ -287,27 +328,76 @@ class DataConfig:
 
 @dataclass
 class ArithDataConfig(DataConfig):
-    """Synthetic arithmetic word problems, generated offline."""
+    """Synthetic arithmetic word problems, generated offline (rltrain/data/arith.py)."""
 
     name: str = "arith"
     difficulty: int = 1
-    """1 = two-digit addition; higher adds operands, larger numbers, other operations."""
+    """1 = two-digit addition; 2 = 3-digit ±; 3 = three terms; 4 = with a product; 5 = word problems."""
     n_train: int = 2000
     n_test: int = 200
-    seed: int = 1234
+    seed: int = 0
+    instruction: str = "Give the final answer as \\boxed{N}."
+    """Appended to every question."""
+
+
+@dataclass
+class SyntheticPrefsConfig(ArithDataConfig):
+    """Offline preference pairs from arith: correct worked solution vs a wrong final answer."""
+
+    name: str = "synthetic_prefs"
 
 
 @dataclass
 class FileDataConfig(DataConfig):
-    """A dataset from a hub id or local jsonl/json/parquet files (gsm8k, math, qa)."""
+    """Fields shared by datasets read from a hub id or local jsonl/json/parquet files."""
 
-    name: str = "gsm8k"
     path: Optional[str] = None
     """Local training file (jsonl/json/parquet); None = load hub_id."""
     test_path: Optional[str] = None
+    """Local test file; None = hold out test_fraction of the training rows (or the hub test split)."""
+    test_fraction: float = 0.1
     hub_id: Optional[str] = None
-    test_fraction: float = 0.0
-    """Held-out fraction when there is no test file."""
+    hub_config: Optional[str] = None
+    train_split: str = "train"
+    test_split: Optional[str] = "test"
+    n_train: Optional[int] = None
+    """Use only the first n training rows (None = all)."""
+    n_test: Optional[int] = None
+    seed: int = 0
+
+
+@dataclass
+class GSM8KDataConfig(FileDataConfig):
+    """GSM8K: reference answer after ``####``."""
+
+    name: str = "gsm8k"
+    hub_id: Optional[str] = "openai/gsm8k"
+    hub_config: Optional[str] = "main"
+    question_key: str = "question"
+    answer_key: str = "answer"
+    instruction: str = "Give the final answer as \\boxed{N}."
+
+
+@dataclass
+class MathDataConfig(FileDataConfig):
+    """MATH: the ``answer`` column, else the last ``\\boxed{}`` of the solution."""
+
+    name: str = "math"
+    hub_id: Optional[str] = "DigitalLearningGmbH/MATH-lighteval"
+    question_key: str = "problem"
+    answer_key: str = "answer"
+    solution_key: str = "solution"
+    instruction: str = "Put the final answer within \\boxed{}."
+
+
+@dataclass
+class PreferenceDataConfig(FileDataConfig):
+    """Preference pairs (prompt / chosen / rejected; text or chat messages)."""
+
+    name: str = "preference"
+    prompt_key: str = "prompt"
+    chosen_key: str = "chosen"
+    rejected_key: str = "rejected"
 
 
 @dataclass
@@ -444,8 +534,10 @@ SCHEMA_NODES: dict[str, dict[str, type]] = {
     "token_selection": {"all_selection_schema": TokenSelectionConfig,
                         "high_entropy_schema": HighEntropyConfig, "prob_mask_schema": ProbMaskConfig},
     "policy_loss": {"clip_schema": ClipLossConfig, "clip_cov_schema": ClipCovConfig, "kl_cov_schema": KLCovConfig},
-    "reward": {"math_reward_schema": MathRewardConfig},
-    "data": {"arith_data_schema": ArithDataConfig, "file_data_schema": FileDataConfig},
+    "reward": {"math_reward_schema": MathRewardConfig, "python_reward_schema": PythonRewardConfig},
+    "data": {"arith_data_schema": ArithDataConfig, "synthetic_prefs_schema": SyntheticPrefsConfig,
+             "gsm8k_schema": GSM8KDataConfig, "math_data_schema": MathDataConfig,
+             "preference_schema": PreferenceDataConfig},
     "model": {"model_schema": ModelConfig},
     "deepspeed": {"deepspeed_schema": DeepSpeedConfig},
 }
@@ -530,8 +622,24 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
             raise ConfigError("algo=grpo needs train.samples_per_prompt ≥ 2 (group-normalised advantages)")
     if isinstance(a, PPOConfig):
         _choice("algo.adv_norm_scope", a.adv_norm_scope, ["batch", "per_minibatch"])
+        _choice("algo.value_loss", a.value_loss, ["mse", "huber"])
         if not 0 <= a.ref_ema <= 1:
             raise ConfigError(f"algo.ref_ema={a.ref_ema} must be in [0, 1]")
+        if not (0 <= a.gamma <= 1 and 0 <= a.lam <= 1):
+            raise ConfigError(f"algo.gamma={a.gamma} and algo.lam={a.lam} must be in [0, 1]")
+        if a.adaptive_kl and not a.kl_in_reward:
+            raise ConfigError("algo.adaptive_kl=true adapts the KL penalty in the reward; it needs "
+                              "algo.kl_in_reward=true (the KL loss uses the fixed algo.kl_coef)")
+        if a.adaptive_kl and a.kl_coef <= 0:
+            raise ConfigError("algo.adaptive_kl=true needs an initial algo.kl_coef > 0")
+    if isinstance(a, (DPOConfig, SFTConfig)):
+        _choice("algo.truncation", a.truncation, ["keep_end", "keep_start"])
+        if not 0 < a.max_prompt_length < a.max_length:
+            raise ConfigError(
+                f"algo.max_prompt_length={a.max_prompt_length} must be in (0, algo.max_length={a.max_length})")
+        if t.prompts_per_step % world_size:
+            raise ConfigError(f"train.prompts_per_step={t.prompts_per_step} examples per step must divide "
+                              f"evenly over {world_size} ranks")
     if isinstance(a, SPOConfig):
         _choice("algo.partition", a.partition, ["cutpoint", "fixed"])
         _choice("algo.first_segment_value", a.first_segment_value, ["group_mean", "zero"])
@@ -542,11 +650,19 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
     if isinstance(a, DPOConfig):
         _choice("algo.loss_type", a.loss_type, ["sigmoid", "ipo"])
         _choice("algo.reference", a.reference, ["initial", "previous_iterate"])
+        if a.beta <= 0:
+            raise ConfigError(f"algo.beta={a.beta} must be > 0")
         if not 0 <= a.label_smoothing < 0.5:
             raise ConfigError(f"algo.label_smoothing={a.label_smoothing} must be in [0, 0.5)")
-        if a.max_prompt_length >= a.max_length:
-            raise ConfigError(
-                f"algo.max_prompt_length={a.max_prompt_length} must be < algo.max_length={a.max_length}")
+        if a.loss_type == "ipo" and a.label_smoothing:
+            raise ConfigError("algo.label_smoothing applies to algo.loss_type=sigmoid only")
+        if a.iterative:
+            if a.rounds < 1 or t.steps % a.rounds:
+                raise ConfigError(f"algo.iterative=true: train.steps={t.steps} must be a positive multiple of "
+                                  f"algo.rounds={a.rounds} (each round trains train.steps / algo.rounds steps)")
+            if t.samples_per_prompt < 2:
+                raise ConfigError("algo.iterative=true needs train.samples_per_prompt ≥ 2 "
+                                  "(best and worst of the sampled responses form a pair)")
 
 
 def option_schema(group: str, name: str) -> type:
@@ -564,8 +680,9 @@ def option_schema(group: str, name: str) -> type:
 
 # Options of groups with several schemas, by option name.
 OPTION_SCHEMAS: dict[str, dict[str, type]] = {
-    "data": {"arith": ArithDataConfig, "gsm8k": FileDataConfig, "math": FileDataConfig},
-    "reward": {"math": MathRewardConfig},
+    "data": {"arith": ArithDataConfig, "synthetic_prefs": SyntheticPrefsConfig, "gsm8k": GSM8KDataConfig,
+             "math": MathDataConfig, "preference": PreferenceDataConfig},
+    "reward": {"math": MathRewardConfig, "python": PythonRewardConfig},
     "token_selection": {"all": TokenSelectionConfig, "high_entropy": HighEntropyConfig, "prob_mask": ProbMaskConfig},
     "policy_loss": {"clip": ClipLossConfig, "clip_cov": ClipCovConfig, "kl_cov": KLCovConfig},
 }

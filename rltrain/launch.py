@@ -138,7 +138,8 @@ def launch(cfg: RunConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     sw = slurm_world()
     if sw is not None:
-        rank, world, _ = sw
+        rank, world, local_rank = sw
+        os.environ["LOCAL_RANK"] = str(local_rank)
         if rank == 0:
             save_config(cfg, run_dir)
         addr, port = _slurm_master()

@@ -22,6 +22,8 @@ def test_every_option_composes_and_validates(group, option):
     overrides = [f"+experiment={option}"] if group == "experiment" else [f"{group}={option}"]
     if group == "model" and option == "hf":
         overrides.append("model.path=some/model")
+    if group == "reward" and option == "python":
+        overrides.append("reward.fn=tests.toy_rewards:sevens")
     cfg = to_run_config(compose_or_explain(overrides))
     validate(cfg)
     if group != "experiment":
@@ -105,3 +107,26 @@ def test_cli_bad_key_exits_2_with_message():
     assert r.returncode == 2
     assert "unknown config key 'train.lr_foo'" in r.stderr and "lr" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_option_schemas_match_builder_signatures():
+    """A data/reward option's fields (minus the shared ones) are exactly its builder's kwargs."""
+    import inspect
+
+    from rltrain.config import OPTION_SCHEMAS
+    from rltrain.data import DATASETS
+    from rltrain.loops.common import option_kwargs
+    from rltrain.rewards import reward_class
+
+    for name, schema in OPTION_SCHEMAS["data"].items():
+        params = set(inspect.signature(DATASETS[name]).parameters)
+        assert set(option_kwargs(schema(name=name))) == params, name
+    for name, schema in OPTION_SCHEMAS["reward"].items():
+        params = set(inspect.signature(reward_class(name).__init__).parameters) - {"self"}
+        fields = set(option_kwargs(schema(name=name, **({"fn": "x:y"} if name == "python" else {}))))
+        assert fields == params, name
+
+
+def test_missing_required_key_is_named():
+    with pytest.raises(ConfigError, match="reward.fn"):
+        to_run_config(compose_or_explain(["reward=python"]))

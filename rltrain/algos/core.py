@@ -287,7 +287,8 @@ def unflatten_valid(flat: Tensor, mask: Tensor, fill: float | bool = 0) -> Tenso
 
 
 def _ratio_count(ratio: float, n: int, rounding: str) -> int:
-    """⌈ratio·n⌉ or ⌊ratio·n⌋ without float artefacts (0.2·15 is 3.0000000000000004 in floats)."""
+    """⌈ratio·n⌉ or ⌊ratio·n⌋ without float artefacts (in floats 0.07·100 is 7.000000000000001
+    and 0.0003·10000 is 2.9999999999999996)."""
     exact = ratio * n
     nearest = round(exact)
     if math.isclose(exact, nearest, rel_tol=1e-12, abs_tol=1e-9):
@@ -322,12 +323,21 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _chunk_rows(vocab: int) -> int:
-    return max(1, _CHUNK_ELEMENTS // max(vocab, 1))
+def _chunks(logits: Tensor):
+    """(b, slice of t) pieces of ``[B, T, V]`` logits holding at most ``_CHUNK_ELEMENTS`` values.
+
+    Chunking inside each row keeps every piece a view, also for non-contiguous logits such as
+    ``model_logits[:, :-1]`` (a reshape to ``[B·T, V]`` would copy them all).
+    """
+    B, T, V = logits.shape
+    step = max(1, _CHUNK_ELEMENTS // max(V, 1))
+    for b in range(B):
+        for s in range(0, T, step):
+            yield b, slice(s, min(s + step, T))
 
 
 class _TokenLogProb(torch.autograd.Function):
-    """log softmax(z/τ)[label] per row, without keeping a float32 copy of the logits.
+    """log softmax(z/τ)[label] per token, without keeping a float32 copy of the logits.
 
     Backward recomputes the softmax chunk by chunk from the saved logits and log-normaliser:
     d lp / d z = (onehot(label) − softmax(z/τ)) / τ.
@@ -335,16 +345,14 @@ class _TokenLogProb(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, labels: Tensor, temperature: float) -> Tensor:
-        # logits [N, V] (any float dtype), labels [N] (valid indices)
+        # logits [B, T, V] (any float dtype), labels [B, T] (valid indices)
         cdtype = _compute_dtype(logits.dtype)
-        n, vocab = logits.shape
-        out = torch.empty(n, dtype=cdtype, device=logits.device)  # [N]
-        lse = torch.empty(n, dtype=cdtype, device=logits.device)  # [N]
-        step = _chunk_rows(vocab)
-        for s in range(0, n, step):
-            z = logits[s : s + step].to(cdtype) / temperature  # [n_c, V]
-            lse[s : s + step] = torch.logsumexp(z, dim=-1)
-            out[s : s + step] = z.gather(-1, labels[s : s + step, None]).squeeze(-1) - lse[s : s + step]
+        out = torch.empty(labels.shape, dtype=cdtype, device=logits.device)  # [B, T]
+        lse = torch.empty(labels.shape, dtype=cdtype, device=logits.device)  # [B, T]
+        for b, t in _chunks(logits):
+            z = logits[b, t].to(cdtype) / temperature  # [n_c, V]
+            lse[b, t] = torch.logsumexp(z, dim=-1)
+            out[b, t] = z.gather(-1, labels[b, t, None]).squeeze(-1) - lse[b, t]
         ctx.save_for_backward(logits, labels, lse)
         ctx.temperature = temperature
         return out
@@ -355,15 +363,13 @@ class _TokenLogProb(torch.autograd.Function):
         logits, labels, lse = ctx.saved_tensors
         temperature = ctx.temperature
         cdtype = lse.dtype
-        n, vocab = logits.shape
-        grad = torch.empty_like(logits)  # [N, V]
-        step = _chunk_rows(vocab)
-        for s in range(0, n, step):
-            z = logits[s : s + step].to(cdtype) / temperature  # [n_c, V]
-            g_out = grad_out[s : s + step, None].to(cdtype)  # [n_c, 1]
-            g = -torch.exp(z - lse[s : s + step, None]) * g_out  # [n_c, V]
-            g.scatter_add_(-1, labels[s : s + step, None], g_out)
-            grad[s : s + step] = (g / temperature).to(logits.dtype)
+        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)  # [B, T, V]
+        for b, t in _chunks(logits):
+            z = logits[b, t].to(cdtype) / temperature  # [n_c, V]
+            g_out = grad_out[b, t, None].to(cdtype)  # [n_c, 1]
+            g = -torch.exp(z - lse[b, t, None]) * g_out  # [n_c, V]
+            g.scatter_add_(-1, labels[b, t, None], g_out)
+            grad[b, t] = (g / temperature).to(logits.dtype)
         return grad, None, None
 
 
@@ -373,16 +379,14 @@ class _TokenEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, temperature: float) -> Tensor:
         cdtype = _compute_dtype(logits.dtype)
-        n, vocab = logits.shape
-        ent = torch.empty(n, dtype=cdtype, device=logits.device)  # [N]
-        lse = torch.empty(n, dtype=cdtype, device=logits.device)  # [N]
-        step = _chunk_rows(vocab)
-        for s in range(0, n, step):
-            z = logits[s : s + step].to(cdtype) / temperature  # [n_c, V]
+        ent = torch.empty(logits.shape[:2], dtype=cdtype, device=logits.device)  # [B, T]
+        lse = torch.empty(logits.shape[:2], dtype=cdtype, device=logits.device)  # [B, T]
+        for b, t in _chunks(logits):
+            z = logits[b, t].to(cdtype) / temperature  # [n_c, V]
             lse_c = torch.logsumexp(z, dim=-1)  # [n_c]
             p = torch.exp(z - lse_c[:, None])  # [n_c, V]
-            ent[s : s + step] = lse_c - (p * z).sum(-1)
-            lse[s : s + step] = lse_c
+            ent[b, t] = lse_c - (p * z).sum(-1)
+            lse[b, t] = lse_c
         ctx.save_for_backward(logits, lse, ent)
         ctx.temperature = temperature
         return ent
@@ -393,23 +397,21 @@ class _TokenEntropy(torch.autograd.Function):
         logits, lse, ent = ctx.saved_tensors
         temperature = ctx.temperature
         cdtype = lse.dtype
-        n, vocab = logits.shape
-        grad = torch.empty_like(logits)  # [N, V]
-        step = _chunk_rows(vocab)
-        for s in range(0, n, step):
-            z = logits[s : s + step].to(cdtype) / temperature  # [n_c, V]
-            logp = z - lse[s : s + step, None]  # [n_c, V]
-            g = -torch.exp(logp) * (logp + ent[s : s + step, None])  # [n_c, V]
-            g = g * grad_out[s : s + step, None].to(cdtype) / temperature
-            grad[s : s + step] = g.to(logits.dtype)
+        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)  # [B, T, V]
+        for b, t in _chunks(logits):
+            z = logits[b, t].to(cdtype) / temperature  # [n_c, V]
+            logp = z - lse[b, t, None]  # [n_c, V]
+            g = -torch.exp(logp) * (logp + ent[b, t, None])  # [n_c, V]
+            grad[b, t] = (g * grad_out[b, t, None].to(cdtype) / temperature).to(logits.dtype)
         return grad, None
 
 
 def logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> Tensor:
     """Per-token log-probabilities ``log softmax(logits / temperature)[labels]``.
 
-    Memory: the vocabulary-wide work runs in chunks of at most 2^24 float32 elements; no float32
-    copy of the logits is kept for backward (the gradient is recomputed from the saved logits
+    Memory: the vocabulary-wide work runs in chunks of at most 2^24 float32 elements, each a view
+    (non-contiguous logits such as ``out.logits[:, :-1]`` are not copied); no float32 copy of the
+    logits is kept for backward (the gradient is recomputed from the saved logits
     and the per-token log-normaliser). Computed in float32 (float64 input stays float64).
 
     Args:
@@ -423,11 +425,13 @@ def logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    *lead, vocab = logits.shape
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(
+            f"expected logits [B, T, V] and labels [B, T], got {tuple(logits.shape)}, {tuple(labels.shape)}"
+        )
     valid = labels >= 0  # [B, T]
-    safe = torch.where(valid, labels, torch.zeros_like(labels)).reshape(-1)  # [B*T]
-    lp = _TokenLogProb.apply(logits.reshape(-1, vocab), safe, float(temperature))  # [B*T]
-    lp = lp.reshape(*lead)  # [B, T]
+    safe = torch.where(valid, labels, torch.zeros_like(labels))  # [B, T]
+    lp = _TokenLogProb.apply(logits, safe, float(temperature))  # [B, T]
     return torch.where(valid, lp, torch.zeros((), dtype=lp.dtype, device=lp.device))
 
 
@@ -445,6 +449,6 @@ def token_entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    *lead, vocab = logits.shape
-    ent = _TokenEntropy.apply(logits.reshape(-1, vocab), float(temperature))  # [B*T]
-    return ent.reshape(*lead)
+    if logits.dim() != 3:
+        raise ValueError(f"expected logits [B, T, V], got {tuple(logits.shape)}")
+    return _TokenEntropy.apply(logits, float(temperature))  # [B, T]

@@ -25,7 +25,9 @@ name; what differs between entries is described by data on the entry (``select``
        kl_cov     options: select_ratio, kl_coef, scope
    ``mask`` is the *response* mask (all valid tokens); token selection is applied afterwards.
    Metrics: ratio_mean, ratio_max, approx_kl (every loss), clipfrac (clip, clip_cov),
-   selected_frac (clip_cov, kl_cov) — means over this call's valid tokens.
+   selected_frac (clip_cov, kl_cov) — over this call's valid tokens (weight by the micro-batch's
+   token count when averaging over micro-batches). ReaLHF/SPO's early stop ("mean ratio > x ⇒
+   loss × 0") reads ``metrics["ratio_mean"]``.
 
 3. ``"token_selection"`` — a ``TokenSelector``; calling it runs
        fn(mask, *, entropy=None, old_logp=None, selected=None, **options) -> select.TokenSelection
@@ -34,13 +36,15 @@ name; what differs between entries is described by data on the entry (``select``
        prob_mask     options: threshold, normalize             requires: old_logp
    ``requires`` names the per-token tensors the loop must compute and pass.
 
-Batch-wide selection protocol (decisions 1 and 7), identical for both registries. When
-``spec.needs_pool(options)`` is True (``scope="batch"``), before the backward passes of an
+Batch-wide selection protocol (decisions 1 and 7), identical for both registries. The pool is
+one optimizer step's batch: all its micro-batches on all ranks. When
+``spec.needs_pool(options)`` is True (``scope="batch"``), before the backward passes of that
 optimizer step the loop:
     1. computes, for every micro-batch, the current policy's per-token tensors (a no-grad
-       forward is enough: selections use detached values) and flattens the valid ones with
-       ``core.flatten_valid(x, mask)``: for a policy loss ``logp``, ``old_logp``,
-       ``advantages``; for a token selector the tensors in ``requires``;
+       forward is enough: selections use detached values; dropout must be off so it matches
+       the gradient pass) and flattens the valid ones with ``core.flatten_valid(x, mask)``:
+       for a policy loss ``logp``, ``old_logp`` and the ``advantages`` the loss will see
+       (after whitening); for a token selector the tensors in ``requires``;
     2. concatenates them over micro-batches in order and all-gathers over ranks in rank order
        into pool tensors ``[N]``, identical on every rank;
     3. calls ``spec.select`` with the pool as one row — policy loss:
@@ -49,7 +53,7 @@ optimizer step the loop:
        ``ones = torch.ones(1, N, dtype=torch.bool)`` — getting ``bool [1, N]``. ``g`` must
        draw identically on every rank (same seed, e.g. seed + step, CPU generator);
     4. gives each micro-batch its slice of that row (offset = valid tokens of earlier ranks and
-       earlier micro-batches) as ``selected=core.unflatten_valid(slice, mask)``.
+       earlier micro-batches) as ``selected=core.unflatten_valid(slice, mask, fill=False)``.
 With ``scope="micro_batch"`` (the official behaviour) the loop passes ``selected=None`` and the
 function selects from its own tensors. A ``scope="batch"`` call without ``selected`` raises.
 
@@ -211,7 +215,9 @@ def _check_scope(scope: str) -> str:
 def _check_selected(name: str, scope: str, selected: Tensor | None) -> None:
     _check_scope(scope)
     if scope == "batch" and selected is None:
-        raise ValueError(f"{name} with scope='batch' needs `selected` computed on the batch pool with the entry's `select`")
+        raise ValueError(
+            f"{name} with scope='batch' needs `selected` computed on the batch pool with the entry's `select`"
+        )
     if scope == "micro_batch" and selected is not None:
         raise ValueError(f"{name} with scope='micro_batch' selects locally; do not pass `selected`")
 
@@ -398,7 +404,9 @@ def select_high_entropy(
     """Top-⌈ρN⌉ entropy tokens (``select.high_entropy_mask``)."""
     _check_selected("high_entropy", scope, selected)
     if selected is None:
-        selected = high_entropy_pool_select(mask, top_ratio=top_ratio, normalize=normalize, scope=scope, entropy=entropy)
+        selected = high_entropy_pool_select(
+            mask, top_ratio=top_ratio, normalize=normalize, scope=scope, entropy=entropy
+        )
     return select.make_selection(mask, selected, normalize)
 
 

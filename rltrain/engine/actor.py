@@ -60,7 +60,9 @@ class LocalActor:
         else:
             self.master = [torch.nn.Parameter(p.detach().clone()) for p in params]
             model.to(self.compute_dtype)
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        # fp32: the masters ARE the parameters (same list object, so ``step`` copies nothing).
+        self.params = self.master if self.compute_dtype == torch.float32 else [
+            p for p in model.parameters() if p.requires_grad]
         self.module = model
         self.optimizer = torch.optim.AdamW(
             self.master, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay

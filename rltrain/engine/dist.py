@@ -77,6 +77,7 @@ def init_dist(rank: int, world_size: int, *, master_addr: str, master_port: int,
     os.environ["RANK"] = str(rank)
     os.environ["WORLD_SIZE"] = str(world_size)
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    os.environ["LOCAL_RANK"] = str(local_rank)  # DeepSpeed reads it
     use_cuda = torch.cuda.is_available()
     backend = "nccl" if use_cuda else "gloo"
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")

@@ -138,7 +138,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
             times["time/reference"] = time.time() - t1
         batch = PGBatch(s.prompt_ids, s.response_ids, s.mask, adv_tok, ref_logp)
         metrics = policy_update(ctx.actor, batch, cfg, dist, pad_id=pad, step=step,
-                                generator=C.step_generator(cfg.seed + 7, step, dist.rank))
+                                generator=C.step_generator(cfg.seed + 7, step, 0))  # same on every rank
         metrics.update(C.reward_metrics(s, dist))
         metrics.update(times)
         gen_tokens = C.global_count(float(s.lengths.sum()), dist)

@@ -34,6 +34,8 @@ class PGBatch:
     mask: torch.Tensor  # [N, T] float, valid response tokens
     advantages: torch.Tensor  # [N, T]
     ref_logp: torch.Tensor | None = None  # [N, T], only when algo.kl_coef > 0 (KL loss)
+    old_logp: torch.Tensor | None = None  # [N, T] π_old, when the caller already computed it (PPO)
+    old_entropy: torch.Tensor | None = None  # [N, T], with old_logp
 
 
 class Metrics:
@@ -96,8 +98,11 @@ def select_for_loss(cfg: RunConfig, mask, old_logp, advantages, dist: Dist, gene
 
 
 def policy_update(actor, batch: PGBatch, cfg: RunConfig, dist: Dist, *, pad_id: int, step: int,
-                  generator: torch.Generator, world_scale: float = 1.0) -> dict:
-    """Train the actor on one step's batch; returns metrics (reduced across ranks)."""
+                  generator: torch.Generator, world_scale: float = 1.0, early_stop_ratio: float = 0.0) -> dict:
+    """Train the actor on one step's batch; returns metrics (reduced across ranks).
+
+    ``early_stop_ratio`` > 0: a micro-batch whose mean importance ratio exceeds it contributes no
+    gradient (its loss × 0; ReaLHF's ``early_stop_imp_ratio``)."""
     t0 = time.time()
     T_ = cfg.train
     temp = cfg.rollout.temperature or 1.0
@@ -107,8 +112,8 @@ def policy_update(actor, batch: PGBatch, cfg: RunConfig, dist: Dist, *, pad_id: 
     loss_opts = option_kwargs(cfg.policy_loss)
     constant = cfg.algo.loss_agg_constant or float(cfg.rollout.max_new_tokens)
 
-    old_logp = old_ent = None
-    if needs_old_pass(cfg):
+    old_logp, old_ent = batch.old_logp, batch.old_entropy
+    if old_logp is None and needs_old_pass(cfg):
         old_logp, old_ent = batched_logprobs(actor.module, batch.prompt_ids, batch.response_ids, pad_id=pad_id,
                                              temperature=temp, micro_batch_size=T_.micro_batch_size,
                                              with_entropy=True)
@@ -149,6 +154,10 @@ def policy_update(actor, batch: PGBatch, cfg: RunConfig, dist: Dist, *, pad_id: 
                 if want_ent_grad:
                     loss = loss - cfg.algo.entropy_coef * core.aggregate(
                         ent, mk, cfg.algo.loss_agg_mode, constant, num_tokens=counts[0], num_seqs=counts[1])
+                if early_stop_ratio > 0:
+                    stop = float(lm["ratio_mean"]) > early_stop_ratio
+                    m.add("actor/early_stopped", float(stop), 1.0)
+                    loss = loss * 0.0 if stop else loss
                 finite_or_raise(loss, step)
                 actor.backward(loss * world_scale)
                 ntok = mk.sum().item()

@@ -16,7 +16,9 @@ Pipeline for one completion:
 math-verify enforces its timeouts with ``signal.alarm``, which only works in a process's main
 thread, and sympy can hang on adversarial input; so step 4 runs in a
 ``ProcessPoolExecutor`` created on first use and reused. Workers start with the "spawn" method:
-a forked child of a process that already runs torch's thread pools can deadlock.
+a forked child of a process that already runs torch's thread pools can deadlock. A worker
+that hangs where signals cannot reach it (sympy inside C code) is caught by a batch deadline;
+the pool is then killed and rebuilt, and the unfinished items score as wrong.
 """
 from __future__ import annotations
 
@@ -77,8 +79,8 @@ def extract_boxed(text: str) -> str | None:
                 found = group[0]
         elif pos < len(text) and match.group(0).endswith((" ", "\t")):
             token = re.match(r"[^\s$]+", text[pos:])
-            if token:
-                found = token.group(0)
+            if token and token.group(0).rstrip("."):
+                found = token.group(0).rstrip(".")
     return found
 
 
@@ -256,7 +258,9 @@ class MathReward:
             (LaTeX expressions). Off = string/number comparison only (no worker processes).
         timeout_s: whole seconds math-verify may spend on each parse and each comparison
             (its timeouts use ``signal.alarm``); a timed-out item scores as wrong.
-        num_workers: worker processes for math-verify, created on first use.
+        num_workers: worker processes for math-verify, created on first use and reused.
+            They use the "spawn" start method, so a script (not the ``rltrain`` CLI) that
+            scores LaTeX answers must run under ``if __name__ == "__main__":``.
 
     ``reward(samples, completions)`` compares each completion to ``sample.answer``;
     ``reward.score(completion, reference)`` scores a single pair. ``info`` holds
@@ -296,7 +300,7 @@ class MathReward:
     def __call__(self, samples: Sequence[Sample], completions: Sequence[str]) -> RewardOutput:
         if len(samples) != len(completions):
             raise ValueError(f"{len(samples)} samples for {len(completions)} completions")
-        verdicts = self._judge([c for c in completions], [s.answer for s in samples])
+        verdicts = self._judge(list(completions), [s.answer for s in samples])
         scores = [self._score_of(v, c) for v, c in zip(verdicts, completions)]
         return RewardOutput(
             scores=scores,

@@ -282,6 +282,7 @@ class Sandbox:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self._stop_zygote()
         for dirs in self._cgroups.values():
             for _, path in dirs:
                 try:
@@ -313,13 +314,10 @@ class Sandbox:
 
     def _run_one(self, job: Job, slot: int, isolation: str, limits: Limits) -> ProgramRun:
         import shutil
-        import subprocess
+        import socket
         import tempfile
 
-        workdir = None
-        if isolation == "process":
-            workdir = tempfile.mkdtemp(prefix="rltrain-sandbox-")
-        home = "/sandbox" if isolation == "namespace" else workdir
+        workdir = tempfile.mkdtemp(prefix="rltrain-sandbox-") if isolation == "process" else None
         request = {
             "isolation": isolation,
             "code": job.code,
@@ -334,43 +332,88 @@ class Sandbox:
             "cgroup_procs": [os.path.join(path, "cgroup.procs") for _, path in self._cgroups.get(slot, [])],
             "workdir": workdir,
         }
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "LANG": "C.UTF-8",
-            "LC_ALL": "C.UTF-8",
-            "HOME": home,
-            "TMPDIR": home,
-            "OMP_NUM_THREADS": "1",
-            "OPENBLAS_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
-        }
-        cmd = [sys.executable, "-I", "-S", "-B", os.path.abspath(__file__)]
-        deadline = limits.program_timeout + 10.0  # backstop; the harness enforces its own deadline
+        ours, theirs = socket.socketpair()
+        pidfd = None
         killed = False
+        chunks = []
         try:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                cwd=workdir or "/",
-                start_new_session=True,
-                close_fds=True,
-            )
-            try:
-                out, err = proc.communicate(json.dumps(request).encode(), timeout=deadline)
-            except subprocess.TimeoutExpired:
-                killed = True
-                _kill_group(proc.pid)
-                out, err = proc.communicate()
-            # Process isolation has no namespace to tear down: kill what the program left.
-            if isolation == "process":
-                _kill_group(proc.pid)
+            pidfd = self._zygote_fork(theirs)
+            theirs.close()
+            ours.sendall(json.dumps(request).encode())
+            ours.shutdown(socket.SHUT_WR)
+            # Backstop only: the harness enforces program_timeout itself.
+            deadline = time.monotonic() + limits.program_timeout + 10.0
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 and not killed:
+                    killed = True
+                    if pidfd is not None:
+                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    deadline = time.monotonic() + 10.0  # the namespace dies with the launcher
+                    continue
+                if left <= 0:
+                    raise SandboxError("sandbox launcher did not exit after SIGKILL")
+                ours.settimeout(left)
+                try:
+                    chunk = ours.recv(1 << 20)
+                except socket.timeout:
+                    continue
+                if not chunk:
+                    break
+                chunks.append(chunk)
         finally:
+            ours.close()
+            theirs.close()
+            if pidfd is not None:
+                os.close(pidfd)
             if workdir is not None:
                 shutil.rmtree(workdir, ignore_errors=True)
-        return _parse_run(out, err, proc.returncode, len(job.inputs), killed)
+        return _parse_run(b"".join(chunks), len(job.inputs), killed)
+
+    def _zygote_fork(self, job_socket) -> int | None:
+        """Have the zygote fork a launcher talking on ``job_socket``; returns its pidfd."""
+        import socket
+        import subprocess
+        import threading
+
+        if not hasattr(self, "_zygote_lock"):
+            self._zygote_lock = threading.Lock()
+            self._zygote = None
+        with self._zygote_lock:
+            for attempt in range(2):
+                if self._zygote is None or self._zygote[0].poll() is not None:
+                    parent, child = socket.socketpair()
+                    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+                           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+                    proc = subprocess.Popen(
+                        [sys.executable, "-I", "-S", "-B", os.path.abspath(__file__), "--zygote", str(child.fileno())],
+                        pass_fds=[child.fileno()], env=env, cwd="/", start_new_session=True,
+                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    )
+                    child.close()
+                    self._zygote = (proc, parent)
+                proc, ctrl = self._zygote
+                try:
+                    socket.send_fds(ctrl, [b"run"], [job_socket.fileno()])
+                    msg, fds, _, _ = socket.recv_fds(ctrl, 16, 1)
+                except OSError:
+                    msg, fds = b"", []
+                if msg:
+                    return fds[0] if fds else None
+                self._stop_zygote()  # it died: start a fresh one once
+            raise SandboxError("the sandbox zygote process failed to start a launcher")
+
+    def _stop_zygote(self) -> None:
+        zygote = getattr(self, "_zygote", None)
+        if zygote is not None:
+            proc, ctrl = zygote
+            ctrl.close()  # EOF makes the zygote exit
+            try:
+                proc.wait(timeout=5)
+            except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: force it
+                proc.kill()
+                proc.wait()
+            self._zygote = None
 
     def _probe_namespace(self) -> str | None:
         """None if a namespace jail works here, else the reason it does not."""
@@ -427,13 +470,6 @@ class Sandbox:
         self._cgroup_note = ", ".join(made + notes) or "off"
 
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def _site_packages() -> list[str]:
     import site
 
@@ -484,15 +520,20 @@ def _own_cgroup_dir(controller: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _parse_run(out: bytes, err: bytes, returncode: int, n_tests: int, killed: bool) -> ProgramRun:
+def _parse_run(out: bytes, n_tests: int, killed: bool) -> ProgramRun:
     compile_error = None
+    other: list[str] = []  # anything not a JSON event is the launcher's/harness's stderr
     tests: dict[int, TestRun] = {}
     done = False
     for line in out.decode("utf-8", "replace").splitlines():
         try:
             event = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a killed harness can leave a partial last line
+            other.append(line)  # stderr text, or a partial last line of a killed harness
+            continue
+        if not isinstance(event, dict):
+            other.append(line)
+            continue
         kind = event.get("event")
         if kind == "setup_error":
             raise SandboxError(f"sandbox setup failed: {event.get('error')}")
@@ -504,15 +545,13 @@ def _parse_run(out: bytes, err: bytes, returncode: int, n_tests: int, killed: bo
             done = True
     if compile_error is not None:
         return ProgramRun(compile_error, [])
-    if not done and not killed and not tests:
-        tail = err.decode("utf-8", "replace").strip().splitlines()[-3:]
-        if returncode not in (0, None) and returncode >= 0 and tail:
-            # The harness died before running any test and said why: a sandbox failure.
-            raise SandboxError(f"sandbox harness exited with {returncode}: {' | '.join(tail)}")
+    if not done and not killed and not tests and other:
+        # The launcher or harness failed before running any test and said why: a sandbox failure.
+        raise SandboxError("sandbox harness failed: " + " | ".join(other[-3:]))
     if killed:
         missing = TestRun(STATUS_TIMEOUT, error="program time limit")
     else:
-        missing = TestRun(STATUS_RUNTIME_ERROR, error=f"harness died (exit status {returncode})")
+        missing = TestRun(STATUS_RUNTIME_ERROR, error="harness died before reporting this test")
     return ProgramRun(None, [tests.get(i, missing) for i in range(n_tests)])
 
 
@@ -625,8 +664,69 @@ del _rltrain_guard
 """
 
 
+def _zygote_main(ctrl_fd: int) -> None:
+    """Fork one launcher per request; imports are paid once here, not per program.
+
+    Protocol on the control socket (from the training process): a message ``run`` carrying
+    one file descriptor, the job socket; the reply ``ok`` carries a pidfd of the launcher
+    (race-free kill). EOF on the control socket, or the training process dying, ends it.
+    """
+    import socket
+    import traceback
+
+    libc = _libc()
+    _check(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+    exec(compile(HEADER, "<header>", "exec"), {})
+    import shutil  # noqa: F401 - preloaded for the process-isolation guard
+    import subprocess  # noqa: F401
+
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # launchers are reaped by the kernel
+    ctrl = socket.socket(fileno=ctrl_fd)
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(ctrl, 16, 1)
+        except OSError:
+            os._exit(0)
+        if not msg:
+            os._exit(0)
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            ctrl.sendall(b"")
+            continue
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                os.setsid()
+                for target in (0, 1, 2):
+                    os.dup2(fds[0], target)
+                os.closerange(3, 1 << 16)  # the control socket included
+                _jail_main()
+            except BaseException:  # noqa: BLE001 - report anything, then die
+                traceback.print_exc()
+            os._exit(3)
+        os.close(fds[0])
+        try:
+            pidfd = [os.pidfd_open(pid)]
+        except OSError:  # already exited (and reaped)
+            pidfd = []
+        socket.send_fds(ctrl, [b"ok"], pidfd)
+        for fd in pidfd:
+            os.close(fd)
+
+
+def _read_request() -> dict:
+    chunks = []
+    while True:
+        chunk = os.read(0, 1 << 20)
+        if not chunk:
+            return json.loads(b"".join(chunks))
+        chunks.append(chunk)
+
+
 def _jail_main() -> None:
-    req = json.loads(sys.stdin.buffer.read())
+    req = _read_request()
     limits = req["limits"]
     namespace = req["isolation"] == "namespace"
     libc = _libc()
@@ -663,6 +763,9 @@ def _jail_main() -> None:
             except OSError:
                 pass
         os.chdir(req["workdir"])
+        os.environ["HOME"] = os.environ["TMPDIR"] = req["workdir"]
+    if namespace:
+        os.environ["HOME"] = os.environ["TMPDIR"] = "/sandbox"
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _set_rlimit(resource.RLIMIT_CORE, 0)
     _set_rlimit(resource.RLIMIT_AS, int(limits["memory_mb"]) * _MB)
@@ -682,7 +785,8 @@ def _run_tests(req: dict, namespace: bool) -> None:
     except (SyntaxError, ValueError, MemoryError, RecursionError, OverflowError) as exc:
         _emit({"event": "compile_error", "error": f"{type(exc).__name__}: {exc}"[:500]})
         return
-    exec(compile(HEADER, "<header>", "exec"), {})  # import once here; forks reuse sys.modules
+    header = compile(HEADER, "<header>", "exec")
+    exec(header, {})  # import once here; the forked tests reuse sys.modules
     limits = req["limits"]
     deadline = time.monotonic() + float(limits["program_timeout"])
     stop = False
@@ -694,7 +798,7 @@ def _run_tests(req: dict, namespace: bool) -> None:
         if remaining <= 0:
             _emit({"event": "test", "index": index, "status": STATUS_TIMEOUT, "error": "program time limit", "seconds": 0.0})
             continue
-        run = _run_one_test(compiled, test_input, req["fn_name"], limits, min(float(limits["timeout"]), remaining), namespace)
+        run = _run_one_test(header, compiled, test_input, req["fn_name"], limits, min(float(limits["timeout"]), remaining), namespace)
         run["index"] = index
         run["event"] = "test"
         _emit(run)
@@ -717,7 +821,7 @@ def _read_all(fd: int) -> bytes:
         chunks.append(chunk)
 
 
-def _run_one_test(compiled, test_input, fn_name, limits, wall: float, namespace: bool) -> dict:
+def _run_one_test(header, compiled, test_input, fn_name, limits, wall: float, namespace: bool) -> dict:
     call_based = fn_name is not None
     in_fd = os.memfd_create("stdin")
     out_fd = os.memfd_create("stdout")
@@ -730,7 +834,7 @@ def _run_one_test(compiled, test_input, fn_name, limits, wall: float, namespace:
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:
-        _test_child(compiled, test_input, fn_name, in_fd, out_fd, err_fd, res_fd, cpu, int(limits["file_mb"]) * _MB, namespace)
+        _test_child(header, compiled, test_input, fn_name, in_fd, out_fd, err_fd, res_fd, cpu, int(limits["file_mb"]) * _MB, namespace)
     timed_out = not _wait_exit(pid, wall)
     if timed_out:
         _kill(pid, signal.SIGKILL, group=not namespace)
@@ -814,7 +918,7 @@ def _wait_exit(pid: int, timeout: float) -> bool:
     return False
 
 
-def _test_child(compiled, test_input, fn_name, in_fd, out_fd, err_fd, res_fd, cpu, fsize, namespace) -> None:
+def _test_child(header, compiled, test_input, fn_name, in_fd, out_fd, err_fd, res_fd, cpu, fsize, namespace) -> None:
     """Run the program once in this forked process and ``_exit``: 0 = finished, 1 = raised."""
     import builtins
     import traceback
@@ -823,6 +927,8 @@ def _test_child(compiled, test_input, fn_name, in_fd, out_fd, err_fd, res_fd, cp
     try:
         if not namespace:
             os.setpgid(0, 0)  # so the harness can kill everything this test starts
+            libc = _libc()
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # dies with the harness
         os.dup2(in_fd, 0)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
@@ -831,14 +937,18 @@ def _test_child(compiled, test_input, fn_name, in_fd, out_fd, err_fd, res_fd, cp
         sys.stdin = open(0, "r", encoding="utf-8", errors="replace", closefd=False)
         sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
         sys.stderr = open(2, "w", encoding="utf-8", closefd=False)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-        if not hasattr(builtins, "exit"):  # -S skips site, which defines exit/quit
-            builtins.exit = builtins.quit = sys.exit
         namespace_globals = {"__name__": "__main__", "__builtins__": builtins}
         try:
-            exec(HEADER, namespace_globals)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            # Never above the harness's own hard limits (an unprivileged process cannot raise them).
+            _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
+            if cpu_hard != resource.RLIM_INFINITY:
+                cpu = min(cpu, max(1, cpu_hard - 1))
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+            _set_rlimit(resource.RLIMIT_FSIZE, fsize)
+            if not hasattr(builtins, "exit"):  # -S skips site, which defines exit/quit
+                builtins.exit = builtins.quit = sys.exit
+            exec(header, namespace_globals)
             exec(compiled, namespace_globals)
             if fn_name is not None:
                 fn = namespace_globals.get(fn_name)
@@ -870,4 +980,7 @@ def _test_child(compiled, test_input, fn_name, in_fd, out_fd, err_fd, res_fd, cp
 
 
 if __name__ == "__main__":
-    _jail_main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--zygote":
+        _zygote_main(int(sys.argv[2]))
+    else:  # one-shot: a request on stdin, events on stdout (handy for debugging)
+        _jail_main()

@@ -135,8 +135,18 @@ def _check_sliding_window(model, capacity: int) -> None:
         )
 
 
-def decode_tree(model, prompts: list[list[int]], cfg: DecodeConfig, stats: dict[str, float] | None = None) -> list[Level]:
+def decode_tree(
+    model,
+    prompts: list[list[int]],
+    cfg: DecodeConfig,
+    stats: dict[str, float] | None = None,
+    first_uniforms: torch.Tensor | None = None,
+) -> list[Level]:
     """Sample the trees described in the module docstring. Call under ``torch.inference_mode()``.
+
+    Args:
+        first_uniforms: optional ``[P * branching[0], budget]`` float64 table replacing the
+            seeded streams of the first level (used to replay tree paths as independent sequences).
 
     Returns:
         One ``Level`` per depth that has nodes (index 0 = the prompts' children).
@@ -209,7 +219,10 @@ def decode_tree(model, prompts: list[list[int]], cfg: DecodeConfig, stats: dict[
         paths = [paths[r] + (j,) for r in range(rows) for j in range(b)]
         n_nodes = len(paths)
         with timer("rng"):
-            uniforms = segment_uniforms([node_seed(cfg.base_seed, p) for p in paths], budget).to(device)  # [K, budget]
+            if depth == 0 and first_uniforms is not None:
+                uniforms = first_uniforms.to(device)  # [K, budget]
+            else:
+                uniforms = segment_uniforms([node_seed(cfg.base_seed, p) for p in paths], budget).to(device)
         tokens = torch.full((n_nodes, budget), cfg.pad_token_id, dtype=torch.long, device=device)
         logprobs = torch.zeros((n_nodes, budget), dtype=torch.float32, device=device)
         lengths = torch.zeros(n_nodes, dtype=torch.long, device=device)

@@ -252,13 +252,36 @@ def test_logprobs_bf16_computed_in_float32_and_chunked(monkeypatch):
 
     x = logits.float().requires_grad_()
     torch.log_softmax(x / 0.7, -1).gather(-1, labels[..., None]).sum().backward()
-    monkeypatch.setattr(core, "_CHUNK_ELEMENTS", 22)  # 2 rows of V = 11 per chunk
+    monkeypatch.setattr(core, "_CHUNK_ELEMENTS", 22)  # 2 tokens of V = 11 per chunk
     y = logits.clone().requires_grad_()
     chunked = logprobs_from_logits(y, labels, temperature=0.7)
     chunked.sum().backward()
     assert torch.allclose(chunked, ref, atol=1e-5)
     assert y.grad.dtype == torch.bfloat16
     assert torch.allclose(y.grad.float(), x.grad, atol=1e-2)
+
+
+def test_logprobs_and_entropy_of_non_contiguous_logits(monkeypatch):
+    """The usual call slices the model output, ``logits[:, :-1]`` (non-contiguous); values and
+    gradients equal the log_softmax reference, with chunks of 3 tokens (T = 5 is not a multiple)."""
+    monkeypatch.setattr(core, "_CHUNK_ELEMENTS", 3 * 6)
+    g = torch.Generator().manual_seed(9)
+    full = torch.randn(2, 6, 6, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 6, (2, 5), generator=g)
+    x = full.clone().requires_grad_()
+    sliced = x[:, :-1]
+    assert not sliced.is_contiguous()
+    out = logprobs_from_logits(sliced, labels)
+    ent = token_entropy(sliced)
+    (out.sum() + ent.sum()).backward()
+    y = full.clone().requires_grad_()
+    logp_all = torch.log_softmax(y[:, :-1], -1)
+    ref = logp_all.gather(-1, labels[..., None]).squeeze(-1)
+    ref_ent = -(logp_all.exp() * logp_all).sum(-1)
+    (ref.sum() + ref_ent.sum()).backward()
+    assert torch.allclose(out, ref) and torch.allclose(ent, ref_ent)
+    assert torch.allclose(x.grad, y.grad)
+    assert torch.equal(x.grad[:, -1], torch.zeros(2, 6, dtype=torch.float64))
 
 
 def test_logprobs_gradcheck(monkeypatch):

@@ -1,0 +1,344 @@
+"""DPO, IPO and conservative DPO (offline, on preference pairs) and iterative DPO (pairs built
+from the policy's own samples), as one explicit loop.
+
+Papers: Rafailov et al. 2023 (DPO); Azar et al. 2023 (IPO); Mitchell 2023 (cDPO); Xu et al. 2024
+("Is DPO Superior to PPO", DPO-Iter). Reference implementation: eric-mitchell/
+direct-preference-optimization (ALGORITHMS.md §1). The loss is ``rltrain.algos.dpo.dpo_loss``.
+
+Offline, per step: ``train.prompts_per_step`` pairs (global; each rank takes its slice of a seeded
+per-epoch permutation) → for every micro-batch one concatenated forward of its chosen and
+rejected sequences (``micro_batch_size`` sequences = half as many pairs) → summed response
+log-probs (prompt masked, EOS counted) → ``dpo_loss`` against the reference → the mean over the
+step's pairs (global count, so micro-batches and ranks do not change it) → one optimizer step.
+
+Iterative (``algo.iterative=true``), ``algo.rounds`` rounds of ``train.steps / algo.rounds`` steps.
+At the start of round r, for the prompts of each of its steps, sample ``train.samples_per_prompt``
+responses with the current policy, score them with the configured reward, pair the best against
+the worst (first of equals; prompts whose responses all score the same are skipped), and compute
+the pairs' reference log-probs; then train the round's steps, step j on the pairs of its own
+prompts (so one pass over the round's pairs). The reference is the initial policy
+(``algo.reference=initial``, default) or the policy at the start of the round
+(``previous_iterate``). Each round's pairs and reference log-probs are saved in the run directory
+(``iterative/``), so a run resumed mid-round trains on exactly the pairs it sampled.
+
+Reference log-probs: offline with ``algo.cache_ref_logps=true`` (default) they are computed once
+from the initial policy before training, for every pair the run will use, and cached on disk
+(``algo.ref_cache_dir``, default the run directory, keyed by model, data and lengths); no reference
+model is kept. Otherwise a frozen copy of the initial policy forwards each batch.
+``algo.reference_free=true`` uses a uniform reference (log-ratio 0) and loads none.
+
+Metrics (all reduced across ranks): dpo/loss, the implicit rewards β·(log π − log π_ref) of chosen
+and rejected, their margin, the preference accuracy (chosen reward > rejected), and the policy's
+summed log-probs of chosen and rejected.
+
+Deliberate departures:
+- The optimizer is AdamW with train.lr and friends, like every loop here; the reference code used
+  RMSprop (lr 5e-7, 150 warm-up steps).
+- Sampled responses of iterative DPO are trained on exactly as generated: a truncated response gets
+  no EOS appended (the text pairs of offline DPO do).
+- Log-probs are at temperature 1 even when iterative DPO samples at another temperature: the DPO
+  objective is about π itself, not the sampling distribution.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rltrain.algos.dpo import dpo_loss
+from rltrain.config import ConfigError, RunConfig
+from rltrain.data import PREFERENCE_DATASETS
+from rltrain.engine.dist import Dist
+from rltrain.engine.model import eos_token_ids
+from rltrain.loops import common as C
+from rltrain.loops.pairs import Encoded, batched_pair_logps, encode_examples, pair_logps, prompt_samples
+from rltrain.loops.pg import Metrics
+from rltrain.report.logger import RunLogger
+
+
+# --------------------------------------------------------------------------- setup
+
+
+class Context:
+    """Everything the loop builds once at setup (before resuming: references are the initial policy)."""
+
+    def __init__(self, cfg: RunConfig, dist: Dist):
+        a, t = cfg.algo, cfg.train
+        if not a.iterative and cfg.data.name not in PREFERENCE_DATASETS:
+            raise ConfigError(
+                f"algo=dpo trains on preference pairs but data={cfg.data.name} has none: use "
+                f"data=synthetic_prefs or data=preference (data.path=...), or algo.iterative=true to build "
+                "pairs from the policy's own samples")
+        self.actor, self.tok = C.build_actor(cfg, dist, t.steps)
+        self.pad = self.tok.pad_token_id
+        self.reward = C.build_reward_fn(cfg)
+        splits = C.build_data(cfg)
+        is_pref = cfg.data.name in PREFERENCE_DATASETS
+        # Greedy generation eval: prompt datasets, and preference sets whose pairs carry an answer.
+        test = prompt_samples(splits.test[: cfg.eval.size])
+        self.test = test if not is_pref or all(s.answer for s in test) else []
+        self.test_ids = C.encode_prompts(self.tok, self.test, cfg)
+        encode = lambda pairs: encode_examples(  # noqa: E731
+            self.tok, [(p.prompt, p.chosen, p.rejected) for p in pairs],
+            eos_ids=eos_token_ids(self.actor.module, self.tok), system_prompt=cfg.data.system_prompt,
+            use_chat_template=cfg.data.use_chat_template, max_length=a.max_length,
+            max_prompt_length=a.max_prompt_length, truncation=a.truncation)
+        self.ref = None  # a frozen reference model, when one forwards batches
+        self.ref_train = self.ref_test = None  # [n, 2] cached reference log-probs
+        if a.iterative:
+            self.prompts = prompt_samples(splits.train)
+            self.prompt_ids = C.encode_prompts(self.tok, self.prompts, cfg)
+            self.order = C.PromptOrder(len(self.prompts), cfg.seed)
+            self.test_pairs: list[Encoded] = []
+            if a.reference == "initial" and not a.reference_free:
+                self.ref = C.frozen_copy(self.actor.module)
+            return
+        self.train = encode(splits.train)
+        self.test_pairs = encode(splits.test[: cfg.eval.size])
+        self.order = C.PromptOrder(len(self.train), cfg.seed)
+        if a.reference_free:
+            return
+        if not a.cache_ref_logps:
+            self.ref = C.frozen_copy(self.actor.module)
+            return
+        used = sorted({i for s in range(t.steps) for i in self.order.indices(s, t.prompts_per_step)})
+        self.ref_train = cached_reference_logps(cfg, dist, self.actor.module, self.train, used, self.pad, "train")
+        self.ref_test = cached_reference_logps(cfg, dist, self.actor.module, self.test_pairs,
+                                               list(range(len(self.test_pairs))), self.pad, "test")
+
+
+def cache_key(cfg: RunConfig, split: str) -> str:
+    """What the reference log-probs of a split depend on: model, data, rendering, lengths."""
+    m, a = cfg.model, cfg.algo
+    model = {"name": m.name, "path": m.path, "dtype": m.dtype}
+    if m.name == "tiny":
+        model.update(seed=cfg.seed, hidden=m.tiny_hidden_size, layers=m.tiny_layers)
+    key = {"model": model, "data": {"name": cfg.data.name, **C.option_kwargs(cfg.data)},
+           "system_prompt": cfg.data.system_prompt, "chat": cfg.data.use_chat_template,
+           "lengths": [a.max_length, a.max_prompt_length, a.truncation], "split": split}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cached_reference_logps(cfg: RunConfig, dist: Dist, model, pairs: list[Encoded], needed: list[int], pad: int,
+                           split: str) -> torch.Tensor:
+    """``[n, 2]`` reference (chosen, rejected) log-probs, NaN where not needed; computes the missing
+    ones (spread over ranks) and updates the on-disk cache."""
+    path = Path(cfg.algo.ref_cache_dir or cfg.run_dir) / "ref_logps" / f"{split}-{cache_key(cfg, split)}.pt"
+    table = torch.full((len(pairs), 2), float("nan"), dtype=torch.float32)
+    if path.exists():
+        saved = torch.load(path, map_location="cpu")
+        if saved.shape == table.shape:
+            table = saved
+    missing = [i for i in needed if math.isnan(table[i, 0].item())]
+    if not int(C.global_count(float(len(missing)), dist)):
+        return table
+    mine = missing[dist.rank::dist.world_size]
+    vals = batched_pair_logps(model, [pairs[i] for i in mine], pad_id=pad,
+                              micro_batch_size=cfg.train.micro_batch_size)  # [k, 2]
+    idx = dist.gather_cat(torch.tensor(mine, dtype=torch.long))
+    table[idx] = dist.gather_cat(vals.float().reshape(-1)).view(-1, 2)
+    if dist.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        torch.save(table, tmp)
+        tmp.rename(path)
+    dist.barrier()
+    return table
+
+
+# --------------------------------------------------------------------------- one optimizer step
+
+
+def dpo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int, pairs: list[Encoded],
+             ref_logps: torch.Tensor | None) -> dict:
+    """One optimizer step on this rank's pairs; ``ref_logps`` [len(pairs), 2] or None (reference
+    model, or reference-free)."""
+    a = cfg.algo
+    n_pairs = C.global_count(float(len(pairs)), dist)
+    if n_pairs == 0:
+        return {"dpo/pairs": 0.0}
+    m = Metrics()
+    per = max(1, cfg.train.micro_batch_size // 2)  # chosen + rejected = 2 sequences per pair
+    for s in range(0, len(pairs), per):
+        part = pairs[s:s + per]
+        pol_c, pol_r = pair_logps(ctx.actor.module, part, pad_id=ctx.pad)  # [k], [k]
+        if ref_logps is not None:
+            ref_c, ref_r = ref_logps[s:s + per, 0], ref_logps[s:s + per, 1]
+        elif ctx.ref is not None:
+            with torch.no_grad():
+                ref_c, ref_r = pair_logps(ctx.ref, part, pad_id=ctx.pad)
+        else:  # reference-free
+            ref_c = ref_r = torch.zeros(len(part))
+        losses, rew_c, rew_r = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=a.beta, loss_type=a.loss_type,
+                                        label_smoothing=a.label_smoothing, reference_free=a.reference_free)
+        loss = losses.sum() / n_pairs  # mean over the step's pairs on all ranks
+        C.finite_or_raise(loss, step)
+        ctx.actor.backward(loss)
+        k = float(len(part))
+        m.add("dpo/loss", losses.mean().item(), k)
+        m.add("rewards/chosen", rew_c.mean().item(), k)
+        m.add("rewards/rejected", rew_r.mean().item(), k)
+        m.add("rewards/margin", (rew_c - rew_r).mean().item(), k)
+        m.add("rewards/accuracy", (rew_c > rew_r).float().mean().item(), k)
+        m.add("logps/chosen", pol_c.mean().item(), k)
+        m.add("logps/rejected", pol_r.mean().item(), k)
+    m.add("actor/grad_norm", ctx.actor.step())
+    out = m.reduce(dist)
+    out["dpo/pairs"] = n_pairs
+    out["actor/lr"] = ctx.actor.lr
+    return out
+
+
+@torch.no_grad()
+def preference_eval(ctx: Context, cfg: RunConfig, dist: Dist) -> dict:
+    """Implicit-reward accuracy and margin of the current policy on the held-out pairs."""
+    mine = list(range(dist.rank, len(ctx.test_pairs), dist.world_size))
+    pol = batched_pair_logps(ctx.actor.module, [ctx.test_pairs[i] for i in mine], pad_id=ctx.pad,
+                             micro_batch_size=cfg.train.micro_batch_size)  # [k, 2]
+    if ctx.ref_test is not None:
+        ref = ctx.ref_test[mine]
+    elif ctx.ref is not None:
+        ref = batched_pair_logps(ctx.ref, [ctx.test_pairs[i] for i in mine], pad_id=ctx.pad,
+                                 micro_batch_size=cfg.train.micro_batch_size)
+    else:
+        ref = torch.zeros_like(pol)
+    margin = cfg.algo.beta * ((pol[:, 0] - ref[:, 0]) - (pol[:, 1] - ref[:, 1]))  # [k]
+    tot = dist.sum(torch.tensor([float((margin > 0).sum()), float(margin.sum()), float(len(mine))],
+                                dtype=torch.float64))
+    n = max(tot[2].item(), 1.0)
+    return {"pref_accuracy": tot[0].item() / n, "pref_margin": tot[1].item() / n, "pref_n": int(tot[2].item())}
+
+
+# --------------------------------------------------------------------------- iterative DPO rounds
+
+
+@dataclass
+class Round:
+    """One round of iterative DPO on one rank: its pairs, their reference log-probs, the step (within
+    the round) each pair belongs to, and the round's sampling metrics."""
+
+    index: int
+    pairs: list[Encoded]
+    ref_logps: torch.Tensor  # [n, 2]
+    step_of: list[int]
+    metrics: dict
+
+
+def build_round(ctx: Context, cfg: RunConfig, dist: Dist, r: int) -> Round:
+    """Sample, score and pair round ``r`` (or load it from the run directory)."""
+    path = Path(cfg.run_dir) / "iterative" / f"round_{r:03d}.rank{dist.rank}.pt"
+    if C.global_count(float(path.exists()), dist) == dist.world_size:  # every rank saved it
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        return Round(r, [Encoded(*p) for p in saved["pairs"]], saved["ref_logps"], saved["step_of"],
+                     saved["metrics"])
+    a, t = cfg.algo, cfg.train
+    K, spr, per_rank = t.samples_per_prompt, t.steps // a.rounds, t.prompts_per_step // dist.world_size
+    pairs, step_of, sums, t0 = [], [], {}, time.time()
+    for j in range(spr):
+        step = r * spr + j
+        idx = ctx.order.indices(step, t.prompts_per_step)[dist.rank * per_rank:(dist.rank + 1) * per_rank]
+        s, _ = C.rollout_and_score(ctx.actor.module, ctx.tok, [ctx.prompts[i] for i in idx],
+                                   [ctx.prompt_ids[i] for i in idx], ctx.reward, cfg, n=K,
+                                   generator=C.step_generator(cfg.seed, step, dist.rank))
+        for g in range(len(idx)):
+            scores = s.scores[g * K:(g + 1) * K]  # [K]
+            if scores.max() == scores.min():
+                continue  # a tie: no preference
+            best, worst = g * K + int(scores.argmax()), g * K + int(scores.argmin())
+            tokens = lambda i: s.response_ids[i, : int(s.lengths[i])].tolist()  # noqa: E731
+            pairs.append(Encoded(s.prompt_ids[g * K], [tokens(best), tokens(worst)]))
+            step_of.append(j)
+        for k, v in C.reward_metrics(s, dist).items():
+            sums[k] = sums.get(k, 0.0) + v / spr
+    sums["round/pairs"] = C.global_count(float(len(pairs)), dist)
+    sums["round/tied_frac"] = 1.0 - sums["round/pairs"] / (spr * t.prompts_per_step)
+    t1 = time.time()
+    if a.reference_free:
+        ref = torch.zeros((len(pairs), 2))
+    else:  # initial: the frozen starting policy; previous_iterate: the policy now, before the round trains
+        model = ctx.ref if a.reference == "initial" else ctx.actor.module
+        ref = batched_pair_logps(model, pairs, pad_id=ctx.pad, micro_batch_size=t.micro_batch_size)
+    sums.update({"time/rollout": t1 - t0, "time/reference": time.time() - t1})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    torch.save({"pairs": [(p.prompt, p.responses) for p in pairs], "ref_logps": ref, "step_of": step_of,
+                "metrics": sums}, tmp)
+    tmp.rename(path)
+    return Round(r, pairs, ref, step_of, sums)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def step_batch(ctx: Context, cfg: RunConfig, dist: Dist, step: int, rnd: Round | None):
+    """This rank's pairs for ``step`` and their cached reference log-probs (or None)."""
+    if rnd is not None:
+        j = step % (cfg.train.steps // cfg.algo.rounds)
+        rows = [i for i, s in enumerate(rnd.step_of) if s == j]
+        return [rnd.pairs[i] for i in rows], rnd.ref_logps[rows]
+    per_rank = cfg.train.prompts_per_step // dist.world_size
+    idx = ctx.order.indices(step, cfg.train.prompts_per_step)[dist.rank * per_rank:(dist.rank + 1) * per_rank]
+    return [ctx.train[i] for i in idx], (ctx.ref_train[idx] if ctx.ref_train is not None else None)
+
+
+def evaluate(ctx: Context, cfg: RunConfig, dist: Dist) -> dict:
+    out = {}
+    if ctx.test:
+        out.update(C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist))
+    if ctx.test_pairs:
+        out.update(preference_eval(ctx, cfg, dist))
+    return out
+
+
+def train(cfg: RunConfig, dist: Dist) -> dict:
+    torch.manual_seed(cfg.seed)
+    a = cfg.algo
+    ctx = Context(cfg, dist)
+    start, _ = C.maybe_resume(cfg, ctx.actor)
+    logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
+                       start_step=start, title="rltrain dpo" + (" (iterative)" if a.iterative else "")) \
+        if dist.is_main else None
+    before = None
+    if cfg.eval.at_start and start == 0:
+        before = evaluate(ctx, cfg, dist)
+        if logger:
+            logger.event(0, "eval", before)
+    rnd = None
+    for step in range(start, cfg.train.steps):
+        t0 = time.time()
+        metrics = {}
+        if a.iterative:
+            r, j = divmod(step, cfg.train.steps // a.rounds)
+            if rnd is None or rnd.index != r:
+                rnd = build_round(ctx, cfg, dist, r)
+                if j == 0:
+                    metrics.update(rnd.metrics)
+            metrics["round"] = r
+        pairs, ref_logps = step_batch(ctx, cfg, dist, step, rnd)
+        t1 = time.time()
+        metrics.update(dpo_step(ctx, cfg, dist, step, pairs, ref_logps))
+        metrics["time/update"] = time.time() - t1
+        metrics["time/step"] = time.time() - t0
+        done = step + 1
+        if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps:
+            metrics.update({f"eval/{k}": v for k, v in evaluate(ctx, cfg, dist).items()})
+        if logger:
+            logger.log(done, metrics)
+        if C.should_save(cfg, done):
+            C.save(cfg, dist, done, ctx.actor, ctx.tok)
+    after = evaluate(ctx, cfg, dist)
+    if logger:
+        logger.event(cfg.train.steps, "eval", after)
+        fmt = lambda d, k: f"{d[k]:.1%}" if d and k in d else "-"  # noqa: E731
+        rows = [(label, fmt(before, k), fmt(after, k)) for label, k in
+                (("held-out accuracy (greedy)", "accuracy"), ("held-out preference accuracy", "pref_accuracy"))
+                if k in after]
+        logger.summary(rows)
+        logger.close()
+    return {"eval_before": before, "eval_after": after, "run_dir": cfg.run_dir}

@@ -1,0 +1,293 @@
+"""PPO with a critic for LLMs, with the three tricks of Xu et al. 2024, "Is DPO Superior to PPO for
+LLM Alignment?" (official system: ReaLHF; ALGORITHMS.md §2). Math: ``rltrain.algos.ppo``.
+
+Per step:
+  1. sample ``samples_per_prompt`` responses for each of ``prompts_per_step`` prompts, score them;
+  2. π_old log-probs (and entropies) of the rollout with the training forward, reference log-probs,
+     critic values V(s_0) … V(s_T) (the last bootstraps truncated responses);
+  3. token rewards: −β·k1(π_old, π_ref) on every response token, plus the score clipped to
+     ±``max_reward_clip`` on the last token of responses that finished (EOS or stop string);
+     truncated responses get no score and bootstrap from the critic (``algo.score_truncated=true``:
+     every response is scored and nothing bootstraps, verl's convention). β is fixed or adaptive
+     (Ziegler et al.); ``algo.kl_in_reward=false`` moves the KL into the actor loss instead;
+  4. GAE(γ, λ) → advantages and returns;
+  5. trick 1, ``algo.adv_norm``: whiten the advantages over every response token of the step's
+     batch, statistics all-reduced across ranks (``adv_norm_scope=per_minibatch``: per minibatch);
+  6. actor: ``rltrain.loops.pg.policy_update`` — ``epochs`` × ``minibatches_per_step`` optimizer
+     steps of the configured policy loss (clipped surrogate by default) with token selection, and
+     a micro-batch whose mean ratio exceeds ``early_stop_ratio`` contributing nothing. Trick 2 (large
+     batches) is the batch semantics of DESIGN.md: ``prompts_per_step × samples_per_prompt``
+     sequences split into ``minibatches_per_step`` minibatches;
+  7. critic: the same minibatches, clipped value loss (token-mean) on its own optimizer and
+     ``algo.critic_lr``; with ``algo.value_norm`` it learns normalised returns (running mean/std)
+     and its outputs are denormalised for GAE. For the first ``critic_warmup_steps`` steps only the
+     critic trains;
+  8. trick 3, ``algo.ref_ema`` = η: reference ← η·actor + (1 − η)·reference after every actor
+     update, on fp32 copies (a bf16 EMA with η = 0.001 would round every update away).
+
+Deliberate departures:
+- The π_old log-probs come from the training forward, not the sampler, so the first minibatch's
+  ratio is 1 up to kernel differences; the sampler's own log-probs are not used.
+- ReaLHF's early stop zeroes a minibatch; here each micro-batch decides on its own mean ratio
+  (identical when a minibatch is one micro-batch).
+- Advantage whitening uses (A − μ)·rsqrt(σ² + 1e-8) with the population variance; ReaLHF divides
+  by σ + 1e-5.
+- The critic starts from a copy of the policy backbone with a zero value head unless
+  ``algo.critic_path`` names another model (ReaLHF starts from the reward model).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from rltrain.algos import core
+from rltrain.algos.ppo import AdaptiveKLController, FixedKLController, RunningValueNorm, gae, token_rewards, value_loss
+from rltrain.config import RunConfig
+from rltrain.engine.actor import LocalActor, OptimConfig
+from rltrain.engine.critic import critic_from_policy, load_critic, save_critic
+from rltrain.engine.dist import Dist
+from rltrain.engine.model import load_model
+from rltrain.loops import common as C
+from rltrain.loops.pairs import prompt_samples
+from rltrain.loops.pg import Metrics, PGBatch, policy_update
+from rltrain.report.logger import RunLogger
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def build_critic(cfg: RunConfig, dist: Dist, total_optimizer_steps: int):
+    """The critic as a trainable engine with its own optimizer (lr = algo.critic_lr)."""
+    a, t, m = cfg.algo, cfg.train, cfg.model
+    if a.critic_path:
+        model = load_critic(a.critic_path)
+    else:  # a fresh load of the policy (fp32 weights, not the bf16 compute copy)
+        policy, _ = load_model(m.name, m.path, dtype="fp32", seed=cfg.seed,
+                               **({"hidden_size": m.tiny_hidden_size, "num_layers": m.tiny_layers}
+                                  if m.name == "tiny" else {}))
+        model = critic_from_policy(policy)
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    optim = OptimConfig(lr=a.critic_lr, weight_decay=t.weight_decay, betas=tuple(t.betas),
+                        warmup_steps=t.warmup_steps, schedule=t.lr_schedule, total_steps=total_optimizer_steps,
+                        max_grad_norm=t.max_grad_norm)
+    if cfg.deepspeed.stage > 0:
+        from rltrain.engine.deepspeed import DeepSpeedActor
+
+        return DeepSpeedActor(model, optim, cfg=cfg, dist=dist)
+    return LocalActor(model, optim, dtype=m.dtype, dist=dist)
+
+
+class Context:
+    """Everything the loop builds once at setup."""
+
+    def __init__(self, cfg: RunConfig, dist: Dist):
+        a, t = cfg.algo, cfg.train
+        total_opt_steps = t.steps * t.minibatches_per_step * t.epochs
+        self.actor, self.tok = C.build_actor(cfg, dist, total_opt_steps)
+        self.critic = build_critic(cfg, dist, total_opt_steps)
+        self.ref = C.frozen_copy(self.actor.module) if a.kl_coef > 0 else None
+        # fp32 reference weights that the EMA updates (the module holds them in the compute dtype)
+        self.ref_fp32 = ({k: v.clone() for k, v in self.actor.full_state_dict().items()}
+                         if self.ref is not None and a.ref_ema > 0 else None)
+        self.value_norm = RunningValueNorm() if a.value_norm else None
+        self.kl_ctl = (AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon) if a.adaptive_kl
+                       else FixedKLController(a.kl_coef))
+        self.reward = C.build_reward_fn(cfg)
+        splits = C.build_data(cfg)
+        self.train, self.test = prompt_samples(splits.train), prompt_samples(splits.test[: cfg.eval.size])
+        self.train_ids = C.encode_prompts(self.tok, self.train, cfg)
+        self.test_ids = C.encode_prompts(self.tok, self.test, cfg)
+        self.order = C.PromptOrder(len(self.train), cfg.seed)
+
+    def extra_state(self) -> dict:
+        """What a checkpoint needs beyond the actor."""
+        return {"critic": self.critic.state_dict(), "kl_coef": self.kl_ctl.value,
+                "value_norm": self.value_norm.state_dict() if self.value_norm else None,
+                "ref_fp32": self.ref_fp32}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.critic.load_state_dict(state["critic"])
+        self.kl_ctl.value = state["kl_coef"]
+        if self.value_norm is not None:
+            self.value_norm.load_state_dict(state["value_norm"])
+        if self.ref_fp32 is not None:
+            self.ref_fp32 = state["ref_fp32"]
+            self.ref.load_state_dict(self.ref_fp32)
+
+
+# --------------------------------------------------------------------------- pieces of a step
+
+
+def critic_values(critic, prompt_ids, response_ids, *, pad_id: int) -> torch.Tensor:
+    """``[B, T + 1]``: V(s_0) … V(s_T) for responses ``[B, T]`` (see rltrain/engine/critic.py)."""
+    ids, attn, pos = C.pack(prompt_ids, response_ids, pad_id)
+    return critic(ids, attn, pos, values_to_keep=response_ids.shape[1] + 1)
+
+
+@torch.no_grad()
+def batched_critic_values(critic, prompt_ids, response_ids, *, pad_id: int, micro_batch_size: int):
+    return torch.cat([critic_values(critic, prompt_ids[s:s + micro_batch_size], response_ids[s:s + micro_batch_size],
+                                    pad_id=pad_id) for s in range(0, len(prompt_ids), micro_batch_size)])
+
+
+def whiten_advantages(adv: torch.Tensor, mask: torch.Tensor, scope: str, minibatches: int, dist: Dist):
+    """Trick 1: (A − μ)/σ over the step's batch (or each minibatch), statistics across ranks."""
+    groups = [torch.arange(adv.shape[0])] if scope == "batch" else \
+        [torch.arange(k, adv.shape[0], minibatches) for k in range(minibatches)]  # pg.py's interleaving
+    out = torch.zeros_like(adv)
+    for rows in groups:
+        moments = dist.sum(core.masked_moments(adv[rows], mask[rows]))
+        out[rows] = core.masked_whiten(adv[rows], mask[rows], unbiased=False, moments=moments)
+    return out
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, dist: Dist) -> float:
+    """1 − Var(R − V) / Var(R) over the batch's valid tokens (all ranks)."""
+    err = dist.sum(core.masked_moments(returns - values, mask))
+    ret = dist.sum(core.masked_moments(returns, mask))
+    var = lambda mo: (mo[2] / mo[0] - (mo[1] / mo[0]) ** 2).item() if mo[0] > 0 else 0.0  # noqa: E731
+    return 1.0 - var(err) / var(ret) if var(ret) > 0 else 0.0
+
+
+def critic_update(ctx: Context, cfg: RunConfig, dist: Dist, prompt_ids, response_ids, mask, old_values, targets,
+                  step: int) -> dict:
+    """``epochs`` × ``minibatches_per_step`` critic optimizer steps (the actor's minibatches)."""
+    t, a, pad = cfg.train, cfg.algo, ctx.tok.pad_token_id
+    N, M = response_ids.shape[0], t.minibatches_per_step
+    m = Metrics()
+    for _epoch in range(t.epochs):
+        for k in range(M):
+            rows = torch.arange(k, N, M)
+            n_tok = dist.sum(core.aggregate_counts(mask[rows].bool()))[0]
+            for mb in C.chunks(len(rows), t.micro_batch_size):
+                idx = rows[list(mb)]
+                v = critic_values(ctx.critic.module, [prompt_ids[i] for i in idx.tolist()], response_ids[idx],
+                                  pad_id=pad)[:, :-1]  # [b, T]
+                loss_mat = value_loss(v, old_values[idx], targets[idx], mask[idx],
+                                      clip=a.value_clip if a.value_clip > 0 else None, loss_type=a.value_loss)
+                loss = core.aggregate(loss_mat, mask[idx], "token-mean", num_tokens=n_tok)
+                C.finite_or_raise(loss, step)
+                ctx.critic.backward(loss)
+                w = float(mask[idx].sum())
+                m.add("critic/value_loss", core.masked_mean(loss_mat.detach(), mask[idx]).item(), w)
+            m.add("critic/grad_norm", ctx.critic.step())
+    out = m.reduce(dist)
+    out["critic/lr"] = ctx.critic.lr
+    return out
+
+
+@torch.no_grad()
+def update_reference(ctx: Context, eta: float) -> None:
+    """Trick 3: θ_ref ← η·θ_actor + (1 − η)·θ_ref (fp32), then copied into the reference module."""
+    actor = ctx.actor.full_state_dict()
+    for k, v in ctx.ref_fp32.items():
+        v.mul_(1.0 - eta).add_(actor[k].to(v.dtype), alpha=eta)
+    ctx.ref.load_state_dict(ctx.ref_fp32)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def ppo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
+    a, t = cfg.algo, cfg.train
+    pad, temp, n = ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0, t.samples_per_prompt
+    per_rank = t.prompts_per_step // dist.world_size
+    idx = ctx.order.indices(step, t.prompts_per_step)[dist.rank * per_rank:(dist.rank + 1) * per_rank]
+    s, times = C.rollout_and_score(ctx.actor.module, ctx.tok, [ctx.train[i] for i in idx],
+                                   [ctx.train_ids[i] for i in idx], ctx.reward, cfg, n=n,
+                                   generator=C.step_generator(cfg.seed, step, dist.rank))
+    mask, T = s.mask, s.response_ids.shape[1]
+    mb = t.micro_batch_size
+
+    t0 = time.time()
+    old_logp, old_ent = C.batched_logprobs(ctx.actor.module, s.prompt_ids, s.response_ids, pad_id=pad,
+                                           temperature=temp, micro_batch_size=mb, with_entropy=True)  # [N, T]
+    ref_logp = None
+    if ctx.ref is not None:
+        ref_logp, _ = C.batched_logprobs(ctx.ref, s.prompt_ids, s.response_ids, pad_id=pad, temperature=temp,
+                                         micro_batch_size=mb)
+    raw_values = batched_critic_values(ctx.critic.module, s.prompt_ids, s.response_ids, pad_id=pad,
+                                       micro_batch_size=mb)  # [N, T + 1], the critic's (normalised) space
+    values = ctx.value_norm.denormalize(raw_values) if ctx.value_norm else raw_values
+    times["time/reference"] = time.time() - t0
+
+    # Token rewards, GAE, advantage whitening.
+    kl = core.kl_estimate(old_logp, ref_logp, "k1") if ref_logp is not None else torch.zeros_like(old_logp)
+    beta = ctx.kl_ctl.value if a.kl_in_reward else 0.0
+    finished = torch.ones_like(s.finished) if a.score_truncated else s.finished  # [N] bool
+    rewards = token_rewards(s.scores, kl, mask, finished, kl_coef=beta, score_clip=a.max_reward_clip)  # [N, T]
+    bootstrap = values.gather(1, s.lengths[:, None].long()).squeeze(1)  # [N] V(s_L), for truncated rows
+    adv, returns = gae(rewards, values[:, :T], mask, gamma=a.gamma, lam=a.lam, finished=finished,
+                       bootstrap_values=bootstrap)
+    metrics = {"critic/explained_var": explained_variance(values[:, :T], returns, mask, dist),
+               "critic/values_mean": core.masked_mean(values[:, :T], mask).item(),
+               "critic/returns_mean": core.masked_mean(returns, mask).item()}
+    if a.adv_norm:
+        adv = whiten_advantages(adv, mask, a.adv_norm_scope, t.minibatches_per_step, dist)
+    if ctx.value_norm is not None:
+        ctx.value_norm.update_from_moments(dist.sum(core.masked_moments(returns, mask)))
+        targets = ctx.value_norm.normalize(returns)
+    else:
+        targets = returns
+
+    # Actor (after the critic warm-up), critic, reference EMA, KL controller.
+    if step >= a.critic_warmup_steps:
+        batch = PGBatch(s.prompt_ids, s.response_ids, mask, adv, None if a.kl_in_reward else ref_logp,
+                        old_logp=old_logp, old_entropy=old_ent)
+        metrics.update(policy_update(ctx.actor, batch, cfg, dist, pad_id=pad, step=step,
+                                     generator=C.step_generator(cfg.seed + 7, step, 0),
+                                     early_stop_ratio=a.early_stop_ratio))
+        if ctx.ref_fp32 is not None:
+            update_reference(ctx, a.ref_ema)
+    t1 = time.time()
+    metrics.update(critic_update(ctx, cfg, dist, s.prompt_ids, s.response_ids, mask, raw_values[:, :T], targets, step))
+    times["time/critic"] = time.time() - t1
+    seq_kl = dist.sum(torch.tensor([float(core.masked_sum(kl, mask)), float(len(s.completions))], dtype=torch.float64))
+    metrics["kl/ref_seq"] = seq_kl[0].item() / seq_kl[1].item()  # Σ_t k1 per sequence, batch mean
+    metrics["kl/coef"] = ctx.kl_ctl.value
+    ctx.kl_ctl.update(metrics["kl/ref_seq"], int(seq_kl[1].item()))
+    metrics.update(C.reward_metrics(s, dist))
+    metrics.update(times)
+    metrics["perf/tokens_per_s"] = C.global_count(float(s.lengths.sum()), dist) / max(times["time/rollout"], 1e-9)
+    return metrics
+
+
+def train(cfg: RunConfig, dist: Dist) -> dict:
+    torch.manual_seed(cfg.seed)
+    ctx = Context(cfg, dist)
+    start, state = C.maybe_resume(cfg, ctx.actor)
+    if start:
+        ctx.load_extra_state(state)
+    logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
+                       start_step=start, title="rltrain ppo") if dist.is_main else None
+    evaluate = lambda: C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)  # noqa: E731
+    before = None
+    if cfg.eval.at_start and start == 0:
+        before = evaluate()
+        if logger:
+            logger.event(0, "eval", before)
+    for step in range(start, cfg.train.steps):
+        t0 = time.time()
+        metrics = ppo_step(ctx, cfg, dist, step)
+        metrics["time/step"] = time.time() - t0
+        done = step + 1
+        if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps:
+            metrics.update({f"eval/{k}": v for k, v in evaluate().items()})
+        if logger:
+            logger.log(done, metrics)
+        if C.should_save(cfg, done):
+            C.save(cfg, dist, done, ctx.actor, ctx.tok, extra=ctx.extra_state())
+    after = evaluate()
+    critic_sd = ctx.critic.full_state_dict()  # collective under ZeRO-3
+    if dist.is_main:  # usable as algo.critic_path of a later run
+        save_critic(ctx.critic.module, f"{cfg.run_dir}/critic", state_dict=critic_sd)
+    if logger:
+        logger.event(cfg.train.steps, "eval", after)
+        logger.summary([("held-out accuracy (greedy)", f"{before['accuracy']:.1%}" if before else "-",
+                         f"{after['accuracy']:.1%}"),
+                        ("mean response length", f"{before['length']:.1f}" if before else "-",
+                         f"{after['length']:.1f}")])
+        logger.close()
+    return {"eval_before": before, "eval_after": after, "run_dir": cfg.run_dir}

@@ -1,0 +1,115 @@
+"""Supervised fine-tuning (SFT): a warm start on (prompt, response) pairs with the prompt masked.
+
+Per step: ``train.prompts_per_step`` examples (global; each rank takes its slice of a seeded
+per-epoch permutation) → one forward per micro-batch of ``train.micro_batch_size`` sequences →
+−log π(response token) aggregated with ``algo.loss_agg_mode`` (token-mean by default) using the
+step's global token/sequence counts, so neither the micro-batch size nor the number of ranks
+changes the loss → one optimizer step.
+
+Data: any prompt dataset whose samples carry a worked solution (data=arith provides them; gsm8k
+and math too), or a preference dataset, whose *chosen* responses are the targets. Responses end
+with EOS and are truncated as in DPO (rltrain/loops/pairs.py). Evaluation is greedy generation
+on the test split, scored by the configured reward, before and after training.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from rltrain.algos import core
+from rltrain.config import ConfigError, RunConfig
+from rltrain.data import to_sft_pairs
+from rltrain.data.preference import PreferencePair
+from rltrain.engine.dist import Dist
+from rltrain.engine.model import eos_token_ids
+from rltrain.loops import common as C
+from rltrain.loops.pairs import encode_examples, prompt_samples, token_logps
+from rltrain.loops.pg import Metrics
+from rltrain.report.logger import RunLogger
+
+
+def sft_examples(items: list) -> list[tuple]:
+    """(prompt, response) tuples: a sample's worked solution, or a preference pair's chosen."""
+    if items and isinstance(items[0], PreferencePair):
+        return [(p.prompt, p.chosen) for p in items]
+    return [(p.prompt, p.response) for p in to_sft_pairs(items)]
+
+
+class Context:
+    """Everything the loop builds once at setup."""
+
+    def __init__(self, cfg: RunConfig, dist: Dist):
+        t, a = cfg.train, cfg.algo
+        self.actor, self.tok = C.build_actor(cfg, dist, t.steps)
+        self.reward = C.build_reward_fn(cfg)
+        splits = C.build_data(cfg)
+        if not splits.train:
+            raise ConfigError(f"data={cfg.data.name} has no training examples")
+        self.train = encode_examples(
+            self.tok, sft_examples(splits.train), eos_ids=eos_token_ids(self.actor.module, self.tok),
+            system_prompt=cfg.data.system_prompt, use_chat_template=cfg.data.use_chat_template,
+            max_length=a.max_length, max_prompt_length=a.max_prompt_length, truncation=a.truncation)
+        self.test = prompt_samples(splits.test[: cfg.eval.size])
+        self.test_ids = C.encode_prompts(self.tok, self.test, cfg)
+        self.order = C.PromptOrder(len(self.train), cfg.seed)
+
+
+def sft_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
+    """One optimizer step on this rank's slice of the step's examples."""
+    t, pad = cfg.train, ctx.tok.pad_token_id
+    per_rank = t.prompts_per_step // dist.world_size
+    idx = ctx.order.indices(step, t.prompts_per_step)[dist.rank * per_rank:(dist.rank + 1) * per_rank]
+    batch = [ctx.train[i] for i in idx]
+    # Global denominators: the loss is the same for any micro-batch size or rank count.
+    local = torch.tensor([sum(len(e.responses[0]) for e in batch), len(batch)], dtype=torch.float64)
+    counts = dist.sum(local)
+    m = Metrics()
+    for mb in C.chunks(len(batch), t.micro_batch_size):
+        part = [batch[i] for i in mb]
+        lp, mask = token_logps(ctx.actor.module, [e.prompt for e in part], [e.responses[0] for e in part],
+                               pad_id=pad)  # [b, T]
+        loss = core.aggregate(-lp, mask, cfg.algo.loss_agg_mode, cfg.algo.loss_agg_constant or float(cfg.algo.max_length),
+                              num_tokens=counts[0], num_seqs=counts[1])
+        C.finite_or_raise(loss, step)
+        ctx.actor.backward(loss)
+        n_tok = float(mask.sum())
+        m.add("sft/nll", float(core.masked_mean(-lp.detach(), mask)), n_tok)
+    m.add("actor/grad_norm", ctx.actor.step())
+    out = m.reduce(dist)
+    out["sft/tokens"] = counts[0].item()
+    out["actor/lr"] = ctx.actor.lr
+    return out
+
+
+def train(cfg: RunConfig, dist: Dist) -> dict:
+    torch.manual_seed(cfg.seed)
+    ctx = Context(cfg, dist)
+    start, _ = C.maybe_resume(cfg, ctx.actor)
+    logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
+                       start_step=start, title="rltrain sft") if dist.is_main else None
+    evaluate = lambda: C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)  # noqa: E731
+    before = None
+    if cfg.eval.at_start and start == 0 and ctx.test:
+        before = evaluate()
+        if logger:
+            logger.event(0, "eval", before)
+    for step in range(start, cfg.train.steps):
+        t0 = time.time()
+        metrics = sft_step(ctx, cfg, dist, step)
+        metrics["time/update"] = metrics["time/step"] = time.time() - t0
+        done = step + 1
+        if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps and ctx.test:
+            metrics.update({f"eval/{k}": v for k, v in evaluate().items()})
+        if logger:
+            logger.log(done, metrics)
+        if C.should_save(cfg, done):
+            C.save(cfg, dist, done, ctx.actor, ctx.tok)
+    after = evaluate() if ctx.test else None
+    if logger:
+        if after:
+            logger.event(cfg.train.steps, "eval", after)
+            logger.summary([("held-out accuracy (greedy)", f"{before['accuracy']:.1%}" if before else "-",
+                             f"{after['accuracy']:.1%}")])
+        logger.close()
+    return {"eval_before": before, "eval_after": after, "run_dir": cfg.run_dir}

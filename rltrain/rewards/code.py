@@ -1,0 +1,321 @@
+"""``reward=code``: run the completion's program on the problem's tests, in a sandbox.
+
+APPS format (ALGORITHMS.md §8; hendrycks/apps ``eval/testing_util.py``): ``sample.meta
+["input_output"]`` holds ``inputs``, ``outputs`` and an optional ``fn_name``.
+
+- stdin/stdout problems: each input is fed on stdin and stdout is compared with the expected
+  output, ignoring whitespace (token by token), with integers compared exactly and other
+  numbers within ``float_tol`` (absolute, or relative for magnitudes above 1).
+- call-based problems (``fn_name``): the module's function, or ``Solution().<fn_name>``, is
+  called with each input's argument list; the return value (tuples become lists) must equal
+  the expected output, or its only element when the expected output is a one-element list
+  (the APPS convention), with the same number tolerance.
+
+The program is the completion's last fenced code block, a ```python one when there is any
+(an unclosed last fence counts: generation may stop before closing it). No block at all is a
+compile error, as is a syntax error.
+
+Per-test outcomes: ``pass``, ``wrong_answer``, ``runtime_error``, ``timeout``, ``skipped`` (not
+run because an earlier error already fixed the score), and ``compile_error`` for every test of
+a program that does not compile. Reward modes:
+
+- ``all_pass`` (default): 1 if every test passes, else 0 (APPS strict accuracy).
+- ``pass_rate``: the fraction of tests passed (APPS test-case average).
+- ``shaped`` (CodeRL): −1 compile error, −0.6 runtime error or timeout, −0.3 some test wrong,
+  +1 all pass. Precedence as CodeRL's ``get_error_type``: compile > runtime > wrong.
+
+Departures from the references: tests run one process each (a fork of a per-program harness,
+inside one jail per program: see ``sandbox.py``), so one test's global state cannot leak into
+the next; all_pass and shaped stop a program at its first runtime error or timeout (the score
+is already decided), pass_rate runs every test; verl's "first 10 tests" cut is ``max_tests``.
+Expected outputs never enter the sandbox.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from typing import Any, Sequence
+
+from rltrain.rewards.sandbox import (
+    STATUS_OK,
+    STATUS_SKIPPED,
+    STATUS_TIMEOUT,
+    Job,
+    Limits,
+    ProgramRun,
+    Sandbox,
+)
+from rltrain.types import RewardOutput, Sample
+
+MODES = ("all_pass", "pass_rate", "shaped")
+SHAPED_SCORES = {"compile_error": -1.0, "runtime_error": -0.6, "timeout": -0.6, "wrong_answer": -0.3, "pass": 1.0}
+
+PASS, WRONG, RUNTIME, TIMEOUT, COMPILE, SKIPPED = (
+    "pass", "wrong_answer", "runtime_error", "timeout", "compile_error", "skipped",
+)
+
+_FENCE_RE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_PYTHON_TAGS = {"python", "py", "python3", "py3"}
+_INT_RE = re.compile(r"[+-]?\d+")
+
+
+def extract_code(completion: str) -> str | None:
+    """The last ```python fenced block of ``completion``, else its last fenced block, else None."""
+    blocks = [(m.group(1).lower(), m.group(2)) for m in _FENCE_RE.finditer(completion)]
+    if not blocks:
+        return None
+    python = [code for tag, code in blocks if tag in _PYTHON_TAGS]
+    return python[-1] if python else blocks[-1][1]
+
+
+def _as_text(value: Any) -> str:
+    """A stdin/stdout test field as text (some APPS/TACO rows store a list of lines)."""
+    if isinstance(value, list):
+        return "\n".join(str(v) for v in value)
+    return value if isinstance(value, str) else str(value)
+
+
+def _floats_close(x: float, y: float, tol: float) -> bool:
+    if math.isnan(x) or math.isnan(y):
+        return False
+    if math.isinf(x) or math.isinf(y):
+        return x == y
+    return abs(x - y) <= tol * max(1.0, abs(y))
+
+
+def _numbers_close(a: str, b: str, tol: float) -> bool:
+    """Two output tokens: integers exactly equal, otherwise numbers within ``tol``."""
+    if _INT_RE.fullmatch(a) and _INT_RE.fullmatch(b):
+        return int(a) == int(b)
+    try:
+        return _floats_close(float(a), float(b), tol)
+    except (ValueError, OverflowError):
+        return False
+
+
+def stdout_matches(got: str, expected: Any, float_tol: float = 1e-6) -> bool:
+    """Compare program output with the expected output, whitespace- and float-tolerant.
+
+    Tokens (split on any whitespace) must be equal, or both numeric: integers exactly equal,
+    other numbers within ``float_tol`` (absolute, relative above magnitude 1).
+    """
+    got_tokens, want_tokens = got.split(), _as_text(expected).split()
+    if got_tokens == want_tokens:
+        return True
+    if len(got_tokens) != len(want_tokens):
+        return False
+    return all(g == w or _numbers_close(g, w, float_tol) for g, w in zip(got_tokens, want_tokens))
+
+
+def _values_close(got: Any, want: Any, tol: float) -> bool:
+    if isinstance(got, bool) or isinstance(want, bool):
+        return got == want and type(got) is type(want)
+    if isinstance(got, (int, float)) and isinstance(want, (int, float)):
+        if isinstance(got, int) and isinstance(want, int):
+            return got == want
+        try:
+            return _floats_close(float(got), float(want), tol)
+        except OverflowError:
+            return False
+    if isinstance(got, list) and isinstance(want, list):
+        return len(got) == len(want) and all(_values_close(g, w, tol) for g, w in zip(got, want))
+    if isinstance(got, dict) and isinstance(want, dict):
+        return got.keys() == want.keys() and all(_values_close(got[k], want[k], tol) for k in got)
+    return got == want
+
+
+def call_result_matches(got_json: str, expected: Any, float_tol: float = 1e-6) -> bool:
+    """Compare a call-based return value (JSON text from the sandbox) with the expected output.
+
+    Accepts an exact (tolerant) match, or a match of the only element of a one-element
+    expected list (APPS wraps most expected return values that way).
+    """
+    try:
+        got = json.loads(got_json)
+    except json.JSONDecodeError:
+        return False
+    if _values_close(got, expected, float_tol):
+        return True
+    return isinstance(expected, list) and len(expected) == 1 and _values_close(got, expected[0], float_tol)
+
+
+def parse_tests(meta: dict[str, Any]) -> tuple[list, list, str | None]:
+    """``(inputs, outputs, fn_name)`` from ``meta["input_output"]`` (a dict or its JSON text).
+
+    Raises:
+        ValueError: missing or malformed tests (a data problem, not a completion's fault).
+    """
+    spec = meta.get("input_output")
+    if spec is None:
+        raise ValueError("sample.meta has no 'input_output' (APPS tests) for reward=code")
+    if isinstance(spec, str):
+        spec = json.loads(spec)
+    inputs, outputs = spec.get("inputs"), spec.get("outputs")
+    if not isinstance(inputs, list) or not isinstance(outputs, list) or not inputs:
+        raise ValueError("input_output needs non-empty lists 'inputs' and 'outputs'")
+    if len(inputs) != len(outputs):
+        raise ValueError(f"input_output has {len(inputs)} inputs but {len(outputs)} outputs")
+    fn_name = spec.get("fn_name") or None
+    return inputs, outputs, fn_name
+
+
+def judge_run(run: ProgramRun, outputs: list, fn_name: str | None, float_tol: float) -> list[str]:
+    """Per-test outcome codes of a program run against the expected ``outputs``."""
+    if run.compile_error is not None:
+        return [COMPILE] * len(outputs)
+    outcomes = []
+    for test, expected in zip(run.tests, outputs):
+        if test.status == STATUS_OK:
+            ok = (call_result_matches if fn_name else stdout_matches)(test.output or "", expected, float_tol)
+            outcomes.append(PASS if ok else WRONG)
+        elif test.status == STATUS_TIMEOUT:
+            outcomes.append(TIMEOUT)
+        elif test.status == STATUS_SKIPPED:
+            outcomes.append(SKIPPED)
+        else:
+            outcomes.append(RUNTIME)
+    return outcomes
+
+
+def program_status(outcomes: list[str]) -> str:
+    """One status per program, CodeRL precedence: compile > runtime/timeout (first) > wrong > pass."""
+    if COMPILE in outcomes:
+        return COMPILE
+    for outcome in outcomes:
+        if outcome in (RUNTIME, TIMEOUT):
+            return outcome
+    return WRONG if any(o != PASS for o in outcomes) else PASS
+
+
+def score(outcomes: list[str], mode: str) -> float:
+    """The reward of one program's outcomes under ``mode`` (see the module docstring)."""
+    if mode == "all_pass":
+        return float(all(o == PASS for o in outcomes))
+    if mode == "pass_rate":
+        return sum(o == PASS for o in outcomes) / len(outcomes)
+    return SHAPED_SCORES[program_status(outcomes)]
+
+
+class CodeReward:
+    """Execution reward for APPS-format problems.
+
+    Args:
+        mode: ``all_pass`` | ``pass_rate`` | ``shaped``.
+        timeout: wall-clock seconds per test (CPU seconds too, rounded up).
+        program_timeout: wall-clock seconds for all tests of one program.
+        memory_mb: address-space limit of each process of the program.
+        file_mb: largest file or stdout the program may write.
+        max_processes: processes/threads one program may run at once (harness included).
+        max_tests: run only the first ``max_tests`` tests of each problem (None = all).
+        float_tol: tolerance of numeric comparisons.
+        num_workers: programs run in parallel (None = CPU count).
+        isolation: ``auto`` | ``namespace`` | ``process`` (see ``sandbox.Sandbox``).
+    """
+
+    def __init__(
+        self,
+        mode: str = "all_pass",
+        timeout: float = 4.0,
+        program_timeout: float = 30.0,
+        memory_mb: int = 1024,
+        file_mb: int = 16,
+        max_processes: int = 16,
+        max_tests: int | None = None,
+        float_tol: float = 1e-6,
+        num_workers: int | None = None,
+        isolation: str = "auto",
+    ):
+        if mode not in MODES:
+            raise ValueError(f"reward.mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if max_tests is not None and max_tests < 1:
+            raise ValueError(f"reward.max_tests must be >= 1 or null, got {max_tests}")
+        if float_tol < 0:
+            raise ValueError(f"reward.float_tol must be >= 0, got {float_tol}")
+        self.mode = mode
+        self.max_tests = max_tests
+        self.float_tol = float_tol
+        self.limits = Limits(
+            timeout=timeout, program_timeout=program_timeout, memory_mb=memory_mb,
+            file_mb=file_mb, max_processes=max_processes,
+        )
+        self.num_workers = num_workers
+        self.isolation = isolation
+        self._sandbox: Sandbox | None = None
+
+    @property
+    def sandbox(self) -> Sandbox:
+        """The sandbox, started on first use (construction stays cheap and side-effect free)."""
+        if self._sandbox is None:
+            self._sandbox = Sandbox(self.limits, isolation=self.isolation, num_workers=self.num_workers)
+        return self._sandbox
+
+    def __call__(self, samples: Sequence[Sample], completions: Sequence[str]) -> RewardOutput:
+        if len(samples) != len(completions):
+            raise ValueError(f"{len(samples)} samples for {len(completions)} completions")
+        tests = [parse_tests(s.meta) for s in samples]
+        if self.max_tests is not None:
+            tests = [(i[: self.max_tests], o[: self.max_tests], f) for i, o, f in tests]
+        codes = [extract_code(c) for c in completions]
+        stop_on_error = self.mode != "pass_rate"
+        todo = [k for k, code in enumerate(codes) if code is not None]
+        runs = self.sandbox.run_many(
+            [Job(codes[k], tests[k][0], tests[k][2], stop_on_error) for k in todo]
+        )
+        by_index = dict(zip(todo, runs))
+
+        scores, info = [], {key: [] for key in ("correct", "code/status", "code/pass_rate", "code/outcomes", "code/error")}
+        for k, (_, outputs, fn_name) in enumerate(tests):
+            run = by_index.get(k)
+            if run is None:
+                outcomes, error = [COMPILE] * len(outputs), "no fenced code block in the completion"
+            else:
+                outcomes = judge_run(run, outputs, fn_name, self.float_tol)
+                error = run.compile_error or next((t.error for t in run.tests if t.error and t.status != STATUS_SKIPPED), None)
+            scores.append(score(outcomes, self.mode))
+            info["correct"].append(all(o == PASS for o in outcomes))
+            info["code/status"].append(program_status(outcomes))
+            info["code/pass_rate"].append(sum(o == PASS for o in outcomes) / len(outcomes))
+            info["code/outcomes"].append(outcomes)
+            info["code/error"].append(error)
+        return RewardOutput(scores=scores, info=info)
+
+    def close(self) -> None:
+        if self._sandbox is not None:
+            self._sandbox.close()
+            self._sandbox = None
+
+
+def bench(programs: int = 200, tests: int = 5, num_workers: int | None = None, isolation: str = "auto") -> dict:
+    """Throughput of the sandbox on a trivial stdin/stdout program (programs/s, tests/s)."""
+    reward = CodeReward(num_workers=num_workers, isolation=isolation)
+    code = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
+    io = {"inputs": [f"{i} {i + 1}\n" for i in range(tests)], "outputs": [f"{2 * i + 1}\n" for i in range(tests)]}
+    samples = [Sample(id=str(i), question="", meta={"input_output": io}) for i in range(programs)]
+    reward(samples[:4], [code] * 4)  # warm-up: probe + zygote start
+    start = time.perf_counter()
+    out = reward(samples, [code] * programs)
+    seconds = time.perf_counter() - start
+    assert all(s == 1.0 for s in out.scores), "benchmark program failed"
+    result = {
+        "isolation": reward.sandbox.isolation,
+        "num_workers": reward.sandbox.num_workers,
+        "programs_per_s": programs / seconds,
+        "tests_per_s": programs * tests / seconds,
+        "mechanisms": reward.sandbox.mechanisms,
+    }
+    reward.close()
+    return result
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Benchmark the code-execution sandbox.")
+    parser.add_argument("--programs", type=int, default=200)
+    parser.add_argument("--tests", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--isolation", default="auto")
+    args = parser.parse_args()
+    print(json.dumps(bench(args.programs, args.tests, args.workers, args.isolation), indent=2))

@@ -1,0 +1,206 @@
+"""Rollout throughput: rltrain's engine vs ``transformers`` ``model.generate`` on the same batch.
+
+Default workload = one GRPO rollout of the embedded default job: SmolLM2-135M-Instruct, 8 chat
+prompts × 8 samples, 64 new tokens, T = 1.0 (no top-k/top-p). Two settings:
+- ``fixed``: no early stop (EOS ignored by both), so both produce exactly 64 × 64 tokens;
+- ``eos``: stop at EOS, tokens/s counts the tokens actually produced (EOS included).
+HF gets the prompts repeated n times in one left-padded batch (what TRL's GRPO trainer does),
+``top_k=0`` (its default is 50) and a generation config with no EOS in the ``fixed`` setting.
+
+Each measurement alternates engines ``--repeats`` times after a warm-up and reports the median;
+timings on a shared 2-core machine are noisy, so compare ratios taken in the same run.
+
+    python scripts/bench/rollout_bench.py                      # both settings, model dtype auto
+    python scripts/bench/rollout_bench.py --dtype fp32 --profile
+    python scripts/bench/rollout_bench.py --tree 4,4 --segment-len 16   # SPO tree vs independent paths
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from rltrain.rollout import SamplingParams, generate  # noqa: E402
+
+QUESTIONS = [
+    "What is 17 + 25?", "What is 48 + 39?", "Compute 63 + 18.", "What is 91 + 7?",
+    "Add 34 and 56.", "What is 72 + 29?", "Compute 15 + 86.", "What is 44 + 44?",
+    "What is 23 + 68?", "Add 57 and 35.", "What is 81 + 12?", "Compute 26 + 49.",
+]
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def load(dtype: str):
+    from rltrain.engine.model import eos_token_ids, load_model
+
+    model, tok = load_model("smollm2_135m", dtype=dtype)
+    return model.eval(), tok, eos_token_ids(model, tok)
+
+
+def build_prompts(tok, n_prompts: int) -> list[list[int]]:
+    out = []
+    for q in (QUESTIONS * 4)[:n_prompts]:
+        msgs = [{"role": "user", "content": q + " Answer with the number only."}]
+        ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        out.append(list(ids))
+    return out
+
+
+def matmul_gflops(dtype: torch.dtype, m: int = 64) -> float:
+    """Throughput of one decode-shaped GEMM (a SmolLM2 MLP projection at batch m)."""
+    a, w = torch.randn(m, 576, dtype=dtype), torch.randn(1536, 576, dtype=dtype)
+    for _ in range(3):
+        torch.nn.functional.linear(a, w)
+    n, t0 = 30, time.perf_counter()
+    for _ in range(n):
+        torch.nn.functional.linear(a, w)
+    return 2 * m * 576 * 1536 * n / (time.perf_counter() - t0) / 1e9
+
+
+def run_ours(model, prompts, n, max_new, eos, seed, stats=None, kv_cache="static"):
+    params = SamplingParams(max_new_tokens=max_new, temperature=1.0, n=n)
+    t0 = time.perf_counter()
+    r = generate(model, prompts, params, eos_token_ids=eos, pad_token_id=0,
+                 generator=torch.Generator().manual_seed(seed), stats=stats, kv_cache=kv_cache)
+    return int(r.lengths.sum()), time.perf_counter() - t0
+
+
+def run_hf(model, prompts, n, max_new, eos, pad_id, seed):
+    from transformers import GenerationConfig
+
+    rows = [p for p in prompts for _ in range(n)]
+    width = max(len(p) for p in rows)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in rows])
+    attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows])
+    gen = GenerationConfig(max_new_tokens=max_new, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                           eos_token_id=eos if eos else None, pad_token_id=pad_id)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=attn, generation_config=gen)
+    el = time.perf_counter() - t0
+    resp = out[:, width:]
+    if eos:
+        is_eos = torch.isin(resp, torch.tensor(eos))
+        # tokens up to and including the first EOS (HF pads after it)
+        first = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, torch.full((len(rows),), resp.shape[1]))
+        tokens = int(first.sum())
+    else:
+        tokens = resp.numel()
+    return tokens, el
+
+
+def bench_generate(model, tok, eos, args):
+    prompts = build_prompts(tok, args.prompts)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    print(f"prompt lengths: {sorted(len(p) for p in prompts)}; batch {args.prompts}x{args.n}, "
+          f"{args.max_new_tokens} new tokens, T=1.0")
+    run_ours(model, prompts[:2], 2, 4, [], 0)  # warm-up
+    run_hf(model, prompts[:2], 2, 4, [], pad, 0)
+    for setting, stop in (("fixed", []), ("eos", eos)):
+        if args.setting not in ("both", setting):
+            continue
+        ours, hf = [], []
+        for rep in range(args.repeats):
+            stats: dict[str, float] = {}
+            tk, el = run_ours(model, prompts, args.n, args.max_new_tokens, stop, rep, stats, args.kv_cache)
+            ours.append(tk / el)
+            if args.profile:
+                print(f"  ours[{setting}] rep {rep}: {tk} tok in {el:.2f}s; phases: "
+                      + ", ".join(f"{k} {v:.2f}s" for k, v in sorted(stats.items(), key=lambda kv: -kv[1])))
+            if not args.skip_hf:
+                tk, el = run_hf(model, prompts, args.n, args.max_new_tokens, stop, pad, rep)
+                hf.append(tk / el)
+                if args.profile:
+                    print(f"  hf  [{setting}] rep {rep}: {tk} tok in {el:.2f}s")
+        o = statistics.median(ours)
+        line = f"[{setting:5s}] ours {o:7.1f} tok/s"
+        if hf:
+            h = statistics.median(hf)
+            line += f" | HF generate {h:7.1f} tok/s | ratio {o / h:4.2f}x"
+        print(line + f"   (runs: ours {[round(x) for x in ours]}, hf {[round(x) for x in hf]})")
+
+
+def bench_tree(model, tok, eos, args):
+    from rltrain.rollout.tree import independent_paths, sample_tree
+
+    prompts = build_prompts(tok, args.prompts)
+    branching = [int(b) for b in args.tree.split(",")]
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=1.0)
+    stop = eos if args.setting == "eos" else []
+    print(f"tree {branching}, segment {args.segment_len}, max {args.max_new_tokens} tokens, "
+          f"{args.prompts} prompts, stop at EOS: {bool(stop)}")
+    tree_rates, path_rates = [], []
+    for rep in range(args.repeats):
+        gen = torch.Generator().manual_seed(rep)
+        t0 = time.perf_counter()
+        trees = sample_tree(model, prompts, branching, args.segment_len, params,
+                            eos_token_ids=stop, pad_token_id=0, generator=gen)
+        el = time.perf_counter() - t0
+        new_tokens = sum(sum(len(s) for s in t.token_ids) for t in trees)
+        tree_rates.append(new_tokens / el)
+        # The same root-to-leaf paths, sampled independently: each path re-generates its prefix.
+        gen = torch.Generator().manual_seed(rep)
+        t0 = time.perf_counter()
+        paths = independent_paths(model, prompts, branching, args.segment_len, params,
+                                  eos_token_ids=stop, pad_token_id=0, generator=gen)
+        el_p = time.perf_counter() - t0
+        path_tokens = sum(len(p) for p in paths)
+        path_rates.append(path_tokens / el_p)
+        print(f"  rep {rep}: tree {new_tokens} distinct tokens in {el:.2f}s; independent paths "
+              f"{path_tokens} tokens in {el_p:.2f}s; wall-clock speed-up {el_p / el:.2f}x")
+    print(f"[tree ] tree {statistics.median(tree_rates):.1f} new tok/s | independent paths "
+          f"{statistics.median(path_rates):.1f} tok/s")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                    help="model weights; auto = bf16 where the CPU has avx512_bf16/amx, else fp32")
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--setting", default="both", choices=["both", "fixed", "eos"])
+    ap.add_argument("--kv-cache", default="static", choices=["static", "dynamic"])
+    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="print per-run times and our per-phase split")
+    ap.add_argument("--tree", default="", help="branching factors, e.g. 4,4: benchmark SPO tree sampling")
+    ap.add_argument("--segment-len", type=int, default=16)
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    dtype = args.dtype if args.dtype != "auto" else ("bf16" if cpu_has_bf16() else "fp32")
+    tdt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    print(f"torch {torch.__version__}, {args.threads} threads, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, avx512_bf16: {cpu_has_bf16()}, weights {dtype}")
+    print(f"decode-shaped GEMM: {matmul_gflops(tdt):.0f} GFLOP/s ({dtype}) -> compute bound "
+          f"~{matmul_gflops(tdt) * 1e9 / (2 * 134.5e6):.0f} tok/s for SmolLM2-135M")
+    t0 = time.perf_counter()
+    model, tok, eos = load(dtype)
+    print(f"model loaded in {time.perf_counter() - t0:.1f}s; eos ids {eos}")
+    if args.tree:
+        bench_tree(model, tok, eos, args)
+    else:
+        bench_generate(model, tok, eos, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""rltrain.algos.grpo against hand-derived numbers and invariants."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rltrain.algos.grpo import dynamic_sampling_keep, group_advantages, group_means, overlong_penalty
+
+SCORES = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0])
+
+
+def test_group_advantages_hand_unbiased_std():
+    """G = 4. Group 1 [1,0,0,1]: mean ½, unbiased std √(4·¼/3) = 0.57735 → ±0.866025.
+    Group 2 [1,1,1,0]: mean ¾, unbiased var (3·1/16 + 9/16)/3 = ¼, std ½ → [½, ½, ½, −1.5]."""
+    adv = group_advantages(SCORES, 4, eps=0.0)
+    s = 0.5 / math.sqrt(1 / 3)
+    assert torch.allclose(adv, torch.tensor([s, -s, -s, s, 0.5, 0.5, 0.5, -1.5]), atol=1e-6)
+    with_eps = group_advantages(SCORES, 4)  # eps = 1e-6 added to the std
+    assert with_eps[4].item() == pytest.approx(0.25 / (0.5 + 1e-6), rel=1e-7)
+
+
+def test_group_advantages_population_std_and_no_scale():
+    """ddof 0: group 2 var 0.75/4 = 0.1875, std 0.4330 → 0.25/0.4330 = 0.57735, −0.75/0.4330 =
+    −1.732. scale="none" (Dr. GRPO): r − mean = [½, −½, −½, ½, ¼, ¼, ¼, −¾]."""
+    adv = group_advantages(SCORES, 4, eps=0.0, std_ddof=0)
+    assert torch.allclose(adv[4:], torch.tensor([1 / math.sqrt(3)] * 3 + [-math.sqrt(3)]), atol=1e-6)
+    plain = group_advantages(SCORES, 4, scale="none")
+    assert torch.allclose(plain, torch.tensor([0.5, -0.5, -0.5, 0.5, 0.25, 0.25, 0.25, -0.75]))
+
+
+def test_group_advantages_zero_mean_per_group():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(5 * 6, generator=g)
+    for scale in ("std", "none"):
+        adv = group_advantages(scores, 6, scale=scale)
+        assert torch.allclose(adv.view(5, 6).mean(1), torch.zeros(5), atol=1e-6)
+    adv = group_advantages(scores, 6)
+    assert torch.allclose(adv.view(5, 6).std(1), torch.ones(5), atol=1e-4)
+
+
+def test_group_of_size_one_uses_mean_zero_std_one():
+    """verl: mean 0 and std 1, so Â = r/(1 + eps)."""
+    adv = group_advantages(torch.tensor([2.0, -1.0]), 1)
+    assert torch.allclose(adv, torch.tensor([2.0, -1.0]) / (1 + 1e-6))
+
+
+def test_all_equal_group_has_zero_advantage():
+    assert torch.equal(group_advantages(torch.ones(4), 4), torch.zeros(4))
+
+
+def test_group_means():
+    assert torch.allclose(group_means(SCORES, 4), torch.tensor([0.5] * 4 + [0.75] * 4))
+
+
+def test_dynamic_sampling_keep():
+    """Groups [1,1] and [0,0] are uniform (dropped); [0,1] is kept; G = 1 keeps everything."""
+    keep = dynamic_sampling_keep(torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0]), 2)
+    assert keep.tolist() == [False, True, False]
+    assert dynamic_sampling_keep(torch.tensor([1.0, 1.0]), 1).tolist() == [True, True]
+
+
+def test_overlong_penalty_hand():
+    """max 20, cache 4 → expected 16. |y| = 10, 16 → 0; 18 → −2/4 = −0.5; 20 → −1. Factor 2 doubles."""
+    lengths = torch.tensor([10, 16, 18, 20])
+    assert torch.allclose(overlong_penalty(lengths, max_len=20, cache_len=4, factor=1.0), torch.tensor([0.0, 0.0, -0.5, -1.0]))
+    assert torch.allclose(overlong_penalty(lengths, max_len=20, cache_len=4, factor=2.0), torch.tensor([0.0, 0.0, -1.0, -2.0]))
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="divisible"):
+        group_advantages(torch.zeros(5), 2)
+    with pytest.raises(ValueError, match="std, none"):
+        group_advantages(torch.zeros(4), 2, scale="rank")
+    with pytest.raises(ValueError):
+        overlong_penalty(torch.tensor([1]), max_len=4, cache_len=4, factor=1.0)

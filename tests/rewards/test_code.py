@@ -1,0 +1,167 @@
+"""reward=code: code extraction, output comparison, per-test outcomes and the three modes."""
+import json
+
+import pytest
+
+from rltrain.rewards.base import score_safely
+from rltrain.rewards.code import (
+    CodeReward,
+    call_result_matches,
+    extract_code,
+    program_status,
+    score,
+    stdout_matches,
+)
+from rltrain.types import Sample
+
+ADD_IO = {"inputs": ["1 2\n", "10 -3\n", "0 0\n"], "outputs": ["3\n", "7\n", "0\n"]}
+ADD = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
+ADD_WRONG_ON_ZERO = "```python\na, b = map(int, input().split())\nprint(a + b if a else 1)\n```"
+ADD_CRASH_ON_ZERO = "```python\na, b = map(int, input().split())\nprint(a + b if a else 1 // a)\n```"
+
+
+def fence(code: str, tag: str = "python") -> str:
+    return f"Here is my solution.\n```{tag}\n{code}\n```\nDone."
+
+
+def sample(io: dict, as_json: bool = False) -> Sample:
+    return Sample(id="p", question="q", meta={"input_output": json.dumps(io) if as_json else io})
+
+
+@pytest.fixture(scope="module")
+def rewards():
+    made = {mode: CodeReward(mode=mode, timeout=2.0, num_workers=2) for mode in ("all_pass", "pass_rate", "shaped")}
+    yield made
+    for reward in made.values():
+        reward.close()
+
+
+def test_extract_code_prefers_the_last_python_block():
+    text = "```python\nfirst\n```\ntext\n```python\nsecond\n```\n```\noutput sample\n```"
+    assert extract_code(text) == "second\n"
+    assert extract_code("```\nuntagged\n```") == "untagged\n"
+    assert extract_code("```cpp\nint main(){}\n```") == "int main(){}\n"  # last block of any kind
+    assert extract_code("```py\nx = 1\n") == "x = 1\n"  # unclosed final fence (truncated generation)
+    assert extract_code("no code here") is None
+
+
+def test_stdout_comparison_is_whitespace_and_float_tolerant():
+    assert stdout_matches("1 2\n3\n", "1 2\n3")
+    assert stdout_matches("1\n2\n", "1 2")  # tokens, not lines
+    assert stdout_matches("  7  \r\n\n", "7\n")
+    assert stdout_matches("0.3333333", "0.333333333", 1e-6)
+    assert not stdout_matches("0.3334", "0.333333333", 1e-6)
+    assert stdout_matches("1e6", "1000000.0000001")  # relative above 1
+    assert not stdout_matches("12345678901234567890", "12345678901234567891")  # ints exact
+    assert not stdout_matches("YES", "yes")
+    assert not stdout_matches("1 2", "1 2 3")
+    assert stdout_matches("a\nb", ["a", "b"])  # expected output stored as a list of lines
+    assert stdout_matches("nan", "nan") and not stdout_matches("nan", "0.5")
+
+
+def test_call_result_comparison():
+    assert call_result_matches("[1, 2]", [[1, 2]])  # APPS wraps the return value in a list
+    assert call_result_matches("[1, 2]", [1, 2])
+    assert call_result_matches("3", [3])
+    assert call_result_matches("0.1", [0.1000000001])
+    assert call_result_matches('{"a": [1, 2.0]}', {"a": [1, 2]})
+    assert not call_result_matches("true", [1])  # bools are not numbers
+    assert not call_result_matches("[1, 2]", [[2, 1]])
+    assert not call_result_matches("'not json'", [1])
+
+
+def test_scoring_modes_from_outcomes():
+    assert score(["pass", "pass"], "all_pass") == 1.0
+    assert score(["pass", "wrong_answer"], "all_pass") == 0.0
+    assert score(["pass", "wrong_answer", "pass", "timeout"], "pass_rate") == 0.5
+    assert score(["compile_error"], "shaped") == -1.0
+    assert score(["wrong_answer", "runtime_error"], "shaped") == -0.6  # runtime beats wrong (CodeRL)
+    assert score(["pass", "timeout", "skipped"], "shaped") == -0.6
+    assert score(["pass", "wrong_answer"], "shaped") == -0.3
+    assert score(["pass", "pass"], "shaped") == 1.0
+    assert program_status(["pass", "timeout", "runtime_error"]) == "timeout"  # the first error
+
+
+def test_code_reward_end_to_end(rewards):
+    samples = [sample(ADD_IO), sample(ADD_IO, as_json=True), sample(ADD_IO), sample(ADD_IO), sample(ADD_IO)]
+    completions = [ADD, ADD, ADD_WRONG_ON_ZERO, ADD_CRASH_ON_ZERO, "I don't know."]
+    out = rewards["all_pass"](samples, completions)
+    assert out.scores == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert out.info["correct"] == [True, True, False, False, False]
+    assert out.info["code/status"] == ["pass", "pass", "wrong_answer", "runtime_error", "compile_error"]
+    assert out.info["code/outcomes"][2] == ["pass", "pass", "wrong_answer"]
+    assert out.info["code/outcomes"][3] == ["pass", "pass", "runtime_error"]
+    assert "ZeroDivisionError" in out.info["code/error"][3]
+    assert out.info["code/error"][4] == "no fenced code block in the completion"
+
+    rate = rewards["pass_rate"](samples, completions)
+    assert rate.scores == pytest.approx([1.0, 1.0, 2 / 3, 2 / 3, 0.0])
+    shaped = rewards["shaped"](samples, completions + [])
+    assert shaped.scores == [1.0, 1.0, -0.3, -0.6, -1.0]
+    assert rewards["shaped"]([sample(ADD_IO)], [fence("print(")]).scores == [-1.0]
+
+
+def test_all_pass_stops_at_the_first_error_but_pass_rate_runs_everything(rewards):
+    io = {"inputs": ["0", "1", "2"], "outputs": ["x", "1", "2"]}
+    crash_first = fence("n = int(input())\nprint(1 // n if n == 0 else n)")
+    assert rewards["all_pass"]([sample(io)], [crash_first]).info["code/outcomes"][0] == [
+        "runtime_error", "skipped", "skipped"]
+    rate = rewards["pass_rate"]([sample(io)], [crash_first])
+    assert rate.info["code/outcomes"][0] == ["runtime_error", "pass", "pass"]
+    assert rate.scores == [pytest.approx(2 / 3)]
+
+
+def test_call_based_functions_and_class_solution(rewards):
+    io = {"fn_name": "two_sum", "inputs": [[[2, 7, 11, 15], 9], [[3, 2, 4], 6]], "outputs": [[[0, 1]], [[1, 2]]]}
+    function = fence(
+        "def two_sum(nums, target):\n"
+        "    seen = {}\n"
+        "    for i, x in enumerate(nums):\n"
+        "        if target - x in seen:\n"
+        "            return (seen[target - x], i)\n"
+        "        seen[x] = i"
+    )
+    method = fence(
+        "class Solution:\n"
+        "    def two_sum(self, nums: List[int], target: int) -> List[int]:\n"  # header provides List
+        "        pairs = [[i, j] for i in range(len(nums)) for j in range(i + 1, len(nums))]\n"
+        "        return next(p for p in pairs if nums[p[0]] + nums[p[1]] == target)"
+    )
+    missing = fence("def other(nums, target):\n    return [0, 1]")
+    out = rewards["all_pass"]([sample(io)] * 3, [function, method, missing])
+    assert out.scores == [1.0, 1.0, 0.0]
+    assert out.info["code/status"][2] == "runtime_error"
+    assert "two_sum" in out.info["code/error"][2]
+
+
+def test_hostile_completion_scores_as_failure_and_the_batch_goes_on(rewards):
+    io = {"inputs": ["1 2\n"], "outputs": ["3\n"]}
+    completions = [fence("while True:\n    pass"), fence("import os\nos.kill(os.getppid(), 9)"), ADD]
+    out = rewards["all_pass"]([sample(io)] * 3, completions)
+    assert out.scores == [0.0, 0.0, 1.0]
+    assert out.info["code/status"][0] == "timeout"
+
+
+def test_max_tests_and_float_tolerance():
+    reward = CodeReward(max_tests=1, float_tol=1e-3, num_workers=1, timeout=2.0)
+    try:
+        io = {"inputs": ["", ""], "outputs": ["0.3333", "999"]}
+        out = reward([sample(io)], [fence("print(1 / 3)")])
+        assert out.scores == [1.0] and out.info["code/outcomes"] == [["pass"]]
+    finally:
+        reward.close()
+
+
+def test_bad_tests_fail_through_score_safely(rewards):
+    good, bad = sample(ADD_IO), Sample(id="x", question="q", meta={})
+    out = score_safely(rewards["all_pass"], [good, bad, good], [ADD, ADD, ADD], max_fail_fraction=0.5)
+    assert out.scores == [1.0, 0.0, 1.0]
+    assert out.info["failed"] == [False, True, False]
+    assert "input_output" in out.info["error"][1]
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError, match="mode"):
+        CodeReward(mode="partial")
+    with pytest.raises(ValueError, match="max_tests"):
+        CodeReward(max_tests=0)
