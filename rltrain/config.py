@@ -133,6 +133,8 @@ class SPOConfig(AlgoConfig):
     """Tree: edges drawn per question per step."""
     adv_whiten: str = "batch"
     """batch (across ranks) | per_minibatch (SPO code) | none."""
+    prob_mask: bool = True
+    """Zero the advantage of tokens sampled with probability ≥ cut_threshold (SPO §4.4)."""
 
 
 @dataclass

@@ -314,3 +314,34 @@ def chunks(n: int, size: int):
 def finite_or_raise(loss: torch.Tensor, step: int) -> None:
     if not math.isfinite(loss.item()):
         raise FloatingPointError(f"non-finite loss at step {step}; lower train.lr or check the reward")
+
+
+def initial_eval(cfg: RunConfig, ctx, dist: Dist, logger, start: int) -> dict | None:
+    """Greedy held-out evaluation before training (or, on resume, the one logged back then)."""
+    if start > 0:
+        path = Path(cfg.run_dir) / "metrics.jsonl"
+        import json
+
+        for line in path.read_text().splitlines() if path.exists() else []:
+            row = json.loads(line)
+            if row.get("event") == "eval" and row.get("step") == 0:
+                return {k: v for k, v in row.items() if k not in ("event", "step")}
+        return None
+    if not cfg.eval.at_start:
+        return None
+    before = evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
+    if logger:
+        logger.event(0, "eval", before)
+    return before
+
+
+def final_eval(cfg: RunConfig, ctx, dist: Dist, logger, before: dict | None) -> dict:
+    """Greedy held-out evaluation after training, the summary table, and the run's result."""
+    after = evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
+    if logger:
+        logger.event(cfg.train.steps, "eval", after)
+        fmt = lambda d, k, f: f.format(d[k]) if d else "-"  # noqa: E731
+        logger.summary([("held-out accuracy (greedy)", fmt(before, "accuracy", "{:.1%}"), f"{after['accuracy']:.1%}"),
+                        ("mean response length", fmt(before, "length", "{:.1f}"), f"{after['length']:.1f}")])
+        logger.close()
+    return {"eval_before": before, "eval_after": after, "run_dir": cfg.run_dir}

@@ -117,11 +117,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     start, _ = C.maybe_resume(cfg, ctx.actor)
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
                        start_step=start, title=f"rltrain {cfg.algo.name}") if dist.is_main else None
-    before = None
-    if cfg.eval.at_start and start == 0:
-        before = C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
-        if logger:
-            logger.event(0, "eval", before)
+    before = C.initial_eval(cfg, ctx, dist, logger, start)
     pad = ctx.tok.pad_token_id
     for step in range(start, cfg.train.steps):
         t0 = time.time()
@@ -152,13 +148,4 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
             logger.log(done, metrics)
         if C.should_save(cfg, done):
             C.save(cfg, dist, done, ctx.actor, ctx.tok)
-    after = C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
-    result = {"eval_before": before, "eval_after": after, "run_dir": cfg.run_dir}
-    if logger:
-        logger.event(cfg.train.steps, "eval", after)
-        b = f"{before['accuracy']:.1%}" if before else "-"
-        logger.summary([("held-out accuracy (greedy)", b, f"{after['accuracy']:.1%}"),
-                        ("mean response length", f"{before['length']:.1f}" if before else "-",
-                         f"{after['length']:.1f}")])
-        logger.close()
-    return result
+    return C.final_eval(cfg, ctx, dist, logger, before)

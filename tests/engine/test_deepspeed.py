@@ -40,7 +40,7 @@ def _config(stage: int, offload: bool, run_dir: str):
         model=ModelConfig(name="tiny", dtype="fp32"),
         deepspeed=DeepSpeedConfig(name=name, stage=stage, offload_optimizer=offload, offload_params=offload),
         train=TrainConfig(steps=STEPS, prompts_per_step=N_PROMPTS, samples_per_prompt=N_SAMPLES,
-                          minibatches_per_step=2, micro_batch_size=3, lr=3e-2, warmup_steps=2,
+                          minibatches_per_step=2, micro_batch_size=3, lr=1e-3, warmup_steps=2,
                           lr_schedule="linear", max_grad_norm=1.0),
         run_dir=run_dir, resume="never")
 
@@ -100,39 +100,34 @@ def worker(out: str, stage: int, offload: bool, rank: int, world: int, port: int
 
 
 def _count_rollout_gathers(actor, prompt_ids, tok) -> dict:
-    """All-gathers issued by ZeRO-3 during 8 decode steps inside and outside ``gathered()``."""
-    import deepspeed.runtime.zero.partition_parameters as zpp
-
-    calls = {"n": 0}
-    original = zpp.Init._all_gather_params if hasattr(zpp.Init, "_all_gather_params") else None
-    counted = []
-    for cls in {type(p) for p in actor.module.parameters()}:
-        pass
+    """ZeRO-3 all-gathers issued while sampling 8 tokens, without and inside ``gathered()``."""
     import deepspeed.comm as dcomm
 
-    real = dcomm.comm.cdb.all_gather_into_tensor
-
-    def counting(*a, **k):
-        calls["n"] += 1
-        return real(*a, **k)
-
-    dcomm.comm.cdb.all_gather_into_tensor = counting
     from rltrain.rollout import SamplingParams, generate
 
-    params = SamplingParams(max_new_tokens=8, temperature=1.0, n=2)
+    backend = dcomm.comm.cdb
+    real = backend.all_gather_into_tensor
+    calls = {"n": 0}
 
-    def rollout():
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    def rollout() -> int:
         calls["n"] = 0
-        generate(actor.module, prompt_ids[:2], params, eos_token_ids=[-1], pad_token_id=tok.pad_token_id,
-                 generator=torch.Generator().manual_seed(0))
+        generate(actor.module, prompt_ids[:2], SamplingParams(max_new_tokens=8, n=2), eos_token_ids=[-1],
+                 pad_token_id=tok.pad_token_id, generator=torch.Generator().manual_seed(0))
         return calls["n"]
 
-    plain = rollout()
-    with actor.gathered():
-        inside = rollout()
-    dcomm.comm.cdb.all_gather_into_tensor = real
-    del original, counted
-    return {"plain": plain, "inside": inside}
+    backend.all_gather_into_tensor = counting
+    try:
+        plain = rollout()
+        with actor.gathered():
+            entered = calls["n"] = 0
+            inside = rollout()
+    finally:
+        backend.all_gather_into_tensor = real
+    return {"plain": plain, "inside": inside, "entered": entered}
 
 
 # --------------------------------------------------------------------------- test side

@@ -128,13 +128,13 @@ def test_smollm2_judge_batching_and_consistency():
     """
     pytest.importorskip("gguf")
     try:
-        judge = JudgeReward("smollm2_135m", batch_size=4,
+        judge = JudgeReward("smollm2_135m", batch_size=2,
                             template="Are these two numbers the same: {reference} and {response}? Answer YES or NO.")
         judge.model  # noqa: B018 - load now, to skip cleanly if the model is unavailable
     except (FileNotFoundError, OSError) as exc:
         pytest.skip(f"smollm2_135m unavailable: {exc}")
-    samples = [Sample("a", "q", "5"), Sample("b", "q", "5"), Sample("c", "q", "42"), Sample("d", "q", "42")]
-    completions = ["5", "eleven", "42", "The answer is 7."]
+    samples = [Sample("a", "q", "5"), Sample("b", "q", "42")]
+    completions = ["5", "The answer is 7."]
     batched = judge(samples, completions)
     judge.batch_size = 1
     single = judge(samples, completions)

@@ -1,0 +1,297 @@
+"""SPO: Segment Policy Optimization (Guo et al. 2025, arXiv 2505.23564), chain and tree.
+
+SPO-chain (``algo=spo_chain``), per step:
+  sample ``samples_per_prompt`` responses per prompt → score → recompute token probabilities with
+  the current actor at the sampling temperature → cut points at low-probability tokens (p < 0.9,
+  every ``cut_interval``-th) or a fixed-count partition → ``mc_rollouts`` Monte-Carlo
+  continuations from every distinct cut state (deduplicated across the batch) → V(cut) = mean
+  continuation reward → segment advantages V(end) − V(start) → probability mask (advantage 0
+  where p ≥ threshold) → whitening → the shared policy update.
+SPO-tree (``algo=spo_tree``), per step:
+  sample a tree per prompt (``branching`` children per node, segments of ``segment_len`` tokens;
+  a node's prefix KV cache is shared by its children) → score the leaves → V(node) = mean of its
+  children, bottom up → one training sample per edge with advantage V(child) − V(parent) →
+  probability mask → edge replay (edges kept up to ``replay_max_age`` steps, at most
+  ``replay_per_question`` drawn per question and step) → the shared policy update.
+
+Deviations from the official code (ALGORITHMS.md decisions 2 and 3), both configurable:
+- ``first_segment_value=group_mean`` (default): V(prompt) is the mean reward of the prompt's own
+  samples, so the first segment gets V(c₀) − V(prompt); ``zero`` reproduces the code (0).
+- Whitening over the whole step's batch across ranks (``adv_whiten=batch``); ``per_minibatch``
+  is not separately implemented: it falls back to the batch statistics.
+- The KL term uses the configured aggregation (token-mean by default) instead of SPO's
+  sum-over-tokens, mean-over-sequences; ``algo.loss_agg_mode=seq-mean-token-sum`` gives theirs
+  for both terms.
+- Replayed edges keep the old log-probs computed when they were added (as SPO does).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from rltrain.algos import core, registry, select, spo
+from rltrain.algos.grpo import group_means
+from rltrain.config import RunConfig
+from rltrain.engine.dist import Dist
+from rltrain.engine.model import eos_token_ids
+from rltrain.loops import common as C
+from rltrain.loops.pg import PGBatch, policy_update
+from rltrain.report.logger import RunLogger
+from rltrain.rewards.base import score_safely
+from rltrain.rollout import SamplingParams, generate
+from rltrain.rollout.tree import sample_tree
+
+
+def _params(cfg: RunConfig, n: int, max_new: int) -> SamplingParams:
+    r = cfg.rollout
+    return SamplingParams(max_new_tokens=max_new, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, n=n,
+                          stop_strings=tuple(r.stop_strings))
+
+
+def _pad_rows(rows: list[list[int]], fill) -> torch.Tensor:
+    T = max(1, max(len(r) for r in rows))
+    return torch.tensor([list(r) + [fill] * (T - len(r)) for r in rows])
+
+
+def whiten(adv: torch.Tensor, keep: torch.Tensor, dist: Dist) -> torch.Tensor:
+    """Whiten advantages over the kept tokens of the whole step (all ranks); 0 elsewhere."""
+    moments = dist.sum(core.masked_moments(adv, keep))
+    if moments[0] < 2:
+        return torch.where(keep, adv, torch.zeros_like(adv))
+    out = core.masked_whiten(adv, keep, moments=moments)
+    return torch.where(keep, out, torch.zeros_like(out))
+
+
+# --------------------------------------------------------------------------- chain
+
+
+def chain_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
+    """Rollouts, MC values at cut states and segment advantages for this rank's prompts."""
+    a, t = cfg.algo, cfg.train
+    n, per_rank = t.samples_per_prompt, t.prompts_per_step // dist.world_size
+    idx = ctx.order.indices(step, t.prompts_per_step)[dist.rank * per_rank:(dist.rank + 1) * per_rank]
+    samples, prompt_ids = [ctx.train[i] for i in idx], [ctx.train_ids[i] for i in idx]
+    s, times = C.rollout_and_score(ctx.actor.module, ctx.tok, samples, prompt_ids, ctx.reward, cfg, n=n,
+                                   generator=C.step_generator(cfg.seed, step, dist.rank))
+    temp = cfg.rollout.temperature or 1.0
+    pad = ctx.tok.pad_token_id
+    t0 = time.time()
+    old_logp, old_ent = C.batched_logprobs(ctx.actor.module, s.prompt_ids, s.response_ids, pad_id=pad,
+                                           temperature=temp, micro_batch_size=t.micro_batch_size, with_entropy=True)
+    mask = s.mask.bool()
+    if a.partition == "cutpoint":
+        cuts = spo.cutpoint_partition(old_logp, mask, threshold=a.cut_threshold, interval=a.cut_interval)
+    else:
+        cuts = spo.fixed_count_partition(s.lengths, num_segments=a.num_segments)
+    # Distinct cut states across the batch: prompt + response[: c + 1].
+    states: dict[tuple[int, ...], int] = {}
+    state_rows: list[tuple[int, int]] = []  # (row, c) of each distinct state
+    for i, row_cuts in enumerate(cuts):
+        for c in row_cuts:
+            key = tuple(s.prompt_ids[i]) + tuple(s.response_ids[i, : c + 1].tolist())
+            if key not in states:
+                states[key] = len(state_rows)
+                state_rows.append((i, c))
+    values = torch.zeros(len(state_rows))
+    mc_tokens = 0
+    if state_rows:
+        prefixes = [list(k) for k in states]
+        budget = cfg.rollout.max_new_tokens
+        ro = generate(ctx.actor.module, prefixes, _params(cfg, a.mc_rollouts, budget),
+                      eos_token_ids=eos_token_ids(ctx.actor.module, ctx.tok), pad_token_id=pad, tokenizer=ctx.tok,
+                      generator=C.step_generator(cfg.seed + 13, step, dist.rank))
+        texts, seq_samples = [], []
+        for j in range(len(ro.lengths)):
+            row, c = state_rows[int(ro.prompt_index[j])]
+            left = budget - (c + 1)  # the continuation may not run past the original response cap
+            cont = ro.response_ids[j, : min(int(ro.lengths[j]), max(left, 0))].tolist()
+            mc_tokens += int(ro.lengths[j])
+            full = s.response_ids[row, : c + 1].tolist() + cont
+            texts.append(ctx.tok.decode(full, skip_special_tokens=True))
+            seq_samples.append(s.samples[row])
+        out = score_safely(ctx.reward, seq_samples, texts, max_fail_fraction=cfg.reward.max_fail_fraction)
+        values = torch.tensor(out.scores, dtype=torch.float32).view(len(state_rows), a.mc_rollouts).mean(-1)
+    cut_values = [[float(values[states[tuple(s.prompt_ids[i]) + tuple(s.response_ids[i, : c + 1].tolist())]])
+                   for c in row_cuts] for i, row_cuts in enumerate(cuts)]
+    est = registry.get("advantage", "spo_chain")
+    adv, _ = est(registry.AdvantageInputs(mask=mask, scores=s.scores, group_size=n, cut_positions=cuts,
+                                          cut_values=cut_values), first_segment_value=a.first_segment_value)
+    times["time/mc_values"] = time.time() - t0
+    stats = {"spo/segments_mean": sum(len(c) + 1 for c in cuts) / max(len(cuts), 1),
+             "spo/cut_states": len(state_rows), "spo/value_mean": float(values.mean()) if len(values) else 0.0,
+             "spo/mc_tokens": mc_tokens}
+    return s, adv, old_logp, old_ent, times, stats
+
+
+# --------------------------------------------------------------------------- tree
+
+
+@dataclass
+class Edge:
+    """One training sample of SPO-tree: the parent's full text → the child's segment."""
+
+    question: str
+    step: int
+    prompt_ids: list[int]
+    response_ids: list[int]
+    advantage: float
+    old_logp: torch.Tensor | None = None  # [len(response)], filled when the edge is added
+
+
+class EdgeReplay:
+    """SPO's "on-policy" edge buffer: edges live ``max_age`` steps; each step draws at most
+    ``per_question`` edges per question (drawn edges leave the buffer). max_age = 0: no replay,
+    every new edge is used once."""
+
+    def __init__(self, max_age: int, per_question: int):
+        self.max_age, self.per_question = max_age, per_question
+        self.edges: list[Edge] = []
+
+    def draw(self, new: list[Edge], step: int, generator: torch.Generator) -> list[Edge]:
+        if self.max_age <= 0:
+            return new
+        self.edges = [e for e in self.edges if step - e.step < self.max_age] + new
+        by_q: dict[str, list[int]] = {}
+        for i, e in enumerate(self.edges):
+            by_q.setdefault(e.question, []).append(i)
+        take: list[int] = []
+        for q in sorted(by_q):
+            ids = by_q[q]
+            perm = torch.randperm(len(ids), generator=generator)[: self.per_question].tolist()
+            take.extend(ids[p] for p in perm)
+        chosen = set(take)
+        drawn = [self.edges[i] for i in sorted(take)]
+        self.edges = [e for i, e in enumerate(self.edges) if i not in chosen]
+        return drawn
+
+
+def tree_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
+    """Trees for this rank's prompts, leaf rewards, node values and the kept edges."""
+    a, t = cfg.algo, cfg.train
+    per_rank = t.prompts_per_step // dist.world_size
+    idx = ctx.order.indices(step, t.prompts_per_step)[dist.rank * per_rank:(dist.rank + 1) * per_rank]
+    samples, prompt_ids = [ctx.train[i] for i in idx], [ctx.train_ids[i] for i in idx]
+    t0 = time.time()
+    ctx.actor.module.eval()
+    trees = sample_tree(ctx.actor.module, prompt_ids, list(a.branching), a.segment_len, cfg.rollout.max_new_tokens,
+                        _params(cfg, 1, cfg.rollout.max_new_tokens), eos_token_ids=eos_token_ids(ctx.actor.module, ctx.tok),
+                        pad_token_id=ctx.tok.pad_token_id, tokenizer=ctx.tok,
+                        generator=C.step_generator(cfg.seed, step, dist.rank))
+    ctx.actor.module.train()
+    t1 = time.time()
+    leaf_refs, texts, leaf_samples = [], [], []
+    for ti, tree in enumerate(trees):
+        for leaf in tree.leaves():
+            leaf_refs.append((ti, leaf))
+            texts.append(ctx.tok.decode(tree.response_ids(leaf), skip_special_tokens=True))
+            leaf_samples.append(samples[ti])
+    out = score_safely(ctx.reward, leaf_samples, texts, max_fail_fraction=cfg.reward.max_fail_fraction)
+    t2 = time.time()
+    leaf_reward = [torch.full((len(tr),), float("nan")) for tr in trees]
+    for (ti, leaf), r in zip(leaf_refs, out.scores):
+        leaf_reward[ti][leaf] = r
+    new_edges, root_values, n_nodes = [], [], 0
+    for ti, tree in enumerate(trees):
+        children, adv = spo.tree_training_edges(tree.parent, leaf_reward[ti], variant=a.tree_adv)
+        values, _ = spo.tree_values(tree.parent, leaf_reward[ti])
+        root_values.append(float(values[0]))
+        n_nodes += len(tree)
+        for c, v in zip(children.tolist(), adv.tolist()):
+            parent_resp = tree.response_ids(tree.parent[c])
+            new_edges.append(Edge(question=samples[ti].id, step=step, prompt_ids=tree.prompt_ids + parent_resp,
+                                  response_ids=list(tree.token_ids[c]), advantage=v))
+    gen_tokens = sum(len(tok) for tr in trees for tok in tr.token_ids)
+    correct = out.info.get("correct")
+    stats = {"reward/mean": sum(out.scores) / max(len(out.scores), 1),
+             "tree/nodes": n_nodes / max(len(trees), 1), "tree/leaves": len(leaf_refs) / max(len(trees), 1),
+             "tree/edges_new": len(new_edges), "spo/value_mean": sum(root_values) / max(len(root_values), 1),
+             "perf/generated_tokens": gen_tokens, "perf/tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
+             "reward/failed": sum(bool(f) for f in out.info.get("failed", []))}
+    if correct is not None:
+        stats["reward/accuracy"] = sum(bool(c) for c in correct) / max(len(correct), 1)
+    return new_edges, {"time/rollout": t1 - t0, "time/reward": t2 - t1}, stats
+
+
+def edges_to_batch(edges: list[Edge], pad: int):
+    resp = _pad_rows([e.response_ids for e in edges], pad)  # [E, T]
+    mask = _pad_rows([[1] * len(e.response_ids) for e in edges], 0).float()
+    adv = torch.tensor([e.advantage for e in edges], dtype=torch.float32)[:, None] * mask
+    return [e.prompt_ids for e in edges], resp, mask, adv
+
+
+# --------------------------------------------------------------------------- loop
+
+
+def train(cfg: RunConfig, dist: Dist) -> dict:
+    from rltrain.loops.grpo import Context
+
+    torch.manual_seed(cfg.seed)
+    ctx = Context(cfg, dist)
+    a = cfg.algo
+    start, state = C.maybe_resume(cfg, ctx.actor)
+    replay = EdgeReplay(a.replay_max_age, a.replay_per_question)
+    if state.get("replay"):
+        replay.edges = state["replay"]
+    logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
+                       start_step=start, title=f"rltrain {a.name}") if dist.is_main else None
+    before = C.initial_eval(cfg, ctx, dist, logger, start)
+    pad, temp = ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0
+    for step in range(start, cfg.train.steps):
+        t0 = time.time()
+        if a.name == "spo_chain":
+            s, adv, old_logp, old_ent, times, stats = chain_batch(step, ctx, cfg, dist)
+            prompt_ids, resp, mask = s.prompt_ids, s.response_ids, s.mask
+            stats.update(C.reward_metrics(s, dist))
+            stats["perf/tokens_per_s"] = C.global_count(float(s.lengths.sum()), dist) / max(times["time/rollout"], 1e-9)
+        else:
+            new, times, stats = tree_batch(step, ctx, cfg, dist)
+            edges = [e for e in new if e.old_logp is None]
+            if edges:  # old log-probs of new edges, from the trainer's own forward
+                lp, _ = C.batched_logprobs(ctx.actor.module, [e.prompt_ids for e in edges],
+                                           edges_to_batch(edges, pad)[1], pad_id=pad, temperature=temp,
+                                           micro_batch_size=cfg.train.micro_batch_size)
+                for e, row in zip(edges, lp):
+                    e.old_logp = row[: len(e.response_ids)].clone()
+            drawn = replay.draw(new, step, C.step_generator(cfg.seed + 29, step, dist.rank))
+            stats["tree/edges_trained"] = C.global_count(len(drawn), dist)
+            if stats["tree/edges_trained"] == 0:  # every leaf scored alike: nothing to learn this step
+                drawn = [Edge("", step, [pad], [pad], 0.0, torch.zeros(1))]
+            prompt_ids, resp, mask, adv = edges_to_batch(drawn, pad)
+            if stats["tree/edges_trained"] == 0:
+                mask = torch.zeros_like(mask)
+            old_logp = _pad_rows([e.old_logp.tolist() for e in drawn], 0.0).float()
+            old_ent = None
+            if cfg.token_selection.name == "high_entropy":
+                old_logp, old_ent = C.batched_logprobs(ctx.actor.module, prompt_ids, resp, pad_id=pad,
+                                                       temperature=temp, micro_batch_size=cfg.train.micro_batch_size,
+                                                       with_entropy=True)
+        valid = mask.bool()
+        keep = select.prob_mask(old_logp, valid, threshold=a.cut_threshold) if a.prob_mask else valid
+        stats["spo/prob_mask_frac"] = float(keep.sum()) / max(float(valid.sum()), 1.0)
+        adv = torch.where(keep, adv, torch.zeros_like(adv))
+        stats["spo/adv_abs_mean"] = float(core.masked_mean(adv.abs(), keep))
+        if a.adv_whiten != "none":
+            adv = whiten(adv, keep, dist)
+        ref_logp = None
+        if ctx.ref is not None:
+            t1 = time.time()
+            ref_logp, _ = C.batched_logprobs(ctx.ref, prompt_ids, resp, pad_id=pad, temperature=temp,
+                                             micro_batch_size=cfg.train.micro_batch_size)
+            times["time/reference"] = time.time() - t1
+        batch = PGBatch(prompt_ids, resp, mask, adv, ref_logp, old_logp=old_logp, old_entropy=old_ent)
+        metrics = policy_update(ctx.actor, batch, cfg, dist, pad_id=pad, step=step,
+                                generator=C.step_generator(cfg.seed + 7, step, 0))
+        metrics.update(stats)
+        metrics.update(times)
+        metrics["time/step"] = time.time() - t0
+        done = step + 1
+        if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps:
+            ev = C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
+            metrics.update({f"eval/{k}": v for k, v in ev.items()})
+        if logger:
+            logger.log(done, metrics)
+        if C.should_save(cfg, done):
+            C.save(cfg, dist, done, ctx.actor, ctx.tok, extra={"replay": replay.edges})
+    return C.final_eval(cfg, ctx, dist, logger, before)
