@@ -281,6 +281,16 @@ class KLCovConfig(PolicyLossConfig):
 # --------------------------------------------------------------------------- reward / data / model
 
 
+JUDGE_TEMPLATE = (
+    "You are checking a solution against a reference answer. Decide whether the final answer of the solution "
+    "below (which may be incomplete) matches the reference answer. The reference answer may be an option letter, "
+    "a number, an expression, a list, or text in any language; judge the meaning, not the wording or the "
+    "language.\nReply with exactly YES if the final answer matches the reference answer, and NO otherwise, "
+    "including when the solution is unclear or incomplete or gives no final answer.\n\nQuestion: {question}"
+    "\n\nSolution Process (Final Step Only): {response}\n\nReference Answer: {reference}\n\nOutput:"
+)
+
+
 @dataclass
 class RewardConfig:
     """Reward source (``reward=...``). Fields other than ``name`` and ``max_fail_fraction`` are
@@ -314,6 +324,81 @@ class PythonRewardConfig(RewardConfig):
     name: str = "python"
     fn: str = MISSING
     """Import path ``package.module:function``."""
+    per_item: bool = False
+    """True: the function scores one (sample, completion) at a time."""
+    fn_kwargs: Optional[dict[str, Any]] = None
+    """Extra keyword arguments passed to the function."""
+
+
+@dataclass
+class CodeRewardConfig(RewardConfig):
+    """Programs run against test cases in a sandbox (ALGORITHMS.md §8)."""
+
+    name: str = "code"
+    mode: str = "all_pass"
+    """all_pass (1 if every test passes) | pass_rate | shaped (CodeRL-style −1/−0.6/−0.3/+1)."""
+    timeout: float = 4.0
+    """Seconds per test case."""
+    program_timeout: float = 30.0
+    """Seconds for all tests of one program."""
+    memory_mb: int = 1024
+    file_mb: int = 16
+    max_processes: int = 16
+    max_tests: Optional[int] = None
+    """Run at most this many tests per problem (None = all)."""
+    float_tol: float = 1e-6
+    num_workers: Optional[int] = None
+    """Programs run in parallel (None = number of cores)."""
+    isolation: str = "auto"
+    """auto | namespace (pid/net/mount namespaces, chroot, unprivileged uid) | process (limits only)."""
+
+
+@dataclass
+class JudgeRewardConfig(RewardConfig):
+    """A generative judge model: soft reward P(YES) from one forward pass (ALGORITHMS.md §7)."""
+
+    name: str = "judge"
+    model_path: Optional[str] = "smollm2_135m"
+    """smollm2_135m | tiny | a hub id or local directory."""
+    template: str = JUDGE_TEMPLATE
+    """Prompt with {question}, {response} (the tail of the response) and {reference}."""
+    mode: str = "soft"
+    """soft (P(YES) renormalised over YES/NO) | binary | raw (unnormalised P(YES))."""
+    tail_chars: int = 1000
+    """How much of the response's end the judge sees."""
+    batch_size: int = 8
+    dtype: str = "fp32"
+    yes_strings: list[str] = field(default_factory=lambda: ["YES", "Yes", " YES", " Yes"])
+    no_strings: list[str] = field(default_factory=lambda: ["NO", "No", " NO", " No"])
+    use_chat_template: bool = True
+
+
+@dataclass
+class ClassifierRewardConfig(RewardConfig):
+    """A sequence-classification reward model giving a scalar."""
+
+    name: str = "classifier"
+    model_path: Optional[str] = MISSING
+    normalize: str = "none"
+    """none | running (z-score with running statistics) | fixed ((x − bias) · scale)."""
+    bias: float = 0.0
+    scale: float = 1.0
+    label_index: Optional[int] = None
+    batch_size: int = 8
+    max_length: int = 2048
+    dtype: str = "fp32"
+    use_chat_template: bool = True
+    eps: float = 1e-6
+
+
+@dataclass
+class CombinedRewardConfig(RewardConfig):
+    """A weighted sum of rewards, each logged separately."""
+
+    name: str = "combined"
+    components: list[Any] = field(default_factory=list)
+    """Each {name, weight, kwargs, label?}, e.g. [{name: math, weight: 1.0}, {name: python, weight: 0.1,
+    kwargs: {fn: "my.mod:format_reward"}}]."""
 
 
 @dataclass
@@ -400,6 +485,33 @@ class PreferenceDataConfig(FileDataConfig):
     prompt_key: str = "prompt"
     chosen_key: str = "chosen"
     rejected_key: str = "rejected"
+
+
+@dataclass
+class AppsDataConfig(FileDataConfig):
+    """APPS-format coding problems (question + input_output tests), scored by reward=code."""
+
+    name: str = "apps"
+    hub_id: Optional[str] = "codeparrot/apps"
+    hub_config: Optional[str] = "all"
+    question_key: str = "question"
+    tests_key: str = "input_output"
+    difficulties: Optional[list[str]] = None
+    """Keep only these difficulty levels (e.g. [introductory])."""
+    instruction: str = "Write your solution in Python 3 inside one ```python code block."
+
+
+@dataclass
+class QADataConfig(FileDataConfig):
+    """Free-form question/answer data in any domain (for reward=judge)."""
+
+    name: str = "qa"
+    test_split: Optional[str] = None
+    question_key: str = "question"
+    answer_key: str = "answer"
+    meta_keys: Optional[list[str]] = None
+    """Extra columns kept in Sample.meta."""
+    instruction: str = "Reason briefly, then state your final answer on the last line."
 
 
 @dataclass
@@ -536,10 +648,12 @@ SCHEMA_NODES: dict[str, dict[str, type]] = {
     "token_selection": {"all_selection_schema": TokenSelectionConfig,
                         "high_entropy_schema": HighEntropyConfig, "prob_mask_schema": ProbMaskConfig},
     "policy_loss": {"clip_schema": ClipLossConfig, "clip_cov_schema": ClipCovConfig, "kl_cov_schema": KLCovConfig},
-    "reward": {"math_reward_schema": MathRewardConfig, "python_reward_schema": PythonRewardConfig},
+    "reward": {"math_reward_schema": MathRewardConfig, "python_reward_schema": PythonRewardConfig,
+               "code_reward_schema": CodeRewardConfig, "judge_reward_schema": JudgeRewardConfig,
+               "classifier_reward_schema": ClassifierRewardConfig, "combined_reward_schema": CombinedRewardConfig},
     "data": {"arith_data_schema": ArithDataConfig, "synthetic_prefs_schema": SyntheticPrefsConfig,
              "gsm8k_schema": GSM8KDataConfig, "math_data_schema": MathDataConfig,
-             "preference_schema": PreferenceDataConfig},
+             "preference_schema": PreferenceDataConfig, "apps_schema": AppsDataConfig, "qa_schema": QADataConfig},
     "model": {"model_schema": ModelConfig},
     "deepspeed": {"deepspeed_schema": DeepSpeedConfig},
 }
@@ -683,8 +797,10 @@ def option_schema(group: str, name: str) -> type:
 # Options of groups with several schemas, by option name.
 OPTION_SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"arith": ArithDataConfig, "synthetic_prefs": SyntheticPrefsConfig, "gsm8k": GSM8KDataConfig,
-             "math": MathDataConfig, "preference": PreferenceDataConfig},
-    "reward": {"math": MathRewardConfig, "python": PythonRewardConfig},
+             "math": MathDataConfig, "preference": PreferenceDataConfig, "apps": AppsDataConfig,
+             "qa": QADataConfig},
+    "reward": {"math": MathRewardConfig, "python": PythonRewardConfig, "code": CodeRewardConfig,
+               "judge": JudgeRewardConfig, "classifier": ClassifierRewardConfig, "combined": CombinedRewardConfig},
     "token_selection": {"all": TokenSelectionConfig, "high_entropy": HighEntropyConfig, "prob_mask": ProbMaskConfig},
     "policy_loss": {"clip": ClipLossConfig, "clip_cov": ClipCovConfig, "kl_cov": KLCovConfig},
 }

@@ -65,10 +65,29 @@ def _import(path: str):
     return getattr(importlib.import_module(mod), fn)
 
 
+def local_world_size(world_size: int) -> int:
+    """Ranks on this machine: the Slurm tasks of this node, else every rank (local workers)."""
+    if slurm_world() is not None:
+        per_node = os.environ.get("SLURM_NTASKS_PER_NODE") or os.environ.get("SLURM_TASKS_PER_NODE", "")
+        digits = per_node.split("(")[0].split(",")[0]
+        return int(digits) if digits.isdigit() else world_size
+    return world_size
+
+
+def threads_per_rank(cfg: RunConfig, local_world: int) -> int:
+    """OMP/torch threads of one rank: launch.threads_per_rank, else Slurm's CPUs per task, else this
+    process's usable cores shared by the ranks on this machine (oversubscription is slow)."""
+    if cfg.launch.threads_per_rank:
+        return cfg.launch.threads_per_rank
+    if slurm_world() is not None and os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    return max(1, len(os.sched_getaffinity(0)) // local_world)
+
+
 def set_threads(cfg: RunConfig, world_size: int) -> None:
     import torch
 
-    n = cfg.launch.threads_per_rank or max(1, (os.cpu_count() or 1) // world_size)
+    n = threads_per_rank(cfg, local_world_size(world_size))
     os.environ["OMP_NUM_THREADS"] = str(n)
     torch.set_num_threads(n)
 
@@ -81,6 +100,8 @@ def run_worker(cfg: RunConfig, rank: int = 0, world_size: int = 1, *, master_add
     set_threads(cfg, world_size)
     dist = init_dist(rank, world_size, master_addr=master_addr, master_port=master_port,
                      timeout_s=cfg.launch.timeout_s)
+    # Rank 0's config is the run's config (Slurm tasks each composed their own; run_dir may differ).
+    cfg = dist.broadcast_object(cfg)
     return _import(LOOPS[cfg.algo.name])(cfg, dist)
 
 
@@ -90,26 +111,56 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In a worker, before exec: get SIGKILL when the launching process dies (Linux), so that an
+    interrupted ``rltrain`` never leaves workers blocked in a collective."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
 def _spawn_local(cfg: RunConfig, run_dir: Path, n: int) -> dict:
-    """N worker processes on this machine; if one fails, stop the others and raise."""
+    """N worker processes on this machine; if one fails, stop the others and raise.
+
+    A rank that dies makes the others fail in their next collective (gloo/nccl see the closed
+    connection) or, if one hangs, after ``launch.timeout_s``; the launcher notices within a poll
+    interval, terminates every remaining worker (SIGTERM, then SIGKILL) and names the rank that
+    failed first.
+    """
     port = _free_port()
+    threads = threads_per_rank(cfg, n)
     procs = []
     for rank in range(n):
         env = dict(os.environ, RLTRAIN_RANK=str(rank), RLTRAIN_WORLD=str(n), LOCAL_RANK=str(rank),
-                   RLTRAIN_MASTER_PORT=str(port))
-        procs.append(subprocess.Popen([sys.executable, "-m", "rltrain.launch", str(run_dir)], env=env))
+                   RLTRAIN_MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads))
+        procs.append(subprocess.Popen([sys.executable, "-m", "rltrain.launch", str(run_dir)], env=env,
+                                      preexec_fn=_die_with_parent if sys.platform == "linux" else None))
     try:
         while True:
             codes = [p.poll() for p in procs]
             failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
             if failed:
+                # Killed-by-signal first: a rank that was killed makes the others error out at once.
+                failed.sort(key=lambda rc: (rc[1] >= 0, rc[0]))
                 rank, code = failed[0]
+                also = "; ".join(f"rank {r} {_exit_text(c)}" for r, c in failed[1:])
                 raise RuntimeError(
-                    f"worker rank {rank} exited with code {code}; stopped the other workers. "
-                    f"Its log is above; rerun with resume=auto to continue from {run_dir}/checkpoints")
+                    f"worker rank {rank} of {n} {_exit_text(code)}" + (f" ({also})" if also else "")
+                    + f"; stopped the other workers. The workers' logs are above; rerun the same command "
+                    f"(resume=auto) to continue from the last checkpoint in {run_dir}/checkpoints")
             if all(c == 0 for c in codes):
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -119,6 +170,7 @@ def _spawn_local(cfg: RunConfig, run_dir: Path, n: int) -> dict:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
     return {"run_dir": str(run_dir)}
 
 

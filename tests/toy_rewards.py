@@ -14,3 +14,13 @@ def explode_on_x(samples, completions):
             raise RuntimeError("toy reward cannot score an 'x'")
         out.append(1.0)
     return out
+
+
+def contains_seven(samples, completions):
+    """1 if the completion contains a '7', else 0 (PPO/iterative-DPO tests)."""
+    return [float("7" in c) for c in completions]
+
+
+def prompt_has_seven(samples, completions):
+    """1 if the *question* contains a '7': a return the critic can predict from the prompt alone."""
+    return [float("7" in s.question) for s in samples]

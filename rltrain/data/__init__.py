@@ -7,6 +7,8 @@ fields are exactly the builder's keyword arguments, and every builder returns
     arith            Sample          synthetic arithmetic, offline (default task)
     gsm8k            Sample          hub "openai/gsm8k" or local files
     math             Sample          hub MATH or local files
+    apps             Sample          APPS-format code problems, tests in meta (reward=code)
+    qa               Sample          any question/answer columns, free-form (reward=judge)
     preference       PreferencePair  local files or a hub id with prompt/chosen/rejected
     synthetic_prefs  PreferencePair  offline pairs from arith (correct vs. wrong solution)
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from rltrain.data import arith, competition_math, gsm8k, preference
+from rltrain.data import apps, arith, competition_math, gsm8k, preference, qa
 from rltrain.data.base import DEFAULT_INSTRUCTION, DataError, DatasetSplits
 from rltrain.data.preference import PreferencePair
 from rltrain.data.prompts import render_pair, render_prompt
@@ -27,6 +29,8 @@ DATASETS: dict[str, Callable[..., DatasetSplits]] = {
     "arith": arith.arith,
     "gsm8k": gsm8k.gsm8k,
     "math": competition_math.competition_math,
+    "apps": apps.apps,
+    "qa": qa.qa,
     "preference": preference.preference,
     "synthetic_prefs": preference.synthetic_prefs,
 }

@@ -5,11 +5,14 @@ matmuls are ~4x faster than fp32, and bf16 weights decode faster than fp32 weigh
 and fp32 master copies of the parameters that the optimizer updates. After each optimizer step the
 masters are copied back into the compute module. With ``dtype=fp32`` there are no copies.
 
-The loop only calls ``module`` (forward / generate), ``backward(loss)``, ``step()`` and
-``state_dict()`` / ``load_state_dict()``; it never branches on the kind of actor.
+The loop only calls ``module`` (forward / generate), ``gathered()`` (around rollout),
+``backward(loss)``, ``step()`` and the checkpoint methods (``full_state_dict``, ``state_dict`` /
+``load_state_dict``, ``save_shards`` / ``load_shards``); it never branches on the kind of actor
+(``rltrain.engine.deepspeed.DeepSpeedActor`` is the other kind).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -102,6 +105,10 @@ class LocalActor:
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
+    def gathered(self):
+        """Context for a rollout phase (DeepSpeedActor gathers ZeRO-3 parameters here); a no-op."""
+        return contextlib.nullcontext()
+
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """fp32 weights by parameter name (for HF export), tied weights included."""
         sd = {k: v.detach().float() for k, v in self.module.state_dict().items()}
@@ -125,3 +132,9 @@ class LocalActor:
                     p.copy_(m)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+    def save_shards(self, directory) -> None:
+        """Per-rank state outside trainer.pt (DeepSpeedActor's ZeRO shards); none here."""
+
+    def load_shards(self, directory) -> None:
+        """Counterpart of ``save_shards``; none here."""

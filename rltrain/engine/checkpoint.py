@@ -5,6 +5,8 @@ Layout of a run directory::
     RUN/checkpoints/step_000010/policy/       config.json, model.safetensors, tokenizer files
     RUN/checkpoints/step_000010/trainer.pt    actor/critic optimizer + scheduler + fp32 masters,
                                               step, RNG states, loop extras
+    RUN/checkpoints/step_000010/actor/        DeepSpeed only: every rank's ZeRO shard (fp32 masters,
+                                              optimizer, scheduler), written by DeepSpeed itself
     RUN/checkpoints/step_000010/COMPLETE      written last
 
 A checkpoint is written into ``step_N.tmp-<pid>`` and renamed into place only after every file is
@@ -50,19 +52,31 @@ def save_hf(module: torch.nn.Module, tokenizer, out_dir: Path, state_dict: dict 
         tokenizer.save_pretrained(out_dir)
 
 
-def save_checkpoint(run_dir: str | Path, step: int, *, trainer_state: dict, policy_writer=None, keep: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically; ``policy_writer(dir)`` writes the HF policy into dir.
+def staging_dir(run_dir: str | Path, step: int) -> Path:
+    """Create the empty staging directory of checkpoint ``step`` (rank 0), removing stale ones.
 
-    Only rank 0 should call this (others pass their shards through ``trainer_state`` collectives
-    beforehand when sharded).
+    Sharded engines (DeepSpeed ZeRO) let every rank write its shard into it before rank 0 calls
+    ``save_checkpoint(..., staging=...)``, which completes and renames it.
     """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob("*.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    final = root / f"step_{step:06d}"
     tmp = root / f"step_{step:06d}.tmp-{os.getpid()}"
     tmp.mkdir()
+    return tmp
+
+
+def save_checkpoint(run_dir: str | Path, step: int, *, trainer_state: dict, policy_writer=None, keep: int = 2,
+                    staging: Path | None = None) -> Path:
+    """Write checkpoint ``step`` atomically; ``policy_writer(dir)`` writes the HF policy into dir.
+
+    Only rank 0 calls this. ``staging``: a directory from ``staging_dir`` that other ranks have
+    already written their shards into; None = make a fresh one.
+    """
+    root = Path(run_dir) / "checkpoints"
+    tmp = staging if staging is not None else staging_dir(run_dir, step)
+    final = root / f"step_{step:06d}"
     if policy_writer is not None:
         policy_writer(tmp / "policy")
     torch.save({"step": step, "rng": rng_state(), **trainer_state}, tmp / "trainer.pt")

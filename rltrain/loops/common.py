@@ -21,9 +21,9 @@ import torch
 from rltrain.algos.core import logprobs_from_logits, token_entropy
 from rltrain.config import RunConfig
 from rltrain.engine.actor import LocalActor, OptimConfig
-from rltrain.engine.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, save_hf
+from rltrain.engine.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, save_hf, staging_dir
 from rltrain.engine.dist import Dist
-from rltrain.engine.model import eos_token_ids, load_model
+from rltrain.engine.model import DTYPES, eos_token_ids, load_model
 from rltrain.rewards import build_reward
 from rltrain.rewards.base import score_safely
 from rltrain.rollout import SamplingParams, generate
@@ -31,22 +31,29 @@ from rltrain.types import RewardOutput, Sample
 
 log = logging.getLogger(__name__)
 
-COMMON_FIELDS = {"name", "system_prompt", "use_chat_template", "max_fail_fraction"}
-
-
 def option_kwargs(option) -> dict:
-    """An option's fields minus the shared ones: exactly the builder's keyword arguments."""
-    return {f.name: getattr(option, f.name) for f in dataclasses.fields(option) if f.name not in COMMON_FIELDS}
+    """An option's fields minus those of its group's base schema: exactly the keyword arguments
+    of the function or class the option names."""
+    from rltrain.config import DataConfig, PolicyLossConfig, RewardConfig, TokenSelectionConfig
+
+    base = next(b for b in (DataConfig, RewardConfig, TokenSelectionConfig, PolicyLossConfig) if isinstance(option, b))
+    shared = {f.name for f in dataclasses.fields(base)}
+    return {f.name: getattr(option, f.name) for f in dataclasses.fields(option) if f.name not in shared}
 
 
 # --------------------------------------------------------------------------- setup
 
 
+def load_policy_model(cfg: RunConfig) -> tuple[torch.nn.Module, object]:
+    """The configured policy model in fp32 and its tokenizer (the same weights on every rank)."""
+    return load_model(cfg.model.name, cfg.model.path, dtype="fp32", seed=cfg.seed,
+                      **({"hidden_size": cfg.model.tiny_hidden_size, "num_layers": cfg.model.tiny_layers}
+                         if cfg.model.name == "tiny" else {}))
+
+
 def build_actor(cfg: RunConfig, dist: Dist, total_optimizer_steps: int):
     """The trainable policy (plain PyTorch or DeepSpeed) and its tokenizer."""
-    model, tok = load_model(cfg.model.name, cfg.model.path, dtype="fp32", seed=cfg.seed,
-                            **({"hidden_size": cfg.model.tiny_hidden_size, "num_layers": cfg.model.tiny_layers}
-                               if cfg.model.name == "tiny" else {}))
+    model, tok = load_policy_model(cfg)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     t = cfg.train
@@ -57,6 +64,21 @@ def build_actor(cfg: RunConfig, dist: Dist, total_optimizer_steps: int):
 
         return DeepSpeedActor(model, optim, cfg=cfg, dist=dist), tok
     return LocalActor(model, optim, dtype=cfg.model.dtype, dist=dist), tok
+
+
+def build_reference(cfg: RunConfig, dist: Dist):
+    """The frozen reference policy (the initial weights), called like the actor's module for
+    log-probs: an inference-only ZeRO-3 engine under ``deepspeed.stage=3`` (parameters sharded),
+    otherwise a plain frozen module in the compute dtype."""
+    model, _ = load_policy_model(cfg)
+    if cfg.deepspeed.stage == 3:
+        from rltrain.engine.deepspeed import reference_engine
+
+        return reference_engine(model, cfg=cfg, dist=dist)
+    model = model.to(DTYPES[cfg.model.dtype]).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
@@ -267,11 +289,15 @@ def resume_dir(cfg: RunConfig) -> Path | None:
 
 
 def save(cfg: RunConfig, dist: Dist, step: int, actor, tokenizer, extra: dict | None = None) -> None:
-    """Checkpoint (rank 0 writes; every rank takes part in gathering sharded weights)."""
-    full = actor.full_state_dict()  # collective under ZeRO-3
+    """Checkpoint ``step``: every rank takes part (gathering sharded weights, writing its ZeRO shard
+    into the staging directory); rank 0 writes the HF policy and trainer.pt and completes it."""
+    full = actor.full_state_dict()  # collective under ZeRO
+    staging = dist.broadcast_object(staging_dir(cfg.run_dir, step) if dist.is_main else None)
+    actor.save_shards(staging / "actor")  # DeepSpeed: every rank's shard; LocalActor: nothing
+    dist.barrier()
     state = {"actor": actor.state_dict(), **(extra or {})}
     if dist.is_main:
-        save_checkpoint(cfg.run_dir, step, trainer_state=state, keep=cfg.checkpoint.keep,
+        save_checkpoint(cfg.run_dir, step, trainer_state=state, keep=cfg.checkpoint.keep, staging=staging,
                         policy_writer=lambda d: save_hf(actor.module, tokenizer, d, state_dict=full))
     dist.barrier()
 
@@ -283,6 +309,7 @@ def maybe_resume(cfg: RunConfig, actor) -> tuple[int, dict]:
         return 0, {}
     state = load_trainer_state(ckpt)
     actor.load_state_dict(state["actor"])
+    actor.load_shards(ckpt / "actor")
     log.info("resumed from %s (step %d)", ckpt, state["step"])
     return int(state["step"]), state
 

@@ -49,14 +49,16 @@ This file must import only the standard library: the launcher runs it as a scrip
 from __future__ import annotations
 
 import ctypes
-import errno
+import itertools
 import json
 import math
 import os
 import resource
 import select
 import signal
+import stat
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -178,6 +180,9 @@ class SandboxError(RuntimeError):
 # ------------------------------------------------------------------------------------------
 
 _PROBE_CACHE: dict[tuple, str | None] = {}
+_INSTANCES = itertools.count()
+_UIDS_PER_SANDBOX = 1024  # slots of one Sandbox: uid_base + block * 1024 + slot
+_UID_BLOCKS = 250_000  # 1_880_000_000 + 250_000 * 1024 stays below 2**31
 
 
 class Sandbox:
@@ -188,9 +193,14 @@ class Sandbox:
         isolation: ``namespace`` (root only: namespaces, chroot jail, unprivileged uid),
             ``process`` (rlimits and a guard only), or ``auto`` (namespace when a probe
             run succeeds, else process with a warning).
-        num_workers: programs run concurrently (default: CPU count).
-        uid_base: jail ``i`` of the pool runs as uid/gid ``uid_base + i``; pick a range no
-            real account uses.
+        num_workers: programs run concurrently (default: CPU count; more helps a little,
+            since part of each run is waiting on the kernel, not computing).
+        uid_base: start of the uid range of the jails. Each Sandbox takes its own block of
+            1024 uids in it (derived from the process id and an instance counter, so
+            concurrent rewards and ranks do not share RLIMIT_NPROC accounting), and its
+            jail ``i`` runs as uid/gid ``block start + i``. The default range,
+            1_880_000_000 to 2**31, is above the ranges Linux distributions and systemd
+            hand out.
         allow_site_packages: make the training interpreter's site-packages (e.g. numpy)
             importable, read-only, inside the jail.
         use_cgroups: put each jail in its own pids/memory cgroup where the hierarchy is
@@ -203,7 +213,7 @@ class Sandbox:
         *,
         isolation: str = "auto",
         num_workers: int | None = None,
-        uid_base: int = 1_900_000_000,
+        uid_base: int = 1_880_000_000,
         allow_site_packages: bool = True,
         use_cgroups: bool = True,
     ):
@@ -211,12 +221,17 @@ class Sandbox:
             raise ValueError(f"isolation must be auto|namespace|process, got {isolation!r}")
         self.limits = limits
         self.num_workers = num_workers or os.cpu_count() or 1
-        self.uid_base = uid_base
+        if not 1 <= self.num_workers <= _UIDS_PER_SANDBOX:
+            raise ValueError(f"num_workers must be in [1, {_UIDS_PER_SANDBOX}], got {self.num_workers}")
+        block = (os.getpid() * 7919 + next(_INSTANCES)) % _UID_BLOCKS
+        self.uid_base = uid_base + block * _UIDS_PER_SANDBOX
         self._sys_path = _site_packages() if allow_site_packages else []
         self._ro_paths = _jail_ro_paths(self._sys_path)
         self._jail_root = os.path.join("/tmp", "rltrain-jail-root")
         self._pool = None
         self._slots = None
+        self._zygote_lock = threading.Lock()
+        self._zygote = None
         self._cgroups: dict[int, list[tuple[str, str]]] = {}
         self._cgroup_note = "off"
         if isolation == "auto":
@@ -299,8 +314,11 @@ class Sandbox:
 
     def __del__(self):
         try:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+                self._pool = None
             self.close()
-        except Exception:  # interpreter shutdown: nothing sensible left to do
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing sensible left to do
             pass
 
     # -- internals -----------------------------------------------------------------------
@@ -374,11 +392,7 @@ class Sandbox:
         """Have the zygote fork a launcher talking on ``job_socket``; returns its pidfd."""
         import socket
         import subprocess
-        import threading
 
-        if not hasattr(self, "_zygote_lock"):
-            self._zygote_lock = threading.Lock()
-            self._zygote = None
         with self._zygote_lock:
             for attempt in range(2):
                 if self._zygote is None or self._zygote[0].poll() is not None:
@@ -398,13 +412,16 @@ class Sandbox:
                     msg, fds, _, _ = socket.recv_fds(ctrl, 16, 1)
                 except OSError:
                     msg, fds = b"", []
+                if msg == b"ok":
+                    return fds[0] if fds else None  # no pidfd: the launcher already exited
                 if msg:
-                    return fds[0] if fds else None
-                self._stop_zygote()  # it died: start a fresh one once
+                    raise SandboxError(f"the sandbox zygote refused the request: {msg!r}")
+                # It died (its PDEATHSIG follows the thread that started it): start a fresh one.
+                self._stop_zygote()
             raise SandboxError("the sandbox zygote process failed to start a launcher")
 
     def _stop_zygote(self) -> None:
-        zygote = getattr(self, "_zygote", None)
+        zygote = self._zygote
         if zygote is not None:
             proc, ctrl = zygote
             ctrl.close()  # EOF makes the zygote exit
@@ -417,13 +434,16 @@ class Sandbox:
 
     def _probe_namespace(self) -> str | None:
         """None if a namespace jail works here, else the reason it does not."""
-        key = (tuple(self._ro_paths), self.uid_base)
+        key = tuple(self._ro_paths)
         if key not in _PROBE_CACHE:
             if os.geteuid() != 0:
                 _PROBE_CACHE[key] = "not running as root"
             else:
                 try:
                     os.makedirs(self._jail_root, mode=0o700, exist_ok=True)
+                    st = os.lstat(self._jail_root)
+                    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
+                        raise SandboxError(f"{self._jail_root} must be a directory owned by root")
                     probe = self._run_one(
                         Job("print(6 * 7)", [""]), 0, "namespace", Limits(timeout=10.0, program_timeout=20.0)
                     )
@@ -453,6 +473,7 @@ class Sandbox:
             if base is None:
                 notes.append(f"{controller} unavailable")
                 continue
+            _remove_stale_cgroups(base)
             try:
                 for slot in range(self.num_workers):
                     path = os.path.join(base, f"rltrain-sandbox-{os.getpid()}-{id(self):x}-{slot}")
@@ -468,6 +489,26 @@ class Sandbox:
                 for slot in list(self._cgroups):
                     self._cgroups[slot] = [(c, p) for c, p in self._cgroups[slot] if c != controller]
         self._cgroup_note = ", ".join(made + notes) or "off"
+
+
+def _remove_stale_cgroups(base: str) -> None:
+    """Remove empty slot cgroups left by training processes that died without ``close()``."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if name.startswith("rltrain-sandbox-") and len(parts) == 5 and parts[2].isdigit():
+            try:
+                os.kill(int(parts[2]), 0)
+            except ProcessLookupError:
+                try:
+                    os.rmdir(os.path.join(base, name))
+                except OSError:
+                    pass
+            except PermissionError:
+                pass
 
 
 def _site_packages() -> list[str]:
@@ -689,10 +730,10 @@ def _zygote_main(ctrl_fd: int) -> None:
             os._exit(0)
         if not msg:
             os._exit(0)
-        if len(fds) != 1:
+        if msg != b"run" or len(fds) != 1:
             for fd in fds:
                 os.close(fd)
-            ctrl.sendall(b"")
+            ctrl.sendall(b"bad request")
             continue
         pid = os.fork()
         if pid == 0:

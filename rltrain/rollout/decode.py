@@ -188,15 +188,17 @@ def decode_tree(
             use_cache=True,
             **keep_arg,
         )
-    logits = out.logits[:, -1].float()  # [P, V]
-    cache = out.past_key_values if out.past_key_values is not None else cache
+    batch = _Batch(
+        cache=out.past_key_values if out.past_key_values is not None else cache,
+        logits=out.logits[:, -1].float(),
+        bias=bias.to(device),
+        next_pos=prompt_lens.to(device),
+        history=torch.zeros((n_prompts, cfg.max_new_tokens), dtype=torch.long, device=device) if cfg.stop else None,
+        cache_len=width,
+    )
     del out
-    bias = bias.to(device)
-    next_pos = prompt_lens.to(device)  # [P] position id of the next fed token
     paths: list[tuple[int, ...]] = [(i,) for i in range(n_prompts)]  # seed path of each row's node
-    history = torch.zeros((n_prompts, cfg.max_new_tokens), dtype=torch.long, device=device) if cfg.stop else None
     row_parent = torch.arange(n_prompts)  # [rows] node index (previous level) of each batch row
-    cache_len = width
     generated = 0  # response tokens so far, identical for every live row
 
     levels: list[Level] = []
@@ -204,16 +206,10 @@ def decode_tree(
         b = cfg.branching[depth]
         last = depth == depth_count - 1
         budget = min(cfg.max_new_tokens - generated, cfg.max_new_tokens if last else cfg.segment_len)
-        # ---- fork every live row into b children ------------------------------------------------
-        rows = logits.shape[0]
+        # ---- fork every row into b children (KV cache rows copied: the prefix is not re-encoded)
+        rows = batch.next_pos.shape[0]
         with timer("fork"):
-            fork = torch.arange(rows, device=device).repeat_interleave(b)  # [K]
-            cache.batch_select_indices(fork)
-            logits = logits.index_select(0, fork)
-            bias = bias.index_select(0, fork)
-            next_pos = next_pos.index_select(0, fork)
-            if history is not None:
-                history = history.index_select(0, fork)
+            batch.select(torch.arange(rows, device=device).repeat_interleave(b))
         parent = row_parent.repeat_interleave(b)  # [K]
         child_index = torch.arange(b).repeat(rows)  # [K]
         paths = [paths[r] + (j,) for r in range(rows) for j in range(b)]
@@ -228,48 +224,42 @@ def decode_tree(
         lengths = torch.zeros(n_nodes, dtype=torch.long, device=device)
         stopped = torch.zeros(n_nodes, dtype=torch.bool, device=device)
         node = torch.arange(n_nodes, device=device)  # [B] node of each batch row
-        alive = torch.ones(n_nodes, dtype=torch.bool, device=device)  # [B]
+        alive = torch.ones(n_nodes, dtype=torch.bool, device=device)  # [B] rows not stopped yet
         n_alive = n_nodes
 
         for t in range(budget):
             with timer("sample"):
                 tok, lp = sample_next(
-                    logits, uniforms[node, t], temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p
+                    batch.logits, uniforms[node, t], temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p
                 )  # [B], [B]
+                batch.logits = None  # consumed (sample_next scales them in place)
                 live_nodes = node[alive]
                 tokens[live_nodes, t] = tok[alive]
                 logprobs[live_nodes, t] = lp[alive]
                 lengths[live_nodes] = t + 1
-                generated_now = generated + t + 1
                 hit = torch.isin(tok, eos) & alive  # [B]
-            if history is not None:
+            if batch.history is not None:
                 with timer("stop_strings"):
-                    history[:, generated_now - 1] = tok
-                    hit |= cfg.stop.hits(history, generated_now).to(device) & alive
+                    batch.history[:, generated + t] = tok
+                    hit |= cfg.stop.hits(batch.history, generated + t + 1).to(device) & alive
             if bool(hit.any()):
                 stopped[node[hit]] = True
                 alive &= ~hit
                 n_alive = int(alive.sum())
             if n_alive == 0 or t == budget - 1:
                 break
-            dead = alive.shape[0] - n_alive
-            if dead >= max(1, cfg.compact_fraction * alive.shape[0]):
+            # Stopped rows stay in the batch (computed, ignored) until they are a fraction of it:
+            # dropping them copies the whole KV cache.
+            if alive.shape[0] - n_alive >= max(1, cfg.compact_fraction * alive.shape[0]):
                 with timer("compact"):
-                    keep = alive.nonzero().squeeze(1)  # [B']
-                    cache.batch_select_indices(keep)
-                    bias, next_pos, node, tok = (x.index_select(0, keep) for x in (bias, next_pos, node, tok))
-                    if history is not None:
-                        history = history.index_select(0, keep)
-                    alive = torch.ones(keep.shape[0], dtype=torch.bool, device=device)
+                    node, tok = batch.select(alive.nonzero().squeeze(1), node, tok)
+                    alive = torch.ones(node.shape[0], dtype=torch.bool, device=device)
             with timer("forward"):
-                logits = _step(model, cache, tok, next_pos, bias[:, :, :, : cache_len + 1], keep_arg)
-            next_pos = next_pos + 1
-            cache_len += 1
+                batch.step(model, tok, keep_arg)
         generated += budget
 
-        # Nodes that ran out of budget: expanded if a deeper level exists and tokens remain.
+        # Nodes that ran out of budget are expanded if a deeper level exists and tokens remain.
         can_expand = (not last) and generated < cfg.max_new_tokens
-        expanded = (~stopped) & torch.tensor(can_expand, device=device)
         levels.append(
             Level(
                 parent=parent,
@@ -278,26 +268,56 @@ def decode_tree(
                 logprobs=logprobs,
                 lengths=lengths,
                 finish=["stop" if s else "length" for s in stopped.tolist()],
-                expanded=expanded,
+                expanded=~stopped if can_expand else torch.zeros_like(stopped),
             )
         )
         if not can_expand or n_alive == 0:
             break
-        # ---- feed the segments' last tokens; the children's first token is sampled from these logits
+        # ---- feed the segments' last tokens: the children's first tokens come from these logits
         with timer("compact"):
-            keep = alive.nonzero().squeeze(1)  # [B'] rows to expand, in node order
-            if keep.shape[0] != alive.shape[0]:
-                cache.batch_select_indices(keep)
-                bias, next_pos, node, tok = (x.index_select(0, keep) for x in (bias, next_pos, node, tok))
-                if history is not None:
-                    history = history.index_select(0, keep)
+            if n_alive != alive.shape[0]:
+                node, tok = batch.select(alive.nonzero().squeeze(1), node, tok)
         with timer("forward"):
-            logits = _step(model, cache, tok, next_pos, bias[:, :, :, : cache_len + 1], keep_arg)
-        next_pos = next_pos + 1
-        cache_len += 1
-        row_parent = node.cpu()
+            batch.step(model, tok, keep_arg)
+        row_parent = node.cpu()  # rows are in node order
         paths = [paths[i] for i in row_parent.tolist()]
     return levels
+
+
+@dataclass
+class _Batch:
+    """The per-row decoding state (first dimension = batch row) and the KV cache.
+
+    Attributes:
+        cache: the model's KV cache, ``cache_len`` positions long.
+        logits: ``[B, V]`` float32 next-token logits (None once sampled from).
+        bias: ``[B, 1, 1, capacity]`` additive attention mask (padding columns = dtype minimum).
+        next_pos: ``[B]`` position id of the next token fed.
+        history: ``[B, max_new_tokens]`` response tokens so far (only with stop strings).
+    """
+
+    cache: object
+    logits: torch.Tensor | None
+    bias: torch.Tensor
+    next_pos: torch.Tensor
+    history: torch.Tensor | None
+    cache_len: int
+
+    def select(self, idx: torch.Tensor, *extra: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Keep/repeat rows ``idx`` of the state (and of ``extra`` tensors, returned)."""
+        self.cache.batch_select_indices(idx)
+        if self.logits is not None:
+            self.logits = self.logits.index_select(0, idx)
+        self.bias, self.next_pos = self.bias.index_select(0, idx), self.next_pos.index_select(0, idx)
+        if self.history is not None:
+            self.history = self.history.index_select(0, idx)
+        return tuple(x.index_select(0, idx) for x in extra)
+
+    def step(self, model, tok: torch.Tensor, keep_arg: dict) -> None:
+        """Feed one token per row (``tok`` [B]) and update logits, positions and cache length."""
+        self.logits = _step(model, self.cache, tok, self.next_pos, self.bias[:, :, :, : self.cache_len + 1], keep_arg)
+        self.next_pos = self.next_pos + 1
+        self.cache_len += 1
 
 
 def _step(model, cache, tok: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, keep_arg: dict) -> torch.Tensor:

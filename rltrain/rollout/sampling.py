@@ -33,8 +33,8 @@ def _mix64(x: int) -> int:
 def node_seed(base_seed: int, path: tuple[int, ...]) -> int:
     """The seed of the segment at ``path`` = (prompt index, child index, ...), in [0, 2^63)."""
     h = _mix64(base_seed & _MASK64)
-    for p in path:
-        h = _mix64(h ^ _mix64(p))
+    for p in path:  # injective in p for a given h; the multiply keeps h and p from cancelling
+        h = _mix64(((h ^ p) * 0xD1342543DE82EF95 + 1) & _MASK64)
     return h >> 1
 
 
@@ -105,6 +105,9 @@ def _top_p_candidates(x: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.
     """
     vocab = x.shape[-1]
     m = x.max(-1, keepdim=True).values  # [B, 1]
+    if top_p >= 1.0:
+        vals, ids = x.topk(min(top_k, vocab) if top_k > 0 else vocab, dim=-1, sorted=True)  # [B, k]
+        return torch.exp(vals - m), ids
     if top_k > 0:
         sizes = (min(top_k, vocab),)
         total = None  # renormalise over the top-k set
@@ -116,8 +119,6 @@ def _top_p_candidates(x: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.
         w = torch.exp(vals - m)  # [B, k]
         cum = w.cumsum(-1)  # [B, k]
         mass = cum[:, -1:] if total is None else total  # [B, 1]
-        if top_p >= 1.0:
-            return w, ids
         if k == sizes[-1] or bool((cum[:, -1:] >= top_p * mass).all()):
             keep = (cum - w) < top_p * mass  # exclusive prefix mass below top_p; keeps the first
             return w * keep, ids

@@ -67,3 +67,12 @@ def test_reference_solutions_pass_reward_code(tmp_path):
     finally:
         reward.close()
     assert out.scores == [1.0, 1.0]
+
+
+def test_registered_as_data_apps(tmp_path):
+    from rltrain.data import build_dataset
+
+    path = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    assert len(build_dataset("apps", path=path, test_path=path, n_train=1).train) == 1
+    with pytest.raises(ValueError, match="has no option"):
+        build_dataset("apps", path=path, fn_name="x")

@@ -30,3 +30,11 @@ def test_missing_column_names_the_row_and_the_option(tmp_path):
     path.write_text(json.dumps([{"question": "q1", "answer": "a1"}, {"question": "q2"}]))
     with pytest.raises(DataError, match=r"qa\.json, row 1: missing field 'answer'.*data\.answer_key"):
         qa(path=str(path), test_path=str(path))
+
+
+def test_registered_as_data_qa(tmp_path):
+    from rltrain.data import build_dataset
+
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    assert build_dataset("qa", path=str(path), test_path=str(path)).train[0].answer == "a"

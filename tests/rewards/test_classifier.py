@@ -12,6 +12,16 @@ SAMPLES = [Sample("a", "What is 2 + 2?"), Sample("b", "Say hi."), Sample("c", "A
 COMPLETIONS = ["4", "Hello there, nice to meet you!", "Yes."]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small forward passes: one thread. On an oversubscribed 2-core machine OpenMP barrier
+    spinning made a SmolLM2 forward 20x slower with 2 threads (10.6 s vs 0.5 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def rm_dir(tmp_path_factory):
     """A tiny random LlamaForSequenceClassification (one label) and its tokenizer on disk."""

@@ -17,6 +17,16 @@ SAMPLES = [
 COMPLETIONS = ["2 + 2 = 4, so the answer is 4.", "It is Lyon.", "Let me think step by step... 42"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small forward passes: one thread. On an oversubscribed 2-core machine OpenMP barrier
+    spinning made a SmolLM2 forward 20x slower with 2 threads (10.6 s vs 0.5 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     model, tokenizer = build_tiny_model(seed=3)
@@ -42,10 +52,12 @@ def test_soft_reward_is_the_renormalised_softmax_at_the_first_output_position(ti
         assert out.info["judge/p_no"][i] == pytest.approx(probs[no].item(), rel=1e-4)
         assert out.info["correct"][i] == (probs[yes] > probs[no]).item()
 
-    raw = JudgeReward(model=model, tokenizer=tok, mode="raw")(SAMPLES, COMPLETIONS)
-    assert raw.scores == pytest.approx(out.info["judge/p_yes"], rel=1e-5)
-    binary = JudgeReward(model=model, tokenizer=tok, mode="binary")(SAMPLES, COMPLETIONS)
-    assert binary.scores == [float(c) for c in out.info["correct"]]
+    short = "{question} {response} {reference}"  # the modes on short prompts (fast)
+    soft = JudgeReward(model=model, tokenizer=tok, template=short)(SAMPLES, COMPLETIONS)
+    raw = JudgeReward(model=model, tokenizer=tok, template=short, mode="raw")(SAMPLES, COMPLETIONS)
+    assert raw.scores == pytest.approx(soft.info["judge/p_yes"], rel=1e-5)
+    binary = JudgeReward(model=model, tokenizer=tok, template=short, mode="binary")(SAMPLES, COMPLETIONS)
+    assert binary.scores == [float(c) for c in soft.info["correct"]]
 
 
 class CountingJudge(torch.nn.Module):
@@ -128,7 +140,7 @@ def test_smollm2_judge_batching_and_consistency():
     """
     pytest.importorskip("gguf")
     try:
-        judge = JudgeReward("smollm2_135m", batch_size=2,
+        judge = JudgeReward("smollm2_135m", batch_size=2, use_chat_template=False,  # short prompts: fast
                             template="Are these two numbers the same: {reference} and {response}? Answer YES or NO.")
         judge.model  # noqa: B018 - load now, to skip cleanly if the model is unavailable
     except (FileNotFoundError, OSError) as exc:

@@ -1,0 +1,218 @@
+"""``rltrain-report``: plots, a comparison table and the entropy-law fit of finished (or running)
+runs, and a token-entropy analysis of a model on a dataset.
+
+    rltrain-report outputs/2026-*/*                       # plots + comparison table
+    rltrain-report multirun/2026-05-01/10-00-00 --out cmp # every run of a sweep
+    rltrain-report RUN --entropy-law --fit-fraction 0.3   # fit R = −a·e^H + b, forecast the rest
+    rltrain-report --token-entropy --model smollm2_135m --data arith --n 64
+
+Outputs go to ``--out`` (default: ``<run>/report`` for one run, ``./report`` for several, and
+``./report/token_entropy`` for the token-entropy analysis): metrics_vs_step.png,
+metrics_vs_wall_time.png, comparison.md (the table, and the entropy-law fits when asked),
+entropy_law_<i>_<run>_<source>.png; token_entropy.{md,json} and token_entropy_hist.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+from rltrain.report import entropy_law as EL
+from rltrain.report.plots import plot_entropy_law, plot_runs, slug
+from rltrain.report.runs import Run, load_runs, markdown_table, rich_table, summarize
+
+MIN_LAW_POINTS = 3  # two points always fit exactly
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rltrain-report", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR",
+                   help="run directories (or folders holding runs, e.g. a multirun sweep)")
+    p.add_argument("--out", type=Path, default=None, help="output directory")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    law = p.add_argument_group("entropy law (Cui et al. 2025): R = −a·exp(H) + b")
+    law.add_argument("--entropy-law", action="store_true", help="fit the law to each run")
+    law.add_argument("--fit-fraction", type=float, default=None,
+                     help="fit on the first fraction of each run's points, report the RMSE on the rest")
+    law.add_argument("--law-source", choices=["train", "eval", "both"], default="both",
+                     help="R = training accuracy per step (train), held-out greedy eval accuracy (eval), or both")
+    law.add_argument("--smooth", type=int, default=1,
+                     help="average H and R over windows of this many consecutive points before fitting")
+    te = p.add_argument_group("token-entropy analysis (Wang et al. 2025, '80/20')")
+    te.add_argument("--token-entropy", action="store_true", help="analyse a model's token entropies")
+    te.add_argument("--model", default="smollm2_135m", help="smollm2_135m | tiny | hf")
+    te.add_argument("--model-path", default=None, help="hub id or local directory (model hf), or a saved tiny")
+    te.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="model weights dtype")
+    te.add_argument("--data", default="arith", help="dataset option name (as data=...)")
+    te.add_argument("--data-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="a dataset builder option, e.g. difficulty=3 (repeatable)")
+    te.add_argument("--split", default="test", choices=["train", "test"])
+    te.add_argument("--n", type=int, default=64, help="number of prompts (one sampled response each)")
+    te.add_argument("--max-new-tokens", type=int, default=64)
+    te.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (entropy is at T=1)")
+    te.add_argument("--texts", type=Path, default=None,
+                    help='score given responses instead of sampling: jsonl rows {"prompt": ..., "response": ...}')
+    te.add_argument("--no-chat-template", action="store_true", help="plain-text prompts")
+    te.add_argument("--top-ratio", type=float, default=0.2, help="share of tokens counted as high-entropy")
+    te.add_argument("--top-k", type=int, default=20, help="high-entropy tokens to list")
+    te.add_argument("--seed", type=int, default=0)
+    return p
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def law_rows(run: Run, sources: list[str], fit_fraction: float | None, smooth: int):
+    """Per source: (source, what R is, H, R, fit or None, forecast or None, note)."""
+    out = []
+    for source in sources:
+        H, R, what = EL.pairs_from_rows(run.steps, run.evals, source)
+        H, R = EL.moving_average(H, smooth), EL.moving_average(R, smooth)
+        note, fit, fc = "", None, None
+        if len(H) < MIN_LAW_POINTS:
+            note = f"{len(H)} points (need {MIN_LAW_POINTS}" + ("; set eval.every)" if source == "eval" else ")")
+        else:
+            try:
+                fit = EL.fit_entropy_law(H, R)
+                note = "R is constant: R² undefined" if math.isnan(fit.r2) else ""
+                if fit_fraction is not None:
+                    fc = EL.forecast(H, R, fit_fraction)
+            except ValueError as err:
+                note = str(err)
+        out.append((source, what, H, R, fit, fc, note))
+    return out
+
+
+def _f(v, fmt="{:.4g}") -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+
+LAW_HEAD = ["run", "R", "points", "a", "b", "R²", "ceiling b−a", "fit/predict", "forecast RMSE", "note"]
+
+
+def law_cells(run: Run, row) -> list[str]:
+    _, what, H, _, fit, fc, note = row
+    return [run.label, what, str(len(H)), _f(fit and fit.a), _f(fit and fit.b), _f(fit and fit.r2, "{:.3f}"),
+            _f(fit and fit.ceiling), f"{fc.n_fit}/{fc.n_test}" if fc else "-", _f(fc and fc.rmse), note]
+
+
+def report_runs(args, console: Console) -> int:
+    runs = load_runs(args.runs)
+    out = args.out or (runs[0].path / "report" if len(runs) == 1 else Path("report"))
+    out.mkdir(parents=True, exist_ok=True)
+    for r in runs:
+        if not r.steps:
+            console.print(f"[yellow]warning[/]: {r.path} has no step rows in metrics.jsonl")
+    summaries = [summarize(r) for r in runs]
+    console.print(rich_table(summaries, title=f"{len(runs)} run(s)"))
+    md = ["# rltrain-report", "", "Runs: " + ", ".join(f"`{r.path}`" for r in runs), "",
+          "Eval accuracy: greedy, held-out, before the first and after the last step. Step time: mean of "
+          "`time/step`. Rollout tok/s: mean of `perf/tokens_per_s` (generated tokens / rollout time).", "",
+          markdown_table(summaries)]
+    files = [] if args.no_plots else [str(p) for p in plot_runs(runs, out)]
+
+    if args.entropy_law:
+        from rich.table import Table
+
+        sources = ["train", "eval"] if args.law_source == "both" else [args.law_source]
+        t = Table(title="entropy law R = −a·exp(H) + b" + (f", smoothed over {args.smooth}" if args.smooth > 1 else ""))
+        for h in LAW_HEAD:
+            t.add_column(h, justify="left" if h in ("run", "R", "note") else "right")
+        md += ["## Entropy law R = −a·exp(H) + b", "",
+               "Least-squares fit (closed form). R = training accuracy of each step's samples paired with that "
+               "step's mean token entropy (`train`), or greedy held-out eval accuracy paired with the entropy "
+               "of the policy it evaluated (`eval`). Ceiling = predicted R at H = 0."
+               + (f" Forecast: fit on the first {args.fit_fraction:.0%} of the points, RMSE on the rest."
+                  if args.fit_fraction else ""), "",
+               "| " + " | ".join(LAW_HEAD) + " |", "|" + "|".join(["---"] * len(LAW_HEAD)) + "|"]
+        for i, run in enumerate(runs):
+            for row in law_rows(run, sources, args.fit_fraction, args.smooth):
+                cells = law_cells(run, row)
+                t.add_row(*cells)
+                md.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+                source, what, H, R, fit, fc, _ = row
+                if fit is not None and not args.no_plots:
+                    name = out / f"entropy_law_{i}_{slug(run.label)[:40]}_{source}.png"
+                    if fc is not None:
+                        k = fc.n_fit
+                        plot_entropy_law(H[:k], R[:k], fc.fit, name, title=f"{run.label}: fit on first {k}, "
+                                         f"forecast RMSE {fc.rmse:.3g}", H_test=H[k:], R_test=R[k:], r_label=what)
+                    else:
+                        plot_entropy_law(H, R, fit, name, title=run.label, r_label=what)
+                    files.append(str(name))
+        console.print(t)
+        md.append("")
+    (out / "comparison.md").write_text("\n".join(md) + "\n")
+    files.append(str(out / "comparison.md"))
+    console.print("wrote " + ", ".join(files))
+    return 0
+
+
+# --------------------------------------------------------------------------- token entropy
+
+
+def report_token_entropy(args, console: Console) -> int:
+    import torch
+
+    from rltrain.engine.model import load_model
+    from rltrain.report import token_entropy as TE
+
+    out = args.out or Path("report") / "token_entropy"
+    model, tok = load_model(args.model, args.model_path, dtype=args.dtype, seed=args.seed)
+    torch.manual_seed(args.seed)
+    chat = not args.no_chat_template
+    if args.texts is not None:
+        rows = [json.loads(line) for line in args.texts.read_text().splitlines() if line.strip()]
+        res = TE.given_responses(model, tok, rows, use_chat_template=chat)
+        title = f"{args.model}: {len(rows)} given responses from {args.texts.name}"
+    else:
+        data_args = {}
+        for kv in args.data_arg:
+            if "=" not in kv:
+                raise SystemExit(f"--data-arg expects KEY=VALUE, got {kv!r}")
+            k, v = kv.split("=", 1)
+            data_args[k] = yaml.safe_load(v)
+        prompts = TE.load_prompts(args.data, args.n, args.split, data_args, tok, chat)
+        res = TE.sample_responses(model, tok, prompts, max_new_tokens=args.max_new_tokens,
+                                  temperature=args.temperature, seed=args.seed)
+        title = (f"{args.model} on {args.data} ({args.split}, n={args.n}, T={args.temperature}, "
+                 f"max {args.max_new_tokens} new tokens, {args.dtype})")
+    stats = TE.token_entropy_stats(res.entropy, res.mask, res.response_ids, top_ratio=args.top_ratio, k=args.top_k,
+                                   decode=lambda t: TE.token_text(tok, t))
+    console.print(TE.stats_rich(stats, title))
+    files = TE.write_outputs(stats, res, out, title)
+    console.print("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    if args.fit_fraction is not None and not 0 < args.fit_fraction < 1:
+        raise SystemExit(f"--fit-fraction must be in (0, 1), got {args.fit_fraction}")
+    if args.smooth < 1:
+        raise SystemExit(f"--smooth must be >= 1, got {args.smooth}")
+    if args.fit_fraction is not None:
+        args.entropy_law = True
+    if args.token_entropy:
+        if args.runs:
+            raise SystemExit("--token-entropy analyses a model, not run directories; give no RUN_DIR")
+        return report_token_entropy(args, console)
+    if not args.runs:
+        build_parser().print_usage(sys.stderr)
+        raise SystemExit("rltrain-report: give one or more RUN_DIRs (or --token-entropy)")
+    try:
+        return report_runs(args, console)
+    except FileNotFoundError as err:
+        raise SystemExit(f"rltrain-report: {err}") from err
+
+
+if __name__ == "__main__":
+    sys.exit(main())

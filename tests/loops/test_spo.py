@@ -1,0 +1,87 @@
+"""SPO loop pieces (edge replay, whitening) and SPO-chain / SPO-tree end to end on model=tiny."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from rltrain.engine.dist import Dist
+from rltrain.loops.spo import Edge, EdgeReplay, whiten
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _edge(q, step, adv=1.0):
+    return Edge(question=q, step=step, prompt_ids=[1], response_ids=[2], advantage=adv, old_logp=torch.zeros(1))
+
+
+def test_replay_off_uses_each_new_edge_once():
+    r = EdgeReplay(max_age=0, per_question=1)
+    new = [_edge("a", 0), _edge("a", 0)]
+    assert r.draw(new, 0, torch.Generator().manual_seed(0)) == new
+    assert r.edges == []
+
+
+def test_replay_draws_per_question_and_expires_old_edges():
+    """3 edges of question a at step 0, max_age 2, 1 drawn per question and step:
+    step 0 draws 1 (2 left), step 1 draws 1 (1 left, age 1), step 2: the last one is age 2 → gone."""
+    r = EdgeReplay(max_age=2, per_question=1)
+    g = torch.Generator().manual_seed(0)
+    first = r.draw([_edge("a", 0, 1.0), _edge("a", 0, 2.0), _edge("a", 0, 3.0), _edge("b", 0, 4.0)], 0, g)
+    assert sorted(e.question for e in first) == ["a", "b"]
+    assert len(r.edges) == 2
+    second = r.draw([], 1, g)
+    assert [e.question for e in second] == ["a"] and len(r.edges) == 1
+    assert r.draw([], 2, g) == [] and r.edges == []
+    drawn = {e.advantage for e in first + second if e.question == "a"}
+    assert len(drawn) == 2  # never the same edge twice
+
+
+def test_whiten_over_kept_tokens_only():
+    adv = torch.tensor([[1.0, 2.0, 3.0], [4.0, 100.0, 0.0]])
+    keep = torch.tensor([[True, True, True], [True, False, False]])
+    out = whiten(adv, keep, Dist())
+    kept = out[keep]
+    assert torch.allclose(kept.mean(), torch.tensor(0.0), atol=1e-6)
+    # unbiased variance of [1, 2, 3, 4] is 5/3; whitened values are (x - 2.5) / sqrt(5/3)
+    assert torch.allclose(kept, (torch.tensor([1.0, 2.0, 3.0, 4.0]) - 2.5) / (5 / 3) ** 0.5, atol=1e-4)
+    assert out[1, 1] == 0 and out[1, 2] == 0
+
+
+TINY = ["model=tiny", "data.n_train=64", "data.n_test=8", "eval.size=8", "eval.max_new_tokens=8",
+        "reward=python", "reward.fn=tests.toy_rewards:sevens", "launch.threads_per_rank=1", "log.console=false",
+        "algo.kl_coef=0", "train.lr=3e-3"]
+
+
+def _run(args, run_dir):
+    r = subprocess.run([sys.executable, "-m", "rltrain.cli", *args, f"hydra.run.dir={run_dir}"], cwd=REPO,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_spo_tree_learns_toy_reward(tmp_path):
+    rows = _run(TINY + ["algo=spo_tree", "algo.branching=[4,4]", "algo.segment_len=4", "rollout.max_new_tokens=8",
+                        "algo.replay_max_age=0", "algo.prob_mask=false", "train.prompts_per_step=4",
+                        "train.steps=10"], tmp_path)
+    steps = [r for r in rows if "event" not in r]
+    assert len(steps) == 10
+    # 4 children per node, 2 depths: at most 1 + 4 + 16 nodes per tree, 16 leaves
+    assert all(r["tree/nodes"] <= 21 and r["tree/leaves"] <= 16 for r in steps)
+    assert all(r["tree/edges_new"] > 0 for r in steps[:3])
+    first = sum(r["reward/mean"] for r in steps[:2]) / 2
+    last = sum(r["reward/mean"] for r in steps[-2:]) / 2
+    assert last > 0.25 and last > 4 * first, (first, last)
+
+
+def test_spo_chain_learns_toy_reward(tmp_path):
+    rows = _run(TINY + ["algo=spo_chain", "algo.mc_rollouts=2", "algo.cut_interval=3", "rollout.max_new_tokens=8",
+                        "algo.prob_mask=false", "train.prompts_per_step=4", "train.samples_per_prompt=4",
+                        "train.steps=10"], tmp_path)
+    steps = [r for r in rows if "event" not in r]
+    assert all(r["spo/cut_states"] > 0 for r in steps)
+    first = sum(r["reward/mean"] for r in steps[:2]) / 2
+    last = sum(r["reward/mean"] for r in steps[-2:]) / 2
+    assert last > 0.25 and last > 4 * first, (first, last)
