@@ -24,3 +24,13 @@ def contains_seven(samples, completions):
 def prompt_has_seven(samples, completions):
     """1 if the *question* contains a '7': a return the critic can predict from the prompt alone."""
     return [float("7" in s.question) for s in samples]
+
+
+def explode_on_odd(samples, completions):
+    """Raises for about half of the completions (odd character-code sum), else scores 1."""
+    out = []
+    for c in completions:
+        if sum(map(ord, c)) % 2:
+            raise RuntimeError("toy reward failed on purpose")
+        out.append(1.0)
+    return out

@@ -124,6 +124,9 @@ class LocalActor:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        if "master" not in state:
+            raise RuntimeError(f"this checkpoint holds DeepSpeed ZeRO-{state.get('deepspeed_stage')} shards of "
+                               f"{state.get('world_size')} ranks; resume it with that deepspeed stage and rank count")
         with torch.no_grad():
             for m, saved in zip(self.master, state["master"]):
                 m.copy_(saved)

@@ -34,14 +34,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import warnings
 from pathlib import Path
 
 import torch
 
 from rltrain.engine.actor import OptimConfig, lr_lambda
 from rltrain.engine.dist import Dist
-
-log = logging.getLogger(__name__)
 
 SHARD_TAG = "zero"
 """Sub-directory (DeepSpeed "tag") of a checkpoint's ``actor/`` folder that holds the ZeRO shards."""
@@ -52,16 +52,17 @@ _HOLD = -7_000_001
 
 
 def _quiet_deepspeed() -> None:
+    """DeepSpeed logs its whole config at INFO, and calls collectives torch has deprecated."""
     from deepspeed.utils import logger as ds_logger
 
     ds_logger.setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated")
 
 
 def ensure_process_group(dist: Dist) -> None:
     """DeepSpeed needs a process group (and LOCAL_RANK) even for one process: make a single-rank
     gloo group when there is none."""
-    import os
-
     import torch.distributed as tdist
 
     os.environ.setdefault("LOCAL_RANK", str(dist.local_rank))
@@ -78,9 +79,9 @@ def ds_config(*, stage: int, dtype: str, world_size: int, max_grad_norm: float =
     """
     zero: dict = {"stage": stage, "overlap_comm": False, "contiguous_gradients": True}
     if stage == 3:
-        # Small parameters are otherwise kept whole on every rank; partition everything so that the
-        # per-rank memory follows 1/world (tiny test models would not be sharded at all).
-        zero.update(stage3_param_persistence_threshold=0, stage3_prefetch_bucket_size=0)
+        # Parameters under 1e5 elements are otherwise kept whole on every rank; partition everything
+        # so that per-rank memory follows 1/world (and tiny test models are really sharded).
+        zero["stage3_param_persistence_threshold"] = 0
         if offload_params:
             zero["offload_param"] = {"device": "cpu", "pin_memory": False}
     if offload_optimizer and train:
@@ -121,6 +122,10 @@ class EngineModule:
 
     def __setattr__(self, name, value):
         setattr(self._engine.module, name, value)
+
+    def __deepcopy__(self, memo):
+        raise TypeError("the module of a DeepSpeed actor cannot be copied (its parameters are ZeRO-managed); "
+                        "build a reference model with rltrain.loops.common.build_reference(cfg, dist)")
 
     def __repr__(self) -> str:
         return f"EngineModule({self._engine.module.__class__.__name__}, zero={self._engine.zero_optimization_stage()})"
@@ -230,11 +235,15 @@ class DeepSpeedActor:
         return {"deepspeed_stage": self.stage, "world_size": self.dist.world_size}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("world_size") != self.dist.world_size or state.get("deepspeed_stage") != self.stage:
+        """Check that the checkpoint's shards fit this engine (they are loaded by ``load_shards``)."""
+        if "deepspeed_stage" not in state:
+            raise RuntimeError("this checkpoint was written without DeepSpeed (deepspeed=none); resume it with "
+                               "deepspeed=none, or start a new run from its exported policy (rltrain-export)")
+        if state["world_size"] != self.dist.world_size or state["deepspeed_stage"] != self.stage:
             raise RuntimeError(
-                f"this checkpoint holds ZeRO-{state.get('deepspeed_stage')} shards of "
-                f"{state.get('world_size')} ranks; resume it with deepspeed stage {state.get('deepspeed_stage')} "
-                f"and {state.get('world_size')} ranks (now: stage {self.stage}, {self.dist.world_size} ranks), "
+                f"this checkpoint holds ZeRO-{state['deepspeed_stage']} shards of {state['world_size']} ranks; "
+                f"resume it with deepspeed stage {state['deepspeed_stage']} and {state['world_size']} ranks "
+                f"(now: stage {self.stage}, {self.dist.world_size} ranks), "
                 "or start a new run from its exported policy (rltrain-export)")
 
     def save_shards(self, directory: Path) -> None:

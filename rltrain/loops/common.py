@@ -356,7 +356,8 @@ def initial_eval(cfg: RunConfig, ctx, dist: Dist, logger, start: int) -> dict | 
         return None
     if not cfg.eval.at_start:
         return None
-    before = evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
+    with ctx.actor.gathered():  # ZeRO-3: parameters gathered once for the whole evaluation
+        before = evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
     if logger:
         logger.event(0, "eval", before)
     return before
@@ -364,7 +365,8 @@ def initial_eval(cfg: RunConfig, ctx, dist: Dist, logger, start: int) -> dict | 
 
 def final_eval(cfg: RunConfig, ctx, dist: Dist, logger, before: dict | None) -> dict:
     """Greedy held-out evaluation after training, the summary table, and the run's result."""
-    after = evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
+    with ctx.actor.gathered():
+        after = evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
     if logger:
         logger.event(cfg.train.steps, "eval", after)
         fmt = lambda d, k, f: f.format(d[k]) if d else "-"  # noqa: E731

@@ -22,9 +22,10 @@ prompts (so one pass over the round's pairs). The reference is the initial polic
 (``iterative/``), so a run resumed mid-round trains on exactly the pairs it sampled.
 
 Reference log-probs: offline with ``algo.cache_ref_logps=true`` (default) they are computed once
-from the initial policy before training, for every pair the run will use, and cached on disk
-(``algo.ref_cache_dir``, default the run directory, keyed by model, data and lengths); no reference
-model is kept. Otherwise a frozen copy of the initial policy forwards each batch.
+by the initial policy before training, for every pair the run will use, and cached on disk
+(``algo.ref_cache_dir``, default the run directory, keyed by model, data and lengths); the
+reference model is loaded only to fill the cache and not kept. Otherwise a frozen reference model
+(``common.build_reference``) forwards each batch.
 ``algo.reference_free=true`` uses a uniform reference (log-ratio 0) and loads none.
 
 Metrics (all reduced across ranks): dpo/loss, the implicit rewards β·(log π − log π_ref) of chosen
@@ -41,6 +42,7 @@ Deliberate departures:
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -97,7 +99,7 @@ class Context:
             self.order = C.PromptOrder(len(self.prompts), cfg.seed)
             self.test_pairs: list[Encoded] = []
             if a.reference == "initial" and not a.reference_free:
-                self.ref = C.frozen_copy(self.actor.module)
+                self.ref = C.build_reference(cfg, dist)
             return
         self.train = encode(splits.train)
         self.test_pairs = encode(splits.test[: cfg.eval.size])
@@ -105,11 +107,12 @@ class Context:
         if a.reference_free:
             return
         if not a.cache_ref_logps:
-            self.ref = C.frozen_copy(self.actor.module)
+            self.ref = C.build_reference(cfg, dist)
             return
         used = sorted({i for s in range(t.steps) for i in self.order.indices(s, t.prompts_per_step)})
-        self.ref_train = cached_reference_logps(cfg, dist, self.actor.module, self.train, used, self.pad, "train")
-        self.ref_test = cached_reference_logps(cfg, dist, self.actor.module, self.test_pairs,
+        reference = functools.cache(lambda: C.build_reference(cfg, dist))  # loaded only if the cache misses
+        self.ref_train = cached_reference_logps(cfg, dist, reference, self.train, used, self.pad, "train")
+        self.ref_test = cached_reference_logps(cfg, dist, reference, self.test_pairs,
                                                list(range(len(self.test_pairs))), self.pad, "test")
 
 
@@ -125,10 +128,11 @@ def cache_key(cfg: RunConfig, split: str) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def cached_reference_logps(cfg: RunConfig, dist: Dist, model, pairs: list[Encoded], needed: list[int], pad: int,
+def cached_reference_logps(cfg: RunConfig, dist: Dist, reference, pairs: list[Encoded], needed: list[int], pad: int,
                            split: str) -> torch.Tensor:
     """``[n, 2]`` reference (chosen, rejected) log-probs, NaN where not needed; computes the missing
-    ones (spread over ranks) and updates the on-disk cache."""
+    ones (spread over ranks) with ``reference()`` (a callable returning the reference model) and
+    updates the on-disk cache."""
     path = Path(cfg.algo.ref_cache_dir or cfg.run_dir) / "ref_logps" / f"{split}-{cache_key(cfg, split)}.pt"
     table = torch.full((len(pairs), 2), float("nan"), dtype=torch.float32)
     if path.exists():
@@ -139,7 +143,7 @@ def cached_reference_logps(cfg: RunConfig, dist: Dist, model, pairs: list[Encode
     if not int(C.global_count(float(len(missing)), dist)):
         return table
     mine = missing[dist.rank::dist.world_size]
-    vals = batched_pair_logps(model, [pairs[i] for i in mine], pad_id=pad,
+    vals = batched_pair_logps(reference(), [pairs[i] for i in mine], pad_id=pad,
                               micro_batch_size=cfg.train.micro_batch_size)  # [k, 2]
     idx = dist.gather_cat(torch.tensor(mine, dtype=torch.long))
     table[idx] = dist.gather_cat(vals.float().reshape(-1)).view(-1, 2)
@@ -305,7 +309,9 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                        start_step=start, title="rltrain dpo" + (" (iterative)" if a.iterative else "")) \
         if dist.is_main else None
     before = None
-    if cfg.eval.at_start and start == 0:
+    if start > 0:
+        before = C.initial_eval(cfg, ctx, dist, logger, start)  # the one logged before the interruption
+    elif cfg.eval.at_start:
         before = evaluate(ctx, cfg, dist)
         if logger:
             logger.event(0, "eval", before)

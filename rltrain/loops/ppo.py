@@ -47,7 +47,6 @@ from rltrain.config import RunConfig
 from rltrain.engine.actor import LocalActor, OptimConfig
 from rltrain.engine.critic import critic_from_policy, load_critic, save_critic
 from rltrain.engine.dist import Dist
-from rltrain.engine.model import load_model
 from rltrain.loops import common as C
 from rltrain.loops.pairs import prompt_samples
 from rltrain.loops.pg import Metrics, PGBatch, policy_update
@@ -60,13 +59,8 @@ from rltrain.report.logger import RunLogger
 def build_critic(cfg: RunConfig, dist: Dist, total_optimizer_steps: int):
     """The critic as a trainable engine with its own optimizer (lr = algo.critic_lr)."""
     a, t, m = cfg.algo, cfg.train, cfg.model
-    if a.critic_path:
-        model = load_critic(a.critic_path)
-    else:  # a fresh load of the policy (fp32 weights, not the bf16 compute copy)
-        policy, _ = load_model(m.name, m.path, dtype="fp32", seed=cfg.seed,
-                               **({"hidden_size": m.tiny_hidden_size, "num_layers": m.tiny_layers}
-                                  if m.name == "tiny" else {}))
-        model = critic_from_policy(policy)
+    # A fresh load of the policy: fp32 weights, not the actor's bf16 compute copy.
+    model = load_critic(a.critic_path) if a.critic_path else critic_from_policy(C.load_policy_model(cfg)[0])
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     optim = OptimConfig(lr=a.critic_lr, weight_decay=t.weight_decay, betas=tuple(t.betas),
@@ -87,7 +81,7 @@ class Context:
         total_opt_steps = t.steps * t.minibatches_per_step * t.epochs
         self.actor, self.tok = C.build_actor(cfg, dist, total_opt_steps)
         self.critic = build_critic(cfg, dist, total_opt_steps)
-        self.ref = C.frozen_copy(self.actor.module) if a.kl_coef > 0 else None
+        self.ref = C.build_reference(cfg, dist) if a.kl_coef > 0 else None
         # fp32 reference weights that the EMA updates (the module holds them in the compute dtype)
         self.ref_fp32 = ({k: v.clone() for k, v in self.actor.full_state_dict().items()}
                          if self.ref is not None and a.ref_ema > 0 else None)
@@ -148,7 +142,7 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     err = dist.sum(core.masked_moments(returns - values, mask))
     ret = dist.sum(core.masked_moments(returns, mask))
     var = lambda mo: (mo[2] / mo[0] - (mo[1] / mo[0]) ** 2).item() if mo[0] > 0 else 0.0  # noqa: E731
-    return 1.0 - var(err) / var(ret) if var(ret) > 0 else 0.0
+    return 1.0 - var(err) / var(ret) if var(ret) > 1e-8 else 0.0  # constant returns: nothing to explain
 
 
 def critic_update(ctx: Context, cfg: RunConfig, dist: Dist, prompt_ids, response_ids, mask, old_values, targets,
@@ -262,32 +256,20 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         ctx.load_extra_state(state)
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
                        start_step=start, title="rltrain ppo") if dist.is_main else None
-    evaluate = lambda: C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)  # noqa: E731
-    before = None
-    if cfg.eval.at_start and start == 0:
-        before = evaluate()
-        if logger:
-            logger.event(0, "eval", before)
+    before = C.initial_eval(cfg, ctx, dist, logger, start)
     for step in range(start, cfg.train.steps):
         t0 = time.time()
         metrics = ppo_step(ctx, cfg, dist, step)
         metrics["time/step"] = time.time() - t0
         done = step + 1
         if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps:
-            metrics.update({f"eval/{k}": v for k, v in evaluate().items()})
+            ev = C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
+            metrics.update({f"eval/{k}": v for k, v in ev.items()})
         if logger:
             logger.log(done, metrics)
         if C.should_save(cfg, done):
             C.save(cfg, dist, done, ctx.actor, ctx.tok, extra=ctx.extra_state())
-    after = evaluate()
     critic_sd = ctx.critic.full_state_dict()  # collective under ZeRO-3
     if dist.is_main:  # usable as algo.critic_path of a later run
         save_critic(ctx.critic.module, f"{cfg.run_dir}/critic", state_dict=critic_sd)
-    if logger:
-        logger.event(cfg.train.steps, "eval", after)
-        logger.summary([("held-out accuracy (greedy)", f"{before['accuracy']:.1%}" if before else "-",
-                         f"{after['accuracy']:.1%}"),
-                        ("mean response length", f"{before['length']:.1f}" if before else "-",
-                         f"{after['length']:.1f}")])
-        logger.close()
-    return {"eval_before": before, "eval_after": after, "run_dir": cfg.run_dir}
+    return C.final_eval(cfg, ctx, dist, logger, before)

@@ -69,8 +69,8 @@ def sft_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
         part = [batch[i] for i in mb]
         lp, mask = token_logps(ctx.actor.module, [e.prompt for e in part], [e.responses[0] for e in part],
                                pad_id=pad)  # [b, T]
-        loss = core.aggregate(-lp, mask, cfg.algo.loss_agg_mode, cfg.algo.loss_agg_constant or float(cfg.algo.max_length),
-                              num_tokens=counts[0], num_seqs=counts[1])
+        constant = cfg.algo.loss_agg_constant or float(cfg.algo.max_length)  # seq-mean-token-sum-norm's C
+        loss = core.aggregate(-lp, mask, cfg.algo.loss_agg_mode, constant, num_tokens=counts[0], num_seqs=counts[1])
         C.finite_or_raise(loss, step)
         ctx.actor.backward(loss)
         n_tok = float(mask.sum())
@@ -88,28 +88,17 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     start, _ = C.maybe_resume(cfg, ctx.actor)
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
                        start_step=start, title="rltrain sft") if dist.is_main else None
-    evaluate = lambda: C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)  # noqa: E731
-    before = None
-    if cfg.eval.at_start and start == 0 and ctx.test:
-        before = evaluate()
-        if logger:
-            logger.event(0, "eval", before)
+    before = C.initial_eval(cfg, ctx, dist, logger, start)
     for step in range(start, cfg.train.steps):
         t0 = time.time()
         metrics = sft_step(ctx, cfg, dist, step)
         metrics["time/update"] = metrics["time/step"] = time.time() - t0
         done = step + 1
-        if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps and ctx.test:
-            metrics.update({f"eval/{k}": v for k, v in evaluate().items()})
+        if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps:
+            ev = C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
+            metrics.update({f"eval/{k}": v for k, v in ev.items()})
         if logger:
             logger.log(done, metrics)
         if C.should_save(cfg, done):
             C.save(cfg, dist, done, ctx.actor, ctx.tok)
-    after = evaluate() if ctx.test else None
-    if logger:
-        if after:
-            logger.event(cfg.train.steps, "eval", after)
-            logger.summary([("held-out accuracy (greedy)", f"{before['accuracy']:.1%}" if before else "-",
-                             f"{after['accuracy']:.1%}")])
-        logger.close()
-    return {"eval_before": before, "eval_after": after, "run_dir": cfg.run_dir}
+    return C.final_eval(cfg, ctx, dist, logger, before)

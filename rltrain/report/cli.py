@@ -17,8 +17,10 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 from rich.console import Console
 
@@ -69,24 +71,36 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- runs
 
 
-def law_rows(run: Run, sources: list[str], fit_fraction: float | None, smooth: int):
-    """Per source: (source, what R is, H, R, fit or None, forecast or None, note)."""
+@dataclass
+class LawRow:
+    """The entropy-law fit of one run on one source of (H, R) pairs."""
+
+    source: str
+    what: str  # what R is
+    H: np.ndarray
+    R: np.ndarray
+    fit: EL.EntropyLawFit | None = None
+    forecast: EL.Forecast | None = None
+    note: str = ""
+
+
+def law_rows(run: Run, sources: list[str], fit_fraction: float | None, smooth: int) -> list[LawRow]:
     out = []
     for source in sources:
         H, R, what = EL.pairs_from_rows(run.steps, run.evals, source)
-        H, R = EL.moving_average(H, smooth), EL.moving_average(R, smooth)
-        note, fit, fc = "", None, None
-        if len(H) < MIN_LAW_POINTS:
-            note = f"{len(H)} points (need {MIN_LAW_POINTS}" + ("; set eval.every)" if source == "eval" else ")")
+        row = LawRow(source, what, EL.moving_average(H, smooth), EL.moving_average(R, smooth))
+        if len(row.H) < MIN_LAW_POINTS:
+            hint = "; set eval.every" if source == "eval" else ""
+            row.note = f"{len(row.H)} points (need {MIN_LAW_POINTS}{hint})"
         else:
             try:
-                fit = EL.fit_entropy_law(H, R)
-                note = "R is constant: R² undefined" if math.isnan(fit.r2) else ""
+                row.fit = EL.fit_entropy_law(row.H, row.R)
+                row.note = "R is constant: R² undefined" if math.isnan(row.fit.r2) else ""
                 if fit_fraction is not None:
-                    fc = EL.forecast(H, R, fit_fraction)
+                    row.forecast = EL.forecast(row.H, row.R, fit_fraction)
             except ValueError as err:
-                note = str(err)
-        out.append((source, what, H, R, fit, fc, note))
+                row.note = str(err)
+        out.append(row)
     return out
 
 
@@ -97,10 +111,10 @@ def _f(v, fmt="{:.4g}") -> str:
 LAW_HEAD = ["run", "R", "points", "a", "b", "R²", "ceiling b−a", "fit/predict", "forecast RMSE", "note"]
 
 
-def law_cells(run: Run, row) -> list[str]:
-    _, what, H, _, fit, fc, note = row
-    return [run.label, what, str(len(H)), _f(fit and fit.a), _f(fit and fit.b), _f(fit and fit.r2, "{:.3f}"),
-            _f(fit and fit.ceiling), f"{fc.n_fit}/{fc.n_test}" if fc else "-", _f(fc and fc.rmse), note]
+def law_cells(run: Run, row: LawRow) -> list[str]:
+    fit, fc = row.fit, row.forecast
+    return [run.label, row.what, str(len(row.H)), _f(fit and fit.a), _f(fit and fit.b), _f(fit and fit.r2, "{:.3f}"),
+            _f(fit and fit.ceiling), f"{fc.n_fit}/{fc.n_test}" if fc else "-", _f(fc and fc.rmse), row.note]
 
 
 def report_runs(args, console: Console) -> int:
@@ -122,7 +136,8 @@ def report_runs(args, console: Console) -> int:
         from rich.table import Table
 
         sources = ["train", "eval"] if args.law_source == "both" else [args.law_source]
-        t = Table(title="entropy law R = −a·exp(H) + b" + (f", smoothed over {args.smooth}" if args.smooth > 1 else ""))
+        smoothed = f", smoothed over {args.smooth}" if args.smooth > 1 else ""
+        t = Table(title=f"entropy law R = −a·exp(H) + b{smoothed}")
         for h in LAW_HEAD:
             t.add_column(h, justify="left" if h in ("run", "R", "note") else "right")
         md += ["## Entropy law R = −a·exp(H) + b", "",
@@ -137,15 +152,15 @@ def report_runs(args, console: Console) -> int:
                 cells = law_cells(run, row)
                 t.add_row(*cells)
                 md.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-                source, what, H, R, fit, fc, _ = row
-                if fit is not None and not args.no_plots:
-                    name = out / f"entropy_law_{i}_{slug(run.label)[:40]}_{source}.png"
+                if row.fit is not None and not args.no_plots:
+                    name = out / f"entropy_law_{i}_{slug(run.label)[:40]}_{row.source}.png"
+                    H, R, fc = row.H, row.R, row.forecast
                     if fc is not None:
                         k = fc.n_fit
                         plot_entropy_law(H[:k], R[:k], fc.fit, name, title=f"{run.label}: fit on first {k}, "
-                                         f"forecast RMSE {fc.rmse:.3g}", H_test=H[k:], R_test=R[k:], r_label=what)
+                                         f"forecast RMSE {fc.rmse:.3g}", H_test=H[k:], R_test=R[k:], r_label=row.what)
                     else:
-                        plot_entropy_law(H, R, fit, name, title=run.label, r_label=what)
+                        plot_entropy_law(H, R, row.fit, name, title=run.label, r_label=row.what)
                     files.append(str(name))
         console.print(t)
         md.append("")

@@ -18,19 +18,26 @@ import numpy as np
 
 from rltrain.report.runs import Run
 
+# (metric keys in order of preference, panel title). A run without the first key is drawn from the
+# next one it has, and its legend entry names that key (PPO with the KL in the reward logs the
+# per-sequence ``kl/ref_seq`` instead of the per-token ``actor/kl``).
 PANELS = [
-    ("reward/mean", "reward (mean)"),
-    ("reward/accuracy", "accuracy"),
-    ("actor/kl", "KL to reference"),
-    ("actor/entropy", "entropy (nats)"),
-    ("response/length_mean", "response length (tokens)"),
-    ("actor/clipfrac", "clip fraction"),
+    (("reward/mean",), "reward (mean)"),
+    (("reward/accuracy",), "accuracy"),
+    (("actor/kl", "kl/ref_seq"), "KL to reference"),
+    (("actor/entropy",), "entropy (nats)"),
+    (("response/length_mean",), "response length (tokens)"),
+    (("actor/clipfrac",), "clip fraction"),
 ]
 X_AXES = [("step", "step", "metrics_vs_step.png"), ("wall_time", "wall time (s)", "metrics_vs_wall_time.png")]
 
 
 def _plt():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError("rltrain-report's plots need matplotlib: pip install 'rltrain[report]' "
+                          "(or pass --no-plots)") from err
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
@@ -51,13 +58,15 @@ def plot_runs(runs: list[Run], out_dir: str | Path) -> list[Path]:
     written = []
     for x, xlabel, fname in X_AXES:
         fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False)
-        for ax, (key, title) in zip(axes.flat, PANELS):
+        for ax, (keys, title) in zip(axes.flat, PANELS):
             drew = False
             for i, run in enumerate(runs):
                 c = colors[i % len(colors)]
+                key = next((k for k in keys if run.has(k)), keys[0])
                 xs, ys = run.series(key, x)
                 if xs:
-                    ax.plot(xs, ys, color=c, label=run.label, marker="." if len(xs) < 30 else None)
+                    label = run.label if key == keys[0] else f"{run.label} ({key})"
+                    ax.plot(xs, ys, color=c, label=label, marker="." if len(xs) < 30 else None)
                     drew = True
                 if key == "reward/accuracy":
                     ex, ey = run.eval_series("accuracy", x)
@@ -69,9 +78,10 @@ def plot_runs(runs: list[Run], out_dir: str | Path) -> list[Path]:
             ax.grid(alpha=0.3)
             if not drew:
                 ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
-        handles, labels = axes[0, 0].get_legend_handles_labels()
-        h2, l2 = axes[0, 1].get_legend_handles_labels()
-        seen = dict(zip(labels + l2, handles + h2))
+        seen = {}
+        for ax in axes.flat:  # one legend for the figure: every distinct line label once
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                seen.setdefault(lab, h)
         if seen:
             fig.legend(list(seen.values()), list(seen.keys()), loc="lower center",
                        ncol=min(4, len(seen)), fontsize="small")

@@ -253,7 +253,8 @@ def table_cells(s: Summary) -> list[str]:
 
 def markdown_table(summaries: list[Summary]) -> str:
     head = [c[0] for c in COLUMNS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"
+    lines = ["| " + " | ".join(head) + " |", rule]
     for s in summaries:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in table_cells(s)) + " |")
     return "\n".join(lines) + "\n"

@@ -199,12 +199,13 @@ def stats_markdown(stats: TokenEntropyStats, title: str) -> str:
              f"- mean entropy: {stats.mean:.3f} nats",
              f"- fraction with entropy < {stats.low}: {stats.frac_below:.1%}",
              f"- 80th percentile: {stats.p80:.3f} nats",
-             f"- top {stats.top_ratio:.0%} (high-entropy) tokens: {stats.n_high}, entropy ≥ {stats.high_threshold:.3f}",
+             f"- top {stats.top_ratio:.0%} (high-entropy) tokens: {stats.n_high}, "
+             f"entropy ≥ {stats.high_threshold:.3f}",
              "", "| rank | token | count at high-entropy positions | share | emitted in total | mean entropy |",
              "|---:|---|---:|---:|---:|---:|"]
     for i, t in enumerate(stats.top_tokens, 1):
-        lines.append(f"| {i} | `{t.text.replace('|', '¦').replace('`', 'ˋ')}` | {t.count} | {t.share:.1%} | {t.total} "
-                     f"| {t.mean_entropy:.3f} |")
+        text = t.text.replace("|", "¦").replace("`", "ˋ")
+        lines.append(f"| {i} | `{text}` | {t.count} | {t.share:.1%} | {t.total} | {t.mean_entropy:.3f} |")
     return "\n".join(lines) + "\n"
 
 

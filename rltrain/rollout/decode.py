@@ -21,7 +21,8 @@ start together and run the same number of steps), so the batch moves depth by de
 Padding and positions: prompts are left-padded to the longest; a per-row additive bias
 ``[B, 1, 1, capacity]`` (0, or the dtype's minimum on padding columns) is sliced to the current
 length and passed as the 4-D attention mask, which transformers uses as is (no mask building per
-step); position ids count real tokens only, so a prompt gets the same positions alone or padded.
+step; an additive float mask suits both the "sdpa" and "eager" attention implementations);
+position ids count real tokens only, so a prompt gets the same positions alone or padded.
 """
 from __future__ import annotations
 
@@ -112,7 +113,7 @@ def model_dtype(model) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-def _accepts_logits_to_keep(model) -> bool:
+def accepts_logits_to_keep(model) -> bool:
     try:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
@@ -141,12 +142,15 @@ def decode_tree(
     cfg: DecodeConfig,
     stats: dict[str, float] | None = None,
     first_uniforms: torch.Tensor | None = None,
+    prompt_offset: int = 0,
 ) -> list[Level]:
     """Sample the trees described in the module docstring. Call under ``torch.inference_mode()``.
 
     Args:
         first_uniforms: optional ``[P * branching[0], budget]`` float64 table replacing the
             seeded streams of the first level (used to replay tree paths as independent sequences).
+        prompt_offset: index of ``prompts[0]`` in the caller's whole prompt list (the random
+            streams depend on it, so sampling prompts in chunks gives the same samples).
 
     Returns:
         One ``Level`` per depth that has nodes (index 0 = the prompts' children).
@@ -158,7 +162,7 @@ def decode_tree(
         dtype = torch.float32
     neg = torch.finfo(dtype).min
     depth_count = len(cfg.branching)
-    keep_arg = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
+    keep_arg = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     eos = torch.tensor(sorted(set(cfg.eos_token_ids)), dtype=torch.long, device=device)
 
     # ---- prefill: every prompt once, left-padded -------------------------------------------------
@@ -197,7 +201,7 @@ def decode_tree(
         cache_len=width,
     )
     del out
-    paths: list[tuple[int, ...]] = [(i,) for i in range(n_prompts)]  # seed path of each row's node
+    paths: list[tuple[int, ...]] = [(prompt_offset + i,) for i in range(n_prompts)]  # seed path of each row
     row_parent = torch.arange(n_prompts)  # [rows] node index (previous level) of each batch row
     generated = 0  # response tokens so far, identical for every live row
 
@@ -209,7 +213,7 @@ def decode_tree(
         # ---- fork every row into b children (KV cache rows copied: the prefix is not re-encoded)
         rows = batch.next_pos.shape[0]
         with timer("fork"):
-            batch.select(torch.arange(rows, device=device).repeat_interleave(b))
+            batch.fork(b)
         parent = row_parent.repeat_interleave(b)  # [K]
         child_index = torch.arange(b).repeat(rows)  # [K]
         paths = [paths[r] + (j,) for r in range(rows) for j in range(b)]
@@ -312,6 +316,16 @@ class _Batch:
         if self.history is not None:
             self.history = self.history.index_select(0, idx)
         return tuple(x.index_select(0, idx) for x in extra)
+
+    def fork(self, repeats: int) -> None:
+        """Each row becomes ``repeats`` consecutive rows."""
+        self.cache.batch_repeat_interleave(repeats)
+        if self.logits is not None:
+            self.logits = self.logits.repeat_interleave(repeats, dim=0)
+        self.bias = self.bias.repeat_interleave(repeats, dim=0)
+        self.next_pos = self.next_pos.repeat_interleave(repeats, dim=0)
+        if self.history is not None:
+            self.history = self.history.repeat_interleave(repeats, dim=0)
 
     def step(self, model, tok: torch.Tensor, keep_arg: dict) -> None:
         """Feed one token per row (``tok`` [B]) and update logits, positions and cache length."""

@@ -1,14 +1,16 @@
 """A preallocated key/value cache for batched sampling.
 
 Why not transformers' ``DynamicCache``: it grows every layer's keys and values with ``torch.cat`` at
-each decoded token, i.e. it allocates and copies the whole cache 2 × num_layers times per token. On
-CPU the fresh allocations also page-fault; profiling SmolLM2-135M at batch 64 showed ``aten::cat``
-taking ~40% of a decode step (fp32). Here each layer allocates ``[B, H, capacity, D]`` once and
-writes new positions in place; attention reads the view ``[:, :, :length]``.
+each decoded token, i.e. it allocates and copies the whole cache 2 × num_layers times per token
+(fresh allocations also page-fault on CPU). Profiling SmolLM2-135M at batch 64 (2 threads) showed
+``aten::cat`` at ~40% of a decode step; end to end the static cache was ~15% faster with one
+thread (scripts/bench/rollout_bench.py --kv-cache). Here each layer allocates
+``[B, H, capacity, D]`` once and writes new positions in place; attention reads the view
+``[:, :, :length]``.
 
-Rows (sequences) are removed or replicated with ``batch_select_indices`` (the same method name as
-transformers' caches, so the decoding loop treats both kinds alike): one ``index_select`` per
-tensor, used both to drop finished sequences and to fork a shared prefix into its samples.
+Rows (sequences) are dropped with ``batch_select_indices`` and forked into samples with
+``batch_repeat_interleave`` (transformers' method names, so the decoding loop treats both cache
+kinds alike); both copy only the filled positions.
 """
 from __future__ import annotations
 
@@ -62,8 +64,27 @@ class PreallocatedLayer(CacheLayerMixin):
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep (and possibly repeat) the rows ``indices`` ([B'] long), in that order."""
         if self.is_initialized:
-            self.keys = self.keys.index_select(0, indices)
-            self.values = self.values.index_select(0, indices)
+            self.keys = self._gather(self.keys, indices)
+            self.values = self._gather(self.values, indices)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Each row becomes ``repeats`` consecutive rows (a prefix forked into its samples)."""
+        if self.is_initialized:
+            self.keys = self._repeat(self.keys, repeats)
+            self.values = self._repeat(self.values, repeats)
+
+    # Both copy only the filled positions into a fresh buffer: copying the whole capacity
+    # (index_select on the buffer) was 2-4x slower for a prompt-sized fill.
+    def _gather(self, buf: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        out = buf.new_empty((indices.shape[0], *buf.shape[1:]))
+        out[:, :, : self.length] = buf[:, :, : self.length].index_select(0, indices)
+        return out
+
+    def _repeat(self, buf: torch.Tensor, repeats: int) -> torch.Tensor:
+        rows, heads, cap, dim = buf.shape
+        out = buf.new_empty((rows, repeats, heads, cap, dim))
+        out[:, :, :, : self.length] = buf[:, None, :, : self.length]  # broadcast over the repeats
+        return out.view(rows * repeats, heads, cap, dim)
 
 
 class PreallocatedCache(Cache):

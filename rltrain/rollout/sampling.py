@@ -56,8 +56,10 @@ def segment_uniforms(seeds: list[int], length: int) -> torch.Tensor:
 def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Index ``j`` with ``W[j-1] <= u * W[V-1] < W[j]`` where ``W`` is the cumulative sum of each row.
 
-    Two levels (blocks of 256, then inside the chosen block), accumulated in float64: one pass over
-    the ``[B, V]`` weights instead of a full float32 cumulative sum (faster, and exact to float64).
+    Two levels: float32 sums of blocks of 256 weights, a float64 cumulative sum over the blocks,
+    then one float64 cumulative sum inside the chosen block. That is one cheap pass over the
+    ``[B, V]`` weights (a full cumulative sum is ~4x slower on CPU; torch.multinomial ~20x) with a
+    relative error of the cumulative mass of ~1e-7.
 
     Args:
         weights: ``[B, V]`` non-negative, unnormalised; every row has a positive entry.
@@ -75,54 +77,84 @@ def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         n_blocks = -(-vocab // _BLOCK)
         padded = F.pad(weights, (0, n_blocks * _BLOCK - vocab)) if vocab % _BLOCK else weights
         blocks = padded.view(batch, n_blocks, _BLOCK)  # [B, nb, bs]
-        block_mass = blocks.sum(-1, dtype=torch.float64)  # [B, nb]
+        block_mass = blocks.sum(-1).to(torch.float64)  # [B, nb]
         cdf = block_mass.cumsum(-1)  # [B, nb]
         target = u * cdf[:, -1]  # [B]
         b = torch.searchsorted(cdf, target.unsqueeze(1), right=True).squeeze(1).clamp_(max=n_blocks - 1)  # [B]
-        rest = target - (cdf[rows, b] - block_mass[rows, b])  # [B] mass left inside block b
         inner = blocks[rows, b].to(torch.float64).cumsum(-1)  # [B, bs]
+        # Mass left inside block b, kept inside the block's own (float64) total so that rounding
+        # between the two levels never walks past the block's last positive weight.
+        rest = (target - (cdf[rows, b] - block_mass[rows, b])).clamp(min=0.0)  # [B]
+        rest = torch.minimum(rest, inner[:, -1] * (1.0 - 2.0**-40))
         j = torch.searchsorted(inner, rest.unsqueeze(1), right=True).squeeze(1)  # [B]
         idx = b * _BLOCK + j
     idx = idx.clamp_(max=vocab - 1)
-    # Rounding at a boundary can land on a zero-weight entry (padding, or past the last positive
-    # one); take the row's largest weight there. Happens with probability ~1e-16 per draw.
+    # Guard: a zero-weight pick is only possible through rounding at u ~ 1; take the row's largest.
     bad = weights[rows, idx] <= 0
     if bool(bad.any()):
         idx = torch.where(bad, weights.argmax(-1), idx)
     return idx
 
 
-def _top_p_candidates(x: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Candidate weights (sorted descending, zero outside the nucleus) and their token ids.
+def fast_argmax(x: torch.Tensor) -> torch.Tensor:
+    """``x.argmax(-1)`` for ``[B, V]`` (first maximum), via block maxima: ~5x faster on CPU for a
+    large vocabulary, where torch's argmax reduction is slow."""
+    batch, vocab = x.shape
+    if vocab <= 4 * _BLOCK:
+        return x.argmax(-1)
+    n_blocks = -(-vocab // _BLOCK)
+    padded = F.pad(x, (0, n_blocks * _BLOCK - vocab), value=float("-inf")) if vocab % _BLOCK else x
+    blocks = padded.view(batch, n_blocks, _BLOCK)  # [B, nb, bs]
+    b = blocks.amax(-1).argmax(-1)  # [B] first block holding the maximum
+    rows = torch.arange(batch, device=x.device)
+    return b * _BLOCK + blocks[rows, b].argmax(-1)
+
+
+def _sorted_candidates(x: torch.Tensor, probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k most likely tokens of each row, most likely first: ``(probs [B, k], ids [B, k])``."""
+    ids = x.topk(k, dim=-1, sorted=True).indices if k < x.shape[-1] else x.argsort(dim=-1, descending=True)
+    return probs.gather(1, ids), ids
+
+
+def _nucleus(x: torch.Tensor, probs: torch.Tensor, sizes: tuple[int, ...], top_p: float):
+    """Top-p among the ``sizes[0]`` best tokens; rows whose nucleus is larger retry with the next
+    size (the last is the whole vocabulary). Returns ``(weights, ids)``, zero-padded to a common
+    width (weight 0 is never sampled)."""
+    w, ids = _sorted_candidates(x, probs, sizes[0])  # [B, k]
+    cum = w.cumsum(-1)  # [B, k]
+    need = cum[:, -1] < top_p  # [B] nucleus not inside this prefix
+    w = w * ((cum - w) < top_p)  # exclusive prefix mass below top_p; keeps the first token
+    if len(sizes) > 1 and bool(need.any()):
+        w_more, ids_more = _nucleus(x[need], probs[need], sizes[1:], top_p)
+        pad = w_more.shape[1] - w.shape[1]
+        w, ids = F.pad(w, (0, pad)), F.pad(ids, (0, pad))
+        w[need], ids[need] = w_more, ids_more
+    return w, ids
+
+
+def _top_p_candidates(
+    x: torch.Tensor, probs: torch.Tensor, top_k: int, top_p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate weights (zero outside the kept set) and their token ids, ``[B, k]`` each.
 
     Top-k is applied first, then top-p on the distribution renormalised over the top-k set (the
     order transformers and vLLM use). The nucleus is the smallest prefix of the sorted tokens whose
-    mass reaches ``top_p``; it is searched among the best 64, then 1024 tokens before sorting the
-    whole vocabulary, which gives the same set as a full sort.
+    mass reaches ``top_p``. Without top-k it is searched among the best 64, then 1024 tokens, and
+    only the rows that need it sort the whole vocabulary (slow on CPU: ~1 s for 64 x 49152).
 
     Args:
         x: ``[B, V]`` float32 logits already divided by the temperature.
+        probs: ``softmax(x)``.
     """
     vocab = x.shape[-1]
-    m = x.max(-1, keepdim=True).values  # [B, 1]
-    if top_p >= 1.0:
-        vals, ids = x.topk(min(top_k, vocab) if top_k > 0 else vocab, dim=-1, sorted=True)  # [B, k]
-        return torch.exp(vals - m), ids
     if top_k > 0:
-        sizes = (min(top_k, vocab),)
-        total = None  # renormalise over the top-k set
-    else:
-        sizes = tuple(k for k in _TOP_P_PREFIXES if k < vocab) + (vocab,)
-        total = torch.exp(x - m).sum(-1, keepdim=True)  # [B, 1]
-    for k in sizes:
-        vals, ids = x.topk(k, dim=-1, sorted=True)  # [B, k]
-        w = torch.exp(vals - m)  # [B, k]
-        cum = w.cumsum(-1)  # [B, k]
-        mass = cum[:, -1:] if total is None else total  # [B, 1]
-        if k == sizes[-1] or bool((cum[:, -1:] >= top_p * mass).all()):
-            keep = (cum - w) < top_p * mass  # exclusive prefix mass below top_p; keeps the first
-            return w * keep, ids
-    raise AssertionError("unreachable")
+        w, ids = _sorted_candidates(x, probs, min(top_k, vocab))  # [B, k]
+        if top_p < 1.0:
+            cum = w.cumsum(-1)
+            w = w * ((cum - w) < top_p * cum[:, -1:])  # renormalised over the top-k set
+        return w, ids
+    sizes = tuple(k for k in _TOP_P_PREFIXES if k < vocab) + (vocab,)
+    return _nucleus(x, probs, sizes, top_p)
 
 
 def sample_next(
@@ -134,27 +166,20 @@ def sample_next(
         logits: ``[B, V]`` float32 next-token logits (modified in place).
         u: ``[B]`` float64 uniforms in [0, 1), one per row.
         temperature: 0 for greedy (log-probs then use T = 1).
-        top_k: 0 = off. top_p: 1.0 = off.
+        top_k: 0 = off (1 = greedy at any temperature). top_p: 1.0 = off.
 
     Returns:
         ``(tokens [B] long, logprobs [B] float32)``.
     """
-    if temperature == 0.0:
-        tokens = logits.argmax(-1)  # [B]
-        x = logits
+    x = logits if temperature in (0.0, 1.0) else logits.div_(temperature)  # [B, V]
+    probs = torch.softmax(x, dim=-1)  # [B, V] one fused pass; log-probs and sampling weights
+    if temperature == 0.0 or top_k == 1:
+        tokens = fast_argmax(x)
+    elif top_k > 0 or top_p < 1.0:
+        w, ids = _top_p_candidates(x, probs, top_k, top_p)  # [B, k] each
+        tokens = ids.gather(1, inverse_cdf(w, u).unsqueeze(1)).squeeze(1)
     else:
-        x = logits.div_(temperature) if temperature != 1.0 else logits  # [B, V]
-        if top_k == 1:
-            tokens = x.argmax(-1)
-        elif top_k > 0 or top_p < 1.0:
-            w, ids = _top_p_candidates(x, top_k, top_p)  # [B, k] each
-            tokens = ids.gather(1, inverse_cdf(w, u).unsqueeze(1)).squeeze(1)
-        else:
-            # Plain sampling: reuse exp(x - max) for the log-normaliser (one pass fewer).
-            m = x.max(-1, keepdim=True).values  # [B, 1]
-            w = torch.exp(x - m)  # [B, V]
-            tokens = inverse_cdf(w, u)
-            log_z = m.squeeze(1) + torch.log(w.sum(-1))  # [B]
-            return tokens, (x.gather(1, tokens.unsqueeze(1)).squeeze(1) - log_z).float()
-    logprobs = x.gather(1, tokens.unsqueeze(1)).squeeze(1) - torch.logsumexp(x, dim=-1)  # [B]
-    return tokens, logprobs.float()
+        tokens = inverse_cdf(probs, u)
+    # Sampled tokens have probability > 0, so the log is finite (float32 relative error ~1e-7).
+    logprobs = torch.log(probs.gather(1, tokens.unsqueeze(1)).squeeze(1))  # [B]
+    return tokens, logprobs

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from rltrain.algos.core import logprobs_from_logits, token_entropy
-from rltrain.rollout.decode import _accepts_logits_to_keep, model_device
+from rltrain.rollout.decode import accepts_logits_to_keep, model_device
 
 
 def sequence_logprobs(
@@ -49,7 +49,7 @@ def sequence_logprobs(
     if micro_batch_size < 1:
         raise ValueError(f"sequence_logprobs: micro_batch_size must be >= 1, got {micro_batch_size}")
     device = model_device(model)
-    keep = _accepts_logits_to_keep(model)
+    keep = accepts_logits_to_keep(model)
     resp_mask = response_mask.to(torch.bool)  # [N, T]
     out_lp, out_ent = [], []
     for start in range(0, n, micro_batch_size):

@@ -113,6 +113,7 @@ def sample_tree(
     pad_token_id: int,
     tokenizer=None,
     generator: torch.Generator | None = None,
+    max_batch_rows: int = 512,
 ) -> list[TokenTree]:
     """Sample one ``TokenTree`` per prompt (see the module docstring for the shape).
 
@@ -123,19 +124,29 @@ def sample_tree(
         max_new_tokens: cap on a root-to-leaf response.
         params: temperature, top_p, top_k, stop_strings (its ``max_new_tokens`` and ``n`` are not
             used: ``max_new_tokens`` and ``branching`` set lengths and counts).
+        max_batch_rows: bound on the sequences decoded together, which bounds the KV cache
+            (rows × (prompt + max_new_tokens) positions): prompts are sampled in chunks of
+            ``max(1, max_batch_rows // prod(branching))``. Chunking does not change the samples.
     """
     _check(prompts, branching, segment_len, max_new_tokens)
     cfg = _decode_config(branching, segment_len, max_new_tokens, params, eos_token_ids, pad_token_id,
                          tokenizer, draw_base_seed(generator))
+    leaves_per_prompt = 1
+    for b in branching:
+        leaves_per_prompt *= b
+    chunk = max(1, max_batch_rows // leaves_per_prompt)
+    trees: list[TokenTree] = []
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            levels = decode_tree(model, prompts, cfg)
-            levels = [_to_cpu(lv) for lv in levels]
+        for start in range(0, len(prompts), chunk):
+            part = prompts[start : start + chunk]
+            with torch.inference_mode():
+                levels = [_to_cpu(lv) for lv in decode_tree(model, part, cfg, prompt_offset=start)]
+            trees.extend(_build_trees(part, levels))
     finally:
         model.train(was_training)
-    return _build_trees(prompts, levels)
+    return trees
 
 
 def _to_cpu(level: Level) -> Level:

@@ -59,10 +59,13 @@ class GRPOSettings:
         self.check()
         return ["algo=grpo", f"model={self.model}", f"model.dtype={self.dtype}", "data=arith",
                 f"data.n_train={self.n_train}", "data.n_test=4", f"train.steps={self.steps}",
-                f"train.prompts_per_step={self.prompts_per_step}", f"train.samples_per_prompt={self.samples_per_prompt}",
-                f"train.minibatches_per_step={self.minibatches_per_step}", f"train.micro_batch_size={self.micro_batch_size}",
+                f"train.prompts_per_step={self.prompts_per_step}",
+                f"train.samples_per_prompt={self.samples_per_prompt}",
+                f"train.minibatches_per_step={self.minibatches_per_step}",
+                f"train.micro_batch_size={self.micro_batch_size}",
                 f"train.lr={self.lr}", f"rollout.max_new_tokens={self.max_new_tokens}",
-                f"rollout.temperature={self.temperature}", "algo.kl_coef=0.0", f"launch.threads_per_rank={self.threads}",
+                f"rollout.temperature={self.temperature}", "algo.kl_coef=0.0",
+                f"launch.threads_per_rank={self.threads}",
                 f"seed={self.seed}"]
 
 

@@ -7,8 +7,10 @@ prompts × 8 samples, 64 new tokens, T = 1.0 (no top-k/top-p). Two settings:
 HF gets the prompts repeated n times in one left-padded batch (what TRL's GRPO trainer does),
 ``top_k=0`` (its default is 50) and a generation config with no EOS in the ``fixed`` setting.
 
-Each measurement alternates engines ``--repeats`` times after a warm-up and reports the median;
-timings on a shared 2-core machine are noisy, so compare ratios taken in the same run.
+Each measurement alternates engines ``--repeats`` times after a warm-up and reports the median
+tokens/s by wall-clock time and by process CPU time. Timings on a shared 2-core machine are noisy:
+compare ratios taken in the same run, and on a loaded machine prefer ``--threads 1`` and the CPU
+time (an OpenMP team of 2 threads on an oversubscribed machine mostly waits).
 
     python scripts/bench/rollout_bench.py                      # both settings, model dtype auto
     python scripts/bench/rollout_bench.py --dtype fp32 --profile
@@ -73,12 +75,24 @@ def matmul_gflops(dtype: torch.dtype, m: int = 64) -> float:
     return 2 * m * 576 * 1536 * n / (time.perf_counter() - t0) / 1e9
 
 
+class Clock:
+    """Wall-clock and process CPU seconds of a block. On a shared machine the CPU time of a
+    1-thread run is the steadier number (it excludes time spent waiting for a core)."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
 def run_ours(model, prompts, n, max_new, eos, seed, stats=None, kv_cache="static"):
     params = SamplingParams(max_new_tokens=max_new, temperature=1.0, n=n)
-    t0 = time.perf_counter()
-    r = generate(model, prompts, params, eos_token_ids=eos, pad_token_id=0,
-                 generator=torch.Generator().manual_seed(seed), stats=stats, kv_cache=kv_cache)
-    return int(r.lengths.sum()), time.perf_counter() - t0
+    with Clock() as c:
+        r = generate(model, prompts, params, eos_token_ids=eos, pad_token_id=0,
+                     generator=torch.Generator().manual_seed(seed), stats=stats, kv_cache=kv_cache)
+    return int(r.lengths.sum()), c
 
 
 def run_hf(model, prompts, n, max_new, eos, pad_id, seed):
@@ -91,10 +105,8 @@ def run_hf(model, prompts, n, max_new, eos, pad_id, seed):
     gen = GenerationConfig(max_new_tokens=max_new, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
                            eos_token_id=eos if eos else None, pad_token_id=pad_id)
     torch.manual_seed(seed)
-    t0 = time.perf_counter()
-    with torch.inference_mode():
+    with Clock() as c, torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=attn, generation_config=gen)
-    el = time.perf_counter() - t0
     resp = out[:, width:]
     if eos:
         is_eos = torch.isin(resp, torch.tensor(eos))
@@ -103,7 +115,7 @@ def run_hf(model, prompts, n, max_new, eos, pad_id, seed):
         tokens = int(first.sum())
     else:
         tokens = resp.numel()
-    return tokens, el
+    return tokens, c
 
 
 def bench_generate(model, tok, eos, args):
@@ -116,25 +128,26 @@ def bench_generate(model, tok, eos, args):
     for setting, stop in (("fixed", []), ("eos", eos)):
         if args.setting not in ("both", setting):
             continue
-        ours, hf = [], []
+        rates = {"ours": [], "hf": []}  # (tok/s wall, tok/s CPU) per run
         for rep in range(args.repeats):
             stats: dict[str, float] = {}
-            tk, el = run_ours(model, prompts, args.n, args.max_new_tokens, stop, rep, stats, args.kv_cache)
-            ours.append(tk / el)
+            tk, c = run_ours(model, prompts, args.n, args.max_new_tokens, stop, rep, stats, args.kv_cache)
+            rates["ours"].append((tk / c.wall, tk / c.cpu))
             if args.profile:
-                print(f"  ours[{setting}] rep {rep}: {tk} tok in {el:.2f}s; phases: "
+                print(f"  ours[{setting}] rep {rep}: {tk} tok, {c.wall:.1f}s wall, {c.cpu:.1f}s CPU; phases (wall): "
                       + ", ".join(f"{k} {v:.2f}s" for k, v in sorted(stats.items(), key=lambda kv: -kv[1])))
             if not args.skip_hf:
-                tk, el = run_hf(model, prompts, args.n, args.max_new_tokens, stop, pad, rep)
-                hf.append(tk / el)
+                tk, c = run_hf(model, prompts, args.n, args.max_new_tokens, stop, pad, rep)
+                rates["hf"].append((tk / c.wall, tk / c.cpu))
                 if args.profile:
-                    print(f"  hf  [{setting}] rep {rep}: {tk} tok in {el:.2f}s")
-        o = statistics.median(ours)
-        line = f"[{setting:5s}] ours {o:7.1f} tok/s"
-        if hf:
-            h = statistics.median(hf)
-            line += f" | HF generate {h:7.1f} tok/s | ratio {o / h:4.2f}x"
-        print(line + f"   (runs: ours {[round(x) for x in ours]}, hf {[round(x) for x in hf]})")
+                    print(f"  hf  [{setting}] rep {rep}: {tk} tok, {c.wall:.1f}s wall, {c.cpu:.1f}s CPU")
+        for kind, idx in (("wall", 0), ("CPU ", 1)):
+            o = statistics.median(r[idx] for r in rates["ours"])
+            line = f"[{setting:5s}] tok/s by {kind} time: ours {o:7.1f}"
+            if rates["hf"]:
+                h = statistics.median(r[idx] for r in rates["hf"])
+                line += f" | HF generate {h:7.1f} | ratio {o / h:4.2f}x"
+            print(line)
 
 
 def bench_tree(model, tok, eos, args):
@@ -143,31 +156,31 @@ def bench_tree(model, tok, eos, args):
     prompts = build_prompts(tok, args.prompts)
     branching = [int(b) for b in args.tree.split(",")]
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=1.0)
-    stop = eos if args.setting == "eos" else []
+    stop = [] if args.setting == "fixed" else eos
     print(f"tree {branching}, segment {args.segment_len}, max {args.max_new_tokens} tokens, "
           f"{args.prompts} prompts, stop at EOS: {bool(stop)}")
     tree_rates, path_rates, speedups = [], [], []
     for rep in range(args.repeats):
-        t0 = time.perf_counter()
-        trees = sample_tree(model, prompts, branching, args.segment_len, args.max_new_tokens, params,
-                            eos_token_ids=stop, pad_token_id=0, generator=torch.Generator().manual_seed(rep))
-        el = time.perf_counter() - t0
+        with Clock() as c:
+            trees = sample_tree(model, prompts, branching, args.segment_len, args.max_new_tokens, params,
+                                eos_token_ids=stop, pad_token_id=0, generator=torch.Generator().manual_seed(rep))
+        el = c.cpu if args.cpu_time else c.wall
         new_tokens = sum(sum(len(s) for s in t.token_ids) for t in trees)
         tree_rates.append(new_tokens / el)
         # The same root-to-leaf paths (one per leaf), sampled as independent sequences in one
         # batch: each path re-generates the prefix it shares with its siblings.
         paths = [p for i, t in enumerate(trees) for p in leaf_paths(t, i, len(branching))]
-        t0 = time.perf_counter()
-        out = independent_paths(model, prompts, branching, args.segment_len, args.max_new_tokens, params,
-                                eos_token_ids=stop, pad_token_id=0, generator=torch.Generator().manual_seed(rep),
-                                paths=paths)
-        el_p = time.perf_counter() - t0
+        with Clock() as c:
+            out = independent_paths(model, prompts, branching, args.segment_len, args.max_new_tokens, params,
+                                    eos_token_ids=stop, pad_token_id=0, generator=torch.Generator().manual_seed(rep),
+                                    paths=paths)
+        el_p = c.cpu if args.cpu_time else c.wall
         path_tokens = sum(len(p) for p in out)
         same = sum(o == t.response_ids(leaf) for o, (t, leaf) in
                    zip(out, [(t, leaf) for t in trees for leaf in t.leaves()]))
         path_rates.append(path_tokens / el_p)
         speedups.append(el_p / el)
-        print(f"  rep {rep}: tree {new_tokens} distinct new tokens, {len(paths)} leaves in {el:.2f}s; "
+        print(f"  rep {rep}: tree {new_tokens} distinct new tokens, {len(paths)} leaves in {el:.2f}s{' CPU' if args.cpu_time else ''}; "
               f"independent paths {path_tokens} tokens in {el_p:.2f}s ({same}/{len(paths)} identical); "
               f"speed-up {el_p / el:.2f}x")
     print(f"[tree ] tree {statistics.median(tree_rates):.1f} distinct tok/s | independent paths "
@@ -189,6 +202,7 @@ def main():
     ap.add_argument("--profile", action="store_true", help="print per-run times and our per-phase split")
     ap.add_argument("--tree", default="", help="branching factors, e.g. 4,4: benchmark SPO tree sampling")
     ap.add_argument("--segment-len", type=int, default=16)
+    ap.add_argument("--cpu-time", action="store_true", help="tree: rates by process CPU time instead of wall time")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -196,8 +210,9 @@ def main():
     tdt = torch.bfloat16 if dtype == "bf16" else torch.float32
     print(f"torch {torch.__version__}, {args.threads} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, avx512_bf16: {cpu_has_bf16()}, weights {dtype}")
-    print(f"decode-shaped GEMM: {matmul_gflops(tdt):.0f} GFLOP/s ({dtype}) -> compute bound "
-          f"~{matmul_gflops(tdt) * 1e9 / (2 * 134.5e6):.0f} tok/s for SmolLM2-135M")
+    gflops = matmul_gflops(tdt)
+    print(f"decode-shaped GEMM: {gflops:.0f} GFLOP/s ({dtype}) -> compute bound "
+          f"~{gflops * 1e9 / (2 * 134.5e6):.0f} tok/s for SmolLM2-135M")
     t0 = time.perf_counter()
     model, tok, eos = load(dtype)
     print(f"model loaded in {time.perf_counter() - t0:.1f}s; eos ids {eos}")

@@ -3,6 +3,7 @@
     python scripts/bench/run_all.py                 # smollm2_135m and tiny, GRPO and DPO → bench/results.md
     python scripts/bench/run_all.py --quick         # smoke run on model=tiny, a few steps (not a benchmark)
     python scripts/bench/run_all.py --models tiny --algos grpo --steps 3 --out /tmp/b/results.md
+    python scripts/bench/run_all.py --set grpo.max_new_tokens=128 --set dpo.pairs_per_step=32
 
 Every run is its own child process, one at a time: rltrain through its real CLI (``python -m
 rltrain.cli ...``), TRL through ``trl_worker.py`` (GRPOTrainer / DPOTrainer). Peak memory is the
@@ -234,7 +235,8 @@ def results_markdown(results: list[Result], settings: dict, info: dict, *, smoke
         lines += [f"**Warning: {busy}. Timings from a loaded machine are not valid results.**", ""]
     m, v = info["machine"], info["versions"]
     lines += ["## Machine and versions", "",
-              f"- CPU: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['flags'] or 'no avx flags read'}; "
+              f"- CPU: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), "
+              f"{m['flags'] or 'no avx flags read'}; "
               f"memory {m['memory']}; {m['os']}; Python {m['python']}",
               f"- load average before / after: {info['load_before']} / {info['load_after']}",
               "- " + ", ".join(f"{k} {val}" for k, val in v.items()),
@@ -244,8 +246,10 @@ def results_markdown(results: list[Result], settings: dict, info: dict, *, smoke
         lines.append(f"- {algo}: " + ", ".join(f"{k}={val}" for k, val in s.items() if k != "model"))
     lines += ["",
               "Both: AdamW β=(0.9, 0.999), no weight decay, constant LR, no warm-up, grad-norm clip 1.0, fp32 master "
-              "weights with bf16 compute (rltrain `model.dtype=bf16`; TRL `bf16=True`, i.e. autocast), the same "
-              "chat-templated prompt text and `MathReward`. GRPO: β=0 (no reference model), clip ε=0.2, "
+              "weights with bf16 compute (rltrain `model.dtype=bf16`; TRL `bf16=True`, i.e. autocast), no gradient "
+              "checkpointing (TRL's default is on), the same model weights, chat-templated prompt text and "
+              "`MathReward`; each framework draws prompts in its own seeded order from the same arith training set. "
+              "GRPO: β=0 (no reference model), clip ε=0.2, "
               "token-mean loss (TRL `loss_type=dapo`), group-std advantages, temperature 1.0, no top-p/top-k. "
               "DPO: sigmoid loss, reference log-probs precomputed once for the pairs the run uses "
               "(rltrain `algo.cache_ref_logps=true`, TRL `precompute_ref_log_probs=true`); TRL appends an EOS to "
@@ -273,8 +277,9 @@ def results_markdown(results: list[Result], settings: dict, info: dict, *, smoke
         t = by.get((algo, model, "trl"))
         if fw != "rltrain" or t is None:
             continue
-        lines.append(f"| {algo} | {model} | {_ratio(r.step_time, t.step_time)} | {_ratio(r.tokens_per_s, t.tokens_per_s)} | "
-                     f"{_ratio(r.items_per_s, t.items_per_s)} | {_ratio(r.peak_rss_mb, t.peak_rss_mb)} |")
+        lines.append(f"| {algo} | {model} | {_ratio(r.step_time, t.step_time)} | "
+                     f"{_ratio(r.tokens_per_s, t.tokens_per_s)} | {_ratio(r.items_per_s, t.items_per_s)} | "
+                     f"{_ratio(r.peak_rss_mb, t.peak_rss_mb)} |")
     lines += ["", "## Commands", "", f"Harness: `{info['argv']}`", ""]
     for r in results:
         lines += [f"- {r.framework} {r.algo} {r.model}:", "", "  ```", "  " + shlex.join(r.cmd), "  ```", ""]
@@ -282,7 +287,8 @@ def results_markdown(results: list[Result], settings: dict, info: dict, *, smoke
     if failed:
         lines += ["## Failures", ""]
         for r in failed:
-            lines += [f"### {r.framework} {r.algo} {r.model} (log: `{r.log}`)", "", "```", r.error or "(no output)", "```", ""]
+            lines += [f"### {r.framework} {r.algo} {r.model} (log: `{r.log}`)", "",
+                      "```", r.error or "(no output)", "```", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -291,6 +297,21 @@ def busy_note(load: float, cores: int) -> str:
 
 
 # --------------------------------------------------------------------------- main
+
+
+def apply_overrides(s, algo: str, overrides: list[str]) -> None:
+    """``--set grpo.max_new_tokens=128``: change one field of one algorithm's settings."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        which, _, name = key.partition(".")
+        if not sep or which not in ("grpo", "dpo") or not name:
+            raise SystemExit(f"--set expects grpo.FIELD=VALUE or dpo.FIELD=VALUE, got {item!r}")
+        if which != algo:
+            continue
+        if name not in as_dict(s) or name == "model":
+            valid = ", ".join(k for k in as_dict(s) if k != "model")
+            raise SystemExit(f"--set {key}: no such field; {which} fields: {valid}")
+        setattr(s, name, type(getattr(s, name))(value))
 
 
 def build_settings(args) -> tuple[list[tuple[str, object]], dict]:
@@ -308,6 +329,7 @@ def build_settings(args) -> tuple[list[tuple[str, object]], dict]:
                     s.steps, s.pairs_per_step, s.micro_batch_size = 3, 4, 4
             if args.steps:
                 s.steps = args.steps
+            apply_overrides(s, algo, args.set)
             s.check()
             runs.append((algo, s))
             shown[f"{algo} ({model})"] = as_dict(s)
@@ -322,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--algos", default="grpo,dpo", help="comma-separated: grpo,dpo")
     p.add_argument("--frameworks", default="rltrain,trl", help="comma-separated: rltrain,trl")
     p.add_argument("--steps", type=int, default=None, help="override the steps of every run")
+    p.add_argument("--set", action="append", default=[], metavar="ALGO.FIELD=VALUE",
+                   help="change a setting for both frameworks, e.g. grpo.max_new_tokens=128 (repeatable)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="threads for both frameworks")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds before a run is killed")
     p.add_argument("--work", type=Path, default=None, help="run directories and logs (default outputs/bench[-smoke])")

@@ -98,7 +98,7 @@ def test_reference_cache_is_computed_once_and_keyed_by_the_lengths(tmp_path, mon
                                             f"algo.ref_cache_dir={tmp_path}"]))
     model, _ = load_model("tiny")
     pairs = [Encoded([5, 6], [[7, 2], [8, 9, 2]]), Encoded([10], [[11, 2], [12, 2]]), Encoded([13], [[14, 2], [2]])]
-    table = dpo.cached_reference_logps(cfg, Dist(), model, pairs, [0, 2], 0, "train")
+    table = dpo.cached_reference_logps(cfg, Dist(), lambda: model, pairs, [0, 2], 0, "train")
     assert math.isnan(table[1, 0]) and not table[[0, 2]].isnan().any()
     assert len(list((tmp_path / "ref_logps").glob("train-*.pt"))) == 1
 
@@ -106,11 +106,11 @@ def test_reference_cache_is_computed_once_and_keyed_by_the_lengths(tmp_path, mon
         raise AssertionError("cached reference log-probs were recomputed")
 
     monkeypatch.setattr(dpo, "batched_pair_logps", no_forward)
-    torch.testing.assert_close(dpo.cached_reference_logps(cfg, Dist(), model, pairs, [0, 2], 0, "train"), table,
-                               equal_nan=True)
+    torch.testing.assert_close(dpo.cached_reference_logps(cfg, Dist(), lambda: model, pairs, [0, 2], 0, "train"),
+                               table, equal_nan=True)
     cfg.algo.max_length = 64  # other truncation → another cache entry → computed again
     with pytest.raises(AssertionError, match="recomputed"):
-        dpo.cached_reference_logps(cfg, Dist(), model, pairs, [0, 2], 0, "train")
+        dpo.cached_reference_logps(cfg, Dist(), lambda: model, pairs, [0, 2], 0, "train")
 
 
 # --------------------------------------------------------------------------- offline DPO, real CLI

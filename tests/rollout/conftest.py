@@ -57,3 +57,13 @@ def tiny_model(tokenizer):
 def prompts():
     """Prompts of different lengths (so batches are left-padded)."""
     return [[BOS, 40, 41, 42, 43, 44], [BOS, 50], [BOS, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69]]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The tiny model's matmuls are microseconds: a second OpenMP thread only adds
+    synchronisation, which is very slow on a loaded shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

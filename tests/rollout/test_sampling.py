@@ -2,7 +2,14 @@
 import pytest
 import torch
 
-from rltrain.rollout.sampling import _top_p_candidates, inverse_cdf, node_seed, sample_next, segment_uniforms
+from rltrain.rollout.sampling import (
+    _top_p_candidates,
+    fast_argmax,
+    inverse_cdf,
+    node_seed,
+    sample_next,
+    segment_uniforms,
+)
 
 
 @pytest.mark.parametrize("vocab", [7, 256, 1000, 4096])
@@ -17,8 +24,8 @@ def test_inverse_cdf_equals_float64_cumsum(vocab):
         cdf = w.double().cumsum(-1)
         ref = torch.searchsorted(cdf, (uu * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1).clamp(max=vocab - 1)
         got = inverse_cdf(w, uu)
-        # rounding can only move a draw across a boundary by a few ulps of u
-        close = torch.abs(cdf.gather(1, got.unsqueeze(1)).squeeze(1) / cdf[:, -1] - uu) < 1e-9
+        # float32 block sums can only move a draw across a boundary by ~1e-7 of the mass
+        close = torch.abs(cdf.gather(1, got.unsqueeze(1)).squeeze(1) / cdf[:, -1] - uu) < 1e-6
         assert torch.all((got == ref) | close)
         assert torch.all(w.gather(1, got.unsqueeze(1)) > 0)
     assert int(inverse_cdf(w, u)[0]) == vocab - 1
@@ -42,7 +49,7 @@ def test_top_p_candidates_equal_full_sort(top_k, top_p):
     g = torch.Generator().manual_seed(0)
     # peaked rows (nucleus inside the best 64), flat rows (beyond 1024: full sort)
     x = torch.cat([torch.randn(3, 3000, generator=g) * 6, torch.randn(3, 3000, generator=g) * 0.1])
-    w, ids = _top_p_candidates(x, top_k, top_p)
+    w, ids = _top_p_candidates(x, torch.softmax(x, -1), top_k, top_p)
     got = [set(i[wi > 0].tolist()) for wi, i in zip(w, ids)]
     assert got == _nucleus_ref(x, top_k, top_p)
 
@@ -83,3 +90,12 @@ def test_node_seeds_and_streams():
     a = segment_uniforms([5, 6, 5], 16)
     assert torch.equal(a[0], a[2]) and not torch.equal(a[0], a[1])
     assert a.dtype == torch.float64 and torch.all((a >= 0) & (a < 1))
+
+
+@pytest.mark.parametrize("vocab", [100, 3000, 4096])
+def test_fast_argmax_is_first_maximum(vocab):
+    x = torch.randn(5, vocab, generator=torch.Generator().manual_seed(vocab))
+    x[1, [7, vocab - 1]] = 100.0  # tie: the first index wins
+    x[2, :] = 0.0
+    assert torch.equal(fast_argmax(x), x.argmax(-1))
+    assert int(fast_argmax(x)[1]) == 7 and int(fast_argmax(x)[2]) == 0

@@ -113,3 +113,20 @@ def test_prefix_encoded_once(tiny_model, prompts):
     distinct = sum(len(t) for t in tree.token_ids)
     assert distinct == 2 * 4 + 6 * 6
     assert sum(s[0] for s in fed if s[1] == 1) == distinct - len(tree.leaves())
+
+
+def test_response_cap_reached_above_last_depth(tiny_model, prompts):
+    """max_new_tokens = 6 with segments of 3: depth-2 nodes hit the cap and are "length" leaves;
+    depth 3 is never reached."""
+    (tree,) = _tree(tiny_model, prompts[:1], [2, 2, 2], 3, 6, SamplingParams(max_new_tokens=6), [], seed=6)
+    assert [tree.depth.count(d) for d in range(4)] == [1, 2, 4, 0]
+    assert all(tree.depth[i] == 2 and tree.finish_reason[i] == "length" for i in tree.leaves())
+    assert all(len(tree.response_ids(i)) == 6 for i in tree.leaves())
+
+
+def test_prompt_chunks_give_the_same_trees(tiny_model, prompts):
+    params = SamplingParams(max_new_tokens=8, temperature=1.0)
+    whole = _tree(tiny_model, prompts, [2, 2], 3, 8, params, list(range(20, 30)), seed=7)
+    chunked = _tree(tiny_model, prompts, [2, 2], 3, 8, params, list(range(20, 30)), seed=7, max_batch_rows=4)
+    assert [t.token_ids for t in whole] == [t.token_ids for t in chunked]
+    assert [t.parent for t in whole] == [t.parent for t in chunked]
