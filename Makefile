@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 
-.PHONY: run test bench install clean
+.PHONY: run test bench bench-quick install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,8 +27,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -x -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/pip install 'trl' matplotlib scipy
-	$(BIN)/python scripts/bench/run_all.py
+	$(BIN)/pip install 'trl==1.16.0' matplotlib
+	$(BIN)/python scripts/bench/run_all.py $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(BIN)/pip install 'trl==1.16.0' matplotlib
+	$(BIN)/python scripts/bench/run_all.py --quick
 
 clean:
 	rm -rf $(VENV) outputs multirun

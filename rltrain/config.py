@@ -522,8 +522,9 @@ class ModelConfig:
     """smollm2_135m (real, offline) | tiny (random, tests) | hf (any hub id or local dir)."""
     path: Optional[str] = None
     """Hub id or local directory (model=hf), or a saved tiny model."""
-    dtype: str = "bf16"
-    """Compute dtype: bf16 (fp32 master weights kept for the optimizer) | fp32."""
+    dtype: str = "auto"
+    """Compute dtype: auto (bf16 where the hardware runs it natively, else fp32) | bf16 (fp32 master
+    weights kept for the optimizer) | fp32."""
     gradient_checkpointing: bool = False
     tiny_hidden_size: int = 64
     tiny_layers: int = 2
@@ -696,7 +697,7 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
             _choice(f"{group}.normalize", node.normalize, ["all", "selected"])
         if hasattr(node, "scope"):
             _choice(f"{group}.scope", node.scope, ["batch", "micro_batch"])
-    _choice("model.dtype", cfg.model.dtype, ["bf16", "fp32"])
+    _choice("model.dtype", cfg.model.dtype, ["auto", "bf16", "fp32"])
     _choice("train.lr_schedule", t.lr_schedule, ["constant", "linear", "cosine"])
     _choice("deepspeed.stage", str(cfg.deepspeed.stage), ["0", "1", "2", "3"])
     if isinstance(cfg.token_selection, HighEntropyConfig) and not 0 < cfg.token_selection.top_ratio <= 1:

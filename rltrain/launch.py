@@ -187,7 +187,10 @@ def _slurm_master() -> tuple[str, int]:
 
 def launch(cfg: RunConfig) -> dict:
     """Entry from the CLI (once per job of a sweep)."""
+    from rltrain.engine.model import resolve_dtype
+
     run_dir = Path(cfg.run_dir)
+    cfg.model.dtype = resolve_dtype(cfg.model.dtype)  # recorded resolved in config.yaml
     sw = slurm_world()
     if sw is not None:
         rank, world, local_rank = sw

@@ -25,6 +25,27 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 
 
+def fast_bf16() -> bool:
+    """Whether bf16 matmuls run natively here (a CUDA GPU, or a CPU with avx512_bf16 / AMX).
+
+    Without them PyTorch emulates bf16 on the CPU, which is several times slower than fp32.
+    """
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str) -> str:
+    """``auto`` → bf16 where it is fast, else fp32."""
+    if dtype == "auto":
+        return "bf16" if fast_bf16() else "fp32"
+    return dtype
+
+
 def cache_dir() -> Path:
     """Root of rltrain's cache (converted models, reference log-probs)."""
     return Path(os.environ.get("RLTRAIN_CACHE", Path.home() / ".cache" / "rltrain"))

@@ -19,7 +19,7 @@ from rich.table import Table
 
 HEADLINE = [
     ("reward/mean", "reward"), ("reward/accuracy", "acc"), ("actor/kl", "kl"), ("actor/entropy", "entropy"),
-    ("actor/clip_frac", "clip"), ("response/length_mean", "len"), ("perf/tokens_per_s", "tok/s"),
+    ("actor/clipfrac", "clip"), ("response/length_mean", "len"), ("perf/tokens_per_s", "tok/s"),
 ]
 PHASES = ["time/rollout", "time/reward", "time/reference", "time/update"]
 
