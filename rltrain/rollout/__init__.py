@@ -4,4 +4,12 @@ from rltrain.rollout.engine import Rollout, SamplingParams, generate
 from rltrain.rollout.scoring import sequence_logprobs
 from rltrain.rollout.tree import TokenTree, independent_paths, sample_tree
 
-__all__ = ["Rollout", "SamplingParams", "TokenTree", "generate", "independent_paths", "sample_tree", "sequence_logprobs"]
+__all__ = [
+    "Rollout",
+    "SamplingParams",
+    "TokenTree",
+    "generate",
+    "independent_paths",
+    "sample_tree",
+    "sequence_logprobs",
+]

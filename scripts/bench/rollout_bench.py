@@ -180,8 +180,9 @@ def bench_tree(model, tok, eos, args):
                    zip(out, [(t, leaf) for t in trees for leaf in t.leaves()]))
         path_rates.append(path_tokens / el_p)
         speedups.append(el_p / el)
-        print(f"  rep {rep}: tree {new_tokens} distinct new tokens, {len(paths)} leaves in {el:.2f}s{' CPU' if args.cpu_time else ''}; "
-              f"independent paths {path_tokens} tokens in {el_p:.2f}s ({same}/{len(paths)} identical); "
+        unit = "s CPU" if args.cpu_time else "s"
+        print(f"  rep {rep}: tree {new_tokens} distinct new tokens, {len(paths)} leaves in {el:.2f}{unit}; "
+              f"independent paths {path_tokens} tokens in {el_p:.2f}{unit} ({same}/{len(paths)} identical); "
               f"speed-up {el_p / el:.2f}x")
     print(f"[tree ] tree {statistics.median(tree_rates):.1f} distinct tok/s | independent paths "
           f"{statistics.median(path_rates):.1f} tok/s | same leaves {statistics.median(speedups):.2f}x faster")

@@ -32,15 +32,15 @@ def metrics(run_dir):
 
 
 def test_grpo_learns_toy_reward(tmp_path):
-    p = run_cli(TINY + ["train.steps=12", "train.lr=3e-3"], tmp_path)
+    p = run_cli(TINY + ["train.steps=12", "train.lr=1e-2", "reward.fn=tests.toy_rewards:contains_seven"], tmp_path)
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
     rows = metrics(tmp_path)
     assert [r["step"] for r in rows] == list(range(1, 13))
     first = sum(r["reward/mean"] for r in rows[:3]) / 3
     last = sum(r["reward/mean"] for r in rows[-3:]) / 3
-    # A random tiny model emits '7' about 1% of the time; GRPO must push it well up.
-    assert last > 0.3 and last > 5 * first, (first, last)
+    # A random tiny model puts a '7' in ~8% of its 8-character responses; GRPO must push it up.
+    assert last > 0.5 and last > 3 * first, (first, last)
     assert (tmp_path / "config.yaml").exists()
     ckpt = tmp_path / "checkpoints" / "step_000012"
     assert (ckpt / "COMPLETE").exists() and (ckpt / "policy" / "config.json").exists()
@@ -79,3 +79,19 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
         assert ra.keys() == rb.keys()
         for k in ra:
             assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-7), (ra["step"], k)
+
+
+@pytest.mark.parametrize("extra,check", [
+    (["token_selection=high_entropy"], lambda r: abs(r["actor/selected_frac"] - 0.2) < 0.02),
+    (["policy_loss=clip_cov", "policy_loss.select_ratio=0.05", "train.minibatches_per_step=2"],
+     lambda r: r["actor/ratio_mean"] > 0),
+    (["policy_loss=kl_cov", "policy_loss.select_ratio=0.05"], lambda r: 0 < r["actor/selected_frac"] < 0.2),
+])
+def test_token_selection_and_policy_losses_run_in_grpo(tmp_path, extra, check):
+    """Each orthogonal group works inside the GRPO loop: high_entropy keeps ⌈0.2·N⌉ of the batch's
+    tokens; the covariance losses select their fraction of tokens."""
+    p = run_cli(TINY + ["train.steps=2", "eval.at_start=false"] + extra, tmp_path)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    rows = metrics(tmp_path)
+    assert len(rows) == 2 and all(check(r) for r in rows), rows

@@ -186,13 +186,18 @@ def test_top_k_and_top_p_restrict_support(tiny_model, prompts):
 
 
 def test_model_mode_restored_and_training_model_sampled_in_eval(tiny_model, prompts):
-    tiny_model.train()
-    try:
-        r = _gen(tiny_model, prompts, SamplingParams(max_new_tokens=3, temperature=0.0))
-        assert tiny_model.training
-    finally:
-        tiny_model.eval()
-    assert torch.equal(r.response_ids, _gen(tiny_model, prompts, SamplingParams(max_new_tokens=3, temperature=0.0)).response_ids)
+    import copy
+
+    model = copy.deepcopy(tiny_model)
+    for module in model.modules():  # dropout that would change the samples if left in train mode
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.5
+    params = SamplingParams(max_new_tokens=3, temperature=0.0)
+    model.train()
+    r = _gen(model, prompts, params)
+    assert model.training
+    model.eval()
+    assert torch.equal(r.response_ids, _gen(model, prompts, params).response_ids)
 
 
 def test_invalid_params():

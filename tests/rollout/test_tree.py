@@ -102,7 +102,7 @@ def test_one_level_tree_equals_generate(tiny_model, prompts):
 def test_prefix_encoded_once(tiny_model, prompts):
     """One forward encodes the prompt; after that each sampled token is fed exactly once (a leaf's
     last token never): the shared prefixes are not re-encoded for the children."""
-    fed, calls = [], []
+    fed = []
     hook = tiny_model.model.embed_tokens.register_forward_hook(lambda mod, args, out: fed.append(args[0].shape))
     try:
         (tree,) = _tree(tiny_model, prompts[:1], [2, 3], 4, 10, SamplingParams(max_new_tokens=10), [], seed=5)
