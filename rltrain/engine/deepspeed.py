@@ -8,8 +8,8 @@ checkpoint hooks. How DeepSpeed is configured, and why:
   optimizer state (and under stage 3 the parameters) to CPU memory, with ``DeepSpeedCPUAdam``.
 - ``model.dtype=bf16``: DeepSpeed's bf16 mode (bf16 module and gradients, fp32 master partitions
   in the ZeRO optimizer). ``fp32``: everything fp32.
-- The optimizer is AdamW with the loop's settings (torch's, or DeepSpeedCPUAdam in AdamW mode when
-  offloaded) and our LR schedule (``rltrain.engine.actor.lr_lambda``), stepped by the engine.
+- The optimizer is AdamW with the loop's settings (torch's fused kernel, or DeepSpeedCPUAdam in
+  AdamW mode when offloaded) and our LR schedule (``rltrain.engine.actor.lr_lambda``), stepped by the engine.
 - Gradient accumulation is *unmanaged* (``managed_gradient_accumulation: false``): ``backward``
   only accumulates, and ``step()`` is the boundary that reduces, clips and updates. The loop may
   call backward any number of times per minibatch (the last micro-batch may be smaller), exactly
@@ -42,6 +42,7 @@ import torch
 
 from rltrain.engine.actor import OptimConfig, lr_lambda
 from rltrain.engine.dist import Dist
+from rltrain.engine.model import resolve_dtype
 
 SHARD_TAG = "zero"
 """Sub-directory (DeepSpeed "tag") of a checkpoint's ``actor/`` folder that holds the ZeRO shards."""
@@ -171,14 +172,14 @@ class DeepSpeedActor:
 
             optimizer = DeepSpeedCPUAdam(params, lr=optim.lr, betas=tuple(optim.betas),
                                          weight_decay=optim.weight_decay, adamw_mode=True)
-        else:
+        else:  # fused: one kernel over the flat fp32 partition, no full-size temporaries
             optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas),
-                                          weight_decay=optim.weight_decay)
+                                          weight_decay=optim.weight_decay, fused=True)
         # Built on the client optimizer: ZeRO keeps its param_group dicts, so the lr lands there.
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_lambda(s, warmup_steps=optim.warmup_steps, schedule=optim.schedule,
                                            total_steps=optim.total_steps))
-        config = ds_config(stage=ds.stage, dtype=cfg.model.dtype, world_size=dist.world_size,
+        config = ds_config(stage=ds.stage, dtype=resolve_dtype(cfg.model.dtype), world_size=dist.world_size,
                            max_grad_norm=optim.max_grad_norm, offload_optimizer=ds.offload_optimizer,
                            offload_params=ds.offload_params)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
@@ -275,7 +276,7 @@ def reference_engine(model: torch.nn.Module, *, cfg, dist: Dist) -> EngineModule
     model = model.float().eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    config = ds_config(stage=3, dtype=cfg.model.dtype, world_size=dist.world_size,
+    config = ds_config(stage=3, dtype=resolve_dtype(cfg.model.dtype), world_size=dist.world_size,
                        offload_params=cfg.deepspeed.offload_params, train=False)
     engine, *_ = deepspeed.initialize(model=model, config=config, dist_init_required=False)
     engine.eval()

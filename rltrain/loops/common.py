@@ -23,7 +23,7 @@ from rltrain.config import RunConfig
 from rltrain.engine.actor import LocalActor, OptimConfig
 from rltrain.engine.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, save_hf, staging_dir
 from rltrain.engine.dist import Dist
-from rltrain.engine.model import DTYPES, eos_token_ids, load_model
+from rltrain.engine.model import DTYPES, eos_token_ids, load_model, resolve_dtype
 from rltrain.rewards import build_reward
 from rltrain.rewards.base import score_safely
 from rltrain.rollout import SamplingParams, generate
@@ -75,7 +75,7 @@ def build_reference(cfg: RunConfig, dist: Dist):
         from rltrain.engine.deepspeed import reference_engine
 
         return reference_engine(model, cfg=cfg, dist=dist)
-    model = model.to(DTYPES[cfg.model.dtype]).eval()
+    model = model.to(DTYPES[resolve_dtype(cfg.model.dtype)]).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model

@@ -123,7 +123,7 @@ def policy_update(actor, batch: PGBatch, cfg: RunConfig, dist: Dist, *, pad_id: 
     select, count_mask = selection.loss_mask, selection.count_mask
 
     m = Metrics()
-    m.add("actor/selected_frac", (select.sum() / mask.sum().clamp(min=1)).item(), mask.sum().item())
+    m.add("actor/token_select_frac", (select.sum() / mask.sum().clamp(min=1)).item(), mask.sum().item())
     all_ent = []
     M = T_.minibatches_per_step
     for _epoch in range(T_.epochs):

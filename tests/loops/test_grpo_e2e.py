@@ -82,7 +82,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
 
 
 @pytest.mark.parametrize("extra,check", [
-    (["token_selection=high_entropy"], lambda r: abs(r["actor/selected_frac"] - 0.2) < 0.02),
+    (["token_selection=high_entropy"], lambda r: abs(r["actor/token_select_frac"] - 0.2) < 0.02),
     (["policy_loss=clip_cov", "policy_loss.select_ratio=0.05", "train.minibatches_per_step=2"],
      lambda r: r["actor/ratio_mean"] > 0),
     (["policy_loss=kl_cov", "policy_loss.select_ratio=0.05"], lambda r: 0 < r["actor/selected_frac"] < 0.2),

@@ -51,8 +51,8 @@ def test_whiten_over_kept_tokens_only():
 
 
 TINY = ["model=tiny", "data.n_train=64", "data.n_test=8", "eval.size=8", "eval.max_new_tokens=8",
-        "reward=python", "reward.fn=tests.toy_rewards:sevens", "launch.threads_per_rank=1", "log.console=false",
-        "algo.kl_coef=0", "train.lr=3e-3"]
+        "reward=python", "reward.fn=tests.toy_rewards:contains_seven", "launch.threads_per_rank=1", "log.console=false",
+        "algo.kl_coef=0", "train.lr=1e-2"]
 
 
 def _run(args, run_dir):
@@ -73,7 +73,7 @@ def test_spo_tree_learns_toy_reward(tmp_path):
     assert all(r["tree/edges_new"] > 0 for r in steps[:3])
     first = sum(r["reward/mean"] for r in steps[:2]) / 2
     last = sum(r["reward/mean"] for r in steps[-2:]) / 2
-    assert last > 0.25 and last > 4 * first, (first, last)
+    assert last > 0.5 and last > 2 * first, (first, last)
 
 
 def test_spo_chain_learns_toy_reward(tmp_path):
@@ -84,4 +84,4 @@ def test_spo_chain_learns_toy_reward(tmp_path):
     assert all(r["spo/cut_states"] > 0 for r in steps)
     first = sum(r["reward/mean"] for r in steps[:2]) / 2
     last = sum(r["reward/mean"] for r in steps[-2:]) / 2
-    assert last > 0.25 and last > 4 * first, (first, last)
+    assert last > 0.5 and last > 2 * first, (first, last)
