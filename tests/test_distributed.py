@@ -1,22 +1,26 @@
-"""Distributed GRPO through the real CLI on model=tiny (fp32), with ``launch.nproc_per_node=2``:
+"""Distributed GRPO and PPO through the real CLI on model=tiny (fp32), with ``launch.nproc_per_node=2``:
 
-- ZeRO-2 and ZeRO-3 runs on 2 ranks give the same per-step metrics (losses, entropy, grad norm,
-  rewards) and the same final weights as a plain 1-process run with the same global batch,
-  within 1e-4 relative.
+- GRPO: ZeRO-2 and ZeRO-3 runs on 2 ranks give the same per-step metrics (losses, entropy, grad
+  norm, rewards, response lengths) and the same final weights as a plain 1-process run with the
+  same global batch, within 1e-4 relative.
+- PPO under ZeRO-3 (actor, critic and the moving reference sharded) likewise, critic included,
+  with a large reference EMA (η = 0.5) so that a reference that does not follow the actor shows in
+  the KL; a run resumed from its step-2 checkpoint ends where the uninterrupted one does (the
+  critic's ZeRO shards and the reference's partitions are restored).
 - A rank killed with SIGKILL makes ``rltrain`` exit within seconds with a message naming the rank
   and the signal, no worker is left behind, and rerunning the command (resume=auto) continues from
   the ZeRO-3 checkpoint to the same result as the uninterrupted run.
 
-Rollouts are greedy here: sampled rollouts draw their random streams per rank (see
-``loops.common.step_generator``), so only greedy rollouts are identical for 1 and 2 ranks. With
-greedy groups every GRPO advantage is 0, so the gradient comes from the entropy bonus; the
-policy-gradient path with non-zero advantages is covered on a fixed batch by
-tests/engine/test_deepspeed.py.
+Rollouts are sampled at temperature 1: every sequence's random stream is keyed by (seed, step,
+global prompt position, sample index), not by rank (``loops.common.rollout_generator``), so 1 and 2
+ranks draw the same responses. A stop string ("7") gives responses of different lengths, so even
+the first minibatch's token-mean surrogate (ratio 1) is non-zero.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,12 +37,16 @@ REPO = Path(__file__).resolve().parents[1]
 ARGS = [
     "model=tiny", "model.dtype=fp32", "data.n_train=64", "data.n_test=8", "eval.size=8", "eval.max_new_tokens=4",
     "eval.at_start=false", "reward=python", "reward.fn=tests.toy_rewards:sevens", "rollout.max_new_tokens=8",
-    "rollout.temperature=0", "algo.entropy_coef=0.1", "train.steps=3", "train.prompts_per_step=4",
-    "train.samples_per_prompt=4", "train.minibatches_per_step=2", "train.micro_batch_size=2", "train.lr=1e-3",
-    "checkpoint.every=1", "checkpoint.keep=3", "launch.threads_per_rank=1", "log.console=false",
+    "rollout.temperature=1.0", 'rollout.stop_strings=["7"]', "algo.entropy_coef=0.1", "train.steps=3",
+    "train.prompts_per_step=4", "train.samples_per_prompt=4", "train.minibatches_per_step=2",
+    "train.micro_batch_size=2", "train.lr=1e-3", "checkpoint.every=1", "checkpoint.keep=3",
+    "launch.threads_per_rank=1", "log.console=false",
 ]
 COMPARED = ("actor/pg_loss", "actor/entropy", "actor/grad_norm", "actor/lr", "reward/mean",
             "response/length_mean")
+PPO = ["algo=ppo", "algo.entropy_coef=0", "algo.kl_coef=0.1", "algo.ref_ema=0.5", "algo.critic_lr=1e-3"]
+PPO_COMPARED = ("actor/pg_loss", "actor/grad_norm", "critic/value_loss", "critic/grad_norm", "critic/values_mean",
+                "critic/explained_var", "kl/ref_seq", "reward/mean", "response/length_mean")
 
 
 def start(run_dir: Path, *extra: str) -> subprocess.Popen:
@@ -63,17 +71,29 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "checkpoints" / "step_000003" / "policy" / "model.safetensors")
 
 
-def assert_same(got: Path, want: Path, rel: float = 1e-4) -> None:
-    a, b = metrics(got), metrics(want)
-    assert sorted(a) == sorted(b) == [1, 2, 3]
-    for step in b:
-        for k in COMPARED:
-            assert a[step][k] == pytest.approx(b[step][k], rel=rel, abs=1e-7), (step, k)
-    wa, wb = final_weights(got), final_weights(want)
+def critic_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The final critic (``save_critic``'s layout): backbone and value head."""
+    head = torch.load(run_dir / "critic" / "value_head.pt")
+    return {**load_file(run_dir / "critic" / "model.safetensors"), **{f"value_head.{k}": v for k, v in head.items()}}
+
+
+def assert_same_weights(wa: dict, wb: dict, rel: float) -> None:
+    """Within ``rel`` of each tensor's largest entry, and 1e-7 absolute: a parameter whose gradient is
+    at Adam's eps (1e-8) scale, like the critic's value-head bias under normalised returns, moves by
+    rounding-sized steps that depend on the summation order."""
     assert wa.keys() == wb.keys()
     for name in wb:
         diff = (wa[name] - wb[name]).abs().max().item()
-        assert diff <= rel * wb[name].abs().max().item(), (name, diff)
+        assert diff <= rel * wb[name].abs().max().item() + 1e-7, (name, diff)
+
+
+def assert_same(got: Path, want: Path, rel: float = 1e-4, compared=COMPARED) -> None:
+    a, b = metrics(got), metrics(want)
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    for step in b:
+        for k in compared:
+            assert a[step][k] == pytest.approx(b[step][k], rel=rel, abs=1e-7), (step, k)
+    assert_same_weights(final_weights(got), final_weights(want), rel)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +109,8 @@ def zero3(tmp_path_factory):
 def test_plain_run_learns_something(plain):
     m = metrics(plain)
     assert m[1]["actor/grad_norm"] > 0 and m[1]["actor/entropy"] != m[3]["actor/entropy"]
+    assert all(abs(m[s]["actor/pg_loss"]) > 1e-4 for s in m)  # non-zero advantages drive the update
+    assert len({m[s]["response/length_mean"] for s in m}) > 1  # responses stop at different lengths
 
 
 def test_zero2_two_ranks_match_one_process(tmp_path, plain):
@@ -120,3 +142,38 @@ def test_killed_rank_stops_job_then_resume_matches(tmp_path, zero3):
 
     run(tmp_path, "deepspeed=zero3", "launch.nproc_per_node=2")  # the same command: resume=auto
     assert_same(tmp_path, zero3, rel=1e-6)
+
+
+# --------------------------------------------------------------------------- PPO
+
+
+@pytest.fixture(scope="module")
+def plain_ppo(tmp_path_factory):
+    return run(tmp_path_factory.mktemp("plain_ppo"), *PPO)
+
+
+@pytest.fixture(scope="module")
+def zero3_ppo(tmp_path_factory):
+    return run(tmp_path_factory.mktemp("zero3_ppo"), *PPO, "deepspeed=zero3", "launch.nproc_per_node=2")
+
+
+def test_ppo_plain_run_moves_the_reference(plain_ppo):
+    m = metrics(plain_ppo)
+    assert m[1]["kl/ref_seq"] == 0.0  # the reference starts as the policy
+    assert m[2]["kl/ref_seq"] != 0.0 and m[1]["critic/grad_norm"] > 0
+
+
+def test_ppo_zero3_two_ranks_match_one_process(zero3_ppo, plain_ppo):
+    assert_same(zero3_ppo, plain_ppo, compared=PPO_COMPARED)
+    assert_same_weights(critic_weights(zero3_ppo), critic_weights(plain_ppo), 1e-4)
+
+
+def test_ppo_zero3_resume_restores_critic_and_reference(tmp_path, zero3_ppo):
+    resumed = tmp_path / "run"
+    shutil.copytree(zero3_ppo, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_000003")
+    assert (resumed / "checkpoints" / "step_000002" / "critic" / "zero").is_dir()  # the critic's ZeRO shards
+    assert len(list((resumed / "checkpoints" / "step_000002" / "reference").glob("rank*.pt"))) == 2
+    run(resumed, *PPO, "deepspeed=zero3", "launch.nproc_per_node=2")  # resume=auto: from step 2
+    assert_same(resumed, zero3_ppo, rel=1e-6, compared=PPO_COMPARED)
+    assert_same_weights(critic_weights(resumed), critic_weights(zero3_ppo), 1e-6)

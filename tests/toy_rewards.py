@@ -34,3 +34,8 @@ def explode_on_odd(samples, completions):
             raise RuntimeError("toy reward failed on purpose")
         out.append(1.0)
     return out
+
+
+def mean_char_code(samples, completions):
+    """Mean character code / 128: distinct completions almost never tie (iterative DPO always gets pairs)."""
+    return [sum(map(ord, c)) / len(c) / 128 if c else 0.0 for c in completions]

@@ -193,10 +193,14 @@ class PolicyLoss:
         select: ``select(logp, old_logp, advantages, mask, *, generator=None, **options)
             -> bool [B, T]``, the selection ``fn`` accepts as ``selected``; None when the loss
             selects nothing.
+        zero_without_advantage: a sequence whose advantages are all 0 has loss 0 and gradient 0
+            whatever its log-probs, so the loop may skip its forward and backward (True for the
+            clipped surrogates; False for KL-Cov, whose penalty does not vanish with A = 0).
     """
 
     fn: Callable[..., tuple[Tensor, dict[str, Tensor]]]
     select: Callable[..., Tensor] | None = None
+    zero_without_advantage: bool = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[Tensor, dict[str, Tensor]]:
         return self.fn(*args, **kwargs)
@@ -351,7 +355,7 @@ def kl_cov_pool_select(
 POLICY_LOSSES: dict[str, PolicyLoss] = {
     "clip": PolicyLoss(fn=clip_policy_loss),
     "clip_cov": PolicyLoss(fn=clip_cov_policy_loss, select=clip_cov_pool_select),
-    "kl_cov": PolicyLoss(fn=kl_cov_policy_loss, select=kl_cov_pool_select),
+    "kl_cov": PolicyLoss(fn=kl_cov_policy_loss, select=kl_cov_pool_select, zero_without_advantage=False),
 }
 
 

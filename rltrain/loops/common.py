@@ -2,13 +2,14 @@
 the deterministic prompt order, the training forward pass, greedy evaluation, checkpointing and
 resume. The loops themselves (grpo.py, ppo.py, ...) stay flat and read top to bottom.
 
-Determinism: the prompt order is a per-epoch permutation drawn from the seed, and every step's
-sampling generator is seeded from (seed, step, rank). Resuming therefore needs only the model,
-optimizer, scheduler and step; a killed-and-resumed run replays exactly.
+Determinism: the prompt order is a per-epoch permutation drawn from the seed; every step's
+sampling generator is seeded from (seed, step) alone, and each sequence's random stream from that
+generator and the global position of its prompt in the step's batch (``rollout_generator``,
+``first_prompt_index``), so the samples do not depend on the number of ranks. Resuming therefore
+needs only the model, optimizer, scheduler and step; a killed-and-resumed run replays exactly.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
@@ -81,14 +82,6 @@ def build_reference(cfg: RunConfig, dist: Dist):
     return model
 
 
-def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
-    """An inference-only copy (the reference model)."""
-    ref = copy.deepcopy(module).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref
-
-
 def build_data(cfg: RunConfig):
     from rltrain.data import build_dataset
 
@@ -126,6 +119,22 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
 
 
+def rollout_generator(seed: int, step: int) -> torch.Generator:
+    """The sampling generator of ``step``, the same on every rank. Pass the rank's first global
+    prompt position as ``first_prompt_index`` with it: each sequence's random stream then depends on
+    (seed, step, global prompt position, sample index) only, so a 2-rank run samples exactly what a
+    1-rank run with the same global batch samples."""
+    return step_generator(seed, step, 0)
+
+
+def rank_slice(order: PromptOrder, step: int, prompts_per_step: int, dist: Dist) -> tuple[list[int], int]:
+    """This rank's dataset indices of ``step``'s prompts and the global position of the first one
+    (a prompt's whole group stays on one rank)."""
+    per_rank = prompts_per_step // dist.world_size
+    first = dist.rank * per_rank
+    return order.indices(step, prompts_per_step)[first:first + per_rank], first
+
+
 # --------------------------------------------------------------------------- forward
 
 
@@ -148,18 +157,59 @@ def pack(prompt_ids: list[list[int]], response_ids: torch.Tensor, pad_id: int):
     return ids, attn, pos
 
 
+def _unique_prompts(prompt_ids: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
+    """Distinct prompts in first-seen order and, per row, the index of its prompt among them."""
+    first: dict[tuple[int, ...], int] = {}
+    rows = [first.setdefault(tuple(p), len(first)) for p in prompt_ids]
+    unique = [list(k) for k in first]
+    return unique, torch.tensor(rows, dtype=torch.long)
+
+
+def response_logits(model, prompt_ids, response_ids, *, pad_id: int, share_prompts: bool = True) -> torch.Tensor:
+    """Logits ``[B, T, V]`` where ``[:, t]`` predicts response token ``t``.
+
+    Only the T last positions go through the LM head (``logits_to_keep``). When rows share a
+    prompt (a GRPO group, SPO continuations) and ``share_prompts``: each distinct prompt is encoded
+    once with a KV cache, the cache rows are indexed out to the rows that use it (differentiably:
+    the prompt's gradient is the sum over its rows) and only the responses are run on top. Same
+    result as the packed forward up to float rounding, with the prompt tokens computed once per
+    group instead of once per row (SmolLM2 on arith: 51 prompt tokens, ~50 response tokens, 8 rows
+    per prompt: ~40% fewer tokens through the model, forward and backward).
+    """
+    T = response_ids.shape[1]
+    unique, row_of = _unique_prompts(prompt_ids)
+    if not share_prompts or len(unique) == len(prompt_ids):
+        ids, attn, pos = pack(prompt_ids, response_ids, pad_id)
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1, use_cache=False)
+        return out.logits[:, :-1]  # position P-1+t predicts response token t
+    P = max(len(p) for p in unique)
+    ids = torch.full((len(unique), P), pad_id, dtype=torch.long)
+    p_attn = torch.zeros((len(unique), P), dtype=torch.long)
+    for i, p in enumerate(unique):
+        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
+        p_attn[i, P - len(p):] = 1
+    p_pos = (p_attn.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=p_attn, position_ids=p_pos, logits_to_keep=1, use_cache=True)
+    cache = out.past_key_values
+    for layer in cache.layers:  # prompt KV [U, ...] → one row per sequence [B, ...], autograd intact
+        layer.batch_select_indices(row_of)
+    first = out.logits[row_of]  # [B, 1, V]: the prompt's last position predicts response token 0
+    attn = torch.cat([p_attn[row_of], torch.ones_like(response_ids)], dim=1)  # [B, P + T]
+    pos = p_attn.sum(-1)[row_of, None] + torch.arange(T)  # responses continue each prompt's positions
+    out = model(input_ids=response_ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                logits_to_keep=T, use_cache=True)
+    return torch.cat([first, out.logits[:, :-1]], dim=1)
+
+
 def response_logprobs(model, prompt_ids, response_ids, *, pad_id: int, temperature: float,
                       with_entropy: bool | str = False):
     """Per-token log-probs [B, T] (and entropies [B, T]) of the responses, logits / temperature.
 
     ``with_entropy``: False | True (differentiable) | "detached" (for logging only).
-    Only the T+1 last positions go through the LM head (``logits_to_keep``): the prompt's logits
-    are never computed.
+    The prompt's logits are never computed, and a prompt shared by several rows is encoded once
+    (``response_logits``).
     """
-    ids, attn, pos = pack(prompt_ids, response_ids, pad_id)
-    T = response_ids.shape[1]
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1, use_cache=False)
-    logits = out.logits[:, :-1].float()  # [B, T, V]: position P-1+t predicts response token t
+    logits = response_logits(model, prompt_ids, response_ids, pad_id=pad_id).float()  # [B, T, V]
     lp = logprobs_from_logits(logits, response_ids, temperature=temperature)
     ent = None
     if with_entropy == "detached":
@@ -200,18 +250,22 @@ class Scored:
     completions: list[str]
     scores: torch.Tensor  # [N] float32
     reward: RewardOutput
+    entropies: torch.Tensor | None = None  # [N, T] the policy's entropy at each sampled token
 
 
 def rollout_and_score(actor_module, tokenizer, samples: list[Sample], prompt_ids, reward_fn, cfg: RunConfig,
-                      *, n: int, generator: torch.Generator, params: SamplingParams | None = None):
-    """Sample ``n`` responses per prompt and score them; returns (Scored, timings)."""
+                      *, n: int, generator: torch.Generator, params: SamplingParams | None = None,
+                      first_prompt_index: int = 0):
+    """Sample ``n`` responses per prompt and score them; returns (Scored, timings).
+    ``first_prompt_index``: the global position of ``samples[0]`` (see ``rollout_generator``)."""
     t0 = time.time()
     params = params or SamplingParams(
         max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
         top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, n=n, stop_strings=tuple(cfg.rollout.stop_strings))
     actor_module.eval()
     ro = generate(actor_module, prompt_ids, params, eos_token_ids=eos_token_ids(actor_module, tokenizer),
-                  pad_token_id=tokenizer.pad_token_id, tokenizer=tokenizer, generator=generator)
+                  pad_token_id=tokenizer.pad_token_id, tokenizer=tokenizer, generator=generator,
+                  first_prompt_index=first_prompt_index)
     actor_module.train()
     t1 = time.time()
     seq_samples = [samples[int(i)] for i in ro.prompt_index]
@@ -221,7 +275,7 @@ def rollout_and_score(actor_module, tokenizer, samples: list[Sample], prompt_ids
     t2 = time.time()
     scored = Scored(
         prompt_ids=ro.prompt_ids, response_ids=ro.response_ids, mask=ro.response_mask.float(),
-        logprobs=ro.logprobs, lengths=ro.lengths,
+        logprobs=ro.logprobs, entropies=ro.entropies, lengths=ro.lengths,
         finished=torch.tensor([r == "stop" for r in ro.finish_reasons]),
         samples=seq_samples, completions=completions,
         scores=torch.tensor(out.scores, dtype=torch.float32), reward=out)
@@ -288,28 +342,38 @@ def resume_dir(cfg: RunConfig) -> Path | None:
     return ckpt
 
 
-def save(cfg: RunConfig, dist: Dist, step: int, actor, tokenizer, extra: dict | None = None) -> None:
+def save(cfg: RunConfig, dist: Dist, step: int, actor, tokenizer, extra: dict | None = None,
+         engines: dict | None = None) -> None:
     """Checkpoint ``step``: every rank takes part (gathering sharded weights, writing its ZeRO shard
-    into the staging directory); rank 0 writes the HF policy and trainer.pt and completes it."""
+    into the staging directory); rank 0 writes the HF policy and trainer.pt and completes it.
+
+    ``engines``: other trained state saved like the actor, by name (PPO's critic, its moving
+    reference): anything with ``state_dict`` (into trainer.pt under its name) and ``save_shards``
+    (every rank's own part, into the checkpoint's ``<name>/`` folder). ``maybe_resume`` restores them.
+    """
+    engines = {"actor": actor, **(engines or {})}
     full = actor.full_state_dict()  # collective under ZeRO
     staging = dist.broadcast_object(staging_dir(cfg.run_dir, step) if dist.is_main else None)
-    actor.save_shards(staging / "actor")  # DeepSpeed: every rank's shard; LocalActor: nothing
+    for name, engine in engines.items():
+        engine.save_shards(staging / name)  # DeepSpeed: every rank's shard; LocalActor: nothing
     dist.barrier()
-    state = {"actor": actor.state_dict(), **(extra or {})}
+    state = {**{name: engine.state_dict() for name, engine in engines.items()}, **(extra or {})}
     if dist.is_main:
         save_checkpoint(cfg.run_dir, step, trainer_state=state, keep=cfg.checkpoint.keep, staging=staging,
                         policy_writer=lambda d: save_hf(actor.module, tokenizer, d, state_dict=full))
     dist.barrier()
 
 
-def maybe_resume(cfg: RunConfig, actor) -> tuple[int, dict]:
-    """Load the latest complete checkpoint if any: (start step, trainer state)."""
+def maybe_resume(cfg: RunConfig, actor, engines: dict | None = None) -> tuple[int, dict]:
+    """Load the latest complete checkpoint if any: (start step, trainer state). ``engines``: the
+    same names and objects that ``save`` was given, restored like the actor."""
     ckpt = resume_dir(cfg)
     if ckpt is None:
         return 0, {}
     state = load_trainer_state(ckpt)
-    actor.load_state_dict(state["actor"])
-    actor.load_shards(ckpt / "actor")
+    for name, engine in {"actor": actor, **(engines or {})}.items():
+        engine.load_state_dict(state[name])  # checks the shard layout before DeepSpeed reads shards
+        engine.load_shards(ckpt / name)
     log.info("resumed from %s (step %d)", ckpt, state["step"])
     return int(state["step"]), state
 

@@ -242,14 +242,15 @@ def build_round(ctx: Context, cfg: RunConfig, dist: Dist, r: int) -> Round:
         return Round(r, [Encoded(*p) for p in saved["pairs"]], saved["ref_logps"], saved["step_of"],
                      saved["metrics"])
     a, t = cfg.algo, cfg.train
-    K, spr, per_rank = t.samples_per_prompt, t.steps // a.rounds, t.prompts_per_step // dist.world_size
+    K, spr = t.samples_per_prompt, t.steps // a.rounds
     pairs, step_of, sums, t0 = [], [], {}, time.time()
     for j in range(spr):
         step = r * spr + j
-        idx = ctx.order.indices(step, t.prompts_per_step)[dist.rank * per_rank:(dist.rank + 1) * per_rank]
-        s, _ = C.rollout_and_score(ctx.actor.module, ctx.tok, [ctx.prompts[i] for i in idx],
-                                   [ctx.prompt_ids[i] for i in idx], ctx.reward, cfg, n=K,
-                                   generator=C.step_generator(cfg.seed, step, dist.rank))
+        idx, first = C.rank_slice(ctx.order, step, t.prompts_per_step, dist)
+        with ctx.actor.gathered():  # ZeRO-3: the actor's parameters gathered once for the rollout
+            s, _ = C.rollout_and_score(ctx.actor.module, ctx.tok, [ctx.prompts[i] for i in idx],
+                                       [ctx.prompt_ids[i] for i in idx], ctx.reward, cfg, n=K,
+                                       generator=C.rollout_generator(cfg.seed, step), first_prompt_index=first)
         for g in range(len(idx)):
             scores = s.scores[g * K:(g + 1) * K]  # [K]
             if scores.max() == scores.min():
@@ -292,11 +293,14 @@ def step_batch(ctx: Context, cfg: RunConfig, dist: Dist, step: int, rnd: Round |
 
 
 def evaluate(ctx: Context, cfg: RunConfig, dist: Dist) -> dict:
+    """Greedy generation and preference accuracy on the held-out split (no backward: under ZeRO-3
+    the actor's parameters are gathered once for both)."""
     out = {}
-    if ctx.test:
-        out.update(C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist))
-    if ctx.test_pairs:
-        out.update(preference_eval(ctx, cfg, dist))
+    with ctx.actor.gathered():
+        if ctx.test:
+            out.update(C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist))
+        if ctx.test_pairs:
+            out.update(preference_eval(ctx, cfg, dist))
     return out
 
 

@@ -33,7 +33,8 @@ def _select_rows(s: C.Scored, keep_groups: torch.Tensor, n: int) -> C.Scored:
     idx = torch.tensor(rows, dtype=torch.long)
     return C.Scored(
         prompt_ids=[s.prompt_ids[i] for i in rows], response_ids=s.response_ids[idx], mask=s.mask[idx],
-        logprobs=s.logprobs[idx], lengths=s.lengths[idx], finished=s.finished[idx],
+        logprobs=s.logprobs[idx], entropies=None if s.entropies is None else s.entropies[idx],
+        lengths=s.lengths[idx], finished=s.finished[idx],
         samples=[s.samples[i] for i in rows], completions=[s.completions[i] for i in rows],
         scores=s.scores[idx], reward=type(s.reward)([s.reward.scores[i] for i in rows],
                                                     {k: [v[i] for i in rows] for k, v in s.reward.info.items()}))
@@ -49,6 +50,7 @@ def _concat(parts: list[C.Scored]) -> C.Scored:
         prompt_ids=sum((p.prompt_ids for p in parts), []),
         response_ids=torch.cat([pad(p.response_ids, 0) for p in parts]),
         mask=torch.cat([pad(p.mask, 0) for p in parts]), logprobs=torch.cat([pad(p.logprobs, 0) for p in parts]),
+        entropies=None if first.entropies is None else torch.cat([pad(p.entropies, 0) for p in parts]),
         lengths=torch.cat([p.lengths for p in parts]), finished=torch.cat([p.finished for p in parts]),
         samples=sum((p.samples for p in parts), []), completions=sum((p.completions for p in parts), []),
         scores=torch.cat([p.scores for p in parts]),
@@ -65,7 +67,7 @@ def collect(step: int, ctx, cfg: RunConfig, dist: Dist) -> tuple[C.Scored, dict]
     while True:
         # Refill batches draw prompts beyond the step's own slice, deterministically.
         draw = step * max(1, a.max_gen_batches if a.dynamic_sampling else 1) + batches
-        idx = ctx.order.indices(draw, t.prompts_per_step)[dist.rank * per_rank:(dist.rank + 1) * per_rank]
+        idx, first = C.rank_slice(ctx.order, draw, t.prompts_per_step, dist)
         samples = [ctx.train[i] for i in idx]
         prompt_ids = [ctx.train_ids[i] for i in idx]
         s, tm = C.rollout_and_score(ctx.actor.module, ctx.tok, samples, prompt_ids, ctx.reward, cfg, n=n,
@@ -102,7 +104,8 @@ class Context:
         t = cfg.train
         total_opt_steps = t.steps * t.minibatches_per_step * t.epochs
         self.actor, self.tok = C.build_actor(cfg, dist, total_opt_steps)
-        self.ref = C.frozen_copy(self.actor.module) if cfg.algo.kl_coef > 0 else None
+        # The initial policy, built only when the KL term needs it (sharded under ZeRO-3).
+        self.ref = C.build_reference(cfg, dist) if cfg.algo.kl_coef > 0 else None
         self.reward = C.build_reward_fn(cfg)
         splits = C.build_data(cfg)
         self.train, self.test = splits.train, splits.test[: cfg.eval.size]
@@ -121,7 +124,8 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     pad = ctx.tok.pad_token_id
     for step in range(start, cfg.train.steps):
         t0 = time.time()
-        s, times = collect(step, ctx, cfg, dist)
+        with ctx.actor.gathered():  # ZeRO-3: the actor's parameters gathered once for the rollout phase
+            s, times = collect(step, ctx, cfg, dist)
         adv = group_advantages(s.scores, cfg.train.samples_per_prompt, scale=cfg.algo.adv_scale,
                                eps=cfg.algo.adv_eps, std_ddof=cfg.algo.std_ddof)  # [N]
         adv_tok = adv[:, None].expand_as(s.mask).contiguous()  # [N, T]
@@ -132,7 +136,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                                              temperature=cfg.rollout.temperature or 1.0,
                                              micro_batch_size=cfg.train.micro_batch_size)
             times["time/reference"] = time.time() - t1
-        batch = PGBatch(s.prompt_ids, s.response_ids, s.mask, adv_tok, ref_logp)
+        batch = PGBatch(s.prompt_ids, s.response_ids, s.mask, adv_tok, ref_logp, rollout_entropy=s.entropies)
         metrics = policy_update(ctx.actor, batch, cfg, dist, pad_id=pad, step=step,
                                 generator=C.step_generator(cfg.seed + 7, step, 0))  # same on every rank
         metrics.update(C.reward_metrics(s, dist))
@@ -142,7 +146,8 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         metrics["time/step"] = time.time() - t0
         done = step + 1
         if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps:
-            ev = C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
+            with ctx.actor.gathered():
+                ev = C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
             metrics.update({f"eval/{k}": v for k, v in ev.items()})
         if logger:
             logger.log(done, metrics)

@@ -36,6 +36,7 @@ class PGBatch:
     ref_logp: torch.Tensor | None = None  # [N, T], only when algo.kl_coef > 0 (KL loss)
     old_logp: torch.Tensor | None = None  # [N, T] π_old, when the caller already computed it (PPO)
     old_entropy: torch.Tensor | None = None  # [N, T], with old_logp
+    rollout_entropy: torch.Tensor | None = None  # [N, T] entropy at sampling time (for logging)
 
 
 class Metrics:
@@ -63,6 +64,43 @@ def needs_old_pass(cfg: RunConfig) -> bool:
     off_policy = cfg.train.minibatches_per_step > 1 or cfg.train.epochs > 1
     return (off_policy or bool(sel.requires) or sel.needs_pool(option_kwargs(cfg.token_selection))
             or loss.needs_pool(option_kwargs(cfg.policy_loss)))
+
+
+def skippable_rows(cfg: RunConfig, batch: PGBatch, mask: torch.Tensor, early_stop_ratio: float) -> torch.Tensor:
+    """bool ``[N]``: rows whose loss and gradient are exactly zero, so the update need not run them.
+
+    A row qualifies when all its advantages are 0 (a GRPO group with equal rewards: on a hard
+    task most groups at the start) and nothing else in the loss depends on it: the policy loss
+    vanishes with A = 0 and selects nothing per micro-batch, there is no KL loss, no entropy
+    bonus, and no micro-batch-level early stop. Skipping then changes no gradient, only which
+    rows share a micro-batch.
+    """
+    spec = registry.get("policy_loss", cfg.policy_loss.name)
+    opts = option_kwargs(cfg.policy_loss)
+    exact = (spec.zero_without_advantage and (spec.select is None or spec.needs_pool(opts))
+             and batch.ref_logp is None and cfg.algo.entropy_coef == 0 and early_stop_ratio <= 0)
+    if not exact:
+        return torch.zeros(mask.shape[0], dtype=torch.bool)
+    return ~((batch.advantages != 0) & mask).any(dim=1)
+
+
+def micro_batches(rows: torch.Tensor, skip: torch.Tensor, size: int, dist: Dist, lockstep: bool) -> list:
+    """This rank's micro-batches of minibatch ``rows``: ``(row indices, weight)`` with weight 0
+    for a stand-in.
+
+    Skipped rows are left out. At least one micro-batch always runs (a stand-in row whose loss is
+    multiplied by 0 when nothing is left) so that every parameter gets a gradient, zero or not,
+    and the optimizer step is the same as without skipping. ``lockstep`` (DeepSpeed with several
+    ranks, whose forward and backward are collective under ZeRO-3): every rank runs as many
+    micro-batches as the busiest one, padding with stand-ins.
+    """
+    keep = rows[~skip[rows]]
+    out = [(keep[list(mb)], 1.0) for mb in chunks(len(keep), size)]
+    want = max(1, len(out))
+    if lockstep:
+        want = int(dist.max(torch.tensor([float(want)])).item())
+    out += [(rows[:1], 0.0)] * (want - len(out))
+    return out
 
 
 def _my_slice(row: torch.Tensor, mask: torch.Tensor, dist: Dist) -> torch.Tensor:
@@ -124,6 +162,11 @@ def policy_update(actor, batch: PGBatch, cfg: RunConfig, dist: Dist, *, pad_id: 
 
     m = Metrics()
     m.add("actor/token_select_frac", (select.sum() / mask.sum().clamp(min=1)).item(), mask.sum().item())
+    skip = skippable_rows(cfg, batch, mask, early_stop_ratio)
+    lockstep = dist.world_size > 1 and getattr(cfg.deepspeed, "stage", 0) > 0
+    m.add("actor/skipped_rows_frac", float(skip.float().mean()) if N else 0.0, float(N))
+    # Entropy for logging: the rollout's (all rows, no extra work) unless the update computes it.
+    log_ent = old_ent if old_ent is not None else batch.rollout_entropy
     all_ent = []
     M = T_.minibatches_per_step
     for _epoch in range(T_.epochs):
@@ -131,22 +174,25 @@ def policy_update(actor, batch: PGBatch, cfg: RunConfig, dist: Dist, *, pad_id: 
             rows = torch.arange(k, N, M)  # interleaved: the same global minibatch for any rank count
             counts = dist.sum(core.aggregate_counts(count_mask[rows]))
             kl_counts = dist.sum(core.aggregate_counts(mask[rows])) if batch.ref_logp is not None else None
-            for mb in chunks(len(rows), T_.micro_batch_size):
-                idx = rows[list(mb)]
+            skipped_tokens = mask[rows][skip[rows]].sum().item()
+            if skipped_tokens:  # their loss is exactly 0: keep the logged mean over all tokens
+                m.add("actor/pg_loss", 0.0, skipped_tokens)
+            for idx, weight in micro_batches(rows, skip, T_.micro_batch_size, dist, lockstep):
+                width = max(1, int(mask[idx].sum(1).max()))  # this micro-batch's longest response
                 p_ids = [batch.prompt_ids[i] for i in idx.tolist()]
                 want_ent_grad = cfg.algo.entropy_coef != 0
-                ent_mode = True if want_ent_grad else ("detached" if old_ent is None and _epoch == 0 else False)
-                logp, ent = response_logprobs(actor.module, p_ids, batch.response_ids[idx], pad_id=pad_id,
+                ent_mode = True if want_ent_grad else ("detached" if log_ent is None and _epoch == 0 else False)
+                logp, ent = response_logprobs(actor.module, p_ids, batch.response_ids[idx, :width], pad_id=pad_id,
                                               temperature=temp, with_entropy=ent_mode)
-                mk, sel, adv = mask[idx], select[idx], batch.advantages[idx]
-                old = old_logp[idx] if old_logp is not None else logp.detach()
-                extra = {} if loss_selected is None else {"selected": loss_selected[idx]}
+                mk, sel, adv = mask[idx, :width], select[idx, :width], batch.advantages[idx, :width]
+                old = old_logp[idx, :width] if old_logp is not None else logp.detach()
+                extra = {} if loss_selected is None else {"selected": loss_selected[idx, :width]}
                 loss_mat, lm = loss_fn(logp, old, adv, mk, generator=generator, **extra, **loss_opts)
                 loss_mat = loss_mat.masked_fill(~sel, 0.0)  # unselected tokens: no gradient
-                loss = core.aggregate(loss_mat, count_mask[idx], cfg.algo.loss_agg_mode, constant,
+                loss = core.aggregate(loss_mat, count_mask[idx, :width], cfg.algo.loss_agg_mode, constant,
                                       num_tokens=counts[0], num_seqs=counts[1])
                 if batch.ref_logp is not None:
-                    kl_mat = core.kl_estimate(logp, batch.ref_logp[idx], cfg.algo.kl_estimator)
+                    kl_mat = core.kl_estimate(logp, batch.ref_logp[idx, :width], cfg.algo.kl_estimator)
                     kl = core.aggregate(kl_mat, mk, cfg.algo.loss_agg_mode, constant,
                                         num_tokens=kl_counts[0], num_seqs=kl_counts[1])
                     loss = loss + cfg.algo.kl_coef * kl
@@ -159,6 +205,9 @@ def policy_update(actor, batch: PGBatch, cfg: RunConfig, dist: Dist, *, pad_id: 
                     m.add("actor/early_stopped", float(stop), 1.0)
                     loss = loss * 0.0 if stop else loss
                 finite_or_raise(loss, step)
+                if weight == 0.0:  # a stand-in: zero gradient, nothing logged
+                    actor.backward(loss * 0.0)
+                    continue
                 actor.backward(loss * world_scale)
                 ntok = mk.sum().item()
                 m.add("actor/pg_loss", loss.item() * counts[0].item() / max(ntok, 1), ntok)
@@ -170,8 +219,8 @@ def policy_update(actor, batch: PGBatch, cfg: RunConfig, dist: Dist, *, pad_id: 
             m.add("actor/grad_norm", gn)
     out = m.reduce(dist)
     out["actor/pg_loss"] = out.get("actor/pg_loss", 0.0)
-    if old_ent is not None:
-        out.update(entropy_stats(old_ent, mask, dist))
+    if log_ent is not None:
+        out.update(entropy_stats(log_ent, mask, dist))
     elif all_ent:
         e = torch.cat([torch.nn.functional.pad(x, (0, batch.response_ids.shape[1] - x.shape[1])) for x, _ in all_ent])
         mm = torch.cat([torch.nn.functional.pad(y, (0, batch.response_ids.shape[1] - y.shape[1])) for _, y in all_ent])

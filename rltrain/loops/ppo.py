@@ -23,7 +23,11 @@ Per step:
      and its outputs are denormalised for GAE. For the first ``critic_warmup_steps`` steps only the
      critic trains;
   8. trick 3, ``algo.ref_ema`` = η: reference ← η·actor + (1 − η)·reference after every actor
-     update, on fp32 copies (a bf16 EMA with η = 0.001 would round every update away).
+     update, on fp32 copies (a bf16 EMA with η = 0.001 would round every update away); under
+     ZeRO-3 each rank updates only its partition of the sharded reference (rltrain/engine/ema.py).
+
+Under DeepSpeed the critic is a ZeRO engine like the actor, checkpointed as shards in the
+checkpoint's ``critic/`` folder.
 
 Deliberate departures:
 - The π_old log-probs come from the training forward, not the sampler, so the first minibatch's
@@ -47,6 +51,7 @@ from rltrain.config import RunConfig
 from rltrain.engine.actor import LocalActor, OptimConfig
 from rltrain.engine.critic import critic_from_policy, load_critic, save_critic
 from rltrain.engine.dist import Dist
+from rltrain.engine.ema import ema_reference
 from rltrain.loops import common as C
 from rltrain.loops.pairs import prompt_samples
 from rltrain.loops.pg import Metrics, PGBatch, policy_update
@@ -82,9 +87,10 @@ class Context:
         self.actor, self.tok = C.build_actor(cfg, dist, total_opt_steps)
         self.critic = build_critic(cfg, dist, total_opt_steps)
         self.ref = C.build_reference(cfg, dist) if a.kl_coef > 0 else None
-        # fp32 reference weights that the EMA updates (the module holds them in the compute dtype)
-        self.ref_fp32 = ({k: v.clone() for k, v in self.actor.full_state_dict().items()}
-                         if self.ref is not None and a.ref_ema > 0 else None)
+        # Trick 3's fp32 reference weights (the reference module holds them in the compute dtype).
+        self.moving_ref = (ema_reference(self.ref, self.actor, stage=cfg.deepspeed.stage, rank=dist.rank,
+                                         world_size=dist.world_size) if self.ref is not None and a.ref_ema > 0
+                           else None)
         self.value_norm = RunningValueNorm() if a.value_norm else None
         self.kl_ctl = (AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon) if a.adaptive_kl
                        else FixedKLController(a.kl_coef))
@@ -95,20 +101,18 @@ class Context:
         self.test_ids = C.encode_prompts(self.tok, self.test, cfg)
         self.order = C.PromptOrder(len(self.train), cfg.seed)
 
+    def engines(self) -> dict:
+        """Trained state checkpointed like the actor (trainer.pt entry + per-rank shards)."""
+        return {"critic": self.critic, **({"reference": self.moving_ref} if self.moving_ref is not None else {})}
+
     def extra_state(self) -> dict:
-        """What a checkpoint needs beyond the actor."""
-        return {"critic": self.critic.state_dict(), "kl_coef": self.kl_ctl.value,
-                "value_norm": self.value_norm.state_dict() if self.value_norm else None,
-                "ref_fp32": self.ref_fp32}
+        """What a checkpoint needs beyond the actor and ``engines``."""
+        return {"kl_coef": self.kl_ctl.value, "value_norm": self.value_norm.state_dict() if self.value_norm else None}
 
     def load_extra_state(self, state: dict) -> None:
-        self.critic.load_state_dict(state["critic"])
         self.kl_ctl.value = state["kl_coef"]
         if self.value_norm is not None:
             self.value_norm.load_state_dict(state["value_norm"])
-        if self.ref_fp32 is not None:
-            self.ref_fp32 = state["ref_fp32"]
-            self.ref.load_state_dict(self.ref_fp32)
 
 
 # --------------------------------------------------------------------------- pieces of a step
@@ -135,6 +139,12 @@ def whiten_advantages(adv: torch.Tensor, mask: torch.Tensor, scope: str, minibat
         moments = dist.sum(core.masked_moments(adv[rows], mask[rows]))
         out[rows] = core.masked_whiten(adv[rows], mask[rows], unbiased=False, moments=moments)
     return out
+
+
+def batch_mean(x: torch.Tensor, mask: torch.Tensor, dist: Dist) -> float:
+    """Mean over the valid tokens of every rank's batch (a rank's own mean would depend on the rank count)."""
+    mo = dist.sum(core.masked_moments(x, mask))
+    return (mo[1] / mo[0]).item() if mo[0] > 0 else 0.0
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, dist: Dist) -> float:
@@ -172,26 +182,17 @@ def critic_update(ctx: Context, cfg: RunConfig, dist: Dist, prompt_ids, response
     return out
 
 
-@torch.no_grad()
-def update_reference(ctx: Context, eta: float) -> None:
-    """Trick 3: θ_ref ← η·θ_actor + (1 − η)·θ_ref (fp32), then copied into the reference module."""
-    actor = ctx.actor.full_state_dict()
-    for k, v in ctx.ref_fp32.items():
-        v.mul_(1.0 - eta).add_(actor[k].to(v.dtype), alpha=eta)
-    ctx.ref.load_state_dict(ctx.ref_fp32)
-
-
 # --------------------------------------------------------------------------- the loop
 
 
 def ppo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
     a, t = cfg.algo, cfg.train
     pad, temp, n = ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0, t.samples_per_prompt
-    per_rank = t.prompts_per_step // dist.world_size
-    idx = ctx.order.indices(step, t.prompts_per_step)[dist.rank * per_rank:(dist.rank + 1) * per_rank]
-    s, times = C.rollout_and_score(ctx.actor.module, ctx.tok, [ctx.train[i] for i in idx],
-                                   [ctx.train_ids[i] for i in idx], ctx.reward, cfg, n=n,
-                                   generator=C.step_generator(cfg.seed, step, dist.rank))
+    idx, first = C.rank_slice(ctx.order, step, t.prompts_per_step, dist)
+    with ctx.actor.gathered():  # ZeRO-3: the actor's parameters gathered once for the rollout
+        s, times = C.rollout_and_score(ctx.actor.module, ctx.tok, [ctx.train[i] for i in idx],
+                                       [ctx.train_ids[i] for i in idx], ctx.reward, cfg, n=n,
+                                       generator=C.rollout_generator(cfg.seed, step), first_prompt_index=first)
     mask, T = s.mask, s.response_ids.shape[1]
     mb = t.micro_batch_size
 
@@ -216,8 +217,8 @@ def ppo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
     adv, returns = gae(rewards, values[:, :T], mask, gamma=a.gamma, lam=a.lam, finished=finished,
                        bootstrap_values=bootstrap)
     metrics = {"critic/explained_var": explained_variance(values[:, :T], returns, mask, dist),
-               "critic/values_mean": core.masked_mean(values[:, :T], mask).item(),
-               "critic/returns_mean": core.masked_mean(returns, mask).item()}
+               "critic/values_mean": batch_mean(values[:, :T], mask, dist),
+               "critic/returns_mean": batch_mean(returns, mask, dist)}
     if a.adv_norm:
         adv = whiten_advantages(adv, mask, a.adv_norm_scope, t.minibatches_per_step, dist)
     if ctx.value_norm is not None:
@@ -233,8 +234,8 @@ def ppo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
         metrics.update(policy_update(ctx.actor, batch, cfg, dist, pad_id=pad, step=step,
                                      generator=C.step_generator(cfg.seed + 7, step, 0),
                                      early_stop_ratio=a.early_stop_ratio))
-        if ctx.ref_fp32 is not None:
-            update_reference(ctx, a.ref_ema)
+        if ctx.moving_ref is not None:  # trick 3
+            ctx.moving_ref.update(ctx.actor, a.ref_ema)
     t1 = time.time()
     metrics.update(critic_update(ctx, cfg, dist, s.prompt_ids, s.response_ids, mask, raw_values[:, :T], targets, step))
     times["time/critic"] = time.time() - t1
@@ -251,7 +252,7 @@ def ppo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
 def train(cfg: RunConfig, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
     ctx = Context(cfg, dist)
-    start, state = C.maybe_resume(cfg, ctx.actor)
+    start, state = C.maybe_resume(cfg, ctx.actor, ctx.engines())
     if start:
         ctx.load_extra_state(state)
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
@@ -263,12 +264,13 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         metrics["time/step"] = time.time() - t0
         done = step + 1
         if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps:
-            ev = C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
+            with ctx.actor.gathered():
+                ev = C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
             metrics.update({f"eval/{k}": v for k, v in ev.items()})
         if logger:
             logger.log(done, metrics)
         if C.should_save(cfg, done):
-            C.save(cfg, dist, done, ctx.actor, ctx.tok, extra=ctx.extra_state())
+            C.save(cfg, dist, done, ctx.actor, ctx.tok, extra=ctx.extra_state(), engines=ctx.engines())
     critic_sd = ctx.critic.full_state_dict()  # collective under ZeRO-3
     if dist.is_main:  # usable as algo.critic_path of a later run
         save_critic(ctx.critic.module, f"{cfg.run_dir}/critic", state_dict=critic_sd)

@@ -95,7 +95,8 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         metrics["time/update"] = metrics["time/step"] = time.time() - t0
         done = step + 1
         if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps:
-            ev = C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
+            with ctx.actor.gathered():
+                ev = C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
             metrics.update({f"eval/{k}": v for k, v in ev.items()})
         if logger:
             logger.log(done, metrics)

@@ -23,6 +23,10 @@ Deviations from the official code (ALGORITHMS.md decisions 2 and 3), both config
   sum-over-tokens, mean-over-sequences; ``algo.loss_agg_mode=seq-mean-token-sum`` gives theirs
   for both terms.
 - Replayed edges keep the old log-probs computed when they were added (as SPO does).
+
+Distributed: each rank samples its slice of the step's prompts; every random stream (responses,
+MC continuations, trees) is keyed by global positions (prompt, cut state), so a run's samples do
+not depend on the number of ranks. The edge replay buffer is per rank.
 """
 from __future__ import annotations
 
@@ -55,6 +59,13 @@ def _pad_rows(rows: list[list[int]], fill) -> torch.Tensor:
     return torch.tensor([list(r) + [fill] * (T - len(r)) for r in rows])
 
 
+def global_offset(n: int, dist: Dist) -> int:
+    """How many items the lower ranks hold (every rank calls this): the global position of this
+    rank's first item when the ranks' lists are concatenated in rank order."""
+    counts = dist.gather_cat(torch.tensor([n], dtype=torch.long))  # [world]
+    return int(counts[:dist.rank].sum())
+
+
 def whiten(adv: torch.Tensor, keep: torch.Tensor, dist: Dist) -> torch.Tensor:
     """Whiten advantages over the kept tokens of the whole step (all ranks); 0 elsewhere."""
     moments = dist.sum(core.masked_moments(adv, keep))
@@ -68,13 +79,14 @@ def whiten(adv: torch.Tensor, keep: torch.Tensor, dist: Dist) -> torch.Tensor:
 
 
 def chain_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
-    """Rollouts, MC values at cut states and segment advantages for this rank's prompts."""
+    """Rollouts, MC values at cut states and segment advantages for this rank's prompts (no
+    backward: the loop calls it inside the actor's ``gathered()``)."""
     a, t = cfg.algo, cfg.train
-    n, per_rank = t.samples_per_prompt, t.prompts_per_step // dist.world_size
-    idx = ctx.order.indices(step, t.prompts_per_step)[dist.rank * per_rank:(dist.rank + 1) * per_rank]
+    n = t.samples_per_prompt
+    idx, first = C.rank_slice(ctx.order, step, t.prompts_per_step, dist)
     samples, prompt_ids = [ctx.train[i] for i in idx], [ctx.train_ids[i] for i in idx]
     s, times = C.rollout_and_score(ctx.actor.module, ctx.tok, samples, prompt_ids, ctx.reward, cfg, n=n,
-                                   generator=C.step_generator(cfg.seed, step, dist.rank))
+                                   generator=C.rollout_generator(cfg.seed, step), first_prompt_index=first)
     temp = cfg.rollout.temperature or 1.0
     pad = ctx.tok.pad_token_id
     t0 = time.time()
@@ -96,12 +108,13 @@ def chain_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
                 state_rows.append((i, c))
     values = torch.zeros(len(state_rows))
     mc_tokens = 0
+    first_state = global_offset(len(state_rows), dist)  # continuations keyed by the global state index
     if state_rows:
         prefixes = [list(k) for k in states]
         budget = cfg.rollout.max_new_tokens
         ro = generate(ctx.actor.module, prefixes, _params(cfg, a.mc_rollouts, budget),
                       eos_token_ids=eos_token_ids(ctx.actor.module, ctx.tok), pad_token_id=pad, tokenizer=ctx.tok,
-                      generator=C.step_generator(cfg.seed + 13, step, dist.rank))
+                      generator=C.rollout_generator(cfg.seed + 13, step), first_prompt_index=first_state)
         texts, seq_samples = [], []
         for j in range(len(ro.lengths)):
             row, c = state_rows[int(ro.prompt_index[j])]
@@ -170,15 +183,14 @@ class EdgeReplay:
 def tree_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
     """Trees for this rank's prompts, leaf rewards, node values and the kept edges."""
     a, t = cfg.algo, cfg.train
-    per_rank = t.prompts_per_step // dist.world_size
-    idx = ctx.order.indices(step, t.prompts_per_step)[dist.rank * per_rank:(dist.rank + 1) * per_rank]
+    idx, first = C.rank_slice(ctx.order, step, t.prompts_per_step, dist)
     samples, prompt_ids = [ctx.train[i] for i in idx], [ctx.train_ids[i] for i in idx]
     t0 = time.time()
     ctx.actor.module.eval()
     trees = sample_tree(ctx.actor.module, prompt_ids, list(a.branching), a.segment_len, cfg.rollout.max_new_tokens,
                         _params(cfg, 1, cfg.rollout.max_new_tokens), eos_token_ids=eos_token_ids(ctx.actor.module, ctx.tok),
                         pad_token_id=ctx.tok.pad_token_id, tokenizer=ctx.tok,
-                        generator=C.step_generator(cfg.seed, step, dist.rank))
+                        generator=C.rollout_generator(cfg.seed, step), first_prompt_index=first)
     ctx.actor.module.train()
     t1 = time.time()
     leaf_refs, texts, leaf_samples = [], [], []
@@ -241,19 +253,23 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     for step in range(start, cfg.train.steps):
         t0 = time.time()
         if a.name == "spo_chain":
-            s, adv, old_logp, old_ent, times, stats = chain_batch(step, ctx, cfg, dist)
+            with ctx.actor.gathered():  # ZeRO-3: one gather for rollout, old log-probs and MC continuations
+                s, adv, old_logp, old_ent, times, stats = chain_batch(step, ctx, cfg, dist)
             prompt_ids, resp, mask = s.prompt_ids, s.response_ids, s.mask
             stats.update(C.reward_metrics(s, dist))
             stats["perf/tokens_per_s"] = C.global_count(float(s.lengths.sum()), dist) / max(times["time/rollout"], 1e-9)
         else:
-            new, times, stats = tree_batch(step, ctx, cfg, dist)
-            edges = [e for e in new if e.old_logp is None]
-            if edges:  # old log-probs of new edges, from the trainer's own forward
-                lp, _ = C.batched_logprobs(ctx.actor.module, [e.prompt_ids for e in edges],
-                                           edges_to_batch(edges, pad)[1], pad_id=pad, temperature=temp,
-                                           micro_batch_size=cfg.train.micro_batch_size)
-                for e, row in zip(edges, lp):
-                    e.old_logp = row[: len(e.response_ids)].clone()
+            # ZeRO-3: one gather for the trees and the new edges' old log-probs (their count, and so the
+            # number of forwards, differs between ranks: per-layer gathers would not pair up)
+            with ctx.actor.gathered():
+                new, times, stats = tree_batch(step, ctx, cfg, dist)
+                edges = [e for e in new if e.old_logp is None]
+                if edges:  # old log-probs of new edges, from the trainer's own forward
+                    lp, _ = C.batched_logprobs(ctx.actor.module, [e.prompt_ids for e in edges],
+                                               edges_to_batch(edges, pad)[1], pad_id=pad, temperature=temp,
+                                               micro_batch_size=cfg.train.micro_batch_size)
+                    for e, row in zip(edges, lp):
+                        e.old_logp = row[: len(e.response_ids)].clone()
             drawn = replay.draw(new, step, C.step_generator(cfg.seed + 29, step, dist.rank))
             stats["tree/edges_trained"] = C.global_count(len(drawn), dist)
             if stats["tree/edges_trained"] == 0:  # every leaf scored alike: nothing to learn this step
@@ -288,7 +304,8 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         metrics["time/step"] = time.time() - t0
         done = step + 1
         if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps:
-            ev = C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
+            with ctx.actor.gathered():
+                ev = C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
             metrics.update({f"eval/{k}": v for k, v in ev.items()})
         if logger:
             logger.log(done, metrics)

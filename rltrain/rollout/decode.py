@@ -51,6 +51,7 @@ class Level:
         child_index: ``[K]`` long, position of the node among its parent's children.
         tokens: ``[K, budget]`` long, the node's segment, right-padded with ``pad_token_id``.
         logprobs: ``[K, budget]`` float32, log-prob of each token under logits / T (0 on padding).
+        entropies: ``[K, budget]`` float32, entropy of softmax(logits / T) at each token (0 on padding).
         lengths: ``[K]`` long, tokens in each segment.
         finish: per node "stop" (EOS or stop string) or "length" (its token budget ran out).
         expanded: ``[K]`` bool, the node has children in the next level.
@@ -60,6 +61,7 @@ class Level:
     child_index: torch.Tensor
     tokens: torch.Tensor
     logprobs: torch.Tensor
+    entropies: torch.Tensor
     lengths: torch.Tensor
     finish: list[str]
     expanded: torch.Tensor
@@ -225,6 +227,7 @@ def decode_tree(
                 uniforms = segment_uniforms([node_seed(cfg.base_seed, p) for p in paths], budget).to(device)
         tokens = torch.full((n_nodes, budget), cfg.pad_token_id, dtype=torch.long, device=device)
         logprobs = torch.zeros((n_nodes, budget), dtype=torch.float32, device=device)
+        entropies = torch.zeros((n_nodes, budget), dtype=torch.float32, device=device)
         lengths = torch.zeros(n_nodes, dtype=torch.long, device=device)
         stopped = torch.zeros(n_nodes, dtype=torch.bool, device=device)
         node = torch.arange(n_nodes, device=device)  # [B] node of each batch row
@@ -233,13 +236,16 @@ def decode_tree(
 
         for t in range(budget):
             with timer("sample"):
+                ent = torch.empty(node.shape[0], dtype=torch.float32, device=device)
                 tok, lp = sample_next(
-                    batch.logits, uniforms[node, t], temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p
+                    batch.logits, uniforms[node, t], temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                    entropy=ent,
                 )  # [B], [B]
                 batch.logits = None  # consumed (sample_next scales them in place)
                 live_nodes = node[alive]
                 tokens[live_nodes, t] = tok[alive]
                 logprobs[live_nodes, t] = lp[alive]
+                entropies[live_nodes, t] = ent[alive]
                 lengths[live_nodes] = t + 1
                 hit = torch.isin(tok, eos) & alive  # [B]
             if batch.history is not None:
@@ -270,6 +276,7 @@ def decode_tree(
                 child_index=child_index,
                 tokens=tokens,
                 logprobs=logprobs,
+                entropies=entropies,
                 lengths=lengths,
                 finish=["stop" if s else "length" for s in stopped.tolist()],
                 expanded=~stopped if can_expand else torch.zeros_like(stopped),

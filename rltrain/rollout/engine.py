@@ -77,6 +77,8 @@ class Rollout:
         response_mask: ``[N, T]`` float, 1 on response tokens (the EOS token included).
         logprobs: ``[N, T]`` float32, log-prob of each token under softmax(logits / temperature)
             (temperature 1 for greedy); 0 on padding.
+        entropies: ``[N, T]`` float32, entropy of softmax(logits / temperature) at each token (the
+            policy's entropy at sampling time, for logging without another forward); 0 on padding.
         lengths: ``[N]`` long, response lengths.
         finish_reasons: per sequence "stop" (EOS or stop string) or "length".
         prompt_index: ``[N]`` long, the prompt each sequence answers.
@@ -86,6 +88,7 @@ class Rollout:
     response_ids: torch.Tensor
     response_mask: torch.Tensor
     logprobs: torch.Tensor
+    entropies: torch.Tensor
     lengths: torch.Tensor
     finish_reasons: list[str]
     prompt_index: torch.Tensor
@@ -102,6 +105,7 @@ def generate(
     generator: torch.Generator | None = None,
     kv_cache: str = "static",
     stats: dict[str, float] | None = None,
+    first_prompt_index: int = 0,
 ) -> Rollout:
     """Sample ``params.n`` responses to each prompt.
 
@@ -117,6 +121,11 @@ def generate(
         generator: source of the one seed drawn per call (torch's default generator if None).
         kv_cache: "static" (preallocated, default) or "dynamic" (transformers' DynamicCache).
         stats: if given, wall-clock seconds per phase (prefill, forward, sample, ...) are added.
+        first_prompt_index: position of ``prompts[0]`` in the caller's whole prompt list. Each
+            sequence's random stream is seeded by (generator's draw, global prompt position, sample
+            index), so a rank that samples a slice of a global batch, with the same generator on
+            every rank, draws exactly the samples a single process would draw for those prompts.
+            ``Rollout.prompt_index`` stays local (0 = ``prompts[0]``).
 
     Returns:
         A ``Rollout`` with plain (non-inference) tensors on the CPU.
@@ -144,13 +153,13 @@ def generate(
     model.eval()
     try:
         with torch.inference_mode():
-            (level,) = decode_tree(model, prompts, cfg, stats)
+            (level,) = decode_tree(model, prompts, cfg, stats, prompt_offset=first_prompt_index)
             width = max(1, int(level.lengths.max()))
-            out = (level.tokens[:, :width], level.logprobs[:, :width], level.lengths)
+            out = (level.tokens[:, :width], level.logprobs[:, :width], level.entropies[:, :width], level.lengths)
     finally:
         model.train(was_training)
     # Clone outside inference mode: inference tensors cannot be saved for backward later.
-    tokens, logprobs, lengths = (x.cpu().clone() for x in out)
+    tokens, logprobs, entropies, lengths = (x.cpu().clone() for x in out)
     mask = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).float()  # [N, T]
     prompt_index = torch.arange(len(prompts)).repeat_interleave(params.n)  # [N]
     return Rollout(
@@ -158,6 +167,7 @@ def generate(
         response_ids=tokens,
         response_mask=mask,
         logprobs=logprobs,
+        entropies=entropies,
         lengths=lengths,
         finish_reasons=level.finish,
         prompt_index=prompt_index,

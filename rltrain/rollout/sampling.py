@@ -158,7 +158,8 @@ def _top_p_candidates(
 
 
 def sample_next(
-    logits: torch.Tensor, u: torch.Tensor, *, temperature: float, top_k: int, top_p: float
+    logits: torch.Tensor, u: torch.Tensor, *, temperature: float, top_k: int, top_p: float,
+    entropy: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row and return its log-prob under ``softmax(logits / T)``.
 
@@ -167,12 +168,18 @@ def sample_next(
         u: ``[B]`` float64 uniforms in [0, 1), one per row.
         temperature: 0 for greedy (log-probs then use T = 1).
         top_k: 0 = off (1 = greedy at any temperature). top_p: 1.0 = off.
+        entropy: optional ``[B]`` float32 output, filled with the entropy of ``softmax(logits / T)``
+            (the full distribution, like the log-probs): ``logsumexp(x) - Σ p·x``, two passes over
+            the vocabulary and no ``[B, V]`` temporary.
 
     Returns:
         ``(tokens [B] long, logprobs [B] float32)``.
     """
     x = logits if temperature in (0.0, 1.0) else logits.div_(temperature)  # [B, V]
     probs = torch.softmax(x, dim=-1)  # [B, V] one fused pass; log-probs and sampling weights
+    if entropy is not None:
+        expected = torch.bmm(probs.unsqueeze(1), x.unsqueeze(2)).view(-1)  # [B] Σ_v p_v x_v
+        entropy.copy_(torch.logsumexp(x, dim=-1) - expected)
     if temperature == 0.0 or top_k == 1:
         tokens = fast_argmax(x)
     elif top_k > 0 or top_p < 1.0:

@@ -114,6 +114,7 @@ def sample_tree(
     tokenizer=None,
     generator: torch.Generator | None = None,
     max_batch_rows: int = 512,
+    first_prompt_index: int = 0,
 ) -> list[TokenTree]:
     """Sample one ``TokenTree`` per prompt (see the module docstring for the shape).
 
@@ -127,6 +128,8 @@ def sample_tree(
         max_batch_rows: bound on the sequences decoded together, which bounds the KV cache
             (rows × (prompt + max_new_tokens) positions): prompts are sampled in chunks of
             ``max(1, max_batch_rows // prod(branching))``. Chunking does not change the samples.
+        first_prompt_index: position of ``prompts[0]`` in the caller's whole prompt list, as in
+            ``generate``: a rank sampling its slice of a global batch gets the single-process trees.
     """
     _check(prompts, branching, segment_len, max_new_tokens)
     cfg = _decode_config(branching, segment_len, max_new_tokens, params, eos_token_ids, pad_token_id,
@@ -142,7 +145,8 @@ def sample_tree(
         for start in range(0, len(prompts), chunk):
             part = prompts[start : start + chunk]
             with torch.inference_mode():
-                levels = [_to_cpu(lv) for lv in decode_tree(model, part, cfg, prompt_offset=start)]
+                levels = decode_tree(model, part, cfg, prompt_offset=first_prompt_index + start)
+                levels = [_to_cpu(lv) for lv in levels]
             trees.extend(_build_trees(part, levels))
     finally:
         model.train(was_training)
@@ -156,6 +160,7 @@ def _to_cpu(level: Level) -> Level:
         child_index=level.child_index.cpu().clone(),
         tokens=level.tokens.cpu().clone(),
         logprobs=level.logprobs.cpu().clone(),
+        entropies=level.entropies.cpu().clone(),
         lengths=level.lengths.cpu().clone(),
         finish=list(level.finish),
         expanded=level.expanded.cpu().clone(),

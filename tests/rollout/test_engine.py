@@ -42,6 +42,9 @@ def test_logprobs_equal_fresh_forward(tiny_model, prompts, kv_cache):
         )
     torch.testing.assert_close(lp, r.logprobs, atol=1e-4, rtol=0)
     assert torch.all(ent[r.response_mask == 0] == 0) and torch.all(ent[r.response_mask == 1] > 0)
+    # The rollout's own entropies are the policy's at sampling time: equal to the scorer's.
+    assert r.entropies.shape == r.logprobs.shape
+    torch.testing.assert_close(r.entropies, ent, atol=1e-4, rtol=0)
 
 
 def test_scoring_entropy_matches_direct(tiny_model, prompts):
@@ -140,6 +143,19 @@ def test_prompt_alone_equals_prompt_in_padded_batch(tiny_model, prompts, tempera
     batch = _gen(tiny_model, short + [prompts[2], prompts[0]], params, eos_token_ids=[])
     assert batch.response_ids[:2].tolist() == alone.response_ids.tolist()
     torch.testing.assert_close(batch.logprobs[:2], alone.logprobs, atol=1e-5, rtol=0)
+
+
+def test_slice_with_first_prompt_index_equals_the_whole_batch(tiny_model, prompts):
+    # How ranks sample their slice of a global batch: the same generator everywhere and the
+    # slice's global position, so two "ranks" together draw what one process draws.
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, n=2)
+    whole = _gen(tiny_model, prompts, params, eos_token_ids=[])
+    rank0 = _gen(tiny_model, prompts[:1], params, eos_token_ids=[], first_prompt_index=0)
+    rank1 = _gen(tiny_model, prompts[1:], params, eos_token_ids=[], first_prompt_index=1)
+    assert torch.cat([rank0.response_ids, rank1.response_ids]).tolist() == whole.response_ids.tolist()
+    assert rank1.prompt_index.tolist() == [0, 0, 1, 1]  # local indices, for the caller's own lists
+    unshifted = _gen(tiny_model, prompts[1:], params, eos_token_ids=[])
+    assert unshifted.response_ids.tolist() != whole.response_ids[2:].tolist()  # the index matters
 
 
 def test_samples_grouped_by_prompt(tiny_model, prompts):

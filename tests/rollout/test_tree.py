@@ -130,3 +130,12 @@ def test_prompt_chunks_give_the_same_trees(tiny_model, prompts):
     chunked = _tree(tiny_model, prompts, [2, 2], 3, 8, params, list(range(20, 30)), seed=7, max_batch_rows=4)
     assert [t.token_ids for t in whole] == [t.token_ids for t in chunked]
     assert [t.parent for t in whole] == [t.parent for t in chunked]
+
+
+def test_first_prompt_index_places_a_slice_in_the_whole_batch(tiny_model, prompts):
+    params = SamplingParams(max_new_tokens=8, temperature=1.0)
+    whole = _tree(tiny_model, prompts, [2, 2], 3, 8, params, [], seed=7)
+    tail = _tree(tiny_model, prompts[1:], [2, 2], 3, 8, params, [], seed=7, first_prompt_index=1, max_batch_rows=4)
+    assert [t.token_ids for t in tail] == [t.token_ids for t in whole[1:]]
+    unshifted = _tree(tiny_model, prompts[1:], [2, 2], 3, 8, params, [], seed=7)
+    assert [t.token_ids for t in unshifted] != [t.token_ids for t in whole[1:]]

@@ -1,0 +1,117 @@
+"""The update's shortcuts change no gradient: a prompt shared by several rows encoded once, and
+rows whose advantages are all zero left out of the forward and backward."""
+import copy
+
+import pytest
+import torch
+
+from rltrain.cli import compose_or_explain, to_run_config
+from rltrain.config import register_configs
+from rltrain.loops import pg
+from rltrain.loops.common import response_logits
+from tests.rollout.conftest import BOS, PAD, _tokenizer
+
+
+def _tiny():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _tokenizer()
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=PAD)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).float()
+
+
+def _grads(model):
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def test_shared_prompt_forward_equals_packed_forward():
+    model = _tiny()
+    g = torch.Generator().manual_seed(1)
+    prompts = [[BOS, 40, 41, 42, 43], [BOS, 50], [BOS, 60, 61, 62, 63, 64, 65]]
+    rows = [prompts[i] for i in (0, 0, 1, 0, 2, 2, 1)]  # groups interleaved, uneven sizes
+    resp = torch.randint(3, 90, (len(rows), 6), generator=g)
+    weights = torch.randn(len(rows), 6, generator=g)
+    out = {}
+    for share in (False, True):
+        model.zero_grad(set_to_none=True)
+        logits = response_logits(model, rows, resp, pad_id=PAD, share_prompts=share)
+        lp = torch.log_softmax(logits.float(), -1).gather(2, resp[..., None]).squeeze(-1)
+        (lp * weights).sum().backward()
+        out[share] = (logits.detach(), _grads(model).clone())
+    assert out[True][0].shape == (len(rows), 6, model.config.vocab_size)
+    torch.testing.assert_close(out[True][0], out[False][0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(out[True][1], out[False][1], atol=1e-5, rtol=1e-4)
+
+
+class _Actor:
+    """LocalActor-like: plain AdamW (with weight decay) over an fp32 module."""
+
+    def __init__(self, module):
+        self.module = module
+        self.opt = torch.optim.AdamW(module.parameters(), lr=1e-2, weight_decay=0.1)
+        self.lr = 1e-2
+
+    def backward(self, loss):
+        loss.backward()
+
+    def step(self):
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return 0.0
+
+
+def _cfg(**over):
+    register_configs()
+    base = ["model=tiny", "train.prompts_per_step=4", "train.samples_per_prompt=2", "train.micro_batch_size=2"]
+    return to_run_config(compose_or_explain(base + [f"{k}={v}" for k, v in over.items()]))
+
+
+@pytest.mark.parametrize("zero_groups", [(0, 2), (0, 1, 2, 3)])
+def test_skipping_zero_advantage_rows_changes_no_parameter(monkeypatch, zero_groups):
+    from rltrain.engine.dist import Dist
+
+    cfg = _cfg()
+    g = torch.Generator().manual_seed(2)
+    prompts = [[BOS, 40 + i, 41] for i in range(4)]
+    rows = [p for p in prompts for _ in range(2)]
+    resp = torch.randint(3, 90, (8, 5), generator=g)
+    mask = torch.ones(8, 5)
+    mask[3, 3:] = 0
+    adv = torch.randn(8, generator=g)[:, None].expand(8, 5).clone()
+    for grp in zero_groups:
+        adv[2 * grp:2 * grp + 2] = 0.0
+    first = pg.PGBatch(rows, resp, mask, torch.randn(8, 5, generator=g) * mask)
+    second = pg.PGBatch(rows, resp, mask, adv * mask)
+    results = []
+    for skip in (False, True):
+        model = _tiny()
+        actor = _Actor(model)
+        # Two steps so AdamW's moments from step 1 move the parameters in step 2 even when every
+        # advantage is zero: skipping must still give every parameter a (zero) gradient.
+        for step, b in enumerate((first, second)):
+            if not skip:
+                monkeypatch.setattr(pg, "skippable_rows", lambda *a, **k: torch.zeros(8, dtype=torch.bool))
+            metrics = pg.policy_update(actor, b, cfg, Dist(), pad_id=PAD, step=step,
+                                       generator=torch.Generator().manual_seed(0))
+            monkeypatch.undo()
+        results.append((torch.cat([p.detach().flatten() for p in model.parameters()]), metrics))
+    (p0, m0), (p1, m1) = results
+    torch.testing.assert_close(p1, p0, atol=1e-6, rtol=1e-5)
+    assert m1["actor/skipped_rows_frac"] == pytest.approx(len(zero_groups) / 4)
+    assert m0["actor/skipped_rows_frac"] == 0.0
+    torch.testing.assert_close(torch.tensor(m1["actor/pg_loss"]), torch.tensor(m0["actor/pg_loss"]),
+                               atol=1e-6, rtol=1e-4)
+
+
+def test_rows_are_not_skipped_when_the_loss_does_not_vanish():
+    batch = pg.PGBatch([[1]] * 2, torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3), torch.zeros(2, 3))
+    assert pg.skippable_rows(_cfg(), batch, torch.ones(2, 3, dtype=torch.bool), 0.0).all()
+    for over in ({"policy_loss": "kl_cov"}, {"algo.entropy_coef": 0.01}):
+        cfg = _cfg(**over)
+        assert not pg.skippable_rows(cfg, batch, torch.ones(2, 3, dtype=torch.bool), 0.0).any(), over
+    assert not pg.skippable_rows(_cfg(), batch, torch.ones(2, 3, dtype=torch.bool), 2.0).any()
+    with_kl = pg.PGBatch([[1]] * 2, torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3), torch.zeros(2, 3),
+                         ref_logp=torch.zeros(2, 3))
+    assert not pg.skippable_rows(_cfg(), with_kl, torch.ones(2, 3, dtype=torch.bool), 0.0).any()
