@@ -7,6 +7,9 @@ Layout of a run directory::
                                               step, RNG states, loop extras
     RUN/checkpoints/step_000010/actor/        DeepSpeed only: every rank's ZeRO shard (fp32 masters,
                                               optimizer, scheduler), written by DeepSpeed itself
+    RUN/checkpoints/step_000010/critic/       PPO under DeepSpeed: the critic's ZeRO shards, likewise
+    RUN/checkpoints/step_000010/reference/    PPO under ZeRO-3 with algo.ref_ema > 0: every rank's fp32
+                                              partition of the moving reference (rank00000.pt, ...)
     RUN/checkpoints/step_000010/COMPLETE      written last
 
 A checkpoint is written into ``step_N.tmp-<pid>`` and renamed into place only after every file is

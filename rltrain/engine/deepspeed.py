@@ -1,4 +1,5 @@
-"""The actor (and the reference) as DeepSpeed ZeRO engines, behind ``LocalActor``'s interface.
+"""The actor (and PPO's critic, and the reference) as DeepSpeed ZeRO engines, behind ``LocalActor``'s
+interface.
 
 ``DeepSpeedActor`` gives the loops the same five things as ``LocalActor``: ``module`` (forward /
 generate), ``backward(loss)`` per micro-batch, ``step()`` once per minibatch, ``lr``, and the

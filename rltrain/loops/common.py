@@ -116,6 +116,8 @@ class PromptOrder:
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """A generator for ``step``'s random choices: pass rank 0 on every rank for choices the ranks
+    share (minibatch sampling), ``dist.rank`` for per-rank ones (SPO's edge replay)."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
 
 

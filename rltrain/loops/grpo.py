@@ -71,7 +71,7 @@ def collect(step: int, ctx, cfg: RunConfig, dist: Dist) -> tuple[C.Scored, dict]
         samples = [ctx.train[i] for i in idx]
         prompt_ids = [ctx.train_ids[i] for i in idx]
         s, tm = C.rollout_and_score(ctx.actor.module, ctx.tok, samples, prompt_ids, ctx.reward, cfg, n=n,
-                                    generator=C.step_generator(cfg.seed, draw, dist.rank))
+                                    generator=C.rollout_generator(cfg.seed, draw), first_prompt_index=first)
         for k in times:
             times[k] += tm[k]
         batches += 1
