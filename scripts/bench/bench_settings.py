@@ -15,7 +15,15 @@ many pairs, chosen and rejected concatenated), one optimizer step. TRL's DPOTrai
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+
+
+def native_dtype() -> str:
+    """bf16 where the hardware runs it natively, else fp32 (rltrain's ``model.dtype=auto``): on a
+    CPU without avx512_bf16/AMX both frameworks would otherwise measure PyTorch's bf16 emulation."""
+    from rltrain.engine.model import resolve_dtype
+
+    return resolve_dtype("auto")
 
 
 @dataclass
@@ -32,7 +40,7 @@ class GRPOSettings:
     threads: int = 2
     seed: int = 0
     n_train: int = 2000
-    dtype: str = "bf16"
+    dtype: str = field(default_factory=native_dtype)
 
     @property
     def sequences(self) -> int:
@@ -80,7 +88,7 @@ class DPOSettings:
     max_length: int = 512
     threads: int = 2
     seed: int = 0
-    dtype: str = "bf16"
+    dtype: str = field(default_factory=native_dtype)
 
     @property
     def n_train(self) -> int:
