@@ -17,11 +17,16 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+# The step's headline, where the loop logs it (PG loops: reward..tok/s; PPO adds the critic;
+# DPO and SFT their losses). Metrics a loop does not log are left out of its line and table.
 HEADLINE = [
     ("reward/mean", "reward"), ("reward/accuracy", "acc"), ("actor/kl", "kl"), ("actor/entropy", "entropy"),
     ("actor/clipfrac", "clip"), ("response/length_mean", "len"), ("perf/tokens_per_s", "tok/s"),
+    ("critic/value_loss", "v_loss"), ("critic/explained_var", "expl_var"),
+    ("dpo/loss", "dpo_loss"), ("rewards/accuracy", "pref_acc"), ("rewards/margin", "margin"),
+    ("sft/nll", "nll"),
 ]
-PHASES = ["time/rollout", "time/reward", "time/reference", "time/update"]
+PHASES = ["time/rollout", "time/reward", "time/mc_values", "time/reference", "time/critic", "time/update"]
 
 
 def _fmt(v) -> str:
@@ -80,9 +85,10 @@ class RunLogger:
 
     def _table(self, m: dict, step: int) -> Table:
         t = Table(title=f"{self.title} — step {step}/{self.total}  ETA {self._eta(step)}", expand=False)
-        for _, label in HEADLINE:
+        shown = [(k, label) for k, label in HEADLINE if k in m]
+        for _, label in shown:
             t.add_column(label, justify="right")
-        t.add_row(*[_fmt(m.get(k, "")) for k, _ in HEADLINE])
+        t.add_row(*[_fmt(m[k]) for k, _ in shown])
         phases = "  ".join(f"{p.split('/')[1]} {m[p]:.1f}s" for p in PHASES if p in m)
         if phases:
             t.caption = phases
