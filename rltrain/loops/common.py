@@ -88,8 +88,31 @@ def build_data(cfg: RunConfig):
     return build_dataset(cfg.data.name, **option_kwargs(cfg.data))
 
 
-def build_reward_fn(cfg: RunConfig):
-    return build_reward(cfg.reward.name, **option_kwargs(cfg.reward))
+def build_reward_fn(cfg: RunConfig, dist: Dist | None = None):
+    """The configured reward. Under ``deepspeed.stage=3`` with several ranks a generative judge
+    (alone or inside ``reward=combined``) becomes an inference-only ZeRO-3 engine: its parameters
+    are sharded across the ranks like the reference model's."""
+    reward = build_reward(cfg.reward.name, **option_kwargs(cfg.reward))
+    if dist is not None and dist.world_size > 1 and cfg.deepspeed.stage == 3:
+        for judge in _judges(reward):
+            shard_judge(judge, cfg, dist)
+    return reward
+
+
+def _judges(reward) -> list:
+    from rltrain.rewards.judge import JudgeReward
+
+    parts = [r for _, _, r in getattr(reward, "components", [])] or [reward]
+    return [r for r in parts if isinstance(r, JudgeReward)]
+
+
+def shard_judge(judge, cfg: RunConfig, dist: Dist) -> None:
+    """Replace the judge's model by a ZeRO-3 inference engine (loaded now, on every rank)."""
+    from rltrain.engine.deepspeed import reference_engine
+
+    judge.model  # noqa: B018 - loads model and tokenizer
+    judge._model = reference_engine(judge._model, cfg=cfg, dist=dist)
+    judge.lockstep = dist
 
 
 def encode_prompts(tokenizer, samples: list[Sample], cfg: RunConfig) -> list[list[int]]:

@@ -79,7 +79,7 @@ class Context:
                 "pairs from the policy's own samples")
         self.actor, self.tok = C.build_actor(cfg, dist, t.steps)
         self.pad = self.tok.pad_token_id
-        self.reward = C.build_reward_fn(cfg)
+        self.reward = C.build_reward_fn(cfg, dist)
         splits = C.build_data(cfg)
         is_pref = cfg.data.name in PREFERENCE_DATASETS
         # Greedy generation eval: prompt datasets, and preference sets whose pairs carry an answer.

@@ -106,7 +106,7 @@ class Context:
         self.actor, self.tok = C.build_actor(cfg, dist, total_opt_steps)
         # The initial policy, built only when the KL term needs it (sharded under ZeRO-3).
         self.ref = C.build_reference(cfg, dist) if cfg.algo.kl_coef > 0 else None
-        self.reward = C.build_reward_fn(cfg)
+        self.reward = C.build_reward_fn(cfg, dist)
         splits = C.build_data(cfg)
         self.train, self.test = splits.train, splits.test[: cfg.eval.size]
         self.train_ids = C.encode_prompts(self.tok, self.train, cfg)

@@ -94,7 +94,7 @@ class Context:
         self.value_norm = RunningValueNorm() if a.value_norm else None
         self.kl_ctl = (AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon) if a.adaptive_kl
                        else FixedKLController(a.kl_coef))
-        self.reward = C.build_reward_fn(cfg)
+        self.reward = C.build_reward_fn(cfg, dist)
         splits = C.build_data(cfg)
         self.train, self.test = prompt_samples(splits.train), prompt_samples(splits.test[: cfg.eval.size])
         self.train_ids = C.encode_prompts(self.tok, self.train, cfg)

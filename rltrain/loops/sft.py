@@ -42,7 +42,7 @@ class Context:
     def __init__(self, cfg: RunConfig, dist: Dist):
         t, a = cfg.train, cfg.algo
         self.actor, self.tok = C.build_actor(cfg, dist, t.steps)
-        self.reward = C.build_reward_fn(cfg)
+        self.reward = C.build_reward_fn(cfg, dist)
         splits = C.build_data(cfg)
         if not splits.train:
             raise ConfigError(f"data={cfg.data.name} has no training examples")

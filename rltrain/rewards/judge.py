@@ -145,6 +145,9 @@ class JudgeReward:
         self.use_chat_template = use_chat_template
         self._model, self._tokenizer = model, tokenizer
         self._ids: tuple[list[int], list[int]] | None = None
+        # Set by ``shard_judge`` (ZeRO-3): every forward is collective, so each call runs as many
+        # batches on every rank as on the busiest one.
+        self.lockstep = None
         if tokenizer is not None:
             self._ids = first_token_ids(tokenizer, self.yes_strings, self.no_strings)
 
@@ -207,21 +210,30 @@ class JudgeReward:
         out = ([], [], [])
         old_side = tok.padding_side
         tok.padding_side = "left"
+        starts = list(range(0, len(prompts), self.batch_size))
+        n_batches = len(starts)
+        if self.lockstep is not None:  # pad with batches whose results are dropped
+            n_batches = int(self.lockstep.max(torch.tensor([float(n_batches)])).item())
         try:
-            for start in range(0, len(prompts), self.batch_size):
-                enc = tok(prompts[start:start + self.batch_size], return_tensors="pt", padding=True,
-                          add_special_tokens=not chat)
+            for b in range(n_batches):
+                start = starts[b] if b < len(starts) else None
+                batch = prompts[start:start + self.batch_size] if start is not None else ["."]
+                enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=not chat)
                 input_ids = enc["input_ids"].to(device)  # [B, T]
                 mask = enc["attention_mask"].to(device)  # [B, T]
                 position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # [B, T], 0 at the first real token
                 kwargs = {"logits_to_keep": 1} if keep_last else {}
                 logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                                use_cache=False, **kwargs).logits[:, -1, :].float()  # [B, V]
+                if start is None:
+                    continue
                 out[0].append(torch.logsumexp(logits[:, yes_ids], dim=-1))
                 out[1].append(torch.logsumexp(logits[:, no_ids], dim=-1))
                 out[2].append(torch.logsumexp(logits, dim=-1))
         finally:
             tok.padding_side = old_side
+        if not out[0]:  # no prompts on this rank (it only kept the others company)
+            return tuple(torch.zeros(0) for _ in out)
         return tuple(torch.cat(parts).cpu() for parts in out)
 
     def __call__(self, samples: Sequence[Sample], completions: Sequence[str]) -> RewardOutput:

@@ -94,6 +94,11 @@ class Result:
 # --------------------------------------------------------------------------- running children
 
 
+
+def _portable(text: str) -> str:
+    """A command as anyone can rerun it from the repository root (no paths of this machine)."""
+    return text.replace(sys.executable, "python").replace(str(REPO) + os.sep, "")
+
 def child_env(threads: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1")
@@ -246,7 +251,8 @@ def results_markdown(results: list[Result], settings: dict, info: dict, *, smoke
         lines.append(f"- {algo}: " + ", ".join(f"{k}={val}" for k, val in s.items() if k != "model"))
     lines += ["",
               "Both: AdamW β=(0.9, 0.999), no weight decay, constant LR, no warm-up, grad-norm clip 1.0, fp32 master "
-              "weights with bf16 compute (rltrain `model.dtype=bf16`; TRL `bf16=True`, i.e. autocast), no gradient "
+              "weights; compute in the `dtype` above (bf16: rltrain `model.dtype=bf16`, TRL `bf16=True`, i.e. "
+              "autocast; fp32 where the CPU has no native bf16, as PyTorch emulates it there), no gradient "
               "checkpointing (TRL's default is on), the same model weights, chat-templated prompt text and "
               "`MathReward`; each framework draws prompts in its own seeded order from the same arith training set. "
               "GRPO: β=0 (no reference model), clip ε=0.2, "
@@ -282,7 +288,7 @@ def results_markdown(results: list[Result], settings: dict, info: dict, *, smoke
                      f"{_ratio(r.peak_rss_mb, t.peak_rss_mb)} |")
     lines += ["", "## Commands", "", f"Harness: `{info['argv']}`", ""]
     for r in results:
-        lines += [f"- {r.framework} {r.algo} {r.model}:", "", "  ```", "  " + shlex.join(r.cmd), "  ```", ""]
+        lines += [f"- {r.framework} {r.algo} {r.model}:", "", "  ```", "  " + _portable(shlex.join(r.cmd)), "  ```", ""]
     failed = [r for r in results if not r.ok]
     if failed:
         lines += ["## Failures", ""]
@@ -381,10 +387,10 @@ def main(argv: list[str] | None = None) -> int:
                             busy=busy_note(load0, info["machine"]["usable_cores"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    (out.with_suffix(".json")).write_text(json.dumps({"info": info, "settings": shown, "results": [
+    (out.with_suffix(".json")).write_text(_portable(json.dumps({"info": info, "settings": shown, "results": [
         {**r.__dict__, "step_time": r.step_time, "tokens_per_s": r.tokens_per_s,
          "rollout_tokens_per_s": r.rollout_tokens_per_s, "items_per_s": r.items_per_s} for r in results]},
-        indent=1, default=str))
+        indent=1, default=str)))
     print(text)
     print(f"[bench] wrote {out}")
     return 0 if all(r.ok for r in results) else 1
