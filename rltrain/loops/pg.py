@@ -205,8 +205,12 @@ def policy_update(actor, batch: PGBatch, cfg: RunConfig, dist: Dist, *, pad_id: 
                     m.add("actor/early_stopped", float(stop), 1.0)
                     loss = loss * 0.0 if stop else loss
                 finite_or_raise(loss, step)
-                if weight == 0.0:  # a stand-in: zero gradient, nothing logged
-                    actor.backward(loss * 0.0)
+                if weight == 0.0:  # a stand-in: zero gradient; its metrics get weight 0 (but every
+                    actor.backward(loss * 0.0)  # rank must log the same names: they are reduced together)
+                    for name in ["actor/pg_loss", *(f"actor/{k}" for k in lm)]:
+                        m.add(name, 0.0, 0.0)
+                    if ent is not None and _epoch == 0:  # entropy_stats is collective too
+                        all_ent.append((ent.detach(), torch.zeros_like(mk)))
                     continue
                 actor.backward(loss * world_scale)
                 ntok = mk.sum().item()
