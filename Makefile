@@ -29,6 +29,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install 'trl==1.16.0' matplotlib
 	$(BIN)/python scripts/bench/run_all.py $(BENCH_ARGS)
+	$(BIN)/python scripts/bench/zero_memory.py --out bench/zero_memory.md
 
 bench-quick: $(STAMP)
 	$(BIN)/pip install 'trl==1.16.0' matplotlib
