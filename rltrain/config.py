@@ -550,6 +550,10 @@ class TrainConfig:
 
     steps: int = 10
     """Optimizer iterations (rollout batches)."""
+    time_budget_s: float = 0.0
+    """Stop early once the summed step time (evaluation excluded) reaches this many seconds; the
+    run then evaluates and checkpoints as after its last step. 0 = off. For equal-wall-time
+    comparisons; the learning-rate schedule still spans ``steps``."""
     prompts_per_step: int = 8
     samples_per_prompt: int = 8
     minibatches_per_step: int = 1
@@ -706,6 +710,8 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
                 "micro_batch_size"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key}={getattr(t, key)} must be ≥ 1")
+    if t.time_budget_s < 0:
+        raise ConfigError(f"train.time_budget_s={t.time_budget_s} must be ≥ 0 (0 = no budget)")
     if cfg.rollout.max_new_tokens < 1:
         raise ConfigError(f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} must be ≥ 1")
     if cfg.rollout.temperature < 0:

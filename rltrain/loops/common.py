@@ -11,6 +11,7 @@ needs only the model, optimizer, scheduler and step; a killed-and-resumed run re
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -403,10 +404,64 @@ def maybe_resume(cfg: RunConfig, actor, engines: dict | None = None) -> tuple[in
     return int(state["step"]), state
 
 
-def should_save(cfg: RunConfig, step: int) -> bool:
-    """After finishing step ``step`` (1-based count of completed steps)."""
+def should_save(cfg: RunConfig, step: int, last: bool = False) -> bool:
+    """After finishing step ``step`` (1-based count of completed steps); ``last``: training ends here."""
     every = cfg.checkpoint.every
-    return (every > 0 and step % every == 0) or (step == cfg.train.steps and cfg.checkpoint.save_final)
+    return (every > 0 and step % every == 0) or ((last or step == cfg.train.steps) and cfg.checkpoint.save_final)
+
+
+class StepClock:
+    """Which steps a loop runs: ``start .. train.steps``, cut short by ``train.time_budget_s``.
+
+    With a budget, training ends after the step during which the summed step time (``time/step``;
+    evaluation and checkpointing excluded) reaches it. A resumed run counts the time its earlier
+    steps logged in metrics.jsonl. Rank 0's clock decides, so every rank stops at the same step.
+    """
+
+    def __init__(self, cfg: RunConfig, dist: Dist, start: int):
+        self.cfg, self.dist, self.step = cfg, dist, start
+        self.budget = cfg.train.time_budget_s
+        spent = _logged_step_time(cfg.run_dir, start) if self.budget > 0 and start > 0 and dist.is_main else 0.0
+        self.spent = float(dist.broadcast_object(spent))
+
+    def steps(self) -> range:
+        exhausted = 0 < self.budget <= self.spent
+        return range(self.step, self.step if exhausted else self.cfg.train.steps)
+
+    def finish(self, done: int, step_time: float) -> bool:
+        """Record a finished step; True when it is the last one."""
+        self.step, self.spent = done, self.spent + step_time
+        last = done >= self.cfg.train.steps or 0 < self.budget <= self.spent
+        return bool(self.dist.broadcast_object(last))
+
+
+def _logged_step_time(run_dir: str, upto: int) -> float:
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return sum(r.get("time/step", 0.0) for r in rows if "event" not in r and r.get("step", 0) <= upto)
+
+
+def end_step(cfg: RunConfig, ctx, dist: Dist, clock: StepClock, done: int, metrics: dict, *, logger, save,
+             evaluate=None) -> bool:
+    """The tail every loop shares after step ``done``: periodic evaluation (not on the last step,
+    which ``final_eval`` covers), logging, checkpointing. ``save(step)`` writes a checkpoint;
+    ``evaluate()`` returns held-out metrics (default: the actor's greedy accuracy); both are
+    collective. Returns True after the last step."""
+    last = clock.finish(done, metrics["time/step"])
+    if cfg.eval.every and done % cfg.eval.every == 0 and not last:
+        ev = evaluate() if evaluate else policy_eval(ctx, cfg, dist)
+        metrics.update({f"eval/{k}": v for k, v in ev.items()})
+    if logger:
+        logger.log(done, metrics)
+    if should_save(cfg, done, last):
+        save(done)
+    return last
+
+
+def policy_eval(ctx, cfg: RunConfig, dist: Dist) -> dict:
+    """Greedy held-out evaluation of the actor (parameters gathered once under ZeRO-3)."""
+    with ctx.actor.gathered():
+        return evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
 
 
 def entropy_stats(ent: torch.Tensor, mask: torch.Tensor, dist: Dist) -> dict:
@@ -436,8 +491,6 @@ def initial_eval(cfg: RunConfig, ctx, dist: Dist, logger, start: int) -> dict | 
     """Greedy held-out evaluation before training (or, on resume, the one logged back then)."""
     if start > 0:
         path = Path(cfg.run_dir) / "metrics.jsonl"
-        import json
-
         for line in path.read_text().splitlines() if path.exists() else []:
             row = json.loads(line)
             if row.get("event") == "eval" and row.get("step") == 0:
@@ -445,19 +498,18 @@ def initial_eval(cfg: RunConfig, ctx, dist: Dist, logger, start: int) -> dict | 
         return None
     if not cfg.eval.at_start:
         return None
-    with ctx.actor.gathered():  # ZeRO-3: parameters gathered once for the whole evaluation
-        before = evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
+    before = policy_eval(ctx, cfg, dist)
     if logger:
         logger.event(0, "eval", before)
     return before
 
 
-def final_eval(cfg: RunConfig, ctx, dist: Dist, logger, before: dict | None) -> dict:
-    """Greedy held-out evaluation after training, the summary table, and the run's result."""
-    with ctx.actor.gathered():
-        after = evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
+def final_eval(cfg: RunConfig, ctx, dist: Dist, logger, before: dict | None, step: int | None = None) -> dict:
+    """Greedy held-out evaluation after training (after ``step``; default ``train.steps``), the
+    summary table, and the run's result."""
+    after = policy_eval(ctx, cfg, dist)
     if logger:
-        logger.event(cfg.train.steps, "eval", after)
+        logger.event(cfg.train.steps if step is None else step, "eval", after)
         fmt = lambda d, k, f: f.format(d[k]) if d else "-"  # noqa: E731
         logger.summary([("held-out accuracy (greedy)", fmt(before, "accuracy", "{:.1%}"), f"{after['accuracy']:.1%}"),
                         ("mean response length", fmt(before, "length", "{:.1f}"), f"{after['length']:.1f}")])

@@ -320,7 +320,8 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         if logger:
             logger.event(0, "eval", before)
     rnd = None
-    for step in range(start, cfg.train.steps):
+    clock = C.StepClock(cfg, dist, start)
+    for step in clock.steps():
         t0 = time.time()
         metrics = {}
         if a.iterative:
@@ -335,16 +336,12 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         metrics.update(dpo_step(ctx, cfg, dist, step, pairs, ref_logps))
         metrics["time/update"] = time.time() - t1
         metrics["time/step"] = time.time() - t0
-        done = step + 1
-        if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps:
-            metrics.update({f"eval/{k}": v for k, v in evaluate(ctx, cfg, dist).items()})
-        if logger:
-            logger.log(done, metrics)
-        if C.should_save(cfg, done):
-            C.save(cfg, dist, done, ctx.actor, ctx.tok)
+        if C.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
+                      save=lambda d: C.save(cfg, dist, d, ctx.actor, ctx.tok), evaluate=lambda: evaluate(ctx, cfg, dist)):
+            break
     after = evaluate(ctx, cfg, dist)
     if logger:
-        logger.event(cfg.train.steps, "eval", after)
+        logger.event(clock.step, "eval", after)
         fmt = lambda d, k: f"{d[k]:.1%}" if d and k in d else "-"  # noqa: E731
         rows = [(label, fmt(before, k), fmt(after, k)) for label, k in
                 (("held-out accuracy (greedy)", "accuracy"), ("held-out preference accuracy", "pref_accuracy"))

@@ -122,7 +122,8 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                        start_step=start, title=f"rltrain {cfg.algo.name}") if dist.is_main else None
     before = C.initial_eval(cfg, ctx, dist, logger, start)
     pad = ctx.tok.pad_token_id
-    for step in range(start, cfg.train.steps):
+    clock = C.StepClock(cfg, dist, start)
+    for step in clock.steps():
         t0 = time.time()
         with ctx.actor.gathered():  # ZeRO-3: the actor's parameters gathered once for the rollout phase
             s, times = collect(step, ctx, cfg, dist)
@@ -144,13 +145,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         gen_tokens = C.global_count(float(s.lengths.sum()), dist)
         metrics["perf/tokens_per_s"] = gen_tokens / max(times["time/rollout"], 1e-9)
         metrics["time/step"] = time.time() - t0
-        done = step + 1
-        if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps:
-            with ctx.actor.gathered():
-                ev = C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
-            metrics.update({f"eval/{k}": v for k, v in ev.items()})
-        if logger:
-            logger.log(done, metrics)
-        if C.should_save(cfg, done):
-            C.save(cfg, dist, done, ctx.actor, ctx.tok)
-    return C.final_eval(cfg, ctx, dist, logger, before)
+        if C.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
+                      save=lambda d: C.save(cfg, dist, d, ctx.actor, ctx.tok)):
+            break
+    return C.final_eval(cfg, ctx, dist, logger, before, step=clock.step)

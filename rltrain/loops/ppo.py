@@ -258,20 +258,16 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
                        start_step=start, title="rltrain ppo") if dist.is_main else None
     before = C.initial_eval(cfg, ctx, dist, logger, start)
-    for step in range(start, cfg.train.steps):
+    clock = C.StepClock(cfg, dist, start)
+    for step in clock.steps():
         t0 = time.time()
         metrics = ppo_step(ctx, cfg, dist, step)
         metrics["time/step"] = time.time() - t0
-        done = step + 1
-        if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps:
-            with ctx.actor.gathered():
-                ev = C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
-            metrics.update({f"eval/{k}": v for k, v in ev.items()})
-        if logger:
-            logger.log(done, metrics)
-        if C.should_save(cfg, done):
-            C.save(cfg, dist, done, ctx.actor, ctx.tok, extra=ctx.extra_state(), engines=ctx.engines())
+        if C.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
+                      save=lambda d: C.save(cfg, dist, d, ctx.actor, ctx.tok, extra=ctx.extra_state(),
+                                            engines=ctx.engines())):
+            break
     critic_sd = ctx.critic.full_state_dict()  # collective under ZeRO-3
     if dist.is_main:  # usable as algo.critic_path of a later run
         save_critic(ctx.critic.module, f"{cfg.run_dir}/critic", state_dict=critic_sd)
-    return C.final_eval(cfg, ctx, dist, logger, before)
+    return C.final_eval(cfg, ctx, dist, logger, before, step=clock.step)

@@ -250,7 +250,8 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                        start_step=start, title=f"rltrain {a.name}") if dist.is_main else None
     before = C.initial_eval(cfg, ctx, dist, logger, start)
     pad, temp = ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0
-    for step in range(start, cfg.train.steps):
+    clock = C.StepClock(cfg, dist, start)
+    for step in clock.steps():
         t0 = time.time()
         if a.name == "spo_chain":
             with ctx.actor.gathered():  # ZeRO-3: one gather for rollout, old log-probs and MC continuations
@@ -302,13 +303,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         metrics.update(stats)
         metrics.update(times)
         metrics["time/step"] = time.time() - t0
-        done = step + 1
-        if cfg.eval.every and done % cfg.eval.every == 0 and done != cfg.train.steps:
-            with ctx.actor.gathered():
-                ev = C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
-            metrics.update({f"eval/{k}": v for k, v in ev.items()})
-        if logger:
-            logger.log(done, metrics)
-        if C.should_save(cfg, done):
-            C.save(cfg, dist, done, ctx.actor, ctx.tok, extra={"replay": replay.edges})
-    return C.final_eval(cfg, ctx, dist, logger, before)
+        if C.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
+                      save=lambda d: C.save(cfg, dist, d, ctx.actor, ctx.tok, extra={"replay": replay.edges})):
+            break
+    return C.final_eval(cfg, ctx, dist, logger, before, step=clock.step)

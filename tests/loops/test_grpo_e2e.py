@@ -95,3 +95,20 @@ def test_token_selection_and_policy_losses_run_in_grpo(tmp_path, extra, check):
     assert p.returncode == 0, out
     rows = metrics(tmp_path)
     assert len(rows) == 2 and all(check(r) for r in rows), rows
+
+
+def test_time_budget_ends_training_early_and_resume_keeps_it(tmp_path):
+    """A budget smaller than one step: the run stops after step 1 of 6, evaluates and saves the
+    final checkpoint there; resuming it runs no further step."""
+    args = TINY + ["train.steps=6", "train.time_budget_s=0.001", "eval.at_start=false"]
+    p = run_cli(args, tmp_path)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    assert [r["step"] for r in metrics(tmp_path)] == [1]
+    events = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["step"]) for e in events if "event" in e] == [("eval", 1)]
+    assert (tmp_path / "checkpoints" / "step_000001" / "COMPLETE").exists()
+    p = run_cli(args + ["resume=auto"], tmp_path)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    assert [r["step"] for r in metrics(tmp_path)] == [1]
