@@ -515,6 +515,22 @@ class QADataConfig(FileDataConfig):
 
 
 @dataclass
+class LoraSettings:
+    """LoRA adapters through peft (``model.lora.r=16``): only the adapters train; checkpoints and
+    exports hold the merged weights, a plain HF model."""
+
+    r: int = 0
+    """Adapter rank; 0 = full fine-tuning."""
+    alpha: float = 32.0
+    """Scaling numerator: the update is (alpha / r)·B·A."""
+    dropout: float = 0.0
+    """Dropout on the adapter input. Above 0 the training forward differs from the rollout's, so
+    the stored sampling log-probs are no longer the current policy's."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names to adapt (e.g. [q_proj, v_proj]); [all-linear] = every linear layer but the LM head."""
+
+
+@dataclass
 class ModelConfig:
     """Policy model (``model=...``)."""
 
@@ -528,6 +544,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     tiny_hidden_size: int = 64
     tiny_layers: int = 2
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
 
 @dataclass
@@ -710,6 +727,10 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
                 "micro_batch_size"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key}={getattr(t, key)} must be ≥ 1")
+    lora = cfg.model.lora
+    if lora.r < 0 or (lora.r > 0 and (lora.alpha <= 0 or not 0 <= lora.dropout < 1 or not lora.target_modules)):
+        raise ConfigError(f"model.lora: r={lora.r} must be ≥ 0 (0 = off); with r > 0, alpha={lora.alpha} must be "
+                          f"> 0, dropout={lora.dropout} in [0, 1) and target_modules non-empty")
     if t.time_budget_s < 0:
         raise ConfigError(f"train.time_budget_s={t.time_budget_s} must be ≥ 0 (0 = no budget)")
     if cfg.rollout.max_new_tokens < 1:

@@ -177,3 +177,16 @@ def test_ppo_zero3_resume_restores_critic_and_reference(tmp_path, zero3_ppo):
     run(resumed, *PPO, "deepspeed=zero3", "launch.nproc_per_node=2")  # resume=auto: from step 2
     assert_same(resumed, zero3_ppo, rel=1e-6, compared=PPO_COMPARED)
     assert_same_weights(critic_weights(resumed), critic_weights(zero3_ppo), 1e-6)
+
+
+LORA = ["model.lora.r=4", "model.lora.alpha=8", "train.lr=1e-2"]
+
+
+def test_lora_zero3_two_ranks_match_one_process(tmp_path):
+    """LoRA adapters trained by a ZeRO-3 engine on 2 ranks (base weights frozen and sharded too)
+    match a 1-process LoRA run; the exported policies hold the merged weights."""
+    one = run(tmp_path / "one", *LORA)
+    two = run(tmp_path / "two", *LORA, "deepspeed=zero3", "launch.nproc_per_node=2")
+    assert_same(two, one)
+    assert not any("lora" in k for k in final_weights(two))
+    assert metrics(one)[3]["actor/grad_norm"] > 0

@@ -25,6 +25,7 @@ from rltrain.config import RunConfig
 from rltrain.engine.actor import LocalActor, OptimConfig
 from rltrain.engine.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, save_hf, staging_dir
 from rltrain.engine.dist import Dist
+from rltrain.engine.lora import apply_lora, is_lora, merged_state_dict
 from rltrain.engine.model import DTYPES, eos_token_ids, load_model, resolve_dtype
 from rltrain.rewards import build_reward
 from rltrain.rewards.base import score_safely
@@ -58,6 +59,10 @@ def build_actor(cfg: RunConfig, dist: Dist, total_optimizer_steps: int):
     model, tok = load_policy_model(cfg)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    lora = cfg.model.lora
+    if lora.r > 0:
+        model = apply_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
+                           target_modules=list(lora.target_modules), seed=cfg.seed)
     t = cfg.train
     optim = OptimConfig(lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), warmup_steps=t.warmup_steps,
                         schedule=t.lr_schedule, total_steps=total_optimizer_steps, max_grad_norm=t.max_grad_norm)
@@ -384,6 +389,8 @@ def save(cfg: RunConfig, dist: Dist, step: int, actor, tokenizer, extra: dict | 
         engine.save_shards(staging / name)  # DeepSpeed: every rank's shard; LocalActor: nothing
     dist.barrier()
     state = {**{name: engine.state_dict() for name, engine in engines.items()}, **(extra or {})}
+    if is_lora(actor.module):  # the HF policy holds the merged weights; trainer.pt the adapters
+        full = merged_state_dict(full, actor.module.rltrain_lora_scaling)
     if dist.is_main:
         save_checkpoint(cfg.run_dir, step, trainer_state=state, keep=cfg.checkpoint.keep, staging=staging,
                         policy_writer=lambda d: save_hf(actor.module, tokenizer, d, state_dict=full))

@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
-# The README's "Reproductions": every run one after another (they are timed, so nothing else should
-# load the machine), each in outputs/repro/<name>; a run that already finished is skipped and an
+# The README's "Reproductions": every run one after another, each in outputs/repro/<name>, pinned to
+# one core with one thread (CPU=1 by default; timed runs, so keep other work off that core); a run that already finished is skipped and an
 # interrupted one resumes from its last checkpoint. Then rltrain-report writes the comparison
 # tables and plots to bench/repro/. Usage: scripts/repro/run_all.sh [name ...]  (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RL=${RL:-.venv/bin/rltrain}
+CPU=${CPU:-1}
 OUT=${OUT:-outputs/repro}
 
 declare -A RUNS=(
-  [grpo_180s]="+experiment=equal_time_grpo"
-  [spo_chain_180s]="+experiment=equal_time_spo_chain"
-  [spo_tree_180s]="+experiment=equal_time_spo_tree"
-  [grpo]="+experiment=grpo_ablation"
+  [grpo_240s]="+experiment=equal_time_grpo"
+  [spo_chain_240s]="+experiment=equal_time_spo_chain"
+  [spo_tree_240s]="+experiment=equal_time_spo_tree"
+  [grpo]="+experiment=grpo_ablation eval.at_start=true"
   [grpo_top20]="+experiment=grpo_ablation token_selection=high_entropy"
   [grpo_clip_higher]="+experiment=grpo_ablation policy_loss.clip_high=0.28"
   [grpo_clip_cov]="+experiment=grpo_ablation policy_loss=clip_cov"
@@ -25,7 +26,7 @@ declare -A RUNS=(
   [ppo_frozen_ref]="+experiment=ppo_tricks algo.ref_ema=0"
   [ppo_small_batch]="+experiment=ppo_tricks train.steps=10 train.prompts_per_step=4 train.minibatches_per_step=1"
 )
-ORDER=(grpo_180s spo_chain_180s spo_tree_180s grpo grpo_top20 grpo_clip_higher grpo_clip_cov grpo_kl_cov
+ORDER=(grpo_240s spo_chain_240s spo_tree_240s grpo grpo_top20 grpo_clip_higher grpo_clip_cov grpo_kl_cov
        sft dpo dpo_iterative ppo ppo_no_adv_norm ppo_frozen_ref ppo_small_batch)
 [ $# -gt 0 ] && ORDER=("$@")
 
@@ -37,9 +38,10 @@ for name in "${ORDER[@]}"; do
   fi
   echo "== $name: ${RUNS[$name]}"
   # shellcheck disable=SC2086
-  $RL ${RUNS[$name]} seed=0 resume=auto log.console=false "hydra.run.dir=$dir"
+  taskset -c "$CPU" $RL ${RUNS[$name]} seed=0 resume=auto log.console=false launch.threads_per_rank=1 \
+    "hydra.run.dir=$dir"
 done
-.venv/bin/rltrain-report "$OUT"/grpo_180s "$OUT"/spo_chain_180s "$OUT"/spo_tree_180s --out bench/repro/equal_time || true
+.venv/bin/rltrain-report "$OUT"/grpo_240s "$OUT"/spo_chain_240s "$OUT"/spo_tree_240s --out bench/repro/equal_time || true
 .venv/bin/rltrain-report "$OUT"/grpo "$OUT"/grpo_top20 "$OUT"/grpo_clip_higher "$OUT"/grpo_clip_cov "$OUT"/grpo_kl_cov \
   --entropy-law --out bench/repro/grpo_variants || true
 .venv/bin/rltrain-report "$OUT"/sft "$OUT"/dpo "$OUT"/dpo_iterative "$OUT"/ppo --out bench/repro/ladder || true
