@@ -77,14 +77,17 @@ def critic_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return {**load_file(run_dir / "critic" / "model.safetensors"), **{f"value_head.{k}": v for k, v in head.items()}}
 
 
-def assert_same_weights(wa: dict, wb: dict, rel: float) -> None:
+def assert_same_weights(wa: dict, wb: dict, rel: float, step_frac: float = 0.0) -> None:
     """Within ``rel`` of each tensor's largest entry, and 1e-7 absolute: a parameter whose gradient is
     at Adam's eps (1e-8) scale, like the critic's value-head bias under normalised returns, moves by
-    rounding-sized steps that depend on the summation order."""
+    rounding-sized steps that depend on the summation order. ``step_frac``: further absolute slack
+    (a fraction of one Adam step, lr): Adam moves an entry by ~lr whatever its gradient's size, so
+    an entry whose gradient is a near-cancelling sum carries the sum's rounding noise (which depends
+    on how ranks split and reduce it) into its update as a fraction of lr, not of its own size."""
     assert wa.keys() == wb.keys()
     for name in wb:
         diff = (wa[name] - wb[name]).abs().max().item()
-        assert diff <= rel * wb[name].abs().max().item() + 1e-7, (name, diff)
+        assert diff <= rel * wb[name].abs().max().item() + 1e-7 + step_frac, (name, diff)
 
 
 def assert_same(got: Path, want: Path, rel: float = 1e-4, compared=COMPARED) -> None:
@@ -165,7 +168,9 @@ def test_ppo_plain_run_moves_the_reference(plain_ppo):
 
 def test_ppo_zero3_two_ranks_match_one_process(zero3_ppo, plain_ppo):
     assert_same(zero3_ppo, plain_ppo, compared=PPO_COMPARED)
-    assert_same_weights(critic_weights(zero3_ppo), critic_weights(plain_ppo), 1e-4)
+    # Measured on an Intel Xeon: the critic's embedding differs by 8.5e-6 (1.04e-4 of its largest
+    # entry), under 1% of one critic Adam step (critic_lr = 1e-3); on an AMD EPYC it was within 1e-4.
+    assert_same_weights(critic_weights(zero3_ppo), critic_weights(plain_ppo), 1e-4, step_frac=0.01 * 1e-3)
 
 
 def test_ppo_zero3_resume_restores_critic_and_reference(tmp_path, zero3_ppo):
@@ -190,3 +195,35 @@ def test_lora_zero3_two_ranks_match_one_process(tmp_path):
     assert_same(two, one)
     assert not any("lora" in k for k in final_weights(two))
     assert metrics(one)[3]["actor/grad_norm"] > 0
+
+
+UNEVEN_DPO = ["algo=dpo", "algo.iterative=true", "algo.rounds=1", "reward.fn=tests.toy_rewards:char_sum_parity",
+              "train.steps=2", "train.prompts_per_step=16", "train.samples_per_prompt=2", "train.micro_batch_size=2",
+              "launch.timeout_s=90"]
+
+
+def test_iterative_dpo_zero3_uneven_pairs_per_rank_match_one_process(tmp_path):
+    """Iterative DPO under ZeRO-3 on 2 ranks, whose rounds keep different numbers of pairs (ties
+    are dropped): the reference engine's forwards and the actor's passes are kept in lockstep with
+    stand-ins, so the job neither hangs nor changes the loss: it matches 1 process."""
+    one = run(tmp_path / "one", *UNEVEN_DPO)
+    two = run(tmp_path / "two", *UNEVEN_DPO, "deepspeed=zero3", "launch.nproc_per_node=2")
+    counts = [len(torch.load(two / "iterative" / f"round_000.rank{r}.pt", weights_only=False)["pairs"])
+              for r in (0, 1)]
+    assert counts[0] != counts[1], counts  # the case that used to hang
+    a, b = metrics(two), metrics(one)
+    assert sorted(a) == sorted(b) == [1, 2] and all(b[s]["dpo/pairs"] >= 2 for s in b)
+    for step in b:
+        for k in ("dpo/loss", "rewards/margin", "actor/grad_norm"):
+            assert a[step][k] == pytest.approx(b[step][k], rel=1e-4, abs=1e-7), (step, k)
+
+
+def test_spo_tree_zero3_uneven_edges_per_rank_finishes(tmp_path):
+    """SPO-tree under ZeRO-3 on 2 ranks with a reference (β > 0) and high-entropy selection: both
+    no-grad passes over a rank's edges (whose number differs per rank; at step 2 of this seed one
+    rank draws none) run in lockstep, as does every forward: a rank's micro-batches make the same
+    model calls whether or not their rows share a prompt."""
+    out = run(tmp_path, "algo=spo_tree", "algo.branching=[2,2]", "algo.segment_len=2", "algo.kl_coef=0.1",
+              "token_selection=high_entropy", "deepspeed=zero3", "launch.nproc_per_node=2", "launch.timeout_s=90")
+    m = metrics(out)
+    assert sorted(m) == [1, 2, 3] and m[1]["tree/edges_trained"] > 0 and m[1]["actor/grad_norm"] > 0

@@ -39,3 +39,9 @@ def explode_on_odd(samples, completions):
 def mean_char_code(samples, completions):
     """Mean character code / 128: distinct completions almost never tie (iterative DPO always gets pairs)."""
     return [sum(map(ord, c)) / len(c) / 128 if c else 0.0 for c in completions]
+
+
+def char_sum_parity(samples, completions):
+    """1 if the completion's character codes sum to an even number: two samples tie half the time
+    (iterative DPO keeps a varying number of pairs per prompt set)."""
+    return [float(sum(map(ord, c)) % 2 == 0) for c in completions]

@@ -209,7 +209,10 @@ def response_logits(model, prompt_ids, response_ids, *, pad_id: int, share_promp
     """
     T = response_ids.shape[1]
     unique, row_of = _unique_prompts(prompt_ids)
-    if not share_prompts or len(unique) == len(prompt_ids):
+    # Always the two-call path, shared prompts or not: where each forward is a collective (ZeRO-3 on
+    # several ranks) every rank must make the same calls whatever its data, and 1 and N ranks then
+    # compute the same thing in the same order.
+    if not share_prompts:
         ids, attn, pos = pack(prompt_ids, response_ids, pad_id)
         out = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1, use_cache=False)
         return out.logits[:, :-1]  # position P-1+t predicts response token t
@@ -251,16 +254,41 @@ def response_logprobs(model, prompt_ids, response_ids, *, pad_id: int, temperatu
     return lp, ent
 
 
+def lockstep(cfg: RunConfig, dist: Dist) -> Dist | None:
+    """``dist`` when forwards are collectives that every rank must make the same number of times
+    (DeepSpeed on several ranks: ZeRO-3 gathers parameters per forward, ZeRO-1/2 reduce gradients
+    per backward), else None."""
+    return dist if dist.enabled and cfg.deepspeed.stage > 0 else None
+
+
+def lockstep_slices(n: int, size: int, dist: Dist | None) -> list[slice | None]:
+    """Micro-batch slices of ``n`` rows; with ``dist`` (see ``lockstep``) padded with None up to
+    the largest count on any rank: a rank with fewer rows runs a stand-in pass for each None, so
+    its collectives pair up with the other ranks' real ones instead of hanging."""
+    out: list[slice | None] = [slice(s, s + size) for s in range(0, n, size)]
+    if dist is not None and dist.enabled:
+        most = int(dist.max(torch.tensor([len(out)], dtype=torch.long)).item())
+        out += [None] * (most - len(out))
+    return out
+
+
 @torch.no_grad()
-def batched_logprobs(model, prompt_ids, response_ids, *, pad_id, temperature, micro_batch_size, with_entropy=False):
-    """``response_logprobs`` without gradients, in micro-batches."""
+def batched_logprobs(model, prompt_ids, response_ids, *, pad_id, temperature, micro_batch_size, with_entropy=False,
+                     dist: Dist | None = None):
+    """``response_logprobs`` without gradients, in micro-batches; ``dist``: keep the number of
+    forwards equal across ranks (``lockstep``)."""
     lps, ents = [], []
-    for s in range(0, len(prompt_ids), micro_batch_size):
-        lp, ent = response_logprobs(model, prompt_ids[s:s + micro_batch_size],
-                                    response_ids[s:s + micro_batch_size], pad_id=pad_id,
+    for sl in lockstep_slices(len(prompt_ids), micro_batch_size, dist):
+        if sl is None:  # stand-in: one pad token, result dropped
+            response_logprobs(model, [[pad_id]], torch.tensor([[pad_id]]), pad_id=pad_id, temperature=temperature)
+            continue
+        lp, ent = response_logprobs(model, prompt_ids[sl], response_ids[sl], pad_id=pad_id,
                                     temperature=temperature, with_entropy=with_entropy)
         lps.append(lp)
         ents.append(ent)
+    if not lps:
+        empty = torch.zeros((0, response_ids.shape[1] if response_ids.dim() == 2 else 0))
+        return empty, (empty.clone() if with_entropy else None)
     return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
 
 

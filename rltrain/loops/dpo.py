@@ -59,7 +59,8 @@ from rltrain.data import PREFERENCE_DATASETS
 from rltrain.engine.dist import Dist
 from rltrain.engine.model import eos_token_ids
 from rltrain.loops import common as C
-from rltrain.loops.pairs import Encoded, batched_pair_logps, encode_examples, pair_logps, prompt_samples
+from rltrain.loops.pairs import (Encoded, batched_pair_logps, encode_examples, pair_logps, prompt_samples,
+                                 stand_in_pair)
 from rltrain.loops.pg import Metrics
 from rltrain.report.logger import RunLogger
 
@@ -144,7 +145,7 @@ def cached_reference_logps(cfg: RunConfig, dist: Dist, reference, pairs: list[En
         return table
     mine = missing[dist.rank::dist.world_size]
     vals = batched_pair_logps(reference(), [pairs[i] for i in mine], pad_id=pad,
-                              micro_batch_size=cfg.train.micro_batch_size)  # [k, 2]
+                              micro_batch_size=cfg.train.micro_batch_size, dist=C.lockstep(cfg, dist))  # [k, 2]
     idx = dist.gather_cat(torch.tensor(mine, dtype=torch.long))
     table[idx] = dist.gather_cat(vals.float().reshape(-1)).view(-1, 2)
     if dist.is_main:
@@ -169,11 +170,13 @@ def dpo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int, pairs: list[En
         return {"dpo/pairs": 0.0}
     m = Metrics()
     per = max(1, cfg.train.micro_batch_size // 2)  # chosen + rejected = 2 sequences per pair
-    for s in range(0, len(pairs), per):
-        part = pairs[s:s + per]
+    # Under DeepSpeed on several ranks every rank makes the same number of passes (iterative DPO's
+    # pairs per rank differ): a rank out of pairs runs zero-weight stand-in passes.
+    for sl in C.lockstep_slices(len(pairs), per, C.lockstep(cfg, dist)):
+        part = [stand_in_pair(ctx.pad)] if sl is None else pairs[sl]
         pol_c, pol_r = pair_logps(ctx.actor.module, part, pad_id=ctx.pad)  # [k], [k]
         if ref_logps is not None:
-            ref_c, ref_r = ref_logps[s:s + per, 0], ref_logps[s:s + per, 1]
+            ref_c, ref_r = (torch.zeros(1), torch.zeros(1)) if sl is None else (ref_logps[sl, 0], ref_logps[sl, 1])
         elif ctx.ref is not None:
             with torch.no_grad():
                 ref_c, ref_r = pair_logps(ctx.ref, part, pad_id=ctx.pad)
@@ -183,8 +186,8 @@ def dpo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int, pairs: list[En
                                         label_smoothing=a.label_smoothing, reference_free=a.reference_free)
         loss = losses.sum() / n_pairs  # mean over the step's pairs on all ranks
         C.finite_or_raise(loss, step)
-        ctx.actor.backward(loss)
-        k = float(len(part))
+        ctx.actor.backward(loss if sl is not None else loss * 0.0)
+        k = float(len(part)) if sl is not None else 0.0  # stand-ins log the same names, with weight 0
         m.add("dpo/loss", losses.mean().item(), k)
         m.add("rewards/chosen", rew_c.mean().item(), k)
         m.add("rewards/rejected", rew_r.mean().item(), k)
@@ -204,12 +207,12 @@ def preference_eval(ctx: Context, cfg: RunConfig, dist: Dist) -> dict:
     """Implicit-reward accuracy and margin of the current policy on the held-out pairs."""
     mine = list(range(dist.rank, len(ctx.test_pairs), dist.world_size))
     pol = batched_pair_logps(ctx.actor.module, [ctx.test_pairs[i] for i in mine], pad_id=ctx.pad,
-                             micro_batch_size=cfg.train.micro_batch_size)  # [k, 2]
+                             micro_batch_size=cfg.train.micro_batch_size, dist=C.lockstep(cfg, dist))  # [k, 2]
     if ctx.ref_test is not None:
         ref = ctx.ref_test[mine]
     elif ctx.ref is not None:
         ref = batched_pair_logps(ctx.ref, [ctx.test_pairs[i] for i in mine], pad_id=ctx.pad,
-                                 micro_batch_size=cfg.train.micro_batch_size)
+                                 micro_batch_size=cfg.train.micro_batch_size, dist=C.lockstep(cfg, dist))
     else:
         ref = torch.zeros_like(pol)
     margin = cfg.algo.beta * ((pol[:, 0] - ref[:, 0]) - (pol[:, 1] - ref[:, 1]))  # [k]
@@ -268,7 +271,8 @@ def build_round(ctx: Context, cfg: RunConfig, dist: Dist, r: int) -> Round:
         ref = torch.zeros((len(pairs), 2))
     else:  # initial: the frozen starting policy; previous_iterate: the policy now, before the round trains
         model = ctx.ref if a.reference == "initial" else ctx.actor.module
-        ref = batched_pair_logps(model, pairs, pad_id=ctx.pad, micro_batch_size=t.micro_batch_size)
+        ref = batched_pair_logps(model, pairs, pad_id=ctx.pad, micro_batch_size=t.micro_batch_size,
+                                 dist=C.lockstep(cfg, dist))
     sums.update({"time/rollout": t1 - t0, "time/reference": time.time() - t1})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")

@@ -135,7 +135,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
             t1 = time.time()
             ref_logp, _ = C.batched_logprobs(ctx.ref, s.prompt_ids, s.response_ids, pad_id=pad,
                                              temperature=cfg.rollout.temperature or 1.0,
-                                             micro_batch_size=cfg.train.micro_batch_size)
+                                             micro_batch_size=cfg.train.micro_batch_size, dist=C.lockstep(cfg, dist))
             times["time/reference"] = time.time() - t1
         batch = PGBatch(s.prompt_ids, s.response_ids, s.mask, adv_tok, ref_logp, rollout_entropy=s.entropies)
         metrics = policy_update(ctx.actor, batch, cfg, dist, pad_id=pad, step=step,

@@ -20,7 +20,7 @@ import torch
 
 from rltrain.algos.core import masked_sum
 from rltrain.data import PreferencePair, render_pair
-from rltrain.loops.common import response_logprobs
+from rltrain.loops.common import lockstep_slices, response_logprobs
 from rltrain.types import Sample
 
 
@@ -98,16 +98,26 @@ def pair_logps(model, batch: list[Encoded], *, pad_id: int) -> tuple[torch.Tenso
     return seq[: len(batch)], seq[len(batch):]
 
 
+def stand_in_pair(pad_id: int) -> Encoded:
+    """A one-token pair for a rank's lockstep passes (``loops.common.lockstep_slices``)."""
+    return Encoded([pad_id], [[pad_id], [pad_id]])
+
+
 @torch.no_grad()
-def batched_pair_logps(model, batch: list[Encoded], *, pad_id: int, micro_batch_size: int) -> torch.Tensor:
+def batched_pair_logps(model, batch: list[Encoded], *, pad_id: int, micro_batch_size: int,
+                       dist=None) -> torch.Tensor:
     """``[n, 2]`` summed (chosen, rejected) log-probs without gradients, in micro-batches of
-    ``micro_batch_size`` sequences."""
+    ``micro_batch_size`` sequences; ``dist``: keep the number of forwards equal across ranks."""
     per = max(1, micro_batch_size // 2)
     was_training = model.training
     model.eval()
+    out = []
     try:
-        out = [torch.stack(pair_logps(model, batch[s:s + per], pad_id=pad_id), dim=1)
-               for s in range(0, len(batch), per)]
+        for sl in lockstep_slices(len(batch), per, dist):
+            part = [stand_in_pair(pad_id)] if sl is None else batch[sl]
+            lp = torch.stack(pair_logps(model, part, pad_id=pad_id), dim=1)
+            if sl is not None:
+                out.append(lp)
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.zeros((0, 2))

@@ -21,7 +21,7 @@ import torch
 from rltrain.algos import core, registry
 from rltrain.config import RunConfig
 from rltrain.engine.dist import Dist
-from rltrain.loops.common import (batched_logprobs, chunks, entropy_stats, finite_or_raise, option_kwargs,
+from rltrain.loops.common import (batched_logprobs, lockstep, chunks, entropy_stats, finite_or_raise, option_kwargs,
                                   response_logprobs)
 
 
@@ -99,7 +99,8 @@ def micro_batches(rows: torch.Tensor, skip: torch.Tensor, size: int, dist: Dist,
     want = max(1, len(out))
     if lockstep:
         want = int(dist.max(torch.tensor([float(want)])).item())
-    out += [(rows[:1], 0.0)] * (want - len(out))
+    stand_in = rows[:1] if len(rows) else torch.zeros(1, dtype=torch.long)  # row 0: a minibatch this rank has no row of
+    out += [(stand_in, 0.0)] * (want - len(out))
     return out
 
 
@@ -154,7 +155,7 @@ def policy_update(actor, batch: PGBatch, cfg: RunConfig, dist: Dist, *, pad_id: 
     if old_logp is None and needs_old_pass(cfg):
         old_logp, old_ent = batched_logprobs(actor.module, batch.prompt_ids, batch.response_ids, pad_id=pad_id,
                                              temperature=temp, micro_batch_size=T_.micro_batch_size,
-                                             with_entropy=True)
+                                             with_entropy=True, dist=lockstep(cfg, dist))
     # Token selection and covariance selection are fixed for the step, pooled across ranks.
     selection = select_tokens(cfg, mask, old_logp, old_ent, dist)
     loss_selected = select_for_loss(cfg, mask, old_logp, batch.advantages, dist, generator)
@@ -163,7 +164,7 @@ def policy_update(actor, batch: PGBatch, cfg: RunConfig, dist: Dist, *, pad_id: 
     m = Metrics()
     m.add("actor/token_select_frac", (select.sum() / mask.sum().clamp(min=1)).item(), mask.sum().item())
     skip = skippable_rows(cfg, batch, mask, early_stop_ratio)
-    lockstep = dist.world_size > 1 and getattr(cfg.deepspeed, "stage", 0) > 0
+    in_step = lockstep(cfg, dist) is not None
     m.add("actor/skipped_rows_frac", float(skip.float().mean()) if N else 0.0, float(N))
     # Entropy for logging: the rollout's (all rows, no extra work) unless the update computes it.
     log_ent = old_ent if old_ent is not None else batch.rollout_entropy
@@ -177,7 +178,7 @@ def policy_update(actor, batch: PGBatch, cfg: RunConfig, dist: Dist, *, pad_id: 
             skipped_tokens = mask[rows][skip[rows]].sum().item()
             if skipped_tokens:  # their loss is exactly 0: keep the logged mean over all tokens
                 m.add("actor/pg_loss", 0.0, skipped_tokens)
-            for idx, weight in micro_batches(rows, skip, T_.micro_batch_size, dist, lockstep):
+            for idx, weight in micro_batches(rows, skip, T_.micro_batch_size, dist, in_step):
                 width = max(1, int(mask[idx].sum(1).max()))  # this micro-batch's longest response
                 p_ids = [batch.prompt_ids[i] for i in idx.tolist()]
                 want_ent_grad = cfg.algo.entropy_coef != 0

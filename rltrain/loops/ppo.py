@@ -198,11 +198,12 @@ def ppo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
 
     t0 = time.time()
     old_logp, old_ent = C.batched_logprobs(ctx.actor.module, s.prompt_ids, s.response_ids, pad_id=pad,
-                                           temperature=temp, micro_batch_size=mb, with_entropy=True)  # [N, T]
+                                           temperature=temp, micro_batch_size=mb, with_entropy=True,
+                                           dist=C.lockstep(cfg, dist))  # [N, T]
     ref_logp = None
     if ctx.ref is not None:
         ref_logp, _ = C.batched_logprobs(ctx.ref, s.prompt_ids, s.response_ids, pad_id=pad, temperature=temp,
-                                         micro_batch_size=mb)
+                                         micro_batch_size=mb, dist=C.lockstep(cfg, dist))
     raw_values = batched_critic_values(ctx.critic.module, s.prompt_ids, s.response_ids, pad_id=pad,
                                        micro_batch_size=mb)  # [N, T + 1], the critic's (normalised) space
     values = ctx.value_norm.denormalize(raw_values) if ctx.value_norm else raw_values

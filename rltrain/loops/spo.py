@@ -273,17 +273,18 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                         e.old_logp = row[: len(e.response_ids)].clone()
             drawn = replay.draw(new, step, C.step_generator(cfg.seed + 29, step, dist.rank))
             stats["tree/edges_trained"] = C.global_count(len(drawn), dist)
-            if stats["tree/edges_trained"] == 0:  # every leaf scored alike: nothing to learn this step
+            stand_in = not drawn  # nothing to learn on this rank (every leaf scored alike): one
+            if stand_in:          # fully masked edge keeps its passes in step with the other ranks
                 drawn = [Edge("", step, [pad], [pad], 0.0, torch.zeros(1))]
             prompt_ids, resp, mask, adv = edges_to_batch(drawn, pad)
-            if stats["tree/edges_trained"] == 0:
+            if stand_in:
                 mask = torch.zeros_like(mask)
             old_logp = _pad_rows([e.old_logp.tolist() for e in drawn], 0.0).float()
             old_ent = None
             if cfg.token_selection.name == "high_entropy":
                 old_logp, old_ent = C.batched_logprobs(ctx.actor.module, prompt_ids, resp, pad_id=pad,
                                                        temperature=temp, micro_batch_size=cfg.train.micro_batch_size,
-                                                       with_entropy=True)
+                                                       with_entropy=True, dist=C.lockstep(cfg, dist))
         valid = mask.bool()
         keep = select.prob_mask(old_logp, valid, threshold=a.cut_threshold) if a.prob_mask else valid
         stats["spo/prob_mask_frac"] = float(keep.sum()) / max(float(valid.sum()), 1.0)
@@ -295,7 +296,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         if ctx.ref is not None:
             t1 = time.time()
             ref_logp, _ = C.batched_logprobs(ctx.ref, prompt_ids, resp, pad_id=pad, temperature=temp,
-                                             micro_batch_size=cfg.train.micro_batch_size)
+                                             micro_batch_size=cfg.train.micro_batch_size, dist=C.lockstep(cfg, dist))
             times["time/reference"] = time.time() - t1
         batch = PGBatch(prompt_ids, resp, mask, adv, ref_logp, old_logp=old_logp, old_entropy=old_ent)
         metrics = policy_update(ctx.actor, batch, cfg, dist, pad_id=pad, step=step,
