@@ -453,11 +453,13 @@ class StepClock:
     steps logged in metrics.jsonl. Rank 0's clock decides, so every rank stops at the same step.
     """
 
-    def __init__(self, cfg: RunConfig, dist: Dist, start: int):
+    def __init__(self, cfg: RunConfig, dist: Dist, start: int, logger=None):
         self.cfg, self.dist, self.step = cfg, dist, start
         self.budget = cfg.train.time_budget_s
         spent = _logged_step_time(cfg.run_dir, start) if self.budget > 0 and start > 0 and dist.is_main else 0.0
         self.spent = float(dist.broadcast_object(spent))
+        if logger is not None:  # its ETA counts down the budget too
+            logger.budget, logger.spent_before = self.budget, self.spent
 
     def steps(self) -> range:
         exhausted = 0 < self.budget <= self.spent

@@ -324,7 +324,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         if logger:
             logger.event(0, "eval", before)
     rnd = None
-    clock = C.StepClock(cfg, dist, start)
+    clock = C.StepClock(cfg, dist, start, logger)
     for step in clock.steps():
         t0 = time.time()
         metrics = {}

@@ -122,7 +122,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                        start_step=start, title=f"rltrain {cfg.algo.name}") if dist.is_main else None
     before = C.initial_eval(cfg, ctx, dist, logger, start)
     pad = ctx.tok.pad_token_id
-    clock = C.StepClock(cfg, dist, start)
+    clock = C.StepClock(cfg, dist, start, logger)
     for step in clock.steps():
         t0 = time.time()
         with ctx.actor.gathered():  # ZeRO-3: the actor's parameters gathered once for the rollout phase

@@ -89,7 +89,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
                        start_step=start, title="rltrain sft") if dist.is_main else None
     before = C.initial_eval(cfg, ctx, dist, logger, start)
-    clock = C.StepClock(cfg, dist, start)
+    clock = C.StepClock(cfg, dist, start, logger)
     for step in clock.steps():
         t0 = time.time()
         metrics = sft_step(ctx, cfg, dist, step)

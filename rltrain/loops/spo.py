@@ -250,7 +250,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                        start_step=start, title=f"rltrain {a.name}") if dist.is_main else None
     before = C.initial_eval(cfg, ctx, dist, logger, start)
     pad, temp = ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0
-    clock = C.StepClock(cfg, dist, start)
+    clock = C.StepClock(cfg, dist, start, logger)
     for step in clock.steps():
         t0 = time.time()
         if a.name == "spo_chain":

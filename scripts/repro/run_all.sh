@@ -18,6 +18,8 @@ declare -A RUNS=(
   [grpo_clip_higher]="+experiment=grpo_ablation policy_loss.clip_high=0.28"
   [grpo_clip_cov]="+experiment=grpo_ablation policy_loss=clip_cov"
   [grpo_kl_cov]="+experiment=grpo_ablation policy_loss=kl_cov"
+  [grpo_2mb]="+experiment=grpo_ablation train.minibatches_per_step=2"
+  [grpo_2mb_clip_higher]="+experiment=grpo_ablation train.minibatches_per_step=2 policy_loss.clip_high=0.28"
   [sft]="+experiment=sft_vs_dpo algo=sft"
   [dpo]="+experiment=sft_vs_dpo algo=dpo data=synthetic_prefs"
   [dpo_iterative]="+experiment=sft_vs_dpo algo=dpo algo.iterative=true algo.rounds=2 train.samples_per_prompt=8"
@@ -27,7 +29,7 @@ declare -A RUNS=(
   [ppo_small_batch]="+experiment=ppo_tricks train.steps=10 train.prompts_per_step=4 train.minibatches_per_step=1"
 )
 ORDER=(grpo_240s spo_chain_240s spo_tree_240s grpo grpo_top20 grpo_clip_higher grpo_clip_cov grpo_kl_cov
-       sft dpo dpo_iterative ppo ppo_no_adv_norm ppo_frozen_ref ppo_small_batch)
+       sft dpo dpo_iterative ppo ppo_no_adv_norm ppo_frozen_ref ppo_small_batch grpo_2mb grpo_2mb_clip_higher)
 [ $# -gt 0 ] && ORDER=("$@")
 
 for name in "${ORDER[@]}"; do
@@ -43,6 +45,7 @@ for name in "${ORDER[@]}"; do
 done
 .venv/bin/rltrain-report "$OUT"/grpo_240s "$OUT"/spo_chain_240s "$OUT"/spo_tree_240s --out bench/repro/equal_time || true
 .venv/bin/rltrain-report "$OUT"/grpo "$OUT"/grpo_top20 "$OUT"/grpo_clip_higher "$OUT"/grpo_clip_cov "$OUT"/grpo_kl_cov \
+  "$OUT"/grpo_2mb "$OUT"/grpo_2mb_clip_higher \
   --entropy-law --out bench/repro/grpo_variants || true
 .venv/bin/rltrain-report "$OUT"/sft "$OUT"/dpo "$OUT"/dpo_iterative "$OUT"/ppo --out bench/repro/ladder || true
 .venv/bin/rltrain-report "$OUT"/ppo "$OUT"/ppo_no_adv_norm "$OUT"/ppo_frozen_ref "$OUT"/ppo_small_batch \

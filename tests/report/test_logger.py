@@ -22,3 +22,14 @@ def test_live_table_has_a_column_per_logged_headline_metric(tmp_path):
     table = log._table({"sft/nll": 1.25, "time/update": 1.0}, 1)
     assert [c.header for c in table.columns] == ["nll"]
     assert "update 1.0s" in table.caption
+
+
+def test_eta_never_exceeds_the_time_budget_left(tmp_path):
+    from rltrain.report.logger import RunLogger
+
+    log = RunLogger(tmp_path, total_steps=100, console=False)
+    log.budget, log.spent_before = 60.0, 20.0
+    log.t0 -= 30.0  # 30 s per step so far: 99 steps would take ~50 min
+    log.log(1, {"time/step": 30.0})
+    assert log._eta(1) == "00:10"  # 60 − 20 − 30 s of budget left
+    log.close()
