@@ -1,4 +1,4 @@
-"""Per-rank memory of the actor at ZeRO-0, 2 and 3: SmolLM2-135M, 2 ranks on CPU, bf16 (a benchmark,
+"""Per-rank memory of the actor at ZeRO-0, 2 and 3: SmolLM2-135M, 2 ranks on CPU, native dtype (a benchmark,
 not a test).
 
     python scripts/bench/zero_memory.py                       # → table on stdout
@@ -183,10 +183,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1, help="measured optimizer steps (after one warm-up step)")
     parser.add_argument("--batch", type=int, default=2, help="sequences per rank per step")
     parser.add_argument("--seq-len", type=int, default=32)
-    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="model.dtype")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="model.dtype (auto: bf16 only where the CPU runs it natively)")
     parser.add_argument("--out", default=None, help="also write the markdown table here")
     args = parser.parse_args()
     import tempfile
+
+    from rltrain.engine.model import resolve_dtype
+
+    args.dtype = resolve_dtype(args.dtype)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

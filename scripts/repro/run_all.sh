@@ -20,6 +20,11 @@ declare -A RUNS=(
   [grpo_kl_cov]="+experiment=grpo_ablation policy_loss=kl_cov"
   [grpo_2mb]="+experiment=grpo_ablation train.minibatches_per_step=2"
   [grpo_2mb_clip_higher]="+experiment=grpo_ablation train.minibatches_per_step=2 policy_loss.clip_high=0.28"
+  [grpo_240s_seed1]="+experiment=equal_time_grpo seed=1"
+  [spo_chain_240s_seed1]="+experiment=equal_time_spo_chain seed=1"
+  [spo_tree_240s_seed1]="+experiment=equal_time_spo_tree seed=1"
+  [grpo_seed1]="+experiment=grpo_ablation seed=1"
+  [grpo_top20_seed1]="+experiment=grpo_ablation token_selection=high_entropy seed=1"
   [sft]="+experiment=sft_vs_dpo algo=sft"
   [dpo]="+experiment=sft_vs_dpo algo=dpo data=synthetic_prefs"
   [dpo_iterative]="+experiment=sft_vs_dpo algo=dpo algo.iterative=true algo.rounds=2 train.samples_per_prompt=8"
@@ -29,7 +34,8 @@ declare -A RUNS=(
   [ppo_small_batch]="+experiment=ppo_tricks train.steps=10 train.prompts_per_step=4 train.minibatches_per_step=1"
 )
 ORDER=(grpo_240s spo_chain_240s spo_tree_240s grpo grpo_top20 grpo_clip_higher grpo_clip_cov grpo_kl_cov
-       sft dpo dpo_iterative ppo ppo_no_adv_norm ppo_frozen_ref ppo_small_batch grpo_2mb grpo_2mb_clip_higher)
+       sft dpo dpo_iterative ppo ppo_no_adv_norm ppo_frozen_ref ppo_small_batch grpo_2mb grpo_2mb_clip_higher
+       grpo_seed1 grpo_top20_seed1 grpo_240s_seed1 spo_chain_240s_seed1 spo_tree_240s_seed1)
 [ $# -gt 0 ] && ORDER=("$@")
 
 for name in "${ORDER[@]}"; do
@@ -40,7 +46,8 @@ for name in "${ORDER[@]}"; do
   fi
   echo "== $name: ${RUNS[$name]}"
   # shellcheck disable=SC2086
-  taskset -c "$CPU" $RL ${RUNS[$name]} seed=0 resume=auto log.console=false launch.threads_per_rank=1 \
+  seed=seed=0; [[ "${RUNS[$name]}" == *seed=* ]] && seed=
+  taskset -c "$CPU" $RL ${RUNS[$name]} $seed resume=auto log.console=false launch.threads_per_rank=1 \
     "hydra.run.dir=$dir"
 done
 .venv/bin/rltrain-report "$OUT"/grpo_240s "$OUT"/spo_chain_240s "$OUT"/spo_tree_240s --out bench/repro/equal_time || true
