@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run directories (or folders holding runs, e.g. a multirun sweep)")
     p.add_argument("--out", type=Path, default=None, help="output directory")
     p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument("--dir-labels", action="store_true",
+                   help="label runs by their directory names (default: by the config keys that differ)")
     law = p.add_argument_group("entropy law (Cui et al. 2025): R = −a·exp(H) + b")
     law.add_argument("--entropy-law", action="store_true", help="fit the law to each run")
     law.add_argument("--fit-fraction", type=float, default=None,
@@ -118,7 +120,7 @@ def law_cells(run: Run, row: LawRow) -> list[str]:
 
 
 def report_runs(args, console: Console) -> int:
-    runs = load_runs(args.runs)
+    runs = load_runs(args.runs, dir_labels=args.dir_labels)
     out = args.out or (runs[0].path / "report" if len(runs) == 1 else Path("report"))
     out.mkdir(parents=True, exist_ok=True)
     for r in runs:

@@ -123,9 +123,12 @@ def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
     return out
 
 
-def load_runs(paths: list[str | Path]) -> list[Run]:
+def load_runs(paths: list[str | Path], dir_labels: bool = False) -> list[Run]:
+    """The runs under ``paths``, labelled by what sets them apart (``make_labels``) or, with
+    ``dir_labels``, by their directory names."""
     runs = [load_run(p) for p in expand_run_dirs(paths)]
-    for run, label in zip(runs, make_labels(runs)):
+    labels = [r.path.name for r in runs] if dir_labels else make_labels(runs)
+    for run, label in zip(runs, labels):
         run.label = label
     return runs
 
@@ -162,9 +165,13 @@ def _differences(configs: list[dict]) -> list[list[str]]:
             head = k.rsplit(".", 1)[0] if "." in k else ""
             if k.endswith(".name") and head in groups:
                 parts.append(f"{head}={f.get(k)}")
-            elif head not in groups and k != "algo.name":
+            elif head in groups:  # a field of a group whose option differs: shown where it sets
+                same = [g for g in flat if g.get(f"{head}.name") == f.get(f"{head}.name")]  # runs of one option apart
+                if len({json.dumps(g.get(k), default=str) for g in same}) > 1:
+                    parts.append(f"{k}={f.get(k)}")
+            elif k != "algo.name":
                 parts.append(f"{k}={f.get(k)}")
-        out.append(parts)
+        out.append(sorted(parts, key=lambda p: "." in p.split("=")[0]))  # group choices first
     return out
 
 

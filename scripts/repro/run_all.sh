@@ -20,6 +20,8 @@ declare -A RUNS=(
   [grpo_kl_cov]="+experiment=grpo_ablation policy_loss=kl_cov"
   [grpo_2mb]="+experiment=grpo_ablation train.minibatches_per_step=2"
   [grpo_2mb_clip_higher]="+experiment=grpo_ablation train.minibatches_per_step=2 policy_loss.clip_high=0.28"
+  [spo_tree_240s_no_mask]="+experiment=equal_time_spo_tree algo.prob_mask=false"
+  [spo_chain_240s_no_mask]="+experiment=equal_time_spo_chain algo.prob_mask=false"
   [grpo_240s_seed1]="+experiment=equal_time_grpo seed=1"
   [spo_chain_240s_seed1]="+experiment=equal_time_spo_chain seed=1"
   [spo_tree_240s_seed1]="+experiment=equal_time_spo_tree seed=1"
@@ -35,7 +37,8 @@ declare -A RUNS=(
 )
 ORDER=(grpo_240s spo_chain_240s spo_tree_240s grpo grpo_top20 grpo_clip_higher grpo_clip_cov grpo_kl_cov
        sft dpo dpo_iterative ppo ppo_no_adv_norm ppo_frozen_ref ppo_small_batch grpo_2mb grpo_2mb_clip_higher
-       grpo_seed1 grpo_top20_seed1 grpo_240s_seed1 spo_chain_240s_seed1 spo_tree_240s_seed1)
+       grpo_seed1 grpo_top20_seed1 spo_tree_240s_no_mask spo_chain_240s_no_mask
+       grpo_240s_seed1 spo_chain_240s_seed1 spo_tree_240s_seed1)
 [ $# -gt 0 ] && ORDER=("$@")
 
 for name in "${ORDER[@]}"; do
@@ -50,10 +53,11 @@ for name in "${ORDER[@]}"; do
   taskset -c "$CPU" $RL ${RUNS[$name]} $seed resume=auto log.console=false launch.threads_per_rank=1 \
     "hydra.run.dir=$dir"
 done
-.venv/bin/rltrain-report "$OUT"/grpo_240s "$OUT"/spo_chain_240s "$OUT"/spo_tree_240s --out bench/repro/equal_time || true
+.venv/bin/rltrain-report "$OUT"/grpo_240s "$OUT"/spo_chain_240s "$OUT"/spo_tree_240s "$OUT"/spo_chain_240s_no_mask \
+  "$OUT"/spo_tree_240s_no_mask --dir-labels --out bench/repro/equal_time || true
 .venv/bin/rltrain-report "$OUT"/grpo "$OUT"/grpo_top20 "$OUT"/grpo_clip_higher "$OUT"/grpo_clip_cov "$OUT"/grpo_kl_cov \
   "$OUT"/grpo_2mb "$OUT"/grpo_2mb_clip_higher \
-  --entropy-law --out bench/repro/grpo_variants || true
-.venv/bin/rltrain-report "$OUT"/sft "$OUT"/dpo "$OUT"/dpo_iterative "$OUT"/ppo --out bench/repro/ladder || true
+  --entropy-law --dir-labels --out bench/repro/grpo_variants || true
+.venv/bin/rltrain-report "$OUT"/sft "$OUT"/dpo "$OUT"/dpo_iterative "$OUT"/ppo --dir-labels --out bench/repro/ladder || true
 .venv/bin/rltrain-report "$OUT"/ppo "$OUT"/ppo_no_adv_norm "$OUT"/ppo_frozen_ref "$OUT"/ppo_small_batch \
-  --out bench/repro/ppo_tricks || true
+  --dir-labels --out bench/repro/ppo_tricks || true

@@ -9,7 +9,8 @@ from pathlib import Path
 
 GROUPS = {
     "Equal training time (240 s of steps)": ["grpo_240s", "spo_chain_240s", "spo_tree_240s", "grpo_240s_seed1",
-                                             "spo_chain_240s_seed1", "spo_tree_240s_seed1"],
+                                             "spo_chain_240s_seed1", "spo_tree_240s_seed1", "spo_chain_240s_no_mask",
+                                             "spo_tree_240s_no_mask"],
     "GRPO, 6 steps: token selection and entropy control": [
         "grpo", "grpo_top20", "grpo_seed1", "grpo_top20_seed1", "grpo_clip_higher", "grpo_clip_cov", "grpo_kl_cov", "grpo_2mb", "grpo_2mb_clip_higher"],
     "The post-training ladder": ["sft", "dpo", "dpo_iterative", "ppo"],

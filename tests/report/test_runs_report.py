@@ -90,3 +90,16 @@ def test_cli_errors_name_the_problem(tmp_path):
         cli.main([str(tmp_path / "missing")])
     with pytest.raises(SystemExit, match="fit-fraction"):
         cli.main([str(tmp_path), "--fit-fraction", "1.5"])
+
+
+def test_labels_show_a_field_that_differs_within_one_option_and_dir_labels(tmp_path, make_run, config):
+    """Three runs: clip with clip_high 0.2 and 0.28, and kl_cov. The group's option differs, so it
+    names the group; clip_high differs between the two clip runs, so it is shown for them."""
+    rows = [{"step": 1, "wall_time": 1.0, "reward/mean": 0.1}]
+    a = make_run(tmp_path / "a", config(name="clip", clip_high=0.2), rows, [])
+    b = make_run(tmp_path / "b", config(name="clip", clip_high=0.28), rows, [])
+    c = make_run(tmp_path / "c", config(name="kl_cov", select_ratio=2e-4), rows, [])
+    assert [r.label for r in load_runs([a, b, c])] == [
+        "grpo policy_loss=clip, policy_loss.clip_high=0.2", "grpo policy_loss=clip, policy_loss.clip_high=0.28",
+        "grpo policy_loss=kl_cov"]
+    assert [r.label for r in load_runs([a, b, c], dir_labels=True)] == ["a", "b", "c"]
