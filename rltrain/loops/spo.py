@@ -273,8 +273,8 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                         e.old_logp = row[: len(e.response_ids)].clone()
             drawn = replay.draw(new, step, C.step_generator(cfg.seed + 29, step, dist.rank))
             stats["tree/edges_trained"] = C.global_count(len(drawn), dist)
-            stand_in = not drawn  # nothing to learn on this rank (every leaf scored alike): one
-            if stand_in:          # fully masked edge keeps its passes in step with the other ranks
+            stand_in = not drawn  # this rank has nothing to learn (its leaves all scored alike)
+            if stand_in:  # one fully masked edge keeps its passes in step with the other ranks
                 drawn = [Edge("", step, [pad], [pad], 0.0, torch.zeros(1))]
             prompt_ids, resp, mask, adv = edges_to_batch(drawn, pad)
             if stand_in:
