@@ -13,6 +13,7 @@ policy's statistics up front, no separate "old log-prob" forward is run: π_old 
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -21,8 +22,10 @@ import torch
 from rltrain.algos import core, registry
 from rltrain.config import RunConfig
 from rltrain.engine.dist import Dist
-from rltrain.loops.common import (batched_logprobs, lockstep, chunks, entropy_stats, finite_or_raise, option_kwargs,
+from rltrain.loops.common import (batched_logprobs, chunks, entropy_stats, finite_or_raise, lockstep, option_kwargs,
                                   response_logprobs)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -124,6 +127,21 @@ def select_tokens(cfg: RunConfig, mask, old_logp, old_ent, dist: Dist):
     return spec(mask, entropy=old_ent, old_logp=old_logp, **opts)
 
 
+_warned: set[str] = set()
+
+
+def _warn_small_selection(cfg: RunConfig, n_tokens: int) -> None:
+    """Once per run: Clip-Cov / KL-Cov select ``max(⌊ratio·N⌋, 1)`` tokens, and the papers' ratios
+    (2e-4) are meant for ~10⁶ tokens per step; at CPU-sized batches that is one token."""
+    ratio = getattr(cfg.policy_loss, "select_ratio", None)
+    if ratio is None or ratio * n_tokens >= 10 or cfg.policy_loss.name in _warned:
+        return
+    _warned.add(cfg.policy_loss.name)
+    log.warning("policy_loss=%s: select_ratio=%g of this step's %d response tokens selects %d token(s); the "
+                "method acts on a handful of tokens at this batch size (raise policy_loss.select_ratio or the batch)",
+                cfg.policy_loss.name, ratio, n_tokens, max(int(ratio * n_tokens), 1))
+
+
 def select_for_loss(cfg: RunConfig, mask, old_logp, advantages, dist: Dist, generator):
     """Batch-wide selection of a covariance-based policy loss, or None (π_θ = π_old at step start)."""
     spec = registry.get("policy_loss", cfg.policy_loss.name)
@@ -132,6 +150,7 @@ def select_for_loss(cfg: RunConfig, mask, old_logp, advantages, dist: Dist, gene
         return None
     lp = dist.gather_cat(core.flatten_valid(old_logp, mask))[None]  # [1, N_global]
     adv = dist.gather_cat(core.flatten_valid(advantages.float(), mask))[None]
+    _warn_small_selection(cfg, lp.shape[1])
     row = spec.select(lp, lp, adv, torch.ones_like(lp, dtype=torch.bool), generator=generator, **opts)
     return _my_slice(row, mask, dist)
 

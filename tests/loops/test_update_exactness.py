@@ -120,3 +120,21 @@ def test_rows_are_not_skipped_when_the_loss_does_not_vanish():
     with_kl = pg.PGBatch([[1]] * 2, torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3), torch.zeros(2, 3),
                          ref_logp=torch.zeros(2, 3))
     assert not pg.skippable_rows(_cfg(), with_kl, torch.ones(2, 3, dtype=torch.bool), 0.0).any()
+
+
+def test_clip_cov_warns_once_when_its_ratio_selects_a_handful_of_tokens(caplog):
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from rltrain.loops import pg
+
+    pg._warned.clear()
+    cfg = OmegaConf.create({"policy_loss": {"name": "clip_cov", "select_ratio": 2e-4}})
+    with caplog.at_level(logging.WARNING, logger="rltrain.loops.pg"):
+        pg._warn_small_selection(cfg, 2000)   # selects 1 token: warned
+        pg._warn_small_selection(cfg, 2000)   # once per run
+        pg._warn_small_selection(OmegaConf.create({"policy_loss": {"name": "kl_cov", "select_ratio": 2e-4}}),
+                                 100_000)     # 20 tokens: fine
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "select_ratio=0.0002" in warnings[0] and "selects 1 token" in warnings[0]
