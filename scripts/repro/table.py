@@ -22,7 +22,7 @@ GROUPS = {
 # work: † the other core was busy (the test suite or a benchmark); ‡ the machine slowed down (the
 # same rollout ran at a third to a half of the speed it had in an earlier run).
 MARKS = {"grpo_kl_cov": "†", "ppo": "†", "ppo_no_adv_norm": "†", "spo_chain_240s_no_mask": "‡",
-         "grpo_top20_seed1": "‡", "grpo_240s_seed1": "‡", "spo_chain_240s_seed1": "‡", "spo_tree_240s_seed1": "‡"}
+         "grpo_top20_seed1": "‡", "grpo_240s_seed1": "‡", "spo_chain_240s_seed1": "‡", "spo_tree_240s_seed1": "†"}
 
 
 def summary(run: Path) -> dict | None:
