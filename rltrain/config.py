@@ -539,7 +539,7 @@ class ModelConfig:
     path: Optional[str] = None
     """Hub id or local directory (model=hf), or a saved tiny model."""
     dtype: str = "auto"
-    """Compute dtype: auto (bf16 where the hardware runs it natively, else fp32) | bf16 (fp32 master
+    """Compute dtype: auto (bf16 on a GPU that runs it natively, fp32 on CPUs: engine/model.py:resolve_dtype) | bf16 (fp32 master
     weights kept for the optimizer) | fp32."""
     gradient_checkpointing: bool = False
     tiny_hidden_size: int = 64

@@ -40,9 +40,16 @@ def fast_bf16() -> bool:
 
 
 def resolve_dtype(dtype: str) -> str:
-    """``auto`` → bf16 where it is fast, else fp32."""
+    """``auto`` → bf16 on a GPU that runs it natively, else fp32.
+
+    Not bf16 on CPUs, even those with AMX / avx512_bf16 where bf16 matmuls are ~7× faster: the
+    compute copy of the weights is bf16, so updates far below the weights' bf16 resolution (lr 4e-5
+    on weights of ~0.05, resolution ~2e-4) move it in coarse jumps, and the embedded default measured
+    on such a CPU (2 cores, AMX) gained 4 points in bf16 (14.5% → 18.5%) against 47.5 in fp32
+    (10.0% → 57.5%, 131 s of training). ``model.dtype=bf16`` still selects it.
+    """
     if dtype == "auto":
-        return "bf16" if fast_bf16() else "fp32"
+        return "bf16" if torch.cuda.is_available() and fast_bf16() else "fp32"
     return dtype
 
 

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 
 
 def native_dtype() -> str:
-    """bf16 where the hardware runs it natively, else fp32 (rltrain's ``model.dtype=auto``): on a
-    CPU without avx512_bf16/AMX both frameworks would otherwise measure PyTorch's bf16 emulation."""
+    """rltrain's ``model.dtype=auto``: fp32 on CPUs (a CPU without avx512_bf16/AMX would otherwise
+    measure PyTorch's bf16 emulation), bf16 on a bf16 GPU."""
     from rltrain.engine.model import resolve_dtype
 
     return resolve_dtype("auto")

@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2, help="sequences per rank per step")
     parser.add_argument("--seq-len", type=int, default=32)
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
-                        help="model.dtype (auto: bf16 only where the CPU runs it natively)")
+                        help="model.dtype (auto: fp32 on CPUs, bf16 on a bf16 GPU)")
     parser.add_argument("--out", default=None, help="also write the markdown table here")
     args = parser.parse_args()
     import tempfile
