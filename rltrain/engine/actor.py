@@ -112,8 +112,11 @@ class LocalActor:
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """fp32 weights by parameter name (for HF export), tied weights included."""
         sd = {k: v.detach().float() for k, v in self.module.state_dict().items()}
-        for name, m in zip(self.names, self.master):
-            sd[name] = m.detach()
+        master_of = {id(p): m for p, m in zip(self.params, self.master)}
+        # every name of a parameter, tied ones included (lm_head = embed_tokens), gets its fp32 master
+        for name, p in self.module.named_parameters(remove_duplicate=False):
+            if id(p) in master_of:
+                sd[name] = master_of[id(p)].detach()
         return sd
 
     def state_dict(self) -> dict:
