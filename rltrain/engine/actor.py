@@ -1,8 +1,7 @@
 """The trainable model behind one interface, whether plain PyTorch or a DeepSpeed engine.
 
-``LocalActor`` keeps the module in the compute dtype (bf16 by default: on this class of CPU bf16
-matmuls are ~4x faster than fp32, and bf16 weights decode faster than fp32 weights under autocast)
-and fp32 master copies of the parameters that the optimizer updates. After each optimizer step the
+``LocalActor`` keeps the module in the compute dtype (``model.dtype``: fp32 on CPUs by default, see
+``engine.model.resolve_dtype``; with bf16 the module runs in bf16) and fp32 master copies of the parameters that the optimizer updates. After each optimizer step the
 masters are copied back into the compute module. With ``dtype=fp32`` there are no copies.
 
 The loop only calls ``module`` (forward / generate), ``gathered()`` (around rollout),
