@@ -1,8 +1,8 @@
 """The trainable model behind one interface, whether plain PyTorch or a DeepSpeed engine.
 
-``LocalActor`` keeps the module in the compute dtype (``model.dtype``: fp32 on CPUs by default, see
-``engine.model.resolve_dtype``; with bf16 the module runs in bf16) and fp32 master copies of the parameters that the optimizer updates. After each optimizer step the
-masters are copied back into the compute module. With ``dtype=fp32`` there are no copies.
+``LocalActor`` keeps the module in the compute dtype (``model.dtype``; fp32 on CPUs by default,
+see ``engine.model.resolve_dtype``) and fp32 master copies of the parameters that the optimizer
+updates. After each optimizer step the masters are copied back into the compute module. With ``dtype=fp32`` there are no copies.
 
 The loop only calls ``module`` (forward / generate), ``gathered()`` (around rollout),
 ``backward(loss)``, ``step()`` and the checkpoint methods (``full_state_dict``, ``state_dict`` /
@@ -55,7 +55,6 @@ class LocalActor:
         self.compute_dtype = DTYPES[dtype]
         self.optim_cfg = optim
         model = model.float()
-        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         params = [p for p in model.parameters() if p.requires_grad]
         if self.compute_dtype == torch.float32:
             self.master = params

@@ -199,9 +199,9 @@ def _unique_prompts(prompt_ids: list[list[int]]) -> tuple[list[list[int]], torch
 def response_logits(model, prompt_ids, response_ids, *, pad_id: int, share_prompts: bool = True) -> torch.Tensor:
     """Logits ``[B, T, V]`` where ``[:, t]`` predicts response token ``t``.
 
-    Only the T last positions go through the LM head (``logits_to_keep``). When rows share a
-    prompt (a GRPO group, SPO continuations) and ``share_prompts``: each distinct prompt is encoded
-    once with a KV cache, the cache rows are indexed out to the rows that use it (differentiably:
+    Only the T last positions go through the LM head (``logits_to_keep``). With ``share_prompts``
+    (the default) two model calls: each distinct prompt (rows of a GRPO group or of SPO
+    continuations share one) is encoded once with a KV cache, the cache rows are indexed out to the rows that use it (differentiably:
     the prompt's gradient is the sum over its rows) and only the responses are run on top. Same
     result as the packed forward up to float rounding, with the prompt tokens computed once per
     group instead of once per row (SmolLM2 on arith: 51 prompt tokens, ~50 response tokens, 8 rows
@@ -286,8 +286,8 @@ def batched_logprobs(model, prompt_ids, response_ids, *, pad_id, temperature, mi
                                     temperature=temperature, with_entropy=with_entropy)
         lps.append(lp)
         ents.append(ent)
-    if not lps:
-        empty = torch.zeros((0, response_ids.shape[1] if response_ids.dim() == 2 else 0))
+    if not lps:  # no rows on this rank
+        empty = torch.zeros((0, response_ids.shape[1]))
         return empty, (empty.clone() if with_entropy else None)
     return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
 
@@ -459,7 +459,7 @@ class StepClock:
         spent = _logged_step_time(cfg.run_dir, start) if self.budget > 0 and start > 0 and dist.is_main else 0.0
         self.spent = float(dist.broadcast_object(spent))
         if logger is not None:  # its ETA counts down the budget too
-            logger.budget, logger.spent_before = self.budget, self.spent
+            logger.clock = self
 
     def steps(self) -> range:
         exhausted = 0 < self.budget <= self.spent

@@ -87,20 +87,20 @@ def skippable_rows(cfg: RunConfig, batch: PGBatch, mask: torch.Tensor, early_sto
     return ~((batch.advantages != 0) & mask).any(dim=1)
 
 
-def micro_batches(rows: torch.Tensor, skip: torch.Tensor, size: int, dist: Dist, lockstep: bool) -> list:
+def micro_batches(rows: torch.Tensor, skip: torch.Tensor, size: int, dist: Dist, in_step: bool) -> list:
     """This rank's micro-batches of minibatch ``rows``: ``(row indices, weight)`` with weight 0
     for a stand-in.
 
     Skipped rows are left out. At least one micro-batch always runs (a stand-in row whose loss is
     multiplied by 0 when nothing is left) so that every parameter gets a gradient, zero or not,
-    and the optimizer step is the same as without skipping. ``lockstep`` (DeepSpeed with several
+    and the optimizer step is the same as without skipping. ``in_step`` (DeepSpeed with several
     ranks, whose forward and backward are collective under ZeRO-3): every rank runs as many
     micro-batches as the busiest one, padding with stand-ins.
     """
     keep = rows[~skip[rows]]
     out = [(keep[list(mb)], 1.0) for mb in chunks(len(keep), size)]
     want = max(1, len(out))
-    if lockstep:
+    if in_step:
         want = int(dist.max(torch.tensor([float(want)])).item())
     stand_in = rows[:1] if len(rows) else torch.zeros(1, dtype=torch.long)  # row 0: a minibatch this rank has no row of
     out += [(stand_in, 0.0)] * (want - len(out))

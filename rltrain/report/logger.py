@@ -62,9 +62,7 @@ class RunLogger:
         truncate_metrics(self.path, start_step)
         self.file = open(self.path, "a", buffering=1)
         self.total = total_steps
-        self.budget = 0.0  # train.time_budget_s (set by loops.common.StepClock): the ETA is at most what is left
-        self.step_time = 0.0  # summed time/step since this process started
-        self.spent_before = 0.0  # budget already spent by earlier processes of a resumed run
+        self.clock = None  # loops.common.StepClock, set by it: with train.time_budget_s the ETA is at most what is left
         self.start_step = start_step
         self.t0 = time.time()
         self.title = title
@@ -84,8 +82,8 @@ class RunLogger:
         if done <= 0:
             return "?"
         left = (time.time() - self.t0) / done * (self.total - step)
-        if self.budget > 0:
-            left = min(left, max(0.0, self.budget - self.spent_before - self.step_time))
+        if self.clock is not None and self.clock.budget > 0:
+            left = min(left, max(0.0, self.clock.budget - self.clock.spent))
         return time.strftime("%M:%S", time.gmtime(left)) if left < 3600 else f"{left / 3600:.1f}h"
 
     def _table(self, m: dict, step: int) -> Table:
@@ -101,7 +99,6 @@ class RunLogger:
 
     def log(self, step: int, metrics: dict) -> None:
         row = {"step": step, "wall_time": round(time.time() - self.t0, 3), **metrics}
-        self.step_time += float(metrics.get("time/step", 0.0))
         self.file.write(json.dumps(row, default=float) + "\n")
         if self.tb is not None:
             for k, v in metrics.items():

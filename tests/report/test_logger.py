@@ -25,11 +25,18 @@ def test_live_table_has_a_column_per_logged_headline_metric(tmp_path):
 
 
 def test_eta_never_exceeds_the_time_budget_left(tmp_path):
+    from omegaconf import OmegaConf
+
+    from rltrain.engine.dist import Dist
+    from rltrain.loops.common import StepClock
     from rltrain.report.logger import RunLogger
 
-    log = RunLogger(tmp_path, total_steps=100, console=False)
-    log.budget, log.spent_before = 60.0, 20.0
-    log.t0 -= 30.0  # 30 s per step so far: 99 steps would take ~50 min
-    log.log(1, {"time/step": 30.0})
-    assert log._eta(1) == "00:10"  # 60 − 20 − 30 s of budget left
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "time/step": 20.0}\n')  # an earlier process's step
+    log = RunLogger(tmp_path, total_steps=100, console=False, start_step=1)
+    cfg = OmegaConf.create({"run_dir": str(tmp_path), "train": {"steps": 100, "time_budget_s": 60.0}})
+    clock = StepClock(cfg, Dist(), start=1, logger=log)
+    log.t0 -= 30.0  # 30 s per step so far: 98 more steps would take ~49 min
+    clock.finish(2, 30.0)
+    log.log(2, {"time/step": 30.0})
+    assert log._eta(2) == "00:10"  # 60 − 20 − 30 s of budget left
     log.close()

