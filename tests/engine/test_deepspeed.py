@@ -26,6 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 3
 N_PROMPTS, N_SAMPLES, T = 8, 2, 6
+LR = 1e-3
 
 
 # --------------------------------------------------------------------------- worker side
@@ -41,7 +42,7 @@ def _config(stage: int, offload: bool, run_dir: str):
         model=ModelConfig(name="tiny", dtype="fp32"),
         deepspeed=DeepSpeedConfig(name=name, stage=stage, offload_optimizer=offload, offload_params=offload),
         train=TrainConfig(steps=STEPS, prompts_per_step=N_PROMPTS, samples_per_prompt=N_SAMPLES,
-                          minibatches_per_step=2, micro_batch_size=3, lr=1e-3, warmup_steps=2,
+                          minibatches_per_step=2, micro_batch_size=3, lr=LR, warmup_steps=2,
                           lr_schedule="linear", max_grad_norm=1.0),
         run_dir=run_dir, resume="never")
 
@@ -169,9 +170,17 @@ def baseline(tmp_path_factory):
     return run_workers(tmp_path_factory.mktemp("plain"), stage=0, world=1)
 
 
-def assert_same_run(got, want, rel=1e-4):
+def assert_same_run(got, want, rel=1e-4, outlier_frac=1e-3, step_frac=0.05):
     """Per-step loss, grad norm and lr, and every final weight, within ``rel`` (weights relative to
-    the tensor's largest entry)."""
+    the tensor's largest entry).
+
+    Adam moves an entry by ~lr whatever the size of its gradient, so an entry whose gradient is a
+    near-cancelling sum carries that sum's rounding (which depends on how ranks split and reduce it,
+    and on the CPU's kernels: DeepSpeedCPUAdam's vector path) into its update as a fraction of lr.
+    Measured on an AMD EPYC (Zen 4, ZeRO-3 + CPU Adam): 1 of 6,400 embedding entries differed by
+    1.02e-5 (1.26e-4 of the tensor's largest entry, 1% of one Adam step). Such outliers are allowed
+    up to ``step_frac`` of one step each, but only for at most ``outlier_frac`` of a tensor's
+    entries: a real error (a wrong gradient scale, a missed micro-batch) moves most entries."""
     (rec_g, w_g), (rec_w, w_w) = got, want
     assert len(rec_g["steps"]) == len(rec_w["steps"])
     for i, (a, b) in enumerate(zip(rec_g["steps"], rec_w["steps"])):
@@ -179,9 +188,11 @@ def assert_same_run(got, want, rel=1e-4):
             assert a[k] == pytest.approx(b[k], rel=rel, abs=1e-7), (i, k, a[k], b[k])
     assert w_g.keys() == w_w.keys()
     for name in w_w:
-        diff = (w_g[name] - w_w[name]).abs().max().item()
+        diff = (w_g[name] - w_w[name]).abs()
         scale = w_w[name].abs().max().item()
-        assert diff <= rel * scale, (name, diff, scale)
+        outliers = int((diff > rel * scale).sum())
+        assert outliers <= outlier_frac * diff.numel(), (name, outliers, diff.max().item(), scale)
+        assert diff.max().item() <= rel * scale + step_frac * LR, (name, diff.max().item(), scale)
 
 
 def test_baseline_trains(baseline):
