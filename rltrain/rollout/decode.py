@@ -83,6 +83,7 @@ class DecodeConfig:
     base_seed: int
     kv_cache: str = "static"
     compact_fraction: float = 0.125
+    prompt_budgets: list[int] | None = None  # per-prompt cap on new tokens (one-level trees only)
 
 
 class _Timer:
@@ -164,6 +165,9 @@ def decode_tree(
         dtype = torch.float32
     neg = torch.finfo(dtype).min
     depth_count = len(cfg.branching)
+    if cfg.prompt_budgets is not None and (depth_count != 1 or len(cfg.prompt_budgets) != len(prompts)
+                                           or min(cfg.prompt_budgets) < 1):
+        raise ValueError("decode_tree: prompt_budgets needs one level and one budget >= 1 per prompt")
     keep_arg = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     eos = torch.tensor(sorted(set(cfg.eos_token_ids)), dtype=torch.long, device=device)
 
@@ -231,6 +235,11 @@ def decode_tree(
         lengths = torch.zeros(n_nodes, dtype=torch.long, device=device)
         stopped = torch.zeros(n_nodes, dtype=torch.bool, device=device)
         node = torch.arange(n_nodes, device=device)  # [B] node of each batch row
+        # [K] each node's own token cap (its prompt's budget): a row stops, as "length", on reaching it,
+        # so no token is generated past it. The random streams are per node and position, so a capped
+        # row's tokens are exactly the first ``cap`` tokens of the same row without the cap.
+        node_cap = (torch.tensor(cfg.prompt_budgets, dtype=torch.long, device=device)[parent.to(device)]
+                    if cfg.prompt_budgets is not None else None)
         alive = torch.ones(n_nodes, dtype=torch.bool, device=device)  # [B] rows not stopped yet
         n_alive = n_nodes
 
@@ -256,6 +265,11 @@ def decode_tree(
                 stopped[node[hit]] = True
                 alive &= ~hit
                 n_alive = int(alive.sum())
+            if node_cap is not None:
+                capped = alive & (node_cap[node] <= t + 1)  # [B] budget used up, not stopped
+                if bool(capped.any()):
+                    alive &= ~capped
+                    n_alive = int(alive.sum())
             if n_alive == 0 or t == budget - 1:
                 break
             # Stopped rows stay in the batch (computed, ignored) until they are a fraction of it:

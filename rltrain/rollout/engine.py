@@ -106,6 +106,7 @@ def generate(
     kv_cache: str = "static",
     stats: dict[str, float] | None = None,
     first_prompt_index: int = 0,
+    max_new_per_prompt: list[int] | None = None,
 ) -> Rollout:
     """Sample ``params.n`` responses to each prompt.
 
@@ -126,6 +127,10 @@ def generate(
             index), so a rank that samples a slice of a global batch, with the same generator on
             every rank, draws exactly the samples a single process would draw for those prompts.
             ``Rollout.prompt_index`` stays local (0 = ``prompts[0]``).
+        max_new_per_prompt: optional cap on new tokens per prompt (each ≤ ``params.max_new_tokens``);
+            a response that reaches its prompt's cap ends there (finish "length"), and its tokens
+            equal the first tokens of the uncapped response (SPO-chain's Monte-Carlo continuations
+            get the budget left after their cut state and generate nothing past it).
 
     Returns:
         A ``Rollout`` with plain (non-inference) tensors on the CPU.
@@ -148,6 +153,8 @@ def generate(
         stop=StopStrings(params.stop_strings, tokenizer),
         base_seed=draw_base_seed(generator),
         kv_cache=kv_cache,
+        prompt_budgets=None if max_new_per_prompt is None else
+        [min(int(b), params.max_new_tokens) for b in max_new_per_prompt],
     )
     was_training = model.training
     model.eval()
