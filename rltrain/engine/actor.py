@@ -1,8 +1,10 @@
 """The trainable model behind one interface, whether plain PyTorch or a DeepSpeed engine.
 
-``LocalActor`` keeps the module in the compute dtype (``model.dtype``; fp32 on CPUs by default,
-see ``engine.model.resolve_dtype``) and fp32 master copies of the parameters that the optimizer
-updates. After each optimizer step the masters are copied back into the compute module. With ``dtype=fp32`` there are no copies.
+``LocalActor`` keeps the module in the compute dtype (``model.dtype``, see
+``engine.model.choose_dtype``) and fp32 master copies of the parameters that the optimizer
+updates; gradients accumulate in fp32 and the LM head computes in fp32 from the masters (see
+``_mixed_precision_hooks``). After each optimizer step the masters are copied back into the compute
+module. With ``dtype=fp32`` there are no copies.
 
 The loop only calls ``module`` (forward / generate), ``gathered()`` (around rollout),
 ``backward(loss)``, ``step()`` and the checkpoint methods (``full_state_dict``, ``state_dict`` /
@@ -65,6 +67,8 @@ class LocalActor:
         self.params = self.master if self.compute_dtype == torch.float32 else [
             p for p in model.parameters() if p.requires_grad]
         self.module = model
+        if self.master is not self.params:
+            self._mixed_precision_hooks(model)
         self.optimizer = torch.optim.AdamW(
             self.master, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay
         )
@@ -74,15 +78,42 @@ class LocalActor:
                                 total_steps=optim.total_steps),
         )
 
+    def _mixed_precision_hooks(self, model: torch.nn.Module) -> None:
+        """bf16 compute, fp32 everything else (the mixed-precision recipe of Micikevicius et al.
+        2018, arXiv:1710.03740, with bf16 instead of fp16 so no loss scaling):
+        - gradients accumulate in fp32: each bf16 gradient is added into its master's fp32
+          ``grad`` as soon as autograd has produced it (post-accumulate hook) and then dropped, so
+          micro-batches sum in fp32 and no bf16 ``.grad`` outlives one backward;
+        - the LM head (``engine.model.FP32Head``) multiplies by the fp32 master of its weight (the
+          embedding matrix when tied), so logits are exact for the trained weights and the head's
+          gradient lands in the master directly.
+        """
+        from rltrain.engine.model import set_fp32_head_weight
+
+        master_of = {id(p): m for p, m in zip(self.params, self.master)}
+
+        def to_master(p: torch.Tensor) -> None:
+            m = master_of[id(p)]
+            g = p.grad.float()
+            m.grad = g if m.grad is None else m.grad.add_(g)
+            p.grad = None
+
+        for p in self.params:
+            p.register_post_accumulate_grad_hook(to_master)
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if head is not None and id(head.weight) in master_of:
+            set_fp32_head_weight(model, master_of[id(head.weight)])
+
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
     def step(self) -> float:
         """Clip, update the fp32 masters, copy them into the compute module. Returns the grad norm."""
-        if self.master is not self.params:
+        if self.master is not self.params:  # gradients are already in the masters (hooks); stragglers too
             for m, p in zip(self.master, self.params):
-                m.grad = None if p.grad is None else p.grad.float()
-                p.grad = None
+                if p.grad is not None:
+                    m.grad = p.grad.float() if m.grad is None else m.grad.add_(p.grad.float())
+                    p.grad = None
         if self.dist is not None and self.dist.enabled:
             # Each rank's loss is already divided by global counts: the sum is the full gradient.
             for m in self.master:
@@ -102,6 +133,12 @@ class LocalActor:
     @property
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
+
+    @property
+    def collective(self):
+        """Ranks whose training passes must pair up (DeepSpeedActor); None: gradients are summed in
+        ``step()``, so ranks may run different numbers of micro-batches."""
+        return None
 
     def gathered(self):
         """Context for a rollout phase (DeepSpeedActor gathers ZeRO-3 parameters here); a no-op."""

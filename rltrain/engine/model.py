@@ -39,18 +39,198 @@ def fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_dtype(dtype: str) -> str:
-    """``auto`` → bf16 on a GPU that runs it natively, else fp32.
+# The probe: one decode-sized and one training-sized GEMM (SmolLM2-135M's MLP shapes), best of a
+# few repeats each, at the process's thread count. bf16 must beat fp32 by this factor to be chosen.
+PROBE_SHAPES = ((64, 576, 1536), (1024, 576, 1536))
+PROBE_MARGIN = 0.8
 
-    Not bf16 on CPUs, even those with AMX / avx512_bf16 where bf16 matmuls are ~7× faster: the
-    compute copy of the weights is bf16, so updates far below the weights' bf16 resolution (lr 4e-5
-    on weights of ~0.05, resolution ~2e-4) move it in coarse jumps, and the embedded default measured
-    on such a CPU (2 cores, AMX) gained 4 points in bf16 (14.5% → 18.5%) against 47.5 in fp32
-    (10.0% → 57.5%, 131 s of training). ``model.dtype=bf16`` still selects it.
+
+def _cpu_key() -> str:
+    """What the probe's result depends on: CPU model and flags, torch version, thread count."""
+    import hashlib
+    import platform
+
+    model, flags = platform.processor(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not model.strip():
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    raw = f"{model}|{flags}|{torch.__version__}|{torch.get_num_threads()}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _time_matmul(dtype: torch.dtype, shape: tuple[int, int, int], repeats: int = 5) -> float:
+    import time
+
+    m, k, n = shape
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(m, k, generator=g).to(dtype)
+    b = torch.randn(k, n, generator=g).to(dtype)
+    a @ b  # warm-up (oneDNN kernel selection, page faults)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def cpu_bf16_probe(refresh: bool = False) -> dict:
+    """Time bf16 vs fp32 matmuls on this CPU (~1 s), cached per machine in the cache directory.
+
+    Returns ``{"fp32_s", "bf16_s", "ratio" (bf16 / fp32 time), "key"}``; the cache file
+    (``<cache_dir>/dtype_probe.json``) holds one entry per key (``_cpu_key``), so a changed CPU,
+    torch version or thread count probes again.
     """
-    if dtype == "auto":
-        return "bf16" if torch.cuda.is_available() and fast_bf16() else "fp32"
-    return dtype
+    import json
+
+    key = _cpu_key()
+    path = cache_dir() / "dtype_probe.json"
+    entries = {}
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    if not refresh and isinstance(entries.get(key), dict):
+        return entries[key]
+    fp32 = sum(_time_matmul(torch.float32, s) for s in PROBE_SHAPES)
+    bf16 = sum(_time_matmul(torch.bfloat16, s) for s in PROBE_SHAPES)
+    result = {"fp32_s": round(fp32, 6), "bf16_s": round(bf16, 6), "ratio": round(bf16 / fp32, 3), "key": key}
+    entries[key] = result
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(entries, indent=1))
+        tmp.replace(path)
+    except OSError:
+        pass
+    return result
+
+
+def choose_dtype(dtype: str) -> tuple[str, str]:
+    """``(resolved dtype, why)`` for ``model.dtype``: explicit values pass through; ``auto`` is bf16
+    on a GPU that runs it natively, and on a CPU only where ``cpu_bf16_probe`` measures bf16 matmuls
+    at least 1/PROBE_MARGIN times faster than fp32 (true on AMX CPUs, ~7x; on avx512_bf16-only CPUs
+    it varies with the build and load), else fp32.
+
+    bf16 is safe to choose because it trains like fp32 (README "Precision"): fp32 master weights
+    and optimizer state (engine/actor.py) and an fp32 LM head and final norm (``precise_head``), so
+    logits, log-probs, entropies, greedy and sampling decisions are fp32 computations.
+    """
+    if dtype != "auto":
+        return dtype, "set explicitly"
+    if torch.cuda.is_available():
+        if fast_bf16():
+            return "bf16", f"auto: CUDA GPU {torch.cuda.get_device_name()} supports bf16"
+        return "fp32", "auto: CUDA GPU without bf16 support"
+    if not fast_bf16():
+        return "fp32", "auto: CPU without avx512_bf16/AMX (bf16 would be emulated)"
+    probe = cpu_bf16_probe()
+    verdict = "bf16" if probe["ratio"] <= PROBE_MARGIN else "fp32"
+    return verdict, (f"auto: CPU matmul probe bf16 {probe['bf16_s'] * 1e3:.1f} ms vs fp32 "
+                     f"{probe['fp32_s'] * 1e3:.1f} ms (ratio {probe['ratio']}, bf16 needs <= {PROBE_MARGIN}; "
+                     f"{torch.get_num_threads()} threads; cached in {cache_dir() / 'dtype_probe.json'})")
+
+
+def resolve_dtype(dtype: str) -> str:
+    """``model.dtype`` → ``fp32`` | ``bf16`` | ``fp16`` (``auto`` decided by ``choose_dtype``)."""
+    return choose_dtype(dtype)[0]
+
+
+# --------------------------------------------------------------------------- fp32 LM head
+
+class FP32Head(torch.nn.Linear):
+    """The LM head computed in fp32 whatever the module's dtype: ``logits = h·Wᵀ`` in fp32.
+
+    With bf16 logits the spacing is 0.125 at |logit| ≈ 20, so greedy decoding picks among exact
+    ties by index and log-probs are quantised as coarsely (measured in issue 14). MiniMax-M1
+    (arXiv:2506.13585, §3.2) traced its training/inference probability mismatch to the LM head
+    and fixed it by computing the head in fp32; we do the same. The weight used:
+    - ``set_fp32_head_weight(model, master)``: the optimizer's fp32 master (LocalActor in bf16),
+      exact and updated in place, its gradient accumulated in fp32 directly;
+    - else a frozen weight (reference, LoRA base): an fp32 copy cached until the weight changes
+      (keyed by storage and in-place version);
+    - else (a trainable bf16 weight without a master, e.g. DeepSpeed's bf16 module) upcast per
+      call. On a GPU that is a ~0.1 ms copy; on this CPU ~0.3 s for SmolLM2's 28M-entry head.
+    The hidden states arrive in fp32 (``precise_head`` also makes the final norm output fp32).
+    """
+
+    def _weight_fp32(self) -> torch.Tensor:
+        w = self.weight
+        if w.dtype == torch.float32:
+            return w
+        src = self.__dict__.get("_rltrain_master")
+        if src is not None:
+            owner, master = src[0](), src[1]()
+            if owner is w and master is not None and master.shape == w.shape:
+                return master
+        if not w.requires_grad and not hasattr(w, "ds_id"):
+            key = (w.data_ptr(), w._version, w.device)
+            cached = self.__dict__.get("_rltrain_fp32")
+            if cached is None or cached[0] != key:
+                with torch.inference_mode(False), torch.no_grad():
+                    cached = (key, w.detach().float())
+                self.__dict__["_rltrain_fp32"] = cached
+            return cached[1]
+        return w.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.float()
+        return torch.nn.functional.linear(x.float(), self._weight_fp32(), bias)
+
+
+def _upcast_input(module, args):
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
+def final_norm(model) -> torch.nn.Module | None:
+    """The norm applied to the last hidden states (``model.model.norm`` in Llama-like models)."""
+    base = getattr(model, "get_decoder", None)
+    decoder = base() if callable(base) else getattr(model, "model", None)
+    for name in ("norm", "final_layernorm", "ln_f"):
+        mod = getattr(decoder, name, None)
+        if isinstance(mod, torch.nn.Module):
+            return mod
+    return None
+
+
+def precise_head(model, norm: bool = True):
+    """Make ``model``'s LM head compute in fp32 (``FP32Head``) and, with ``norm``, its final norm
+    take fp32 input (so it outputs fp32 hidden states to the head instead of rounding them to
+    bf16). In place; returns the model. A no-op on fp32 models (fp32 in, fp32 out). Tied
+    embeddings stay tied (the head's weight is the same parameter). Idempotent.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        return model
+    if type(head) is torch.nn.Linear:
+        head.__class__ = FP32Head
+    elif not isinstance(head, FP32Head):
+        log.warning("LM head of type %s left as is: logits keep the model's dtype", type(head).__name__)
+        return model
+    fn = final_norm(model) if norm else None
+    if fn is not None and not getattr(fn, "_rltrain_fp32_input", False):
+        fn.register_forward_pre_hook(_upcast_input)
+        fn._rltrain_fp32_input = True
+    return model
+
+
+def set_fp32_head_weight(model, master: torch.Tensor) -> bool:
+    """Let the FP32 head multiply by ``master`` (the fp32 master of its weight) instead of its
+    bf16 compute copy; gradients of the head's use then go into ``master.grad``. Held by weak
+    reference, and only while the head's weight is still the same parameter (a deep copy of the
+    model, e.g. an EMA reference, falls back to its own weight). Returns whether it was set."""
+    import weakref
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, FP32Head):
+        return False
+    head.__dict__["_rltrain_master"] = (weakref.ref(head.weight), weakref.ref(master))
+    return True
 
 
 def cache_dir() -> Path:
@@ -166,7 +346,8 @@ def resolve_path(name: str, path: str | None) -> str | None:
     raise ValueError(f"unknown model name {name!r}; valid: smollm2_135m, tiny, hf")
 
 
-def load_model(name: str = "smollm2_135m", path: str | None = None, *, dtype: str = "fp32", seed: int = 0, **tiny_kwargs):
+def load_model(name: str = "smollm2_135m", path: str | None = None, *, dtype: str = "fp32", seed: int = 0,
+               fp32_head: bool = True, **tiny_kwargs):
     """Load ``(model, tokenizer)`` for a model option.
 
     Args:
@@ -174,6 +355,7 @@ def load_model(name: str = "smollm2_135m", path: str | None = None, *, dtype: st
         path: hub id or local directory (``hf``), or a saved ``tiny`` directory.
         dtype: ``fp32`` | ``bf16`` | ``fp16`` parameter dtype of the returned model.
         seed: initialisation seed of the ``tiny`` model.
+        fp32_head: LM head (and the final norm's output) in fp32 whatever ``dtype`` (``precise_head``).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -183,12 +365,22 @@ def load_model(name: str = "smollm2_135m", path: str | None = None, *, dtype: st
         model, tok = build_tiny_model(seed=seed, **tiny_kwargs)
         model = model.to(torch_dtype)
     else:
+        from transformers.utils import logging as hf_logging
+
         tok = AutoTokenizer.from_pretrained(src)
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype)
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar per load (policy, reference, ...)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     model.config.use_cache = True
+    if fp32_head:
+        precise_head(model)
     return model, tok
 
 

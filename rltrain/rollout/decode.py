@@ -116,6 +116,24 @@ def model_dtype(model) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
+def cache_kwarg(model) -> str:
+    """The forward's KV-cache keyword: ``cache`` (transformers >= 5.x; ``past_key_values`` is
+    deprecated there and warns on every call) or ``past_key_values`` (older models / versions)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache a forward returned (``out.cache``, or ``out.past_key_values`` before 5.x)."""
+    for key in ("cache", "past_key_values"):
+        if key in out:  # a ModelOutput lists its non-None fields
+            return out[key]
+    return None
+
+
 def accepts_logits_to_keep(model) -> bool:
     try:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -169,6 +187,7 @@ def decode_tree(
                                            or min(cfg.prompt_budgets) < 1):
         raise ValueError("decode_tree: prompt_budgets needs one level and one budget >= 1 per prompt")
     keep_arg = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    cache_key = cache_kwarg(model)
     eos = torch.tensor(sorted(set(cfg.eos_token_ids)), dtype=torch.long, device=device)
 
     # ---- prefill: every prompt once, left-padded -------------------------------------------------
@@ -194,17 +213,19 @@ def decode_tree(
             input_ids=ids.to(device),
             attention_mask=prefill_mask.to(device),
             position_ids=positions.to(device),
-            past_key_values=cache,
             use_cache=True,
+            **{cache_key: cache},
             **keep_arg,
         )
+    returned = output_cache(out)
     batch = _Batch(
-        cache=out.past_key_values if out.past_key_values is not None else cache,
+        cache=returned if returned is not None else cache,
         logits=out.logits[:, -1].float(),
         bias=bias.to(device),
         next_pos=prompt_lens.to(device),
         history=torch.zeros((n_prompts, cfg.max_new_tokens), dtype=torch.long, device=device) if cfg.stop else None,
         cache_len=width,
+        cache_key=cache_key,
     )
     del out
     paths: list[tuple[int, ...]] = [(prompt_offset + i,) for i in range(n_prompts)]  # seed path of each row
@@ -327,6 +348,7 @@ class _Batch:
     next_pos: torch.Tensor
     history: torch.Tensor | None
     cache_len: int
+    cache_key: str = "cache"
 
     def select(self, idx: torch.Tensor, *extra: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Keep/repeat rows ``idx`` of the state (and of ``extra`` tensors, returned)."""
@@ -350,19 +372,20 @@ class _Batch:
 
     def step(self, model, tok: torch.Tensor, keep_arg: dict) -> None:
         """Feed one token per row (``tok`` [B]) and update logits, positions and cache length."""
-        self.logits = _step(model, self.cache, tok, self.next_pos, self.bias[:, :, :, : self.cache_len + 1], keep_arg)
+        self.logits = _step(model, {self.cache_key: self.cache}, tok, self.next_pos, self.bias[:, :, :, : self.cache_len + 1], keep_arg)
         self.next_pos = self.next_pos + 1
         self.cache_len += 1
 
 
-def _step(model, cache, tok: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, keep_arg: dict) -> torch.Tensor:
-    """Feed one token per row; return the next-token logits ``[B, V]`` float32."""
+def _step(model, cache: dict, tok: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, keep_arg: dict) -> torch.Tensor:
+    """Feed one token per row (``cache``: ``{cache keyword: cache}``); return the next-token
+    logits ``[B, V]`` float32 (fp32 computations with ``engine.model.precise_head``)."""
     out = model(
         input_ids=tok.unsqueeze(1),
         attention_mask=mask,
         position_ids=pos.unsqueeze(1),
-        past_key_values=cache,
         use_cache=True,
+        **cache,
         **keep_arg,
     )
     return out.logits[:, -1].float()
