@@ -3,7 +3,10 @@ directory, and hand it to the launcher (in-process, N local workers, or one Slur
 
 Overrides are checked up front with Hydra's compose API so that a mistyped key, a wrong type or an
 unknown option fails with a message that names the key and lists the valid choices, instead of a
-Hydra traceback.
+Hydra traceback. Then ``rltrain.preflight`` checks the user's inputs (data source and rows, reward
+setup, model path, DeepSpeed and launch settings) before Hydra's app starts, so before any model is
+loaded. Every user error is one line on stderr, ``rltrain: <kind> error: ...``, and exit code 2;
+``HYDRA_FULL_ERROR=1`` raises it with its traceback instead.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from rltrain.config import ConfigError, RunConfig, register_configs, validate
+from rltrain.preflight import user_error_kind
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 GROUPS = ["algo", "token_selection", "policy_loss", "reward", "data", "model", "deepspeed", "experiment"]
@@ -111,16 +115,67 @@ def _user_overrides(argv: list[str]) -> list[str] | None:
 
 
 def run_job(cfg: DictConfig) -> dict:
-    """Body of the Hydra app: one run (one job of a sweep)."""
+    """Body of the Hydra app: one run (one job of a sweep).
+
+    A user error found here (a job of a sweep, whose config ``main`` did not check; or one only
+    loading can find, like a bad row of a hub dataset) is printed as one line and exits with 2,
+    like the ones ``main`` catches; ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
+    """
     from hydra.core.hydra_config import HydraConfig
 
     from rltrain import launch
 
-    run_cfg = to_run_config(cfg)
-    if run_cfg.run_dir is None:
-        run_cfg.run_dir = HydraConfig.get().runtime.output_dir
-    validate(run_cfg, world_size=launch.planned_world_size(run_cfg))
-    return launch.launch(run_cfg)
+    try:
+        run_cfg = to_run_config(cfg)
+        if run_cfg.run_dir is None:
+            run_cfg.run_dir = HydraConfig.get().runtime.output_dir
+        validate(run_cfg, world_size=launch.planned_world_size(run_cfg))
+        if not _PREFLIGHT_DONE:
+            run_preflight(run_cfg)
+        quiet_accelerator_detection()
+        return launch.launch(run_cfg)
+    except Exception as err:  # noqa: BLE001 - user errors become one line, the rest propagate
+        if user_error_kind(err) is None or _full_error():
+            raise
+        _exit_user_error(err)
+
+
+_PREFLIGHT_DONE = False  # main() ran the checks on this config already (not for sweeps)
+
+
+def run_preflight(run_cfg: RunConfig) -> None:
+    """``rltrain.preflight`` on the typed config, in the launching process (local workers never
+    run it; every task of a multi-task Slurm step does, so that all of them stop, not just rank 0
+    while the others wait ``launch.timeout_s`` for it)."""
+    from rltrain import launch
+    from rltrain.preflight import preflight
+
+    world = launch.slurm_world()
+    preflight(run_cfg, slurm_tasks=world[1] if world else None)
+
+
+def quiet_accelerator_detection() -> None:
+    """Tell DeepSpeed the accelerator when there is no GPU. transformers' ``save_pretrained``
+    imports DeepSpeed whenever it is installed (through accelerate's unwrap), and DeepSpeed's
+    auto-detection then warns "Setting accelerator to CPU" on every run, DeepSpeed or not; with
+    ``DS_ACCELERATOR=cpu`` it says nothing. Set before the workers start (they inherit it)."""
+    if "DS_ACCELERATOR" in os.environ:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+def _full_error() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def _exit_user_error(err: BaseException) -> None:
+    from rltrain.preflight import one_line
+
+    print(f"rltrain: {user_error_kind(err)} error: {one_line(err)}", file=sys.stderr)
+    sys.exit(2)
 
 
 HELP = """rltrain: RL post-training of language models (DPO, PPO, GRPO, SPO).
@@ -148,13 +203,22 @@ def main() -> None:
         return
     overrides = _user_overrides(argv)
     if overrides is not None:
+        global _PREFLIGHT_DONE
+        sweep = "-m" in argv or "--multirun" in argv
         try:
             cfg = compose_or_explain(overrides)
             if "--cfg" not in argv and "-c" not in argv:
-                validate(to_run_config(cfg))
-        except ConfigError as err:
-            print(f"rltrain: config error: {err}", file=sys.stderr)
-            sys.exit(2)
+                from rltrain import launch
+
+                run_cfg = to_run_config(cfg)
+                validate(run_cfg, world_size=launch.planned_world_size(run_cfg))
+                if not sweep:  # a sweep's jobs differ: each checks its own in run_job
+                    run_preflight(run_cfg)
+                    _PREFLIGHT_DONE = True
+        except Exception as err:  # noqa: BLE001 - user errors become one line, the rest propagate
+            if user_error_kind(err) is None or _full_error():
+                raise
+            _exit_user_error(err)
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     app = hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)(run_job)
     app()

@@ -73,7 +73,7 @@ def _as_row(record: object, where: str) -> Row:
     return Row(where=where, data=record)
 
 
-def _hub_unreachable() -> str | None:
+def hub_unreachable() -> str | None:
     """Why the hub endpoint cannot be reached, or ``None`` if it can (or we cannot tell).
 
     A 3-second TCP probe; ``datasets`` itself would retry a failed DNS lookup for ~25 s.
@@ -111,7 +111,7 @@ def read_hub_rows(hub_id: str, hub_config: str | None, split: str) -> list[Row]:
     Raises:
         DataError: the hub is unreachable or the load failed; the message names ``data.path``.
     """
-    unreachable = _hub_unreachable()
+    unreachable = hub_unreachable()
     if unreachable is not None:
         raise DataError(offline_message(hub_id, unreachable))
     import datasets
