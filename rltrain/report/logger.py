@@ -1,6 +1,8 @@
 """Run logging: ``metrics.jsonl`` (one JSON object per step), optional TensorBoard, and a rich
-live display (step of total, ETA, the headline metrics, time per phase). When stdout is not a
-terminal the display falls back to one plain line per step, which is what CI logs show.
+live display (a steps bar with ETA, a bar per open phase, the headline metrics, time per phase).
+When stdout is not a terminal the display falls back to one plain line per step (and periodic
+lines for long phases, ``rltrain.report.progress``), which is what CI logs show. The summary ends
+with where the time went: seconds per step by phase, and the evaluations.
 
 On resume, ``metrics.jsonl`` is truncated to the checkpoint's step so that an interrupted and
 resumed run has exactly one line per step, identical to an uninterrupted run.
@@ -13,9 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+
+from rltrain.report import progress as progress_mod
 
 # The step's headline, where the loop logs it (PG loops: reward..tok/s; PPO adds the critic;
 # DPO and SFT their losses). Metrics a loop does not log are left out of its line and table.
@@ -26,7 +30,13 @@ HEADLINE = [
     ("dpo/loss", "dpo_loss"), ("rewards/accuracy", "pref_acc"), ("rewards/margin", "margin"),
     ("sft/nll", "nll"),
 ]
-PHASES = ["time/rollout", "time/reward", "time/mc_values", "time/reference", "time/critic", "time/update"]
+PHASES = [f"time/{p}" for p in progress_mod.PHASE_ORDER]
+
+
+def phase_keys(m: dict) -> list[str]:
+    """The ``time/<phase>`` keys of a step's metrics (not ``time/step``), known phases first."""
+    extra = sorted(k for k in m if k.startswith("time/") and k not in PHASES and k != "time/step")
+    return [p for p in PHASES if p in m] + extra
 
 
 def _fmt(v) -> str:
@@ -65,12 +75,22 @@ class RunLogger:
         self.clock = None  # loops.common.StepClock, set by it: with train.time_budget_s the ETA is at most what is left
         self.start_step = start_step
         self.t0 = time.time()
+        self.steps_t0 = self.t0  # the ETA counts from here: after the initial evaluation when there is one
         self.title = title
         self.console = Console(stderr=False)
         self.live = None
+        self.bars = None
+        self._table_now = self._table({}, start_step)
+        self._phase_sums: dict[str, float] = {}  # summed time/<phase> and time/step of the logged steps
+        self._steps_logged = 0
+        self._evals: list[float] = []  # seconds of each evaluation event
         if console and sys.stdout.isatty():
-            self.live = Live(self._table({}, start_step), console=self.console, refresh_per_second=2)
+            self.bars = progress_mod.rich_bars()
+            self._steps_task = self.bars.add_task("steps", total=total_steps, completed=start_step, eta="")
+            self.live = Live(self._renderable(), console=self.console, refresh_per_second=2)
             self.live.start()
+        self.progress = progress_mod.Progress(bars=self.bars)
+        progress_mod.set_active(self.progress)
         self.tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -81,7 +101,7 @@ class RunLogger:
         done = step - self.start_step
         if done <= 0:
             return "?"
-        left = (time.time() - self.t0) / done * (self.total - step)
+        left = (time.time() - self.steps_t0) / done * (self.total - step)
         if self.clock is not None and self.clock.budget > 0:
             left = min(left, max(0.0, self.clock.budget - self.clock.spent))
         return time.strftime("%M:%S", time.gmtime(left)) if left < 3600 else f"{left / 3600:.1f}h"
@@ -92,12 +112,22 @@ class RunLogger:
         for _, label in shown:
             t.add_column(label, justify="right")
         t.add_row(*[_fmt(m[k]) for k, _ in shown])
-        phases = "  ".join(f"{p.split('/')[1]} {m[p]:.1f}s" for p in PHASES if p in m)
+        phases = "  ".join(f"{p.split('/')[1]} {m[p]:.1f}s" for p in phase_keys(m))
         if phases:
             t.caption = phases
         return t
 
+    def _renderable(self):
+        return Group(self.bars, self._table_now) if self.bars is not None else self._table_now
+
     def log(self, step: int, metrics: dict) -> None:
+        """One step's metrics. The phases timed with ``rltrain.report.progress`` since the previous
+        step are added as ``time/<phase>`` where the loop did not log that key itself."""
+        for k, v in self.progress.take_times().items():
+            metrics.setdefault(k, v)
+        for k in phase_keys(metrics) + (["time/step"] if "time/step" in metrics else []):
+            self._phase_sums[k] = self._phase_sums.get(k, 0.0) + float(metrics[k])
+        self._steps_logged += 1
         row = {"step": step, "wall_time": round(time.time() - self.t0, 3), **metrics}
         self.file.write(json.dumps(row, default=float) + "\n")
         if self.tb is not None:
@@ -105,10 +135,12 @@ class RunLogger:
                 if isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, step)
         if self.live is not None:
-            self.live.update(self._table(metrics, step))
+            self._table_now = self._table(metrics, step)
+            self.bars.update(self._steps_task, completed=step, eta=f"eta {self._eta(step)}")
+            self.live.update(self._renderable())
         else:
             parts = [f"{label}={_fmt(metrics[k])}" for k, label in HEADLINE if k in metrics]
-            parts += [f"{p.split('/')[1]}={metrics[p]:.1f}s" for p in PHASES if p in metrics]
+            parts += [f"{p.split('/')[1]}={metrics[p]:.1f}s" for p in phase_keys(metrics)]
             print(f"[step {step}/{self.total} eta {self._eta(step)}] " + " ".join(parts), flush=True)
 
     def event(self, step: int, kind: str, metrics: dict) -> None:
@@ -118,6 +150,11 @@ class RunLogger:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)):
                     self.tb.add_scalar(f"{kind}/{k}", v, step)
+        if kind == "eval" and "time_s" in metrics:
+            self._evals.append(float(metrics["time_s"]))
+        if step == self.start_step and self._steps_logged == 0:
+            self.progress.take_times()  # setup and the initial evaluation are not step 1's time
+            self.steps_t0 = time.time()
         msg = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
         (self.live.console if self.live else self.console).print(f"[bold]{kind}[/] step {step}: {msg}")
 
@@ -130,6 +167,33 @@ class RunLogger:
         for r in rows:
             t.add_row(*r)
         self.console.print(t)
+        split = self.time_split()
+        if split is not None:
+            self.console.print(split)
+
+    def time_split(self) -> Table | None:
+        """Where the time went: mean seconds per step by phase and their share of the step, the
+        rest of the step ("other"), and the evaluations (None before any step was logged)."""
+        n = self._steps_logged
+        if n == 0:
+            return None
+        t = Table(title=f"{self.title}: time per step ({n} steps)")
+        for c in ("phase", "s / step", "share"):
+            t.add_column(c, justify="right")
+        step_s = self._phase_sums.get("time/step", 0.0) / n
+        shown = 0.0
+        for k in phase_keys(self._phase_sums):
+            per = self._phase_sums[k] / n
+            shown += per
+            t.add_row(k.split("/", 1)[1], f"{per:.1f}", f"{per / step_s:.0%}" if step_s > 0 else "-")
+        if step_s > 0:
+            other = max(0.0, step_s - shown)
+            t.add_row("other", f"{other:.1f}", f"{other / step_s:.0%}")
+            t.add_row("[bold]step[/]", f"{step_s:.1f}", "100%")
+        if self._evals:
+            t.caption = ("evaluation: " + ", ".join(f"{e:.1f} s" for e in self._evals)
+                         + f"; whole run {time.time() - self.t0:.0f} s")
+        return t
 
     def close_live(self) -> None:
         if self.live is not None:
@@ -138,6 +202,8 @@ class RunLogger:
 
     def close(self) -> None:
         self.close_live()
+        if progress_mod.active() is self.progress:
+            progress_mod.set_active(None)
         self.file.close()
         if self.tb is not None:
             self.tb.close()

@@ -35,8 +35,86 @@ def test_eta_never_exceeds_the_time_budget_left(tmp_path):
     log = RunLogger(tmp_path, total_steps=100, console=False, start_step=1)
     cfg = OmegaConf.create({"run_dir": str(tmp_path), "train": {"steps": 100, "time_budget_s": 60.0}})
     clock = StepClock(cfg, Dist(), start=1, logger=log)
-    log.t0 -= 30.0  # 30 s per step so far: 98 more steps would take ~49 min
+    log.steps_t0 -= 30.0  # 30 s per step so far: 98 more steps would take ~49 min
     clock.finish(2, 30.0)
     log.log(2, {"time/step": 30.0})
     assert log._eta(2) == "00:10"  # 60 − 20 − 30 s of budget left
+    log.close()
+
+
+def test_phase_times_reach_the_step_line_and_the_summary_split(tmp_path, capsys):
+    """Phases timed through rltrain.report.progress land in the step's metrics (exclusive: the
+    nested phase's time is not counted in the outer one) and in the summary's time split."""
+    import time
+
+    from rltrain.report import progress
+
+    log = RunLogger(tmp_path, total_steps=2, console=False)
+    with progress.phase("setup"):  # before the initial eval event: not step 1's time
+        time.sleep(0.05)
+    log.event(0, "eval", {"accuracy": 0.1, "time_s": 2.0})
+    with progress.phase("rollout", total=4) as p:
+        time.sleep(0.2)
+        with progress.phase("reward"):
+            time.sleep(0.1)
+        p.advance(4)
+    log.log(1, {"time/step": 0.4, "time/update": 0.05})  # a time the loop logs itself is kept
+    with progress.phase("rollout"):
+        time.sleep(0.1)
+    log.log(2, {"time/step": 0.2, "time/rollout": 0.15})  # the loop's own key wins
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"event"' not in x]
+    assert "time/setup" not in rows[0]
+    assert 0.19 <= rows[0]["time/rollout"] < 0.29, rows[0]  # 0.2 s without the nested 0.1 s
+    assert 0.09 <= rows[0]["time/reward"] < 0.19
+    assert rows[0]["time/update"] == 0.05 and rows[1]["time/rollout"] == 0.15
+    out = capsys.readouterr().out
+    assert "rollout=0.2s" in out and "reward=0.1s" in out
+    split = log.time_split()
+    cells = {split.columns[0]._cells[i]: split.columns[1]._cells[i] for i in range(len(split.rows))}
+    assert float(cells["rollout"]) == round((rows[0]["time/rollout"] + 0.15) / 2, 1)
+    assert cells["[bold]step[/]"] == "0.3"  # (0.4 + 0.2) / 2
+    assert "evaluation: 2.0 s" in split.caption
+    log.close()
+    assert progress.active() is not log.progress
+
+
+def test_a_long_phase_prints_periodic_plain_lines_off_a_terminal(capsys):
+    from rltrain.report.progress import Progress
+
+    prog = Progress(interval_s=0.05)
+    import time
+
+    with prog.phase("eval", total=3, unit="questions") as p:
+        for _ in range(3):
+            time.sleep(0.06)
+            p.advance(1)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("[eval] 1/3 (33%) questions") and "eta" in lines[0]
+    assert lines[-1].startswith("[eval] 3/3 (100%) questions") and lines[-1].endswith("done")
+    quiet = Progress(quiet=True)
+    with quiet.phase("eval", total=1) as p:
+        time.sleep(0.01)
+        p.advance(1)
+    assert capsys.readouterr().out == "" and quiet.take_times()["time/eval"] >= 0.01
+
+
+def test_live_display_shows_a_steps_bar_and_a_bar_per_open_phase(tmp_path):
+    """On a terminal the steps bar and the open phase's bar (count and ETA) are drawn."""
+    import io
+
+    from rich.console import Console
+
+    from rltrain.report import progress
+
+    log = RunLogger(tmp_path, total_steps=4, console=False)
+    log.bars = progress.rich_bars()  # what a terminal gets (stdout is not one under pytest)
+    log._steps_task = log.bars.add_task("steps", total=4, completed=0, eta="")
+    log.progress.bars = log.bars
+    with progress.phase("eval", total=200) as p:
+        p.advance(50)
+        buf = io.StringIO()
+        Console(file=buf, width=120, force_terminal=False).print(log._renderable())
+    text = buf.getvalue()
+    assert "steps" in text and "0/4" in text
+    assert "eval" in text and "50/200" in text and "eta" in text
     log.close()
