@@ -4,6 +4,8 @@ A reward is any callable ``reward(samples, completions) -> RewardOutput`` (see
 :class:`Reward`). Rewards that run user code, sandboxes, judges or sympy fail now and then;
 one bad completion must not kill a multi-hour run, but a reward that fails on most of a batch
 is a bug that must stop the run loudly. :func:`score_safely` implements exactly that policy.
+A reward that cannot work at all (``RewardSetupError``, e.g. no sandbox for generated code)
+stops the run at once.
 """
 from __future__ import annotations
 
@@ -33,9 +35,18 @@ class RewardFailureError(RuntimeError):
     """More completions failed to score than ``reward.max_fail_fraction`` allows."""
 
 
-def _short_error(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
+class RewardSetupError(ValueError):
+    """A reward cannot run as configured (e.g. ``reward.isolation`` that this machine cannot
+    provide). Raised before training where possible; never retried or scored around."""
+
+
+def _short_error_text(text: str) -> str:
+    text = str(text)
     return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 3] + "..."
+
+
+def _short_error(exc: BaseException) -> str:
+    return _short_error_text(f"{type(exc).__name__}: {exc}")
 
 
 def _check_output(output: Any, n: int) -> RewardOutput:
@@ -61,9 +72,12 @@ def score_safely(
 
     First the whole batch goes through ``reward`` in one call. If that raises (or returns a
     malformed output), every completion is scored again on its own, so one bad completion
-    costs only itself. A completion whose call raised, or whose score is NaN or infinite,
-    gets score 0.0, ``info["failed"][i] = True`` and ``info["error"][i]`` = a short message;
-    the other info lists hold ``None`` at that index.
+    costs only itself. A reward may also report its own per-completion failures, without
+    raising, as ``info["failed"]`` (bools) and ``info["error"]`` (messages): the code reward
+    does, so one program's failure never re-runs the batch. A completion whose call raised,
+    that the reward marked failed, or whose score is NaN or infinite, gets score 0.0,
+    ``info["failed"][i] = True`` and ``info["error"][i]`` = a short message; the other info
+    lists hold ``None`` at that index. ``RewardSetupError`` is re-raised at once.
 
     Args:
         reward: any :class:`Reward`.
@@ -91,15 +105,26 @@ def score_safely(
         batch = _check_output(reward(samples, completions), n)
         scores = [float(s) for s in batch.scores]
         info = {key: list(values) for key, values in batch.info.items()}
+        own_failed, own_errors = info.pop("failed", [False] * n), info.pop("error", [None] * n)
+        for i, failed in enumerate(own_failed):
+            if failed:
+                errors[i] = _short_error_text(own_errors[i] or "the reward marked this completion failed")
+    except RewardSetupError:
+        raise
     except Exception:  # noqa: BLE001 - any failure: retry one by one to isolate it
         scores, info = [0.0] * n, {}
         for i in range(n):
             try:
                 single = _check_output(reward([samples[i]], [completions[i]]), 1)
                 scores[i] = float(single.scores[0])
+            except RewardSetupError:
+                raise
             except Exception as exc:  # noqa: BLE001 - recorded in info["error"]
                 errors[i] = _short_error(exc)
                 continue
+            own_failed, own_error = single.info.pop("failed", [False])[0], single.info.pop("error", [None])[0]
+            if own_failed:
+                errors[i] = _short_error_text(own_error or "the reward marked this completion failed")
             for key, values in single.info.items():
                 info.setdefault(key, [None] * n)[i] = values[0]
 

@@ -24,6 +24,21 @@ a program that does not compile. Reward modes:
 - ``shaped`` (CodeRL): −1 compile error, −0.6 runtime error or timeout, −0.3 some test wrong,
   +1 all pass. Precedence as CodeRL's ``get_error_type``: compile > runtime > wrong.
 
+Every byte of program output is hostile input: integers compare as digit strings (no
+``int()`` conversion limit; a 10**6-digit number is just a wrong answer), floats only in
+plain decimal syntax, tokens are streamed against the expected ones (no list of a flood's
+tokens), the JSON of a return value is decoded with big integers kept as text and its depth
+bounded by the expected value's, and the sandbox reads back at most ``output_mb`` per program
+over all its tests (``code/output_truncated``, ``code/output_bytes`` in the info). A program
+whose scoring raises anyway, or whose sandbox run fails, scores 0 and is marked
+``info["failed"]`` (counted against ``reward.max_fail_fraction`` by ``score_safely``); the
+rest of the batch is not re-run.
+
+Isolation (``reward.isolation``) fails closed: ``auto`` and ``namespace`` run every program
+in a namespace jail or refuse to start (:func:`preflight`, ``RewardSetupError``); only an
+explicit ``process`` runs programs uncontained, and says so once on stderr. A run never
+changes its isolation after the start.
+
 Departures from the references: tests run one process each (a fork of a per-program harness,
 inside one jail per program: see ``sandbox.py``), so one test's global state cannot leak into
 the next; all_pass and shaped stop a program at its first runtime error or timeout (the score
@@ -34,18 +49,23 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import sys
 import time
 from typing import Any, Sequence
 
+from rltrain.rewards.base import RewardSetupError
 from rltrain.rewards.sandbox import (
     STATUS_OK,
     STATUS_SKIPPED,
     STATUS_TIMEOUT,
     Job,
     Limits,
+    NamespaceUnavailable,
     ProgramRun,
     Sandbox,
+    SandboxError,
 )
 from rltrain.types import RewardOutput, Sample
 
@@ -58,7 +78,60 @@ PASS, WRONG, RUNTIME, TIMEOUT, COMPILE, SKIPPED = (
 
 _FENCE_RE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON_TAGS = {"python", "py", "python3", "py3"}
-_INT_RE = re.compile(r"[+-]?\d+")
+ISOLATIONS = ("auto", "namespace", "process")
+_INT_RE = re.compile(r"([+-]?)0*(\d+)")
+_FLOAT_RE = re.compile(r"[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|inf|infinity|nan)", re.IGNORECASE)
+_TOKEN_RE = re.compile(r"\S+")
+_SMALL_INT_DIGITS = 4000  # below the interpreter's int <-> str conversion limit (4300)
+_PROCESS_WARNING_SHOWN = False
+
+
+def _process_warning() -> str:
+    user = f"uid {os.geteuid()}" + (" (root)" if os.geteuid() == 0 else "")
+    return (
+        f"rltrain: reward.isolation=process: generated programs are NOT contained. Each runs on this host "
+        f"as {user} with only rlimits, a seccomp filter and a Python-level guard it can undo: it can read "
+        "and write every file this user can (the project, site-packages, /tmp, /dev/shm, the home "
+        "directory), read the trainer's environment and memory through /proc, signal and ptrace this "
+        "user's processes, use the network, and leave processes behind. Use reward.isolation=auto "
+        "(namespace jail) for untrusted code."
+    )
+
+
+def _warn_process_once() -> None:
+    global _PROCESS_WARNING_SHOWN
+    if not _PROCESS_WARNING_SHOWN:
+        _PROCESS_WARNING_SHOWN = True
+        print(_process_warning(), file=sys.stderr, flush=True)
+
+
+def _setup_error(isolation: str, reason: str) -> RewardSetupError:
+    return RewardSetupError(
+        f"reward.isolation={isolation}: the namespace jail for generated code cannot be built here ({reason}); "
+        "fix: run the trainer as root (the jail needs root for its namespaces, mounts and uid switch; "
+        "writable pids/memory cgroups add fork and memory limits), or set reward.isolation=process "
+        "explicitly to run the programs uncontained"
+    )
+
+
+def preflight(isolation: str) -> str:
+    """Decide the isolation of ``reward=code`` before any model loads; returns what to use.
+
+    ``auto`` and ``namespace``: build one jail and run a probe program in it; ``"namespace"``
+    when that works, else ``RewardSetupError`` (one line: the key, the reason, the fix).
+    ``process``: print once to stderr that programs are not contained and what they can
+    reach, and return ``"process"``.
+    """
+    if isolation not in ISOLATIONS:
+        raise RewardSetupError(f"reward.isolation must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
+    if isolation == "process":
+        _warn_process_once()
+        return "process"
+    try:
+        Sandbox(Limits(), isolation="namespace", num_workers=1, use_cgroups=False).close()
+    except NamespaceUnavailable as exc:
+        raise _setup_error(isolation, exc.reason) from None
+    return "namespace"
 
 
 def extract_code(completion: str) -> str | None:
@@ -85,31 +158,77 @@ def _floats_close(x: float, y: float, tol: float) -> bool:
     return abs(x - y) <= tol * max(1.0, abs(y))
 
 
-def _numbers_close(a: str, b: str, tol: float) -> bool:
-    """Two output tokens: integers exactly equal, otherwise numbers within ``tol``."""
-    if _INT_RE.fullmatch(a) and _INT_RE.fullmatch(b):
-        return int(a) == int(b)
-    try:
-        return _floats_close(float(a), float(b), tol)
-    except (ValueError, OverflowError):
+def _int_text_equal(a: re.Match, b: re.Match) -> bool:
+    """Two ``_INT_RE`` matches as integers, compared as text (any length, no ``int()``)."""
+    if a.group(2) != b.group(2):
         return False
+    return a.group(2) == "0" or (a.group(1) == "-") == (b.group(1) == "-")
+
+
+def _numbers_close(a: str, b: str, tol: float) -> bool:
+    """Two output tokens: integers exactly equal, otherwise decimal numbers within ``tol``."""
+    ia, ib = _INT_RE.fullmatch(a), _INT_RE.fullmatch(b)
+    if ia and ib:
+        return _int_text_equal(ia, ib)
+    if _FLOAT_RE.fullmatch(a) and _FLOAT_RE.fullmatch(b):
+        return _floats_close(float(a), float(b), tol)  # float() has no length limit
+    return False
 
 
 def stdout_matches(got: str, expected: Any, float_tol: float = 1e-6) -> bool:
     """Compare program output with the expected output, whitespace- and float-tolerant.
 
     Tokens (split on any whitespace) must be equal, or both numeric: integers exactly equal,
-    other numbers within ``float_tol`` (absolute, relative above magnitude 1).
+    other numbers within ``float_tol`` (absolute, relative above magnitude 1). The output's
+    tokens are streamed, so a flood costs no more memory than the expected output's tokens.
     """
-    got_tokens, want_tokens = got.split(), _as_text(expected).split()
-    if got_tokens == want_tokens:
-        return True
-    if len(got_tokens) != len(want_tokens):
-        return False
-    return all(g == w or _numbers_close(g, w, float_tol) for g, w in zip(got_tokens, want_tokens))
+    got_tokens = _TOKEN_RE.finditer(got)
+    for want in _as_text(expected).split():
+        token = next(got_tokens, None)
+        if token is None:
+            return False
+        g = token.group()
+        if g != want and not _numbers_close(g, want, float_tol):
+            return False
+    return next(got_tokens, None) is None
+
+
+class _BigInt(str):
+    """A JSON integer too long for ``int()`` (kept as its text)."""
+
+
+def _json_int(text: str):
+    return int(text) if len(text) <= _SMALL_INT_DIGITS else _BigInt(text)
+
+
+def _int_text(value: int) -> str:
+    """Decimal text of a (trusted, expected) int of any size."""
+    import decimal
+
+    return str(value) if value.bit_length() < 13000 else str(decimal.Decimal(value))  # 13000 bits < 4000 digits
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of lists/dicts in ``value``, iteratively; stops counting past ``limit``."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            stack.extend((v, depth) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _values_close(got: Any, want: Any, tol: float) -> bool:
+    if isinstance(got, _BigInt):
+        if isinstance(want, bool) or not isinstance(want, (int, float)):
+            return False
+        if isinstance(want, float):
+            return _floats_close(float(got), want, tol)
+        return _int_text_equal(_INT_RE.fullmatch(got), _INT_RE.fullmatch(_int_text(want)))
     if isinstance(got, bool) or isinstance(want, bool):
         return got == want and type(got) is type(want)
     if isinstance(got, (int, float)) and isinstance(want, (int, float)):
@@ -130,11 +249,16 @@ def call_result_matches(got_json: str, expected: Any, float_tol: float = 1e-6) -
     """Compare a call-based return value (JSON text from the sandbox) with the expected output.
 
     Accepts an exact (tolerant) match, or a match of the only element of a one-element
-    expected list (APPS wraps most expected return values that way).
+    expected list (APPS wraps most expected return values that way). Hostile text is a
+    mismatch, never an exception: integers too long for ``int()`` stay text, decoding stops
+    at the interpreter's recursion limit, and a value nested deeper than the expected one is
+    not compared at all.
     """
     try:
-        got = json.loads(got_json)
-    except json.JSONDecodeError:
+        got = json.loads(got_json, parse_int=_json_int)
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        return False
+    if _depth(got, _depth(expected, 10_000)) > _depth(expected, 10_000):
         return False
     if _values_close(got, expected, float_tol):
         return True
@@ -206,12 +330,16 @@ class CodeReward:
         timeout: wall-clock seconds per test (CPU seconds too, rounded up).
         program_timeout: wall-clock seconds for all tests of one program.
         memory_mb: address-space limit of each process of the program.
-        file_mb: largest file or stdout the program may write.
+        file_mb: largest file or stdout one test may write, and the most output (stdout or
+            return values) read back from one program over all its tests; beyond it the test is
+            a runtime error and ``code/output_truncated`` is set.
         max_processes: processes/threads one program may run at once (harness included).
         max_tests: run only the first ``max_tests`` tests of each problem (None = all).
         float_tol: tolerance of numeric comparisons.
         num_workers: programs run in parallel (None = CPU count).
-        isolation: ``auto`` | ``namespace`` | ``process`` (see ``sandbox.Sandbox``).
+        isolation: ``auto`` | ``namespace`` (a namespace jail, or ``RewardSetupError`` at the
+            first call where none can be built) | ``process`` (uncontained, says so once on
+            stderr). See :func:`preflight`.
     """
 
     def __init__(
@@ -233,12 +361,14 @@ class CodeReward:
             raise ValueError(f"reward.max_tests must be >= 1 or null, got {max_tests}")
         if float_tol < 0:
             raise ValueError(f"reward.float_tol must be >= 0, got {float_tol}")
+        if isolation not in ISOLATIONS:
+            raise ValueError(f"reward.isolation must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
         self.mode = mode
         self.max_tests = max_tests
         self.float_tol = float_tol
         self.limits = Limits(
             timeout=timeout, program_timeout=program_timeout, memory_mb=memory_mb,
-            file_mb=file_mb, max_processes=max_processes,
+            file_mb=file_mb, max_processes=max_processes, output_mb=file_mb,
         )
         self.num_workers = num_workers
         self.isolation = isolation
@@ -246,9 +376,18 @@ class CodeReward:
 
     @property
     def sandbox(self) -> Sandbox:
-        """The sandbox, started on first use (construction stays cheap and side-effect free)."""
+        """The sandbox, started on first use (construction stays cheap and side-effect free).
+
+        Its isolation is fixed here for the life of the reward: a jail that later fails makes
+        the affected programs fail, it never switches the run to ``process``.
+        """
         if self._sandbox is None:
-            self._sandbox = Sandbox(self.limits, isolation=self.isolation, num_workers=self.num_workers)
+            if self.isolation == "process":
+                _warn_process_once()
+            try:
+                self._sandbox = Sandbox(self.limits, isolation=self.isolation, num_workers=self.num_workers)
+            except NamespaceUnavailable as exc:
+                raise _setup_error(self.isolation, exc.reason) from None
         return self._sandbox
 
     def __call__(self, samples: Sequence[Sample], completions: Sequence[str]) -> RewardOutput:
@@ -259,26 +398,42 @@ class CodeReward:
             tests = [(i[: self.max_tests], o[: self.max_tests], f) for i, o, f in tests]
         codes = [extract_code(c) for c in completions]
         stop_on_error = self.mode != "pass_rate"
+        sandbox = self.sandbox
         todo = [k for k, code in enumerate(codes) if code is not None]
-        runs = self.sandbox.run_many(
-            [Job(codes[k], tests[k][0], tests[k][2], stop_on_error) for k in todo]
-        )
+        # One job per program, so a sandbox failure costs that program only.
+        runs = sandbox.run_many_safely([Job(codes[k], tests[k][0], tests[k][2], stop_on_error) for k in todo])
         by_index = dict(zip(todo, runs))
 
-        scores, info = [], {key: [] for key in ("correct", "code/status", "code/pass_rate", "code/outcomes", "code/error")}
+        keys = ("correct", "code/status", "code/pass_rate", "code/outcomes", "code/error",
+                "code/output_bytes", "code/output_truncated", "failed", "error")
+        scores, info = [], {key: [] for key in keys}
         for k, (_, outputs, fn_name) in enumerate(tests):
             run = by_index.get(k)
-            if run is None:
-                outcomes, error = [COMPILE] * len(outputs), "no fenced code block in the completion"
-            else:
-                outcomes = judge_run(run, outputs, fn_name, self.float_tol)
-                error = run.compile_error or next((t.error for t in run.tests if t.error and t.status != STATUS_SKIPPED), None)
-            scores.append(score(outcomes, self.mode))
-            info["correct"].append(all(o == PASS for o in outcomes))
+            failure = None
+            try:
+                if isinstance(run, BaseException):
+                    raise run
+                if run is None:
+                    outcomes, error = [COMPILE] * len(outputs), "no fenced code block in the completion"
+                else:
+                    outcomes = judge_run(run, outputs, fn_name, self.float_tol)
+                    error = run.compile_error or next(
+                        (t.error for t in run.tests if t.error and t.status != STATUS_SKIPPED), None
+                    )
+                value = score(outcomes, self.mode)
+            except Exception as exc:  # noqa: BLE001 - this program scores 0 and is counted as failed
+                failure = f"{type(exc).__name__}: {exc}"[:300]
+                outcomes, error, value = [RUNTIME] * len(outputs), failure, 0.0
+            scores.append(value)
+            info["correct"].append(failure is None and all(o == PASS for o in outcomes))
             info["code/status"].append(program_status(outcomes))
             info["code/pass_rate"].append(sum(o == PASS for o in outcomes) / len(outcomes))
             info["code/outcomes"].append(outcomes)
             info["code/error"].append(error)
+            info["code/output_bytes"].append(run.output_bytes if isinstance(run, ProgramRun) else 0)
+            info["code/output_truncated"].append(isinstance(run, ProgramRun) and run.truncated)
+            info["failed"].append(failure is not None)
+            info["error"].append(failure)
         return RewardOutput(scores=scores, info=info)
 
     def close(self) -> None:

@@ -77,6 +77,10 @@ class CombinedReward:
             total = [t + weight * float(s) for t, s in zip(total, out.scores)]
             info[f"reward/{label}"] = [float(s) for s in out.scores]
             for key, values in out.info.items():
+                if key in ("failed", "error"):  # a component's own per-completion failures fail the total
+                    merged = info.setdefault(key, [False if key == "failed" else None] * n)
+                    info[key] = [m or v for m, v in zip(merged, values)]
+                    continue
                 if key == "correct" and "correct" not in info:
                     info["correct"] = list(values)
                 info[key if key.startswith(f"{label}/") else f"{label}/{key}"] = list(values)

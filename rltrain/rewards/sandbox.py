@@ -10,39 +10,58 @@ JSON request on stdin::
                                     └─► harness = pid 1 of the new pid namespace
                                           private mounts; chroot into a read-only tmpfs root that
                                           holds read-only binds of the Python install,
-                                          site-packages, /usr and /lib only, and a private
-                                          size-limited tmpfs ``/sandbox`` as cwd;
+                                          site-packages, /usr and /lib only (the *mount plan*),
+                                          and one private size-limited tmpfs behind both the
+                                          program's cwd ``/sandbox`` and a sticky ``/tmp``;
                                           drops to an unprivileged per-slot uid; rlimits;
-                                          compiles the program once, then for each test:
+                                          a seccomp filter; compiles the program once, then for
+                                          each test:
                                             fork ─► test child: stdin/stdout/stderr on memfds,
                                                     CPU-time and file-size rlimits, runs the code
                                           kills the child at the wall-clock limit, kills every
                                           other process left in the namespace, and streams
-                                          one JSON line per test (raw output only) back.
+                                          one framed event per test (raw output bytes, capped
+                                          across all tests of the program) back.
 
 What each mechanism buys (``Sandbox.mechanisms`` lists the ones active):
 
 - pid namespace: the program cannot see or signal any host process (``os.getppid()`` is the
   harness, which as namespace init ignores SIGKILL from inside), and when the harness exits
   the kernel kills everything left in the namespace: no orphan survives a run.
-- network namespace: no interface is up, not even loopback; every connect fails.
+- network namespace: no interface is up, not even loopback; every connect fails, abstract
+  unix sockets of the host are out of reach.
 - mount namespace + chroot: files outside the jail do not exist for the program (no /proc,
-  /etc, /home, /root, /work, /tmp of the host); the root is read-only and ``/sandbox`` is a
-  private tmpfs that disappears with the namespace.
+  /etc, /home, /root, the project, the host's /tmp or /dev/shm); the root and every bind are
+  read-only, and the one writable tmpfs disappears with the namespace.
+- ipc namespace: SysV queues, semaphores and shared memory die with the program.
 - unprivileged uid (``uid_base + slot``, one per concurrent jail): no capabilities, so the
   chroot cannot be left and RLIMIT_NPROC applies (it is ignored for root), counted per jail.
+- seccomp filter (x86_64, aarch64): keyring calls (``add_key``, ``keyctl``, ``request_key``:
+  keyrings are per uid, not per namespace, so they would carry data to the next program of
+  the slot), ``ptrace``, ``process_vm_*``, mount and namespace calls, ``bpf``,
+  ``perf_event_open``, ``userfaultfd``, ``io_uring`` and module loading fail with EPERM.
 - rlimits: address space (RLIMIT_AS), CPU seconds per test, file size (bounds stdout too:
-  outputs go to memfds), process count, no core dumps.
+  outputs go to memfds), process count, open files, no core dumps.
 - cgroups (v1 or v2, when writable): ``pids.max`` per jail bounds a fork bomb even across
   uids, and a memory limit bounds the sum over all processes (rlimits bound each one).
+- output cap: at most ``Limits.output_mb`` of output per program, all its tests together, is
+  read back (a test past it is a runtime error with ``truncated``); the training process reads
+  at most that much from the launcher, so its memory per program is bounded by the cap.
 - comparison happens in the training process (``code.py``): the jail receives test inputs
   only, never expected outputs, so a program can neither read nor forge its verdict.
 
-Without root (or where namespaces are refused) ``isolation="process"`` is the fallback: a
-plain subprocess with the rlimits, a scrubbed environment, a fresh temporary directory,
-cgroups where writable, and a guard that disables ``socket``, ``fork``, ``kill`` and
-``subprocess`` inside the program. That guard stops accidents, not adversaries (a program
-can undo it); prefer ``namespace`` whenever it is available.
+The mount plan (``mount_plan``) exposes every needed host path at its own path *and* at its
+resolved path, so any layout works: an interpreter, venv or project under /tmp, /home, /opt,
+behind a symlinked prefix, or nested in one another. Paths under /tmp are bound inside the
+jail's own /tmp; a path that would hide the jail's /tmp, /dev, work dir or /proc is refused.
+
+Isolation fails closed: ``isolation="auto"`` means ``namespace``, and raises
+``NamespaceUnavailable`` (with the reason) where the jail cannot be built, never a silent
+fallback. ``isolation="process"`` has to be asked for: a plain subprocess with the rlimits, a
+scrubbed environment, a fresh temporary directory, the seccomp filter, cgroups where writable,
+and a guard that disables ``socket``, ``fork``, ``kill`` and ``subprocess`` inside the
+program. That guard stops accidents, not adversaries: the program runs as the training
+process's user on the host and can reach whatever that user can.
 
 This file must import only the standard library: the launcher runs it as a script.
 """
@@ -103,6 +122,10 @@ class Limits:
             (RLIMIT_NPROC and cgroup ``pids.max``).
         group_memory_mb: memory of all the jail's processes together (cgroup);
             ``None`` means ``2 * memory_mb + disk_mb``.
+        output_mb: output read back per program, all its tests together (stdout, or the
+            JSON of the return values), in MiB; a test whose output goes past it is a runtime
+            error marked ``truncated``. It also bounds the training process's memory per
+            program.
     """
 
     timeout: float = 4.0
@@ -113,9 +136,10 @@ class Limits:
     disk_mb: int = 64
     max_processes: int = 16
     group_memory_mb: int | None = None
+    output_mb: float = 16.0
 
     def __post_init__(self):
-        for key in ("timeout", "program_timeout", "memory_mb", "file_mb", "disk_mb"):
+        for key in ("timeout", "program_timeout", "memory_mb", "file_mb", "disk_mb", "output_mb"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"Limits.{key} must be positive, got {getattr(self, key)}")
         if self.cpu_time is not None and self.cpu_time <= 0:
@@ -136,20 +160,31 @@ class TestRun:
             (call-based programs); ``None`` unless ``status == "ok"``.
         error: a one-line reason for a non-ok status.
         seconds: wall-clock time of the test.
+        truncated: the output went past what was left of the program's ``output_mb``.
     """
 
     status: str
     output: str | None = None
     error: str | None = None
     seconds: float = 0.0
+    truncated: bool = False
 
 
 @dataclass
 class ProgramRun:
-    """The result of one program: a compile error, or one ``TestRun`` per input."""
+    """The result of one program: a compile error, or one ``TestRun`` per input.
+
+    ``output_bytes`` counts the output bytes read back over all tests (at most
+    ``Limits.output_mb``); ``truncated`` says whether some test's output was cut.
+    """
 
     compile_error: str | None
     tests: list[TestRun] = field(default_factory=list)
+    output_bytes: int = 0
+
+    @property
+    def truncated(self) -> bool:
+        return any(t.truncated for t in self.tests)
 
 
 @dataclass
@@ -175,6 +210,14 @@ class SandboxError(RuntimeError):
     """The sandbox itself failed (not the program): e.g. the jail could not be built."""
 
 
+class NamespaceUnavailable(SandboxError):
+    """Namespace isolation cannot run here; ``reason`` says why (one line)."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"namespace isolation is unavailable here: {reason}")
+        self.reason = reason
+
+
 # ------------------------------------------------------------------------------------------
 # Trusted side: runs in the training process.
 # ------------------------------------------------------------------------------------------
@@ -191,8 +234,9 @@ class Sandbox:
     Args:
         limits: resource limits applied to every program.
         isolation: ``namespace`` (root only: namespaces, chroot jail, unprivileged uid),
-            ``process`` (rlimits and a guard only), or ``auto`` (namespace when a probe
-            run succeeds, else process with a warning).
+            ``process`` (rlimits and a guard only: programs are not contained), or ``auto``
+            (the same as ``namespace``: a probe builds one jail and runs a program in it, and
+            ``NamespaceUnavailable`` is raised when that fails; never a fallback).
         num_workers: programs run concurrently (default: CPU count; more helps a little,
             since part of each run is waiting on the kernel, not computing).
         uid_base: start of the uid range of the jails. Each Sandbox takes its own block of
@@ -203,6 +247,8 @@ class Sandbox:
             hand out.
         allow_site_packages: make the training interpreter's site-packages (e.g. numpy)
             importable, read-only, inside the jail.
+        import_paths: directories to make importable (read-only) instead of the
+            interpreter's site-packages; ``None`` = decided by ``allow_site_packages``.
         use_cgroups: put each jail in its own pids/memory cgroup where the hierarchy is
             writable.
     """
@@ -216,6 +262,7 @@ class Sandbox:
         uid_base: int = 1_880_000_000,
         allow_site_packages: bool = True,
         use_cgroups: bool = True,
+        import_paths: list[str] | None = None,
     ):
         if isolation not in ("auto", "namespace", "process"):
             raise ValueError(f"isolation must be auto|namespace|process, got {isolation!r}")
@@ -225,32 +272,25 @@ class Sandbox:
             raise ValueError(f"num_workers must be in [1, {_UIDS_PER_SANDBOX}], got {self.num_workers}")
         block = (os.getpid() * 7919 + next(_INSTANCES)) % _UID_BLOCKS
         self.uid_base = uid_base + block * _UIDS_PER_SANDBOX
-        self._sys_path = _site_packages() if allow_site_packages else []
-        self._ro_paths = _jail_ro_paths(self._sys_path)
+        if import_paths is not None:
+            self._sys_path = [os.path.abspath(p) for p in import_paths]
+        else:
+            self._sys_path = _site_packages() if allow_site_packages else []
         self._jail_root = os.path.join("/tmp", "rltrain-jail-root")
+        self._plan: list[tuple[str, str]] = []
+        self._workdir = "/sandbox"
         self._pool = None
         self._slots = None
         self._zygote_lock = threading.Lock()
         self._zygote = None
         self._cgroups: dict[int, list[tuple[str, str]]] = {}
         self._cgroup_note = "off"
-        if isolation == "auto":
-            reason = self._probe_namespace()
-            if reason is None:
-                isolation = "namespace"
-            else:
-                import warnings
-
-                warnings.warn(
-                    f"sandbox: namespace isolation unavailable ({reason}); falling back to "
-                    "isolation='process' (rlimits and a guard only)",
-                    stacklevel=2,
-                )
-                isolation = "process"
-        elif isolation == "namespace":
+        if isolation in ("auto", "namespace"):
+            # Fail closed: a jail or nothing. The caller decides whether to run uncontained.
             reason = self._probe_namespace()
             if reason is not None:
-                raise SandboxError(f"isolation='namespace' is unavailable here: {reason}")
+                raise NamespaceUnavailable(reason)
+            isolation = "namespace"
         self.isolation = isolation
         if use_cgroups:
             self._setup_cgroups()
@@ -264,13 +304,17 @@ class Sandbox:
         if self.isolation == "namespace":
             out += [
                 "pid+net+mount+ipc+uts namespaces",
-                "chroot into read-only jail with private tmpfs /sandbox",
+                f"chroot into read-only jail ({len(self._plan)} read-only binds) with private tmpfs "
+                f"{self._workdir} and /tmp",
                 f"unprivileged uid {self.uid_base}+slot",
                 "RLIMIT_NPROC",
             ]
         else:
-            out += ["fresh temp dir", "guard preamble (socket/fork/kill/subprocess disabled)"]
-        out += ["RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "scrubbed environment"]
+            out += ["NOT CONTAINED: runs as this user on the host", "fresh temp dir",
+                    "guard preamble (socket/fork/kill/subprocess disabled)"]
+        out += ["seccomp (keyrings, ptrace, mount/namespace calls denied)" if _seccomp_arch() else "no seccomp (unknown arch)",
+                "RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE",
+                f"output cap {self.limits.output_mb:g} MiB per program", "scrubbed environment"]
         out.append(f"cgroups: {self._cgroup_note}")
         return out
 
@@ -280,8 +324,6 @@ class Sandbox:
 
     def run_many(self, jobs: list[Job]) -> list[ProgramRun]:
         """Run ``jobs`` on the bounded worker pool; results in the order of ``jobs``."""
-        if not jobs:
-            return []
         if self._pool is None:
             import queue
             from concurrent.futures import ThreadPoolExecutor
@@ -290,7 +332,21 @@ class Sandbox:
             self._slots = queue.Queue()
             for slot in range(self.num_workers):
                 self._slots.put(slot)
-        return list(self._pool.map(self._run_in_slot, jobs))
+        return list(self._pool.map(self._run_in_slot, jobs)) if jobs else []
+
+    def run_many_safely(self, jobs: list[Job]) -> list[ProgramRun | SandboxError]:
+        """``run_many``, except that a job whose sandbox failed gets its ``SandboxError`` in its
+        place (the other jobs still run); the isolation never changes."""
+        def one(job: Job):
+            try:
+                return self._run_in_slot(job)
+            except SandboxError as exc:
+                return exc
+
+        if not jobs:
+            return []
+        self.run_many([])  # nothing to run: just starts the pool
+        return list(self._pool.map(one, jobs))
 
     def close(self) -> None:
         """Stop the worker pool and remove the per-slot cgroups."""
@@ -345,7 +401,8 @@ class Sandbox:
             "limits": asdict(limits),
             "uid": self.uid_base + slot,
             "jail_root": self._jail_root,
-            "ro_paths": self._ro_paths,
+            "plan": self._plan,
+            "jail_workdir": self._workdir,
             "sys_path": self._sys_path,
             "cgroup_procs": [os.path.join(path, "cgroup.procs") for _, path in self._cgroups.get(slot, [])],
             "workdir": workdir,
@@ -353,7 +410,12 @@ class Sandbox:
         ours, theirs = socket.socketpair()
         pidfd = None
         killed = False
+        flooded = False
         chunks = []
+        received = 0
+        # The harness caps the output it sends; this cap (output + per-test headers and error
+        # lines) bounds what a misbehaving harness could make the training process hold.
+        max_bytes = int(limits.output_mb * _MB) + (64 << 10) + 8192 * len(job.inputs)
         try:
             pidfd = self._zygote_fork(theirs)
             theirs.close()
@@ -378,6 +440,12 @@ class Sandbox:
                     continue
                 if not chunk:
                     break
+                received += len(chunk)
+                if received > max_bytes:
+                    flooded = True
+                    if pidfd is not None:
+                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    break
                 chunks.append(chunk)
         finally:
             ours.close()
@@ -386,6 +454,8 @@ class Sandbox:
                 os.close(pidfd)
             if workdir is not None:
                 shutil.rmtree(workdir, ignore_errors=True)
+        if flooded:
+            raise SandboxError(f"the sandbox harness sent more than {max_bytes} bytes (output cap broken)")
         return _parse_run(b"".join(chunks), len(job.inputs), killed)
 
     def _zygote_fork(self, job_socket) -> int | None:
@@ -433,24 +503,42 @@ class Sandbox:
             self._zygote = None
 
     def _probe_namespace(self) -> str | None:
-        """None if a namespace jail works here, else the reason it does not."""
-        key = tuple(self._ro_paths)
+        """None if a namespace jail works here, else the reason it does not (one line).
+
+        Builds the mount plan, then one real jail, and runs a program in it that checks the
+        stdlib and every import path are there and the jail's /tmp and work dir are writable.
+        """
+        if os.geteuid() != 0:
+            return f"not running as root (euid {os.geteuid()}); the jail needs root to build its namespaces and mounts"
+        if _seccomp_arch() is None:
+            return f"no seccomp filter for this CPU architecture ({os.uname().machine})"
+        try:
+            self._plan, self._workdir = mount_plan(_jail_ro_paths(self._sys_path))
+        except SandboxError as exc:
+            return str(exc)
+        key = (tuple(map(tuple, self._plan)), self._workdir, tuple(self._sys_path))
         if key not in _PROBE_CACHE:
-            if os.geteuid() != 0:
-                _PROBE_CACHE[key] = "not running as root"
-            else:
-                try:
-                    os.makedirs(self._jail_root, mode=0o700, exist_ok=True)
-                    st = os.lstat(self._jail_root)
-                    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
-                        raise SandboxError(f"{self._jail_root} must be a directory owned by root")
-                    probe = self._run_one(
-                        Job("print(6 * 7)", [""]), 0, "namespace", Limits(timeout=10.0, program_timeout=20.0)
-                    )
-                    ok = probe.compile_error is None and probe.tests[0].output == "42\n"
-                    _PROBE_CACHE[key] = None if ok else f"probe run failed: {probe}"
-                except SandboxError as exc:
-                    _PROBE_CACHE[key] = str(exc)
+            try:
+                os.makedirs(self._jail_root, mode=0o700, exist_ok=True)
+                st = os.lstat(self._jail_root)
+                if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
+                    raise SandboxError(f"{self._jail_root} must be a directory owned by root")
+                code = (
+                    "import os, sys, json, unicodedata\n"
+                    "missing = [p for p in sys.path if p and not os.path.exists(p)]\n"
+                    "open('/tmp/probe', 'w').write('t'); open('probe', 'w').write('w')\n"
+                    "print(6 * 7, json.dumps(missing))"
+                )
+                probe = self._run_one(Job(code, [""]), 0, "namespace", Limits(timeout=10.0, program_timeout=20.0))
+                out = (probe.tests[0].output or "") if probe.tests else ""
+                ok = probe.compile_error is None and out.startswith("42 ")
+                if ok:  # an import path missing in the jail but present on the host: a plan bug
+                    ok = not [p for p in json.loads(out[3:]) if os.path.exists(p)]
+                test = probe.tests[0] if probe.tests else None
+                what = probe.compile_error or (test and (test.error or test.output))
+                _PROBE_CACHE[key] = None if ok else f"the probe program failed in the jail: {what!r}"[:500]
+            except SandboxError as exc:
+                _PROBE_CACHE[key] = " ".join(str(exc).split())[:500]
         return _PROBE_CACHE[key]
 
     def _setup_cgroups(self) -> None:
@@ -522,18 +610,72 @@ def _site_packages() -> list[str]:
 
 
 def _jail_ro_paths(sys_path: list[str]) -> list[str]:
-    """Host paths visible (read-only) in the jail: the interpreter, site-packages, system libs."""
-    paths = ["/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin", sys.base_prefix, sys.prefix]
+    """Host paths needed (read-only) in the jail: system libs, the interpreter, its stdlib,
+    the import paths. ``mount_plan`` turns them into binds."""
+    import sysconfig
+
+    paths = ["/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin", "/etc/ld.so.cache", sys.base_prefix]
+    for key in ("stdlib", "platstdlib"):
+        stdlib = sysconfig.get_paths().get(key)
+        if stdlib:
+            paths += [stdlib, os.path.join(stdlib, "lib-dynload")]
+    paths.append(os.path.dirname(os.__file__))
     paths += sys_path
-    real = sys.prefix  # a venv dir is only needed for its site-packages
-    if real != sys.base_prefix and real in paths:
-        paths.remove(real)
-    seen, out = set(), []
-    for p in paths:
-        if os.path.lexists(p) and p not in seen:
-            seen.add(p)
-            out.append(p)
-    return out
+    return [p for p in paths if os.path.lexists(p)]
+
+
+_RESERVED = ("/tmp", "/dev", "/proc")  # the jail's own: its scratch /tmp, its devices, no /proc
+_DEVICES = ("null", "zero", "random", "urandom")
+
+
+def _is_within(path: str, base: str) -> bool:
+    return path == base or path.startswith(base.rstrip("/") + "/")
+
+
+def mount_plan(paths: list[str]) -> tuple[list[tuple[str, str]], str]:
+    """The read-only binds that expose ``paths`` in the jail, and the jail's work dir.
+
+    Each path is exposed at its own (absolute, normalised) path and at its resolved path, so
+    imports work whichever spelling the interpreter uses, and absolute symlinks between the
+    exposed trees still resolve. A path inside another exposed one is covered by it (no
+    nested binds). Paths under /tmp or /dev are bound inside the jail's own /tmp or /dev; the
+    work dir is ``/sandbox`` unless something must be exposed there.
+
+    Returns:
+        ``(binds, workdir)``: ``binds`` is a list of ``(host source, jail path)``, the source
+        fully resolved, no jail path inside another.
+
+    Raises:
+        SandboxError: a path would cover the jail's root, /tmp, /dev, devices or work dir, or
+            lies under /proc.
+    """
+    wanted: set[str] = set()
+    for path in paths:
+        if not os.path.lexists(path):
+            continue
+        lexical = os.path.normpath(os.path.abspath(path))
+        real = os.path.realpath(path)
+        if not os.path.exists(real):
+            continue  # a dangling symlink: nothing to expose
+        wanted.update((lexical, real))
+    for path in wanted:
+        if path == "/" or any(_is_within(r, path) for r in _RESERVED) or any(
+            _is_within(path, f"/dev/{d}") for d in _DEVICES
+        ) or _is_within(path, "/proc"):
+            raise SandboxError(
+                f"cannot expose {path} in the jail: it would cover the jail's own / /tmp /dev or /proc; "
+                "install Python and the project somewhere else"
+            )
+    covered = []
+    for path in sorted(wanted):  # sorted: an ancestor comes before everything under it
+        if not any(_is_within(path, kept) for kept in covered):
+            covered.append(path)
+    workdir = "/sandbox"
+    suffix = 0
+    while any(_is_within(path, workdir) or _is_within(workdir, path) for path in covered):
+        suffix += 1
+        workdir = f"/sandbox-{suffix}"
+    return [(os.path.realpath(path), path) for path in covered], workdir
 
 
 def _own_cgroup_dir(controller: str) -> tuple[str | None, str | None]:
@@ -562,26 +704,42 @@ def _own_cgroup_dir(controller: str) -> tuple[str | None, str | None]:
 
 
 def _parse_run(out: bytes, n_tests: int, killed: bool) -> ProgramRun:
+    """Decode the harness's stream: JSON header lines, each followed by ``nbytes`` raw bytes of
+    output; any other line is the launcher's or harness's stderr."""
     compile_error = None
-    other: list[str] = []  # anything not a JSON event is the launcher's/harness's stderr
+    other: list[str] = []
     tests: dict[int, TestRun] = {}
     done = False
-    for line in out.decode("utf-8", "replace").splitlines():
+    total = 0
+    pos = 0
+    while pos < len(out):
+        end = out.find(b"\n", pos)
+        if end < 0:
+            end = len(out)
+        line = out[pos:end]
+        pos = end + 1
         try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            other.append(line)  # stderr text, or a partial last line of a killed harness
+            event = json.loads(line) if line.startswith(b"{") and len(line) < 65536 else None
+        except (ValueError, RecursionError):
+            event = None
+        if not isinstance(event, dict) or not isinstance(event.get("nbytes", 0), int):
+            other.append(line[:300].decode("utf-8", "replace"))  # stderr text, or a partial last line
             continue
-        if not isinstance(event, dict):
-            other.append(line)
-            continue
+        nbytes = max(0, event.get("nbytes", 0))
+        payload = out[pos:pos + nbytes]
+        pos += nbytes
         kind = event.get("event")
         if kind == "setup_error":
             raise SandboxError(f"sandbox setup failed: {event.get('error')}")
         if kind == "compile_error":
-            compile_error = event["error"]
-        elif kind == "test":
-            tests[event["index"]] = TestRun(event["status"], event.get("output"), event.get("error"), event["seconds"])
+            compile_error = str(event.get("error"))
+        elif kind == "test" and isinstance(event.get("index"), int) and len(payload) == nbytes:
+            status = event.get("status")
+            total += nbytes
+            output = payload.decode("utf-8", "replace") if status == STATUS_OK else None
+            tests[event["index"]] = TestRun(
+                status, output, event.get("error"), float(event.get("seconds", 0.0)), bool(event.get("truncated")),
+            )
         elif kind == "done":
             done = True
     if compile_error is not None:
@@ -593,7 +751,7 @@ def _parse_run(out: bytes, n_tests: int, killed: bool) -> ProgramRun:
         missing = TestRun(STATUS_TIMEOUT, error="program time limit")
     else:
         missing = TestRun(STATUS_RUNTIME_ERROR, error="harness died before reporting this test")
-    return ProgramRun(None, [tests.get(i, missing) for i in range(n_tests)])
+    return ProgramRun(None, [tests.get(i, missing) for i in range(n_tests)], total)
 
 
 # ------------------------------------------------------------------------------------------
@@ -607,11 +765,90 @@ _CLONE_NEWPID = 0x20000000
 _CLONE_NEWNET = 0x40000000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV = 1, 2, 4
 _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 32, 4096, 16384, 1 << 18
-_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS = 1, 4, 38
+_MNT_DETACH = 2
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_SECCOMP, _PR_SET_NO_NEW_PRIVS = 1, 4, 22, 38
+_MAX_OPEN_FILES = 256
+_STDERR_TAIL = 4096  # bytes of a failing test's stderr read back for its error line
+
+# seccomp: (AUDIT_ARCH, syscall numbers) per machine. Denied with EPERM (clone3: ENOSYS, so
+# libc falls back to clone, whose namespace flags the filter can see and refuse).
+_DENIED_SYSCALLS = (
+    "add_key", "request_key", "keyctl", "ptrace", "process_vm_readv", "process_vm_writev",
+    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "bpf", "perf_event_open",
+    "userfaultfd", "kexec_load", "init_module", "finit_module", "delete_module",
+    "open_by_handle_at", "name_to_handle_at", "io_uring_setup",
+)
+_SYSCALLS = {
+    "x86_64": (0xC000003E, {
+        "add_key": 248, "request_key": 249, "keyctl": 250, "ptrace": 101, "process_vm_readv": 310,
+        "process_vm_writev": 311, "unshare": 272, "setns": 308, "mount": 165, "umount2": 166,
+        "pivot_root": 155, "chroot": 161, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323,
+        "kexec_load": 246, "init_module": 175, "finit_module": 313, "delete_module": 176,
+        "open_by_handle_at": 304, "name_to_handle_at": 303, "io_uring_setup": 425,
+        "clone": 56, "clone3": 435,
+    }),
+    "aarch64": (0xC00000B7, {
+        "add_key": 217, "request_key": 218, "keyctl": 219, "ptrace": 117, "process_vm_readv": 270,
+        "process_vm_writev": 271, "unshare": 97, "setns": 268, "mount": 40, "umount2": 39,
+        "pivot_root": 41, "chroot": 51, "bpf": 280, "perf_event_open": 241, "userfaultfd": 282,
+        "kexec_load": 104, "init_module": 105, "finit_module": 273, "delete_module": 106,
+        "open_by_handle_at": 265, "name_to_handle_at": 264, "io_uring_setup": 425,
+        "clone": 220, "clone3": 435,
+    }),
+}
+_CLONE_NS_FLAGS = 0x7E020000  # NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
 
 
-def _emit(event: dict) -> None:
-    data = (json.dumps(event) + "\n").encode()
+def _seccomp_arch():
+    return _SYSCALLS.get(os.uname().machine)
+
+
+def _seccomp_program() -> bytes:
+    """The classic-BPF filter (struct sock_filter[]) for this machine."""
+    import errno
+    import struct
+
+    arch, numbers = _seccomp_arch()
+    ld_abs, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, kill, errno_ret = 0x7FFF0000, 0x80000000, 0x00050000
+    # Instructions as (code, jt label, jf label, k); labels resolved to relative jumps below.
+    prog = [(ld_abs, None, None, 4), (jeq, None, "kill", arch), (ld_abs, None, None, 0)]
+    if os.uname().machine == "x86_64":
+        prog.append((jge, "eperm", None, 0x40000000))  # the x32 ABI: refuse it whole
+    prog += [(jeq, "eperm", None, numbers[name]) for name in _DENIED_SYSCALLS]
+    prog += [(jeq, "enosys", None, numbers["clone3"]), (jeq, "clone", None, numbers["clone"]),
+             (ret, None, None, allow)]
+    labels = {"clone": len(prog)}  # classic BPF jumps forward only: the targets come last
+    prog += [(ld_abs, None, None, 16), (jset, "eperm", None, _CLONE_NS_FLAGS), (ret, None, None, allow)]
+    labels["eperm"] = len(prog)
+    prog.append((ret, None, None, errno_ret | errno.EPERM))
+    labels["enosys"] = len(prog)
+    prog.append((ret, None, None, errno_ret | errno.ENOSYS))
+    labels["kill"] = len(prog)
+    prog.append((ret, None, None, kill))
+    out = b""
+    for i, (code, jt, jf, k) in enumerate(prog):
+        rel = lambda label: 0 if label is None else labels[label] - i - 1  # noqa: E731
+        out += struct.pack("=HBBI", code, rel(jt), rel(jf), k)
+    return out
+
+
+def _install_seccomp(libc) -> None:
+    """Deny the calls listed in ``_DENIED_SYSCALLS`` to this process and all its children."""
+    filters = _seccomp_program()
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+    prog = SockFprog(len(filters) // 8, filters)
+    _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+    _check(libc.prctl(_PR_SET_SECCOMP, 2, ctypes.byref(prog), 0, 0), "prctl(SECCOMP)")
+
+
+def _emit(event: dict, payload: bytes = b"") -> None:
+    """One event: a JSON header line, then ``payload`` raw (its length is in the header)."""
+    event["nbytes"] = len(payload)
+    data = (json.dumps(event) + "\n").encode() + payload
     while data:
         data = data[os.write(1, data):]
 
@@ -634,34 +871,51 @@ def _mount(libc, source, target, fstype, flags, data=None) -> None:
 
 
 def _build_jail(libc, req: dict) -> None:
-    """Private mounts and chroot (runs as root, pid 1 of the new namespaces)."""
+    """Private mounts and chroot (runs as root, pid 1 of the new namespaces).
+
+    Order: a read-only-to-be tmpfs root; one scratch tmpfs of ``disk_mb`` behind the work dir
+    (owned by the jail's uid) and ``/tmp`` (root-owned, sticky); the devices; then the mount
+    plan's binds (those under /tmp land in the scratch /tmp, on root-owned directories the
+    program cannot rename); finally the root is remounted read-only and we chroot.
+    """
     root, uid = req["jail_root"], req["uid"]
     limits = req["limits"]
+    workdir = req["jail_workdir"]
     _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)
     _mount(libc, "tmpfs", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,nr_inodes=4096,mode=0755")
-    for path in req["ro_paths"]:
-        target = root + path
-        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
-        if os.path.islink(path):
-            os.symlink(os.readlink(path), target)
-            continue
-        os.makedirs(target, mode=0o755, exist_ok=True)
-        _mount(libc, path, target, None, _MS_BIND | _MS_REC)
-        _mount(libc, None, target, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
-    os.makedirs(root + "/dev", mode=0o755)
-    for dev in ("null", "zero", "random", "urandom"):
+    stage = root + "/.scratch"
+    os.mkdir(stage, 0o700)
+    _mount(
+        libc, "tmpfs", stage, "tmpfs", _MS_NOSUID | _MS_NODEV,
+        f"size={int(limits['disk_mb'])}m,nr_inodes=16384,mode=0755",
+    )
+    os.mkdir(stage + "/work", 0o700)
+    os.chown(stage + "/work", uid, uid)
+    os.mkdir(stage + "/tmp")
+    os.chmod(stage + "/tmp", 0o1777)
+    for source, target in ((stage + "/work", root + workdir), (stage + "/tmp", root + "/tmp")):
+        os.mkdir(target, 0o755)
+        _mount(libc, source, target, None, _MS_BIND)
+    _check(libc.umount2(stage.encode(), _MNT_DETACH), "umount2 scratch")
+    os.rmdir(stage)
+    os.mkdir(root + "/dev", 0o755)
+    for dev in _DEVICES:
         with open(f"{root}/dev/{dev}", "w"):
             pass
         _mount(libc, f"/dev/{dev}", f"{root}/dev/{dev}", None, _MS_BIND)
-    os.mkdir(root + "/sandbox", 0o700)
-    _mount(
-        libc, "tmpfs", root + "/sandbox", "tmpfs", _MS_NOSUID | _MS_NODEV,
-        f"size={int(limits['disk_mb'])}m,nr_inodes=16384,mode=0700,uid={uid},gid={uid}",
-    )
-    os.symlink("/sandbox", root + "/tmp")
+    for source, path in req["plan"]:
+        target = root + path
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+        if os.path.isdir(source):
+            os.mkdir(target, 0o755)
+        else:
+            with open(target, "w"):
+                pass
+        _mount(libc, source, target, None, _MS_BIND | _MS_REC)
+        _mount(libc, None, target, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
     _mount(libc, None, root, None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
     os.chroot(root)
-    os.chdir("/sandbox")
+    os.chdir(workdir)
 
 
 def _drop_privileges(libc, uid: int) -> None:
@@ -793,6 +1047,7 @@ def _jail_main() -> None:
             _build_jail(libc, req)
             _drop_privileges(libc, req["uid"])
             _set_rlimit(resource.RLIMIT_NPROC, int(limits["max_processes"]))
+            _install_seccomp(libc)
         except OSError as exc:
             _emit({"event": "setup_error", "error": str(exc)})
             os._exit(3)
@@ -805,10 +1060,16 @@ def _jail_main() -> None:
                 pass
         os.chdir(req["workdir"])
         os.environ["HOME"] = os.environ["TMPDIR"] = req["workdir"]
+        try:
+            _install_seccomp(libc)
+        except OSError as exc:
+            _emit({"event": "setup_error", "error": str(exc)})
+            os._exit(3)
     if namespace:
-        os.environ["HOME"] = os.environ["TMPDIR"] = "/sandbox"
+        os.environ["HOME"] = os.environ["TMPDIR"] = req["jail_workdir"]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _set_rlimit(resource.RLIMIT_CORE, 0)
+    _set_rlimit(resource.RLIMIT_NOFILE, _MAX_OPEN_FILES)
     _set_rlimit(resource.RLIMIT_AS, int(limits["memory_mb"]) * _MB)
     _set_rlimit(resource.RLIMIT_CPU, int(math.ceil(limits["program_timeout"])) + 1)
     sys.path.extend(req["sys_path"])
@@ -830,6 +1091,7 @@ def _run_tests(req: dict, namespace: bool) -> None:
     exec(header, {})  # import once here; the forked tests reuse sys.modules
     limits = req["limits"]
     deadline = time.monotonic() + float(limits["program_timeout"])
+    budget = [int(float(limits["output_mb"]) * _MB)]  # output bytes left for this program
     stop = False
     for index, test_input in enumerate(req["inputs"]):
         if stop:
@@ -839,10 +1101,12 @@ def _run_tests(req: dict, namespace: bool) -> None:
         if remaining <= 0:
             _emit({"event": "test", "index": index, "status": STATUS_TIMEOUT, "error": "program time limit", "seconds": 0.0})
             continue
-        run = _run_one_test(header, compiled, test_input, req["fn_name"], limits, min(float(limits["timeout"]), remaining), namespace)
+        run, payload = _run_one_test(
+            header, compiled, test_input, req["fn_name"], limits, min(float(limits["timeout"]), remaining), namespace, budget,
+        )
         run["index"] = index
         run["event"] = "test"
-        _emit(run)
+        _emit(run, payload)
         if req["stop_on_error"] and run["status"] != STATUS_OK:
             stop = True
 
@@ -852,17 +1116,28 @@ def _write_all(fd: int, data: bytes) -> None:
         data = data[os.write(fd, data):]
 
 
-def _read_all(fd: int) -> bytes:
-    os.lseek(fd, 0, os.SEEK_SET)
-    chunks = []
-    while True:
-        chunk = os.read(fd, 1 << 20)
+def _read_at_most(fd: int, limit: int, start: int = 0) -> bytes:
+    """At most ``limit`` bytes of ``fd`` from offset ``start`` (never the whole file)."""
+    os.lseek(fd, start, os.SEEK_SET)
+    chunks, left = [], limit
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
         if not chunk:
-            return b"".join(chunks)
+            break
         chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
-def _run_one_test(header, compiled, test_input, fn_name, limits, wall: float, namespace: bool) -> dict:
+def _stderr_tail(fd: int) -> str:
+    size = os.fstat(fd).st_size
+    return _read_at_most(fd, _STDERR_TAIL, max(0, size - _STDERR_TAIL)).decode("utf-8", "replace")
+
+
+def _run_one_test(header, compiled, test_input, fn_name, limits, wall: float, namespace: bool,
+                  budget: list[int]) -> tuple[dict, bytes]:
+    """Run one test in a forked child; returns its event and its output (within ``budget``,
+    the program's output bytes left, which it decreases)."""
     call_based = fn_name is not None
     in_fd = os.memfd_create("stdin")
     out_fd = os.memfd_create("stdout")
@@ -897,21 +1172,27 @@ def _run_one_test(header, compiled, test_input, fn_name, limits, wall: float, na
     cpu_used = usage.ru_utime + usage.ru_stime
     try:
         if timed_out:
-            return {"status": STATUS_TIMEOUT, "error": f"wall time limit ({wall:.1f} s)", "seconds": seconds}
+            return {"status": STATUS_TIMEOUT, "error": f"wall time limit ({wall:.1f} s)", "seconds": seconds}, b""
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_used >= cpu):
-                return {"status": STATUS_TIMEOUT, "error": f"CPU time limit ({cpu} s)", "seconds": seconds}
+                return {"status": STATUS_TIMEOUT, "error": f"CPU time limit ({cpu} s)", "seconds": seconds}, b""
             name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
             hint = " (memory limit?)" if sig == signal.SIGKILL else ""
-            return {"status": STATUS_RUNTIME_ERROR, "error": f"killed by {name}{hint}", "seconds": seconds}
+            return {"status": STATUS_RUNTIME_ERROR, "error": f"killed by {name}{hint}", "seconds": seconds}, b""
         code = os.WEXITSTATUS(status)
         if code != 0:
-            lines = _read_all(err_fd).decode("utf-8", "replace").strip().splitlines()
+            lines = _stderr_tail(err_fd).strip().splitlines()
             reason = lines[-1] if lines else f"exit status {code}"
-            return {"status": STATUS_RUNTIME_ERROR, "error": reason[:500], "seconds": seconds}
-        output = _read_all(res_fd if call_based else out_fd).decode("utf-8", "replace")
-        return {"status": STATUS_OK, "output": output, "seconds": seconds}
+            return {"status": STATUS_RUNTIME_ERROR, "error": reason[:500], "seconds": seconds}, b""
+        fd = res_fd if call_based else out_fd
+        size = os.fstat(fd).st_size
+        output = _read_at_most(fd, min(size, budget[0]))
+        budget[0] -= len(output)
+        if size > len(output):
+            error = f"output limit: more than {float(limits['output_mb']):g} MiB of output over the program's tests"
+            return {"status": STATUS_RUNTIME_ERROR, "error": error, "seconds": seconds, "truncated": True}, b""
+        return {"status": STATUS_OK, "seconds": seconds}, output
     finally:
         for fd in (in_fd, out_fd, err_fd, res_fd):
             os.close(fd)

@@ -1,8 +1,9 @@
 """The code sandbox against hostile programs: each is contained, scored as a failure with the
 right status, and the test process (standing in for the trainer) carries on.
 
-Namespace isolation needs root; without it the namespace tests skip and the process-isolation
-tests still run.
+Namespace isolation needs root; ``sandbox_support`` decides once whether this machine can run
+it. Where it can, a jail that fails to build fails these tests; where it cannot, they skip
+saying why, and the process-isolation tests still run.
 """
 import os
 import socket
@@ -10,36 +11,18 @@ import time
 
 import pytest
 
-from rltrain.rewards.sandbox import Job, Limits, Sandbox, SandboxError
+from rltrain.rewards.sandbox import Job, Limits, NamespaceUnavailable, Sandbox, SandboxError, mount_plan
+from sandbox_support import namespace_sandbox
+from sandbox_support import uid_processes as _uid_processes
 
 SECRET = "rltrain-test-secret-7f3a91"
-
-
-def _uid_processes(uids: range) -> list[int]:
-    """Host pids of processes whose real uid lies in ``uids``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status") as fh:
-                for line in fh:
-                    if line.startswith("Uid:"):
-                        if int(line.split()[1]) in uids:
-                            found.append(int(entry))
-                        break
-        except OSError:
-            continue
-    return found
 
 
 @pytest.fixture(scope="module")
 def jail():
     """Generous limits for programs that should run normally."""
-    sandbox = Sandbox(Limits(timeout=10.0, program_timeout=30.0), isolation="auto", num_workers=2)
-    if sandbox.isolation != "namespace":
-        sandbox.close()
-        pytest.skip("namespace isolation unavailable here (needs root and namespaces)")
+    sandbox = namespace_sandbox(Limits(timeout=10.0, program_timeout=30.0), num_workers=2)
+    assert sandbox.isolation == "namespace"
     yield sandbox
     sandbox.close()
 
@@ -47,14 +30,9 @@ def jail():
 @pytest.fixture(scope="module")
 def tight():
     """Tight limits for programs that must be stopped: 0.5 s per test, 256 MiB, 1 MiB files."""
-    sandbox = Sandbox(
-        Limits(timeout=0.5, program_timeout=5.0, memory_mb=256, file_mb=1, max_processes=8),
-        isolation="auto",
-        num_workers=2,
+    sandbox = namespace_sandbox(
+        Limits(timeout=0.5, program_timeout=5.0, memory_mb=256, file_mb=1, max_processes=8), num_workers=2,
     )
-    if sandbox.isolation != "namespace":
-        sandbox.close()
-        pytest.skip("namespace isolation unavailable here (needs root and namespaces)")
     yield sandbox
     sandbox.close()
 
@@ -157,9 +135,9 @@ print(n)
     assert _uid_processes(range(tight.uid_base, tight.uid_base + tight.num_workers)) == []
 
 
-def test_memory_bomb_is_a_runtime_error():
+def test_memory_bomb_is_a_runtime_error(jail):
     # 128 MiB so the doubling loop reaches the limit fast (first-touch page faults are slow in VMs).
-    sandbox = Sandbox(Limits(timeout=5.0, memory_mb=128), num_workers=1)
+    sandbox = Sandbox(Limits(timeout=5.0, memory_mb=128), isolation="namespace", num_workers=1)
     try:
         for code in ("x = bytearray(10**11)", "x = [0] * 10**9", "s = 'x'\nwhile True:\n    s = s + s"):
             run = sandbox.run(code, [""])
@@ -247,7 +225,7 @@ def test_no_network(jail):
 
 
 def test_program_time_limit_and_stop_on_error(jail):
-    sandbox = Sandbox(Limits(timeout=5.0, program_timeout=1.0), num_workers=1)
+    sandbox = Sandbox(Limits(timeout=5.0, program_timeout=1.0), isolation="namespace", num_workers=1)
     try:
         run = sandbox.run("import time\ntime.sleep(0.6)\nprint(1)", ["", "", ""])
         assert [t.status for t in run.tests][:1] == ["ok"]
@@ -267,7 +245,7 @@ def test_run_many_keeps_order_and_runs_in_parallel(jail):
     assert time.monotonic() - start < 4 * 0.3 + 1.5  # overlapped
 
 
-def test_process_isolation_fallback():
+def test_process_isolation_when_asked_for():
     sandbox = Sandbox(Limits(timeout=0.5, program_timeout=5.0), isolation="process", num_workers=1)
     try:
         os.environ["RLTRAIN_SECRET_TOKEN"] = SECRET
@@ -296,14 +274,42 @@ def test_limits_are_validated():
         Sandbox(isolation="docker")
 
 
-def test_namespace_refused_without_root_is_a_clear_error(monkeypatch):
+def test_namespace_refused_without_root_fails_closed(monkeypatch):
     import rltrain.rewards.sandbox as sandbox_module
 
     monkeypatch.setattr(sandbox_module, "_PROBE_CACHE", {})
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    with pytest.raises(SandboxError, match="not running as root"):
-        Sandbox(isolation="namespace")
-    with pytest.warns(UserWarning, match="falling back"):
-        fallback = Sandbox(isolation="auto", use_cgroups=False)
-    assert fallback.isolation == "process"
-    fallback.close()
+    for isolation in ("namespace", "auto"):  # auto refuses too: no silent downgrade to process
+        with pytest.raises(NamespaceUnavailable, match="not running as root") as info:
+            Sandbox(isolation=isolation, use_cgroups=False)
+        assert "\n" not in info.value.reason
+
+
+def test_a_jail_that_cannot_be_built_fails_closed(jail, monkeypatch):
+    """A broken jail (here: its root is a file) is refused by auto, not run as process."""
+    import rltrain.rewards.sandbox as sandbox_module
+
+    monkeypatch.setattr(sandbox_module, "_PROBE_CACHE", {})
+    monkeypatch.setattr(sandbox_module, "_jail_ro_paths", lambda sys_path: ["/usr", "/no/such/dir"] + sys_path[:0])
+    plan, _ = mount_plan(["/usr", "/no/such/dir"])
+    assert plan == [("/usr", "/usr")]  # missing paths are left out, not bound
+    monkeypatch.setattr(sandbox_module, "_jail_ro_paths", lambda sys_path: ["/usr"])  # no Python stdlib
+    with pytest.raises(NamespaceUnavailable, match="probe|harness|setup"):
+        Sandbox(isolation="auto", use_cgroups=False, num_workers=1)
+
+
+def test_mount_plan_binds_lexical_and_resolved_paths_without_collisions(tmp_path):
+    real = tmp_path / "real" / "site-packages"
+    real.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    nested = real / "pkg"
+    nested.mkdir()
+    plan, workdir = mount_plan([str(tmp_path / "link" / "site-packages"), str(nested), "/usr"])
+    targets = [t for _, t in plan]
+    # at its own path and its resolved one; the nested path is covered by its ancestor
+    assert sorted(targets) == sorted([str(tmp_path / "link" / "site-packages"), str(real), "/usr"])
+    assert dict((t, s) for s, t in plan)[str(tmp_path / "link" / "site-packages")] == str(real)
+    assert workdir == "/sandbox"
+    for bad in ("/", "/tmp", "/dev", "/dev/null", "/proc/self"):
+        with pytest.raises(SandboxError, match="cannot expose"):
+            mount_plan([bad])
