@@ -155,10 +155,15 @@ def run_preflight(run_cfg: RunConfig) -> None:
 
 
 def quiet_accelerator_detection() -> None:
-    """Tell DeepSpeed the accelerator when there is no GPU. transformers' ``save_pretrained``
+    """Tell DeepSpeed the accelerator when there is no GPU, and keep its compiler probes quiet. transformers' ``save_pretrained``
     imports DeepSpeed whenever it is installed (through accelerate's unwrap), and DeepSpeed's
     auto-detection then warns "Setting accelerator to CPU" on every run, DeepSpeed or not; with
     ``DS_ACCELERATOR=cpu`` it says nothing. Set before the workers start (they inherit it)."""
+    import logging
+
+    # Hydra's job logging shows INFO: DeepSpeed's op compatibility probes (at its import) would print
+    # their gcc command lines through setuptools' compiler logger.
+    logging.getLogger("compilers").setLevel(logging.WARNING)
     if "DS_ACCELERATOR" in os.environ:
         return
     import torch

@@ -139,7 +139,7 @@ def check_launch(cfg, *, slurm_tasks: int | None = None) -> None:
 def _cpu_adam_built() -> bool:
     """Whether DeepSpeed's JIT-built CPU Adam op is in torch's extension cache."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.home() / ".cache" / "torch_extensions")
-    return any(Path(root).glob("*/cpu_adam/cpu_adam*.so"))
+    return any(Path(root).glob("cpu_adam/cpu_adam*.so")) or any(Path(root).glob("*/cpu_adam/cpu_adam*.so"))
 
 
 # --------------------------------------------------------------------------- data

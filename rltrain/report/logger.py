@@ -177,7 +177,7 @@ class RunLogger:
         n = self._steps_logged
         if n == 0:
             return None
-        t = Table(title=f"{self.title}: time per step ({n} steps)")
+        t = Table(title=f"time per step ({n} step{'s' if n != 1 else ''})")
         for c in ("phase", "s / step", "share"):
             t.add_column(c, justify="right")
         step_s = self._phase_sums.get("time/step", 0.0) / n
@@ -191,8 +191,8 @@ class RunLogger:
             t.add_row("other", f"{other:.1f}", f"{other / step_s:.0%}")
             t.add_row("[bold]step[/]", f"{step_s:.1f}", "100%")
         if self._evals:
-            t.caption = ("evaluation: " + ", ".join(f"{e:.1f} s" for e in self._evals)
-                         + f"; whole run {time.time() - self.t0:.0f} s")
+            t.caption = (f"evaluations {' + '.join(f'{e:.1f}' for e in self._evals)} s; "
+                         f"run {time.time() - self.t0:.0f} s")
         return t
 
     def close_live(self) -> None:
