@@ -91,13 +91,7 @@ def test_python_reward_that_does_not_import(tmp_path):
 
 
 def test_code_sandbox_that_cannot_run(tmp_path):
-    import pytest
-
-    from rltrain.rewards import base, code
-
-    if not hasattr(code, "preflight") or not hasattr(base, "RewardSetupError"):
-        pytest.skip("rltrain.rewards.code.preflight is not there yet")
-    r = cli(TINY + ["reward=code", "data=apps", "reward.isolation=no_such_mode"], tmp_path / "run")
+    r = cli(TINY + ["reward=code", "reward.isolation=no_such_mode"], tmp_path / "run")
     assert_user_error(r, tmp_path / "run", "reward", "isolation")
     comp = "reward.components=[{name: code, kwargs: {isolation: no_such_mode}}]"
     r = cli(TINY + ["reward=combined", comp], tmp_path / "run")

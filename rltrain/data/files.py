@@ -97,11 +97,14 @@ def hub_unreachable() -> str | None:
 
 
 def offline_message(hub_id: str, cause: str) -> str:
+    from huggingface_hub import constants
+
+    cached = ("" if constants.HF_HUB_OFFLINE else
+              " If the dataset is in your local Hugging Face cache, set HF_HUB_OFFLINE=1 to load it from there.")
     return (
         f"could not load data.hub_id={hub_id!r} from the Hugging Face Hub: {cause}. "
         "To use local files instead, set data.path=/path/to/train.jsonl (jsonl, json or "
-        "parquet; optionally data.test_path=/path/to/test.jsonl). If the dataset is in your "
-        "local Hugging Face cache, set HF_HUB_OFFLINE=1 to load it from there."
+        "parquet; optionally data.test_path=/path/to/test.jsonl)." + cached
     )
 
 
