@@ -165,3 +165,103 @@ def test_options_are_validated():
         CodeReward(mode="partial")
     with pytest.raises(ValueError, match="max_tests"):
         CodeReward(max_tests=0)
+
+
+# ---------------------------------------------------------------- hostile output, fail closed
+
+
+def test_numbers_of_any_length_compare_without_int_conversion():
+    big = "1" + "0" * 10000  # int() refuses strings over 4300 digits
+    assert stdout_matches(big, big + "\n") and stdout_matches("000" + big, big)
+    assert not stdout_matches(big + "1", big) and not stdout_matches("-" + big, big)
+    assert stdout_matches("-0", "0") and stdout_matches("+7", "7")
+    assert not stdout_matches("1_0", "10") and not stdout_matches("0x10", "16")  # float()/int() syntax extras
+    assert not stdout_matches("9" * 100000, "5")
+    assert not stdout_matches("x " * 100000, "x")  # a token flood is streamed, not split
+
+
+def test_call_results_of_hostile_json_are_mismatches():
+    assert not call_result_matches("[" * 100000 + "]" * 100000, [[1]])
+    assert not call_result_matches("[[[[1]]]]", [[1]])  # deeper than expected: not compared
+    assert not call_result_matches("9" * 5000, [5])
+    assert call_result_matches("9" * 5000, [int("9" * 4000) * 10**1000 + int("9" * 1000)])
+    assert not call_result_matches("[1, ", [1])
+
+
+def test_preflight_decides_the_isolation_up_front(monkeypatch, capsys):
+    import rltrain.rewards.code as code
+    from rltrain.rewards.base import RewardSetupError
+    from sandbox_support import NAMESPACE_UNSUPPORTED
+
+    if NAMESPACE_UNSUPPORTED is None:
+        assert code.preflight("auto") == "namespace"
+        assert code.preflight("namespace") == "namespace"
+    monkeypatch.setattr(code, "_PROCESS_WARNING_SHOWN", False)
+    assert code.preflight("process") == "process" and code.preflight("process") == "process"
+    err = capsys.readouterr().err
+    assert err.count("NOT contained") == 1 and "/proc" in err and "network" in err
+    with pytest.raises(RewardSetupError, match="reward.isolation"):
+        code.preflight("docker")
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    for isolation in ("auto", "namespace"):
+        with pytest.raises(RewardSetupError) as info:
+            code.preflight(isolation)
+        message = str(info.value)
+        assert "\n" not in message and f"reward.isolation={isolation}" in message
+        assert "not running as root" in message and "root" in message and "reward.isolation=process" in message
+        with pytest.raises(RewardSetupError):  # the reward itself refuses too: no downgrade
+            CodeReward(isolation=isolation)([sample(ADD_IO)], [ADD])
+
+
+def test_setup_errors_are_not_retried_or_scored_around(monkeypatch):
+    from rltrain.rewards.base import RewardSetupError
+
+    calls = []
+
+    def broken(samples, completions):
+        calls.append(len(completions))
+        raise RewardSetupError("reward.isolation=auto: no jail")
+
+    with pytest.raises(RewardSetupError):
+        score_safely(broken, [sample(ADD_IO)] * 3, [ADD] * 3, max_fail_fraction=1.0)
+    assert calls == [3]
+
+
+def test_a_program_that_fails_to_score_costs_only_itself(rewards, monkeypatch):
+    import rltrain.rewards.code as code
+
+    calls, judge = [], code.judge_run
+
+    def judge_once_broken(run, outputs, fn_name, tol):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("Exceeds the limit (4300 digits) for integer string conversion")
+        return judge(run, outputs, fn_name, tol)
+
+    monkeypatch.setattr(code, "judge_run", judge_once_broken)
+    out = score_safely(rewards["all_pass"], [sample(ADD_IO)] * 3, [ADD] * 3, max_fail_fraction=0.5)
+    assert out.scores == [1.0, 0.0, 1.0]
+    assert out.info["failed"] == [False, True, False] and "4300" in out.info["error"][1]
+    assert len(calls) == 3  # judged once each: the batch was not re-scored
+
+
+def test_a_jail_failing_mid_run_fails_programs_and_never_downgrades(tmp_path):
+    from rltrain.rewards.base import RewardFailureError
+    from sandbox_support import NAMESPACE_UNSUPPORTED
+
+    if NAMESPACE_UNSUPPORTED is not None:
+        pytest.skip(f"namespace isolation cannot run on this machine: {NAMESPACE_UNSUPPORTED}")
+    reward = CodeReward(timeout=2.0, num_workers=1, isolation="auto")
+    try:
+        assert reward([sample(ADD_IO)], [ADD]).scores == [1.0]
+        reward.sandbox._plan = [("/no/such/source", "/usr")]  # every jail build now fails
+        marker = tmp_path / "ran-uncontained"
+        escape = f"```python\nopen({str(marker)!r}, 'w').write('x')\nprint(3)\n```"
+        out = score_safely(reward, [sample(ADD_IO)] * 2, [escape, ADD], max_fail_fraction=1.0)
+        assert out.scores == [0.0, 0.0] and out.info["failed"] == [True, True]
+        assert "sandbox" in out.info["error"][0]
+        assert reward.sandbox.isolation == "namespace" and not marker.exists()
+        with pytest.raises(RewardFailureError, match="reward.max_fail_fraction"):
+            score_safely(reward, [sample(ADD_IO)] * 2, [ADD] * 2, max_fail_fraction=0.5)
+    finally:
+        reward.close()
