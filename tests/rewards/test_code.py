@@ -265,3 +265,17 @@ def test_a_jail_failing_mid_run_fails_programs_and_never_downgrades(tmp_path):
             score_safely(reward, [sample(ADD_IO)] * 2, [ADD] * 2, max_fail_fraction=0.5)
     finally:
         reward.close()
+
+
+def test_inside_combined_a_failed_program_still_counts(rewards, monkeypatch):
+    import rltrain.rewards.code as code
+    from rltrain.rewards.combined import CombinedReward
+
+    judge = code.judge_run
+    monkeypatch.setattr(code, "judge_run", lambda run, o, f, t: (_ for _ in ()).throw(RecursionError("deep")) if
+                        run.tests[0].output == "7\n" else judge(run, o, f, t))
+    combined = CombinedReward([{"reward": rewards["all_pass"], "label": "code", "weight": 2.0}])
+    io = {"inputs": ["1 2\n"], "outputs": ["3\n"]}
+    wrong = "```python\nprint(7)\n```"
+    out = score_safely(combined, [sample(io)] * 2, [ADD, wrong], max_fail_fraction=1.0)
+    assert out.scores == [2.0, 0.0] and out.info["failed"] == [False, True]
