@@ -137,8 +137,12 @@ def choose_dtype(dtype: str) -> tuple[str, str]:
 
 
 def resolve_dtype(dtype: str) -> str:
-    """``model.dtype`` → ``fp32`` | ``bf16`` | ``fp16`` (``auto`` decided by ``choose_dtype``)."""
-    return choose_dtype(dtype)[0]
+    """``model.dtype`` → ``fp32`` | ``bf16`` | ``fp16`` (``auto`` decided by ``choose_dtype``, whose
+    reason is logged)."""
+    resolved, why = choose_dtype(dtype)
+    if dtype == "auto":
+        log.info("model.dtype=auto -> %s (%s)", resolved, why)
+    return resolved
 
 
 # --------------------------------------------------------------------------- fp32 LM head
