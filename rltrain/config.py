@@ -7,6 +7,7 @@ live here (and in ``conf/``), never in code further down.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
@@ -105,36 +106,50 @@ class PPOConfig(AlgoConfig):
 
 @dataclass
 class SPOConfig(AlgoConfig):
-    """Segment Policy Optimization, chain or tree (ALGORITHMS.md §4)."""
+    """Fields shared by SPO chain and tree (Segment Policy Optimization, ALGORITHMS.md §4)."""
 
-    name: str = "spo_chain"
+    name: str = MISSING
     kl_coef: float = 1e-4
-    partition: str = "cutpoint"
-    """Chain: cutpoint (low-probability tokens) | fixed (near-equal token chunks)."""
     cut_threshold: float = 0.9
-    """Chain: a token with p < threshold is a cutpoint candidate."""
-    cut_interval: int = 5
-    """Chain: keep every k-th candidate."""
-    num_segments: int = 4
-    """Chain, partition=fixed: number of chunks."""
-    mc_rollouts: int = 4
-    """Chain: Monte-Carlo continuations per cutpoint (K)."""
-    first_segment_value: str = "group_mean"
-    """Chain: group_mean (rltrain default) | zero (official code)."""
-    branching: list[int] = field(default_factory=lambda: [6, 6, 6])
-    """Tree: branching factor per depth."""
-    segment_len: int = 30
-    """Tree: tokens per segment at non-final depths (M)."""
-    tree_adv: str = "rloo"
-    """Tree: rloo (V(child) − V(parent)) | grpo (divided by the sibling std)."""
-    replay_max_age: int = 8
-    """Tree: drop replayed edges this many steps old; 0 disables edge replay."""
-    replay_per_question: int = 32
-    """Tree: edges drawn per question per step."""
+    """Chain: a token with p < threshold is a cutpoint candidate; both: the probability mask's threshold."""
     adv_whiten: str = "batch"
     """batch (across ranks) | per_minibatch (SPO code) | none."""
     prob_mask: bool = True
     """Zero the advantage of tokens sampled with probability ≥ cut_threshold (SPO §4.4)."""
+
+
+@dataclass
+class SPOChainConfig(SPOConfig):
+    """SPO-chain: Monte-Carlo values at cut states of each sampled response."""
+
+    name: str = "spo_chain"
+    partition: str = "cutpoint"
+    """cutpoint (low-probability tokens) | fixed (near-equal token chunks)."""
+    cut_interval: int = 5
+    """Keep every k-th candidate."""
+    num_segments: int = 4
+    """partition=fixed: number of chunks."""
+    mc_rollouts: int = 4
+    """Monte-Carlo continuations per cutpoint (K)."""
+    first_segment_value: str = "group_mean"
+    """group_mean (rltrain default) | zero (official code)."""
+
+
+@dataclass
+class SPOTreeConfig(SPOConfig):
+    """SPO-tree: a sampled tree of segments, values from the leaves, edges replayed."""
+
+    name: str = "spo_tree"
+    branching: list[int] = field(default_factory=lambda: [6, 6, 6])
+    """Branching factor per depth."""
+    segment_len: int = 30
+    """Tokens per segment at non-final depths (M)."""
+    tree_adv: str = "rloo"
+    """rloo (V(child) − V(parent)) | grpo (divided by the sibling std)."""
+    replay_max_age: int = 8
+    """Drop replayed edges this many steps old; 0 disables edge replay."""
+    replay_per_question: int = 32
+    """Edges drawn per question per step."""
 
 
 @dataclass
@@ -660,34 +675,58 @@ class RunConfig:
     """Where outputs go; None = Hydra's output directory."""
 
 
-ALGO_SCHEMAS = {"grpo": GRPOConfig, "ppo": PPOConfig, "spo_chain": SPOConfig, "spo_tree": SPOConfig,
-                "dpo": DPOConfig, "sft": SFTConfig}
-
-# Every schema node that conf/<group>/<option>.yaml files extend, by group and node name.
-SCHEMA_NODES: dict[str, dict[str, type]] = {
-    "algo": {"grpo_schema": GRPOConfig, "ppo_schema": PPOConfig, "spo_schema": SPOConfig,
-             "dpo_schema": DPOConfig, "sft_schema": SFTConfig},
-    "token_selection": {"all_selection_schema": TokenSelectionConfig,
-                        "high_entropy_schema": HighEntropyConfig, "prob_mask_schema": ProbMaskConfig},
-    "policy_loss": {"clip_schema": ClipLossConfig, "clip_cov_schema": ClipCovConfig, "kl_cov_schema": KLCovConfig},
-    "reward": {"math_reward_schema": MathRewardConfig, "python_reward_schema": PythonRewardConfig,
-               "code_reward_schema": CodeRewardConfig, "judge_reward_schema": JudgeRewardConfig,
-               "classifier_reward_schema": ClassifierRewardConfig, "combined_reward_schema": CombinedRewardConfig},
-    "data": {"arith_data_schema": ArithDataConfig, "synthetic_prefs_schema": SyntheticPrefsConfig,
-             "gsm8k_schema": GSM8KDataConfig, "math_data_schema": MathDataConfig,
-             "preference_schema": PreferenceDataConfig, "apps_schema": AppsDataConfig, "qa_schema": QADataConfig},
-    "model": {"model_schema": ModelConfig},
-    "deepspeed": {"deepspeed_schema": DeepSpeedConfig},
+# ONE option table: every config-group option by name and its schema. The ConfigStore nodes
+# (``<option>_schema``, what conf/<group>/<option>.yaml extends), the valid names in errors and the
+# schema used to reload a config.yaml all derive from it; registries are checked against it below.
+OPTIONS: dict[str, dict[str, type]] = {
+    "algo": {"grpo": GRPOConfig, "ppo": PPOConfig, "spo_chain": SPOChainConfig, "spo_tree": SPOTreeConfig,
+             "dpo": DPOConfig, "sft": SFTConfig},
+    "token_selection": {"all": TokenSelectionConfig, "high_entropy": HighEntropyConfig, "prob_mask": ProbMaskConfig},
+    "policy_loss": {"clip": ClipLossConfig, "clip_cov": ClipCovConfig, "kl_cov": KLCovConfig},
+    "reward": {"math": MathRewardConfig, "python": PythonRewardConfig, "code": CodeRewardConfig,
+               "judge": JudgeRewardConfig, "classifier": ClassifierRewardConfig, "combined": CombinedRewardConfig},
+    "data": {"arith": ArithDataConfig, "synthetic_prefs": SyntheticPrefsConfig, "gsm8k": GSM8KDataConfig,
+             "math": MathDataConfig, "preference": PreferenceDataConfig, "apps": AppsDataConfig,
+             "qa": QADataConfig},
 }
+# Groups with one schema for every option (the option only sets values).
+SINGLE_SCHEMA: dict[str, type] = {"model": ModelConfig, "deepspeed": DeepSpeedConfig}
+
+# The training loop of each algo option.
+LOOPS: dict[str, str] = {
+    "grpo": "rltrain.loops.grpo:train",
+    "ppo": "rltrain.loops.ppo:train",
+    "spo_chain": "rltrain.loops.spo:train",
+    "spo_tree": "rltrain.loops.spo:train",
+    "dpo": "rltrain.loops.dpo:train",
+    "sft": "rltrain.loops.sft:train",
+}
+assert set(LOOPS) == set(OPTIONS["algo"]), "every algo option needs a loop"
+
+# Derived views (kept for callers of the old names).
+ALGO_SCHEMAS = OPTIONS["algo"]
+OPTION_SCHEMAS = {g: OPTIONS[g] for g in ("data", "reward", "token_selection", "policy_loss")}
+
+
+def _check_registries() -> None:
+    """Every option of the table has its algos registry entry (the registry may hold more)."""
+    from rltrain.algos import registry
+
+    for group in ("token_selection", "policy_loss"):
+        missing = set(OPTIONS[group]) - set(registry.REGISTRIES[group])
+        if missing:
+            raise ConfigError(f"{group} options {sorted(missing)} have no registry entry in rltrain/algos/registry.py")
 
 
 def register_configs() -> None:
     """Put every schema into Hydra's ConfigStore (yaml options extend these by name)."""
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
-    for group, nodes in SCHEMA_NODES.items():
-        for name, schema in nodes.items():
-            cs.store(group=group, name=name, node=schema)
+    for group, options in OPTIONS.items():
+        for name, schema in options.items():
+            cs.store(group=group, name=f"{name}_schema", node=schema)
+    for group, schema in SINGLE_SCHEMA.items():
+        cs.store(group=group, name=f"{group}_schema", node=schema)
 
 
 # --------------------------------------------------------------------------- validation
@@ -706,12 +745,28 @@ def _choice(key: str, value: str, valid) -> None:
 def validate(cfg: RunConfig, world_size: int = 1) -> None:
     """Check the rules that span fields; raise ConfigError naming the keys and numbers."""
     t, a = cfg.train, cfg.algo
-    _choice("algo.name", a.name, list(ALGO_SCHEMAS))
-    _choice("algo.loss_agg_mode", a.loss_agg_mode,
-            ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
-    _choice("algo.kl_estimator", a.kl_estimator, ["k1", "k2", "k3", "abs", "k3+"])
-    _choice("token_selection.name", cfg.token_selection.name, ["all", "high_entropy", "prob_mask"])
-    _choice("policy_loss.name", cfg.policy_loss.name, ["clip", "clip_cov", "kl_cov"])
+    from rltrain.algos.core import AGGREGATION_MODES, KL_KINDS
+
+    _check_registries()
+    for group in OPTIONS:
+        _choice(f"{group}.name", getattr(cfg, group).name, list(OPTIONS[group]))
+    if not isinstance(a, OPTIONS["algo"][a.name]):
+        raise ConfigError(f"algo.name={a.name!r} does not match its schema {type(a).__name__}: pick the option "
+                          f"with algo={a.name}, not algo.name={a.name}")
+    _choice("algo.loss_agg_mode", a.loss_agg_mode, list(AGGREGATION_MODES))
+    _choice("algo.kl_estimator", a.kl_estimator, list(KL_KINDS))
+    pl = cfg.policy_loss
+    for key in ("clip_low", "clip_high", "cov_low", "cov_high", "select_ratio"):
+        if hasattr(pl, key) and getattr(pl, key) < 0:
+            raise ConfigError(f"policy_loss.{key}={getattr(pl, key)} must be ≥ 0")
+    if hasattr(pl, "select_ratio") and not 0 < pl.select_ratio <= 1:
+        raise ConfigError(f"policy_loss.select_ratio={pl.select_ratio} must be in (0, 1]")
+    if hasattr(pl, "cov_low") and pl.cov_low > pl.cov_high:
+        raise ConfigError(f"policy_loss.cov_low={pl.cov_low} must be ≤ policy_loss.cov_high={pl.cov_high}")
+    if getattr(pl, "dual_clip", None) is not None and pl.dual_clip <= 1:
+        raise ConfigError(f"policy_loss.dual_clip={pl.dual_clip} must be > 1 (or null = off)")
+    if isinstance(cfg.token_selection, ProbMaskConfig) and not 0 < cfg.token_selection.threshold <= 1:
+        raise ConfigError(f"token_selection.threshold={cfg.token_selection.threshold} must be in (0, 1]")
     for group in ("token_selection", "policy_loss"):
         node = getattr(cfg, group)
         if hasattr(node, "normalize"):
@@ -785,11 +840,15 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
             raise ConfigError(f"train.prompts_per_step={t.prompts_per_step} examples per step must divide "
                               f"evenly over {world_size} ranks")
     if isinstance(a, SPOConfig):
+        _choice("algo.adv_whiten", a.adv_whiten, ["batch", "per_minibatch", "none"])
+        if not 0 < a.cut_threshold <= 1:
+            raise ConfigError(f"algo.cut_threshold={a.cut_threshold} must be in (0, 1]")
+    if isinstance(a, SPOChainConfig):
         _choice("algo.partition", a.partition, ["cutpoint", "fixed"])
         _choice("algo.first_segment_value", a.first_segment_value, ["group_mean", "zero"])
+    if isinstance(a, SPOTreeConfig):
         _choice("algo.tree_adv", a.tree_adv, ["rloo", "grpo"])
-        _choice("algo.adv_whiten", a.adv_whiten, ["batch", "per_minibatch", "none"])
-        if any(b < 1 for b in a.branching):
+        if not a.branching or any(b < 1 for b in a.branching):
             raise ConfigError(f"algo.branching={list(a.branching)} must be positive integers")
     if isinstance(a, DPOConfig):
         _choice("algo.loss_type", a.loss_type, ["sigmoid", "ipo"])
@@ -809,26 +868,17 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
                                   "(best and worst of the sampled responses form a pair)")
 
 
+def option_kwargs(option) -> dict:
+    """An option's fields minus those of its group's base schema: exactly the keyword arguments
+    of the function or class the option names."""
+    base = next(b for b in (DataConfig, RewardConfig, TokenSelectionConfig, PolicyLossConfig) if isinstance(option, b))
+    shared = {f.name for f in dataclasses.fields(base)}
+    return {f.name: getattr(option, f.name) for f in dataclasses.fields(option) if f.name not in shared}
+
+
 def option_schema(group: str, name: str) -> type:
     """The schema class of option ``name`` of a config group (used to reload config.yaml)."""
-    if group == "algo":
-        return ALGO_SCHEMAS[name]
-    nodes = SCHEMA_NODES[group]
-    if len(nodes) == 1:
-        return next(iter(nodes.values()))
-    by_name = OPTION_SCHEMAS.get(group, {})
-    if name not in by_name:
-        raise ConfigError(f"{group}.name={name!r} is not valid; choose one of: {', '.join(by_name)}")
-    return by_name[name]
-
-
-# Options of groups with several schemas, by option name.
-OPTION_SCHEMAS: dict[str, dict[str, type]] = {
-    "data": {"arith": ArithDataConfig, "synthetic_prefs": SyntheticPrefsConfig, "gsm8k": GSM8KDataConfig,
-             "math": MathDataConfig, "preference": PreferenceDataConfig, "apps": AppsDataConfig,
-             "qa": QADataConfig},
-    "reward": {"math": MathRewardConfig, "python": PythonRewardConfig, "code": CodeRewardConfig,
-               "judge": JudgeRewardConfig, "classifier": ClassifierRewardConfig, "combined": CombinedRewardConfig},
-    "token_selection": {"all": TokenSelectionConfig, "high_entropy": HighEntropyConfig, "prob_mask": ProbMaskConfig},
-    "policy_loss": {"clip": ClipLossConfig, "clip_cov": ClipCovConfig, "kl_cov": KLCovConfig},
-}
+    if group in SINGLE_SCHEMA:
+        return SINGLE_SCHEMA[group]
+    _choice(f"{group}.name", name, list(OPTIONS[group]))
+    return OPTIONS[group][name]

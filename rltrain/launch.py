@@ -17,16 +17,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from rltrain.config import RunConfig, option_schema
+from rltrain.config import LOOPS, RunConfig, option_schema
 
-LOOPS = {
-    "grpo": "rltrain.loops.grpo:train",
-    "ppo": "rltrain.loops.ppo:train",
-    "spo_chain": "rltrain.loops.spo:train",
-    "spo_tree": "rltrain.loops.spo:train",
-    "dpo": "rltrain.loops.dpo:train",
-    "sft": "rltrain.loops.sft:train",
-}
 
 
 def slurm_world() -> tuple[int, int, int] | None:

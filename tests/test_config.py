@@ -133,3 +133,40 @@ def test_option_schemas_match_builder_signatures():
 def test_missing_required_key_is_named():
     with pytest.raises(ConfigError, match="reward.fn"):
         to_run_config(compose_or_explain(["reward=python"]))
+
+
+def test_spo_chain_and_tree_have_their_own_schemas():
+    with pytest.raises(ConfigError) as e:
+        compose_or_explain(["algo=spo_chain", "algo.branching=[2]"])  # a tree key on the chain
+    assert "algo.branching" in str(e.value) and "mc_rollouts" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        compose_or_explain(["algo=spo_tree", "algo.mc_rollouts=2"])
+    assert "algo.mc_rollouts" in str(e.value) and "branching" in str(e.value)
+    assert to_run_config(compose_or_explain(["algo=spo_tree", "algo.branching=[2]"])).algo.branching == [2]
+
+
+@pytest.mark.parametrize("over,key", [
+    (["policy_loss=clip", "policy_loss.clip_low=-0.1"], "policy_loss.clip_low"),
+    (["policy_loss=clip", "policy_loss.clip_high=-1"], "policy_loss.clip_high"),
+    (["policy_loss=clip_cov", "policy_loss.cov_low=-1"], "policy_loss.cov_low"),
+    (["policy_loss=clip_cov", "policy_loss.cov_low=6", "policy_loss.cov_high=5"], "policy_loss.cov_low"),
+    (["policy_loss=clip_cov", "policy_loss.select_ratio=0"], "policy_loss.select_ratio"),
+    (["policy_loss=kl_cov", "policy_loss.select_ratio=1.5"], "policy_loss.select_ratio"),
+    (["policy_loss=clip", "policy_loss.dual_clip=0.5"], "policy_loss.dual_clip"),
+    (["token_selection=prob_mask", "token_selection.threshold=0"], "token_selection.threshold"),
+])
+def test_ratios_and_clips_are_range_checked_with_the_key(over, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(to_run_config(compose_or_explain(over)))
+
+
+def test_one_option_table_feeds_the_store_the_loops_and_the_registries():
+    from rltrain.algos import registry
+    from rltrain.cli import group_options
+    from rltrain.config import LOOPS, OPTIONS
+
+    for group, options in OPTIONS.items():
+        assert set(group_options(group)) == set(options), group  # every yaml option has a schema and back
+    assert set(LOOPS) == set(OPTIONS["algo"])
+    for group in ("token_selection", "policy_loss"):
+        assert set(OPTIONS[group]) <= set(registry.REGISTRIES[group])

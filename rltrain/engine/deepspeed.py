@@ -111,8 +111,19 @@ class EngineModule:
     DeepSpeed engine's ``forward``, which prepares ZeRO's gradient reduction for ``backward``.
     """
 
-    def __init__(self, engine):
+    def __init__(self, engine, dist: Dist | None = None):
         object.__setattr__(self, "_engine", engine)
+        object.__setattr__(self, "_dist", dist)
+        object.__setattr__(self, "_held", False)
+
+    @property
+    def collective(self) -> Dist | None:
+        """The ranks that must call this module in lockstep (``rltrain.rollout.forward``): ZeRO-3 on
+        several ranks gathers each layer's parameters in every forward. None while ``gathered()``
+        keeps the parameters resident (forwards are then local) and below stage 3."""
+        d = self._dist
+        zero3 = self._engine.zero_optimization_stage() == 3
+        return d if d is not None and d.enabled and zero3 and not self._held else None
 
     def __call__(self, *args, **kwargs):
         if torch.is_grad_enabled():
@@ -127,24 +138,27 @@ class EngineModule:
 
     def __deepcopy__(self, memo):
         raise TypeError("the module of a DeepSpeed actor cannot be copied (its parameters are ZeRO-managed); "
-                        "build a reference model with rltrain.loops.common.build_reference(cfg, dist)")
+                        "build a reference model with rltrain.loops.setup.build_reference(cfg, dist)")
 
     def __repr__(self) -> str:
         return f"EngineModule({self._engine.module.__class__.__name__}, zero={self._engine.zero_optimization_stage()})"
 
 
 @contextlib.contextmanager
-def _gathered(module: torch.nn.Module):
-    """All ZeRO-3 parameters of ``module`` gathered once and kept until the block ends."""
+def _gathered(module: torch.nn.Module, wrapper: EngineModule):
+    """All ZeRO-3 parameters of ``module`` gathered once and kept until the block ends (its
+    ``wrapper``'s forwards are then local, not collective)."""
     import deepspeed
 
     params = list(module.parameters())
     with deepspeed.zero.GatheredParameters(params):
         for p in params:
             p.ds_active_sub_modules.add(_HOLD)
+        object.__setattr__(wrapper, "_held", True)
         try:
             yield
         finally:
+            object.__setattr__(wrapper, "_held", False)
             for p in params:
                 p.ds_active_sub_modules.discard(_HOLD)
 
@@ -185,7 +199,7 @@ class DeepSpeedActor:
                            offload_params=ds.offload_params)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=False)
-        self.module = EngineModule(self.engine)
+        self.module = EngineModule(self.engine, dist)
 
     # ------------------------------------------------------------------ training
 
@@ -209,7 +223,13 @@ class DeepSpeedActor:
         released on exit (no re-gathering per generated token); a no-op below stage 3."""
         if self.stage < 3:
             return contextlib.nullcontext()
-        return _gathered(self.engine.module)
+        return _gathered(self.engine.module, self.module)
+
+    @property
+    def collective(self) -> Dist | None:
+        """The ranks whose training passes (forward + backward) are collectives that must pair up:
+        every DeepSpeed stage on several ranks reduces gradients in ``backward``."""
+        return self.dist if self.dist.enabled else None
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -281,4 +301,4 @@ def reference_engine(model: torch.nn.Module, *, cfg, dist: Dist) -> EngineModule
                        offload_params=cfg.deepspeed.offload_params, train=False)
     engine, *_ = deepspeed.initialize(model=model, config=config, dist_init_required=False)
     engine.eval()
-    return EngineModule(engine)
+    return EngineModule(engine, dist)

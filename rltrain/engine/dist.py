@@ -56,6 +56,14 @@ class Dist:
         tdist.all_gather(out, padded)
         return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes)])
 
+    def gather_objects(self, obj) -> list:
+        """Every rank's picklable ``obj``, in rank order (``[obj]`` with one process)."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size
+        tdist.all_gather_object(out, obj)
+        return out
+
     def broadcast_object(self, obj):
         if not self.enabled:
             return obj

@@ -58,10 +58,12 @@ from rltrain.config import ConfigError, RunConfig
 from rltrain.data import PREFERENCE_DATASETS
 from rltrain.engine.dist import Dist
 from rltrain.engine.model import eos_token_ids
-from rltrain.loops import common as C
+from rltrain.loops import episodes, lifecycle, setup
+from rltrain.config import option_kwargs
+from rltrain.rollout import forward
 from rltrain.loops.pairs import (Encoded, batched_pair_logps, encode_examples, pair_logps, prompt_samples,
                                  stand_in_pair)
-from rltrain.loops.pg import Metrics
+from rltrain.loops.lifecycle import Metrics
 from rltrain.report.logger import RunLogger
 
 
@@ -78,15 +80,15 @@ class Context:
                 f"algo=dpo trains on preference pairs but data={cfg.data.name} has none: use "
                 f"data=synthetic_prefs or data=preference (data.path=...), or algo.iterative=true to build "
                 "pairs from the policy's own samples")
-        self.actor, self.tok = C.build_actor(cfg, dist, t.steps)
+        self.actor, self.tok = setup.build_actor(cfg, dist, t.steps)
         self.pad = self.tok.pad_token_id
-        self.reward = C.build_reward_fn(cfg, dist)
-        splits = C.build_data(cfg)
+        self.reward = setup.build_reward_fn(cfg, dist)
+        splits = setup.build_data(cfg)
         is_pref = cfg.data.name in PREFERENCE_DATASETS
         # Greedy generation eval: prompt datasets, and preference sets whose pairs carry an answer.
         test = prompt_samples(splits.test[: cfg.eval.size])
         self.test = test if not is_pref or all(s.answer for s in test) else []
-        self.test_ids = C.encode_prompts(self.tok, self.test, cfg)
+        self.test_ids = setup.encode_prompts(self.tok, self.test, cfg)
         encode = lambda pairs: encode_examples(  # noqa: E731
             self.tok, [(p.prompt, p.chosen, p.rejected) for p in pairs],
             eos_ids=eos_token_ids(self.actor.module, self.tok), system_prompt=cfg.data.system_prompt,
@@ -96,22 +98,22 @@ class Context:
         self.ref_train = self.ref_test = None  # [n, 2] cached reference log-probs
         if a.iterative:
             self.prompts = prompt_samples(splits.train)
-            self.prompt_ids = C.encode_prompts(self.tok, self.prompts, cfg)
-            self.order = C.PromptOrder(len(self.prompts), cfg.seed)
+            self.prompt_ids = setup.encode_prompts(self.tok, self.prompts, cfg)
+            self.order = episodes.PromptOrder(len(self.prompts), cfg.seed)
             self.test_pairs: list[Encoded] = []
             if a.reference == "initial" and not a.reference_free:
-                self.ref = C.build_reference(cfg, dist)
+                self.ref = setup.build_reference(cfg, dist)
             return
         self.train = encode(splits.train)
         self.test_pairs = encode(splits.test[: cfg.eval.size])
-        self.order = C.PromptOrder(len(self.train), cfg.seed)
+        self.order = episodes.PromptOrder(len(self.train), cfg.seed)
         if a.reference_free:
             return
         if not a.cache_ref_logps:
-            self.ref = C.build_reference(cfg, dist)
+            self.ref = setup.build_reference(cfg, dist)
             return
         used = sorted({i for s in range(t.steps) for i in self.order.indices(s, t.prompts_per_step)})
-        reference = functools.cache(lambda: C.build_reference(cfg, dist))  # loaded only if the cache misses
+        reference = functools.cache(lambda: setup.build_reference(cfg, dist))  # loaded only if the cache misses
         self.ref_train = cached_reference_logps(cfg, dist, reference, self.train, used, self.pad, "train")
         self.ref_test = cached_reference_logps(cfg, dist, reference, self.test_pairs,
                                                list(range(len(self.test_pairs))), self.pad, "test")
@@ -123,7 +125,7 @@ def cache_key(cfg: RunConfig, split: str) -> str:
     model = {"name": m.name, "path": m.path, "dtype": m.dtype}
     if m.name == "tiny":
         model.update(seed=cfg.seed, hidden=m.tiny_hidden_size, layers=m.tiny_layers)
-    key = {"model": model, "data": {"name": cfg.data.name, **C.option_kwargs(cfg.data)},
+    key = {"model": model, "data": {"name": cfg.data.name, **option_kwargs(cfg.data)},
            "system_prompt": cfg.data.system_prompt, "chat": cfg.data.use_chat_template,
            "lengths": [a.max_length, a.max_prompt_length, a.truncation], "split": split}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -141,11 +143,11 @@ def cached_reference_logps(cfg: RunConfig, dist: Dist, reference, pairs: list[En
         if saved.shape == table.shape:
             table = saved
     missing = [i for i in needed if math.isnan(table[i, 0].item())]
-    if not int(C.global_count(float(len(missing)), dist)):
+    if not int(lifecycle.global_count(float(len(missing)), dist)):
         return table
     mine = missing[dist.rank::dist.world_size]
     vals = batched_pair_logps(reference(), [pairs[i] for i in mine], pad_id=pad,
-                              micro_batch_size=cfg.train.micro_batch_size, dist=C.lockstep(cfg, dist))  # [k, 2]
+                              micro_batch_size=cfg.train.micro_batch_size)  # [k, 2]
     idx = dist.gather_cat(torch.tensor(mine, dtype=torch.long))
     table[idx] = dist.gather_cat(vals.float().reshape(-1)).view(-1, 2)
     if dist.is_main:
@@ -165,14 +167,14 @@ def dpo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int, pairs: list[En
     """One optimizer step on this rank's pairs; ``ref_logps`` [len(pairs), 2] or None (reference
     model, or reference-free)."""
     a = cfg.algo
-    n_pairs = C.global_count(float(len(pairs)), dist)
+    n_pairs = lifecycle.global_count(float(len(pairs)), dist)
     if n_pairs == 0:
         return {"dpo/pairs": 0.0}
     m = Metrics()
     per = max(1, cfg.train.micro_batch_size // 2)  # chosen + rejected = 2 sequences per pair
     # Under DeepSpeed on several ranks every rank makes the same number of passes (iterative DPO's
     # pairs per rank differ): a rank out of pairs runs zero-weight stand-in passes.
-    for sl in C.lockstep_slices(len(pairs), per, C.lockstep(cfg, dist)):
+    for sl in forward.lockstep_slices(len(pairs), per, ctx.actor.collective):
         part = [stand_in_pair(ctx.pad)] if sl is None else pairs[sl]
         pol_c, pol_r = pair_logps(ctx.actor.module, part, pad_id=ctx.pad)  # [k], [k]
         if ref_logps is not None:
@@ -185,7 +187,7 @@ def dpo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int, pairs: list[En
         losses, rew_c, rew_r = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta=a.beta, loss_type=a.loss_type,
                                         label_smoothing=a.label_smoothing, reference_free=a.reference_free)
         loss = losses.sum() / n_pairs  # mean over the step's pairs on all ranks
-        C.finite_or_raise(loss, step)
+        lifecycle.finite_or_raise(loss, step)
         ctx.actor.backward(loss if sl is not None else loss * 0.0)
         k = float(len(part)) if sl is not None else 0.0  # stand-ins log the same names, with weight 0
         m.add("dpo/loss", losses.mean().item(), k)
@@ -207,12 +209,12 @@ def preference_eval(ctx: Context, cfg: RunConfig, dist: Dist) -> dict:
     """Implicit-reward accuracy and margin of the current policy on the held-out pairs."""
     mine = list(range(dist.rank, len(ctx.test_pairs), dist.world_size))
     pol = batched_pair_logps(ctx.actor.module, [ctx.test_pairs[i] for i in mine], pad_id=ctx.pad,
-                             micro_batch_size=cfg.train.micro_batch_size, dist=C.lockstep(cfg, dist))  # [k, 2]
+                             micro_batch_size=cfg.train.micro_batch_size)  # [k, 2]
     if ctx.ref_test is not None:
         ref = ctx.ref_test[mine]
     elif ctx.ref is not None:
         ref = batched_pair_logps(ctx.ref, [ctx.test_pairs[i] for i in mine], pad_id=ctx.pad,
-                                 micro_batch_size=cfg.train.micro_batch_size, dist=C.lockstep(cfg, dist))
+                                 micro_batch_size=cfg.train.micro_batch_size)
     else:
         ref = torch.zeros_like(pol)
     margin = cfg.algo.beta * ((pol[:, 0] - ref[:, 0]) - (pol[:, 1] - ref[:, 1]))  # [k]
@@ -240,7 +242,7 @@ class Round:
 def build_round(ctx: Context, cfg: RunConfig, dist: Dist, r: int) -> Round:
     """Sample, score and pair round ``r`` (or load it from the run directory)."""
     path = Path(cfg.run_dir) / "iterative" / f"round_{r:03d}.rank{dist.rank}.pt"
-    if C.global_count(float(path.exists()), dist) == dist.world_size:  # every rank saved it
+    if lifecycle.global_count(float(path.exists()), dist) == dist.world_size:  # every rank saved it
         saved = torch.load(path, map_location="cpu", weights_only=False)
         return Round(r, [Encoded(*p) for p in saved["pairs"]], saved["ref_logps"], saved["step_of"],
                      saved["metrics"])
@@ -249,11 +251,11 @@ def build_round(ctx: Context, cfg: RunConfig, dist: Dist, r: int) -> Round:
     pairs, step_of, sums, t0 = [], [], {}, time.time()
     for j in range(spr):
         step = r * spr + j
-        idx, first = C.rank_slice(ctx.order, step, t.prompts_per_step, dist)
+        idx, first = episodes.rank_slice(ctx.order, step, t.prompts_per_step, dist)
         with ctx.actor.gathered():  # ZeRO-3: the actor's parameters gathered once for the rollout
-            s, _ = C.rollout_and_score(ctx.actor.module, ctx.tok, [ctx.prompts[i] for i in idx],
+            s, _ = episodes.rollout_and_score(ctx.actor.module, ctx.tok, [ctx.prompts[i] for i in idx],
                                        [ctx.prompt_ids[i] for i in idx], ctx.reward, cfg, n=K,
-                                       generator=C.rollout_generator(cfg.seed, step), first_prompt_index=first)
+                                       generator=episodes.rollout_generator(cfg.seed, step), first_prompt_index=first)
         for g in range(len(idx)):
             scores = s.scores[g * K:(g + 1) * K]  # [K]
             if scores.max() == scores.min():
@@ -262,17 +264,16 @@ def build_round(ctx: Context, cfg: RunConfig, dist: Dist, r: int) -> Round:
             tokens = lambda i: s.response_ids[i, : int(s.lengths[i])].tolist()  # noqa: E731
             pairs.append(Encoded(s.prompt_ids[g * K], [tokens(best), tokens(worst)]))
             step_of.append(j)
-        for k, v in C.reward_metrics(s, dist).items():
+        for k, v in episodes.reward_metrics(s, dist).items():
             sums[k] = sums.get(k, 0.0) + v / spr
-    sums["round/pairs"] = C.global_count(float(len(pairs)), dist)
+    sums["round/pairs"] = lifecycle.global_count(float(len(pairs)), dist)
     sums["round/tied_frac"] = 1.0 - sums["round/pairs"] / (spr * t.prompts_per_step)
     t1 = time.time()
     if a.reference_free:
         ref = torch.zeros((len(pairs), 2))
     else:  # initial: the frozen starting policy; previous_iterate: the policy now, before the round trains
         model = ctx.ref if a.reference == "initial" else ctx.actor.module
-        ref = batched_pair_logps(model, pairs, pad_id=ctx.pad, micro_batch_size=t.micro_batch_size,
-                                 dist=C.lockstep(cfg, dist))
+        ref = batched_pair_logps(model, pairs, pad_id=ctx.pad, micro_batch_size=t.micro_batch_size)
     sums.update({"time/rollout": t1 - t0, "time/reference": time.time() - t1})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")
@@ -302,7 +303,7 @@ def evaluate(ctx: Context, cfg: RunConfig, dist: Dist) -> dict:
     out = {}
     with ctx.actor.gathered():
         if ctx.test:
-            out.update(C.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist))
+            out.update(lifecycle.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist))
         if ctx.test_pairs:
             out.update(preference_eval(ctx, cfg, dist))
     return out
@@ -312,19 +313,19 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
     a = cfg.algo
     ctx = Context(cfg, dist)
-    start, _ = C.maybe_resume(cfg, ctx.actor)
+    start, _ = lifecycle.maybe_resume(cfg, ctx.actor)
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
                        start_step=start, title="rltrain dpo" + (" (iterative)" if a.iterative else "")) \
         if dist.is_main else None
     before = None
     if start > 0:
-        before = C.initial_eval(cfg, ctx, dist, logger, start)  # the one logged before the interruption
+        before = lifecycle.initial_eval(cfg, ctx, dist, logger, start)  # the one logged before the interruption
     elif cfg.eval.at_start:
         before = evaluate(ctx, cfg, dist)
         if logger:
             logger.event(0, "eval", before)
     rnd = None
-    clock = C.StepClock(cfg, dist, start, logger)
+    clock = lifecycle.StepClock(cfg, dist, start, logger)
     for step in clock.steps():
         t0 = time.time()
         metrics = {}
@@ -340,8 +341,8 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         metrics.update(dpo_step(ctx, cfg, dist, step, pairs, ref_logps))
         metrics["time/update"] = time.time() - t1
         metrics["time/step"] = time.time() - t0
-        if C.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
-                      save=lambda d: C.save(cfg, dist, d, ctx.actor, ctx.tok), evaluate=lambda: evaluate(ctx, cfg, dist)):
+        if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
+                      save=lambda d: lifecycle.save(cfg, dist, d, ctx.actor, ctx.tok), evaluate=lambda: evaluate(ctx, cfg, dist)):
             break
     after = evaluate(ctx, cfg, dist)
     if logger:

@@ -23,42 +23,13 @@ import torch
 from rltrain.algos.grpo import dynamic_sampling_keep, group_advantages, overlong_penalty
 from rltrain.config import RunConfig
 from rltrain.engine.dist import Dist
-from rltrain.loops import common as C
-from rltrain.loops.pg import PGBatch, policy_update
+from rltrain.loops import episodes, lifecycle, setup
+from rltrain.rollout import forward
+from rltrain.loops.pg import PGBatch, PolicyUpdate
 from rltrain.report.logger import RunLogger
 
 
-def _select_rows(s: C.Scored, keep_groups: torch.Tensor, n: int) -> C.Scored:
-    rows = [i for i in range(len(s.completions)) if keep_groups[i // n]]
-    idx = torch.tensor(rows, dtype=torch.long)
-    return C.Scored(
-        prompt_ids=[s.prompt_ids[i] for i in rows], response_ids=s.response_ids[idx], mask=s.mask[idx],
-        logprobs=s.logprobs[idx], entropies=None if s.entropies is None else s.entropies[idx],
-        lengths=s.lengths[idx], finished=s.finished[idx],
-        samples=[s.samples[i] for i in rows], completions=[s.completions[i] for i in rows],
-        scores=s.scores[idx], reward=type(s.reward)([s.reward.scores[i] for i in rows],
-                                                    {k: [v[i] for i in rows] for k, v in s.reward.info.items()}))
-
-
-def _concat(parts: list[C.Scored]) -> C.Scored:
-    if len(parts) == 1:
-        return parts[0]
-    T = max(p.response_ids.shape[1] for p in parts)
-    pad = lambda x, v: torch.nn.functional.pad(x, (0, T - x.shape[1]), value=v)  # noqa: E731
-    first = parts[0]
-    return C.Scored(
-        prompt_ids=sum((p.prompt_ids for p in parts), []),
-        response_ids=torch.cat([pad(p.response_ids, 0) for p in parts]),
-        mask=torch.cat([pad(p.mask, 0) for p in parts]), logprobs=torch.cat([pad(p.logprobs, 0) for p in parts]),
-        entropies=None if first.entropies is None else torch.cat([pad(p.entropies, 0) for p in parts]),
-        lengths=torch.cat([p.lengths for p in parts]), finished=torch.cat([p.finished for p in parts]),
-        samples=sum((p.samples for p in parts), []), completions=sum((p.completions for p in parts), []),
-        scores=torch.cat([p.scores for p in parts]),
-        reward=type(first.reward)(sum((p.reward.scores for p in parts), []),
-                                  {k: sum((p.reward.info[k] for p in parts), []) for k in first.reward.info}))
-
-
-def collect(step: int, ctx, cfg: RunConfig, dist: Dist) -> tuple[C.Scored, dict]:
+def collect(step: int, ctx, cfg: RunConfig, dist: Dist) -> tuple[episodes.Scored, dict]:
     """Sample and score this rank's prompts for ``step`` (with DAPO refills when enabled)."""
     a, t = cfg.algo, cfg.train
     n, per_rank = t.samples_per_prompt, t.prompts_per_step // dist.world_size
@@ -67,11 +38,11 @@ def collect(step: int, ctx, cfg: RunConfig, dist: Dist) -> tuple[C.Scored, dict]
     while True:
         # Refill batches draw prompts beyond the step's own slice, deterministically.
         draw = step * max(1, a.max_gen_batches if a.dynamic_sampling else 1) + batches
-        idx, first = C.rank_slice(ctx.order, draw, t.prompts_per_step, dist)
+        idx, first = episodes.rank_slice(ctx.order, draw, t.prompts_per_step, dist)
         samples = [ctx.train[i] for i in idx]
         prompt_ids = [ctx.train_ids[i] for i in idx]
-        s, tm = C.rollout_and_score(ctx.actor.module, ctx.tok, samples, prompt_ids, ctx.reward, cfg, n=n,
-                                    generator=C.rollout_generator(cfg.seed, draw), first_prompt_index=first)
+        s, tm = episodes.rollout_and_score(ctx.actor.module, ctx.tok, samples, prompt_ids, ctx.reward, cfg, n=n,
+                                    generator=episodes.rollout_generator(cfg.seed, draw), first_prompt_index=first)
         for k in times:
             times[k] += tm[k]
         batches += 1
@@ -81,15 +52,13 @@ def collect(step: int, ctx, cfg: RunConfig, dist: Dist) -> tuple[C.Scored, dict]
         if not a.dynamic_sampling:
             return s, times
         keep = dynamic_sampling_keep(s.scores, n)
-        parts.append(_select_rows(s, keep, n))
+        parts.append(s.select([i for i in range(len(s.completions)) if keep[i // n]]))
         kept += int(keep.sum())
         enough = dist.sum(torch.tensor([float(kept >= per_rank)])).item() == dist.world_size
         if enough:
-            s = _concat(parts)
-            limit = torch.zeros(len(s.completions), dtype=torch.bool)
-            limit[: per_rank * n] = True
+            s = episodes.Scored.cat(parts)
             times["gen_batches"] = batches
-            return _select_rows(s, limit.view(-1, n)[:, 0], n), times
+            return s.select(list(range(per_rank * n))), times
         if 0 < a.max_gen_batches <= batches:
             raise RuntimeError(
                 f"algo.dynamic_sampling: only {kept} of {per_rank} groups with mixed rewards after "
@@ -97,32 +66,18 @@ def collect(step: int, ctx, cfg: RunConfig, dist: Dist) -> tuple[C.Scored, dict]
                 "easy or too hard for the policy — raise algo.max_gen_batches or rollout.temperature")
 
 
-class Context:
-    """Everything the loop builds once at setup."""
-
-    def __init__(self, cfg: RunConfig, dist: Dist):
-        t = cfg.train
-        total_opt_steps = t.steps * t.minibatches_per_step * t.epochs
-        self.actor, self.tok = C.build_actor(cfg, dist, total_opt_steps)
-        # The initial policy, built only when the KL term needs it (sharded under ZeRO-3).
-        self.ref = C.build_reference(cfg, dist) if cfg.algo.kl_coef > 0 else None
-        self.reward = C.build_reward_fn(cfg, dist)
-        splits = C.build_data(cfg)
-        self.train, self.test = splits.train, splits.test[: cfg.eval.size]
-        self.train_ids = C.encode_prompts(self.tok, self.train, cfg)
-        self.test_ids = C.encode_prompts(self.tok, self.test, cfg)
-        self.order = C.PromptOrder(len(self.train), cfg.seed)
-
-
 def train(cfg: RunConfig, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
-    ctx = Context(cfg, dist)
-    start, _ = C.maybe_resume(cfg, ctx.actor)
+    t = cfg.train
+    ctx = setup.Context(cfg, dist, total_optimizer_steps=t.steps * t.minibatches_per_step * t.epochs,
+                        with_reference=cfg.algo.kl_coef > 0)
+    update = PolicyUpdate(cfg)
+    start, _ = lifecycle.maybe_resume(cfg, ctx.actor)
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
                        start_step=start, title=f"rltrain {cfg.algo.name}") if dist.is_main else None
-    before = C.initial_eval(cfg, ctx, dist, logger, start)
+    before = lifecycle.initial_eval(cfg, ctx, dist, logger, start)
     pad = ctx.tok.pad_token_id
-    clock = C.StepClock(cfg, dist, start, logger)
+    clock = lifecycle.StepClock(cfg, dist, start, logger)
     for step in clock.steps():
         t0 = time.time()
         with ctx.actor.gathered():  # ZeRO-3: the actor's parameters gathered once for the rollout phase
@@ -133,19 +88,19 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         ref_logp = None
         if ctx.ref is not None:
             t1 = time.time()
-            ref_logp, _ = C.batched_logprobs(ctx.ref, s.prompt_ids, s.response_ids, pad_id=pad,
+            ref_logp, _ = forward.batched_logprobs(ctx.ref, s.prompt_ids, s.response_ids, pad_id=pad,
                                              temperature=cfg.rollout.temperature or 1.0,
-                                             micro_batch_size=cfg.train.micro_batch_size, dist=C.lockstep(cfg, dist))
+                                             micro_batch_size=cfg.train.micro_batch_size)
             times["time/reference"] = time.time() - t1
         batch = PGBatch(s.prompt_ids, s.response_ids, s.mask, adv_tok, ref_logp, rollout_entropy=s.entropies)
-        metrics = policy_update(ctx.actor, batch, cfg, dist, pad_id=pad, step=step,
-                                generator=C.step_generator(cfg.seed + 7, step, 0))  # same on every rank
-        metrics.update(C.reward_metrics(s, dist))
+        metrics = update.run(ctx.actor, batch, dist, pad_id=pad, step=step,
+                                generator=episodes.step_generator(cfg.seed + 7, step, 0))  # same on every rank
+        metrics.update(episodes.reward_metrics(s, dist))
         metrics.update(times)
-        gen_tokens = C.global_count(float(s.lengths.sum()), dist)
+        gen_tokens = lifecycle.global_count(float(s.lengths.sum()), dist)
         metrics["perf/tokens_per_s"] = gen_tokens / max(times["time/rollout"], 1e-9)
         metrics["time/step"] = time.time() - t0
-        if C.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
-                      save=lambda d: C.save(cfg, dist, d, ctx.actor, ctx.tok)):
+        if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
+                      save=lambda d: lifecycle.save(cfg, dist, d, ctx.actor, ctx.tok)):
             break
-    return C.final_eval(cfg, ctx, dist, logger, before, step=clock.step)
+    return lifecycle.final_eval(cfg, ctx, dist, logger, before, step=clock.step)

@@ -20,7 +20,7 @@ import torch
 
 from rltrain.algos.core import masked_sum
 from rltrain.data import PreferencePair, render_pair
-from rltrain.loops.common import lockstep_slices, response_logprobs
+from rltrain.rollout.forward import collective, lockstep_slices, response_logprobs
 from rltrain.types import Sample
 
 
@@ -99,21 +99,20 @@ def pair_logps(model, batch: list[Encoded], *, pad_id: int) -> tuple[torch.Tenso
 
 
 def stand_in_pair(pad_id: int) -> Encoded:
-    """A one-token pair for a rank's lockstep passes (``loops.common.lockstep_slices``)."""
+    """A one-token pair for a rank's lockstep passes (``rollout.forward.lockstep_slices``)."""
     return Encoded([pad_id], [[pad_id], [pad_id]])
 
 
 @torch.no_grad()
-def batched_pair_logps(model, batch: list[Encoded], *, pad_id: int, micro_batch_size: int,
-                       dist=None) -> torch.Tensor:
+def batched_pair_logps(model, batch: list[Encoded], *, pad_id: int, micro_batch_size: int) -> torch.Tensor:
     """``[n, 2]`` summed (chosen, rejected) log-probs without gradients, in micro-batches of
-    ``micro_batch_size`` sequences; ``dist``: keep the number of forwards equal across ranks."""
+    ``micro_batch_size`` sequences; a collective ``model`` makes as many forwards as the busiest rank."""
     per = max(1, micro_batch_size // 2)
     was_training = model.training
     model.eval()
     out = []
     try:
-        for sl in lockstep_slices(len(batch), per, dist):
+        for sl in lockstep_slices(len(batch), per, collective(model)):
             part = [stand_in_pair(pad_id)] if sl is None else batch[sl]
             lp = torch.stack(pair_logps(model, part, pad_id=pad_id), dim=1)
             if sl is not None:

@@ -13,7 +13,7 @@ Per step:
   4. GAE(γ, λ) → advantages and returns;
   5. trick 1, ``algo.adv_norm``: whiten the advantages over every response token of the step's
      batch, statistics all-reduced across ranks (``adv_norm_scope=per_minibatch``: per minibatch);
-  6. actor: ``rltrain.loops.pg.policy_update`` — ``epochs`` × ``minibatches_per_step`` optimizer
+  6. actor: ``rltrain.loops.pg.PolicyUpdate`` — ``epochs`` × ``minibatches_per_step`` optimizer
      steps of the configured policy loss (clipped surrogate by default) with token selection, and
      a micro-batch whose mean ratio exceeds ``early_stop_ratio`` contributing nothing. Trick 2 (large
      batches) is the batch semantics of DESIGN.md: ``prompts_per_step × samples_per_prompt``
@@ -52,9 +52,11 @@ from rltrain.engine.actor import LocalActor, OptimConfig
 from rltrain.engine.critic import critic_from_policy, load_critic, save_critic
 from rltrain.engine.dist import Dist
 from rltrain.engine.ema import ema_reference
-from rltrain.loops import common as C
+from rltrain.loops import episodes, lifecycle, setup
+from rltrain.rollout import forward
 from rltrain.loops.pairs import prompt_samples
-from rltrain.loops.pg import Metrics, PGBatch, policy_update
+from rltrain.loops.lifecycle import Metrics
+from rltrain.loops.pg import PGBatch, PolicyUpdate
 from rltrain.report.logger import RunLogger
 
 
@@ -65,7 +67,7 @@ def build_critic(cfg: RunConfig, dist: Dist, total_optimizer_steps: int):
     """The critic as a trainable engine with its own optimizer (lr = algo.critic_lr)."""
     a, t, m = cfg.algo, cfg.train, cfg.model
     # A fresh load of the policy: fp32 weights, not the actor's bf16 compute copy.
-    model = load_critic(a.critic_path) if a.critic_path else critic_from_policy(C.load_policy_model(cfg)[0])
+    model = load_critic(a.critic_path) if a.critic_path else critic_from_policy(setup.load_policy_model(cfg)[0])
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     optim = OptimConfig(lr=a.critic_lr, weight_decay=t.weight_decay, betas=tuple(t.betas),
@@ -84,9 +86,9 @@ class Context:
     def __init__(self, cfg: RunConfig, dist: Dist):
         a, t = cfg.algo, cfg.train
         total_opt_steps = t.steps * t.minibatches_per_step * t.epochs
-        self.actor, self.tok = C.build_actor(cfg, dist, total_opt_steps)
+        self.actor, self.tok = setup.build_actor(cfg, dist, total_opt_steps)
         self.critic = build_critic(cfg, dist, total_opt_steps)
-        self.ref = C.build_reference(cfg, dist) if a.kl_coef > 0 else None
+        self.ref = setup.build_reference(cfg, dist) if a.kl_coef > 0 else None
         # Trick 3's fp32 reference weights (the reference module holds them in the compute dtype).
         self.moving_ref = (ema_reference(self.ref, self.actor, stage=cfg.deepspeed.stage, rank=dist.rank,
                                          world_size=dist.world_size) if self.ref is not None and a.ref_ema > 0
@@ -94,12 +96,13 @@ class Context:
         self.value_norm = RunningValueNorm() if a.value_norm else None
         self.kl_ctl = (AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon) if a.adaptive_kl
                        else FixedKLController(a.kl_coef))
-        self.reward = C.build_reward_fn(cfg, dist)
-        splits = C.build_data(cfg)
+        self.reward = setup.build_reward_fn(cfg, dist)
+        splits = setup.build_data(cfg)
         self.train, self.test = prompt_samples(splits.train), prompt_samples(splits.test[: cfg.eval.size])
-        self.train_ids = C.encode_prompts(self.tok, self.train, cfg)
-        self.test_ids = C.encode_prompts(self.tok, self.test, cfg)
-        self.order = C.PromptOrder(len(self.train), cfg.seed)
+        self.train_ids = setup.encode_prompts(self.tok, self.train, cfg)
+        self.test_ids = setup.encode_prompts(self.tok, self.test, cfg)
+        self.order = episodes.PromptOrder(len(self.train), cfg.seed)
+        self.update = PolicyUpdate(cfg)
 
     def engines(self) -> dict:
         """Trained state checkpointed like the actor (trainer.pt entry + per-rank shards)."""
@@ -120,7 +123,7 @@ class Context:
 
 def critic_values(critic, prompt_ids, response_ids, *, pad_id: int) -> torch.Tensor:
     """``[B, T + 1]``: V(s_0) … V(s_T) for responses ``[B, T]`` (see rltrain/engine/critic.py)."""
-    ids, attn, pos = C.pack(prompt_ids, response_ids, pad_id)
+    ids, attn, pos = forward.pack(prompt_ids, response_ids, pad_id)
     return critic(ids, attn, pos, values_to_keep=response_ids.shape[1] + 1)
 
 
@@ -165,14 +168,14 @@ def critic_update(ctx: Context, cfg: RunConfig, dist: Dist, prompt_ids, response
         for k in range(M):
             rows = torch.arange(k, N, M)
             n_tok = dist.sum(core.aggregate_counts(mask[rows].bool()))[0]
-            for mb in C.chunks(len(rows), t.micro_batch_size):
+            for mb in lifecycle.chunks(len(rows), t.micro_batch_size):
                 idx = rows[list(mb)]
                 v = critic_values(ctx.critic.module, [prompt_ids[i] for i in idx.tolist()], response_ids[idx],
                                   pad_id=pad)[:, :-1]  # [b, T]
                 loss_mat = value_loss(v, old_values[idx], targets[idx], mask[idx],
                                       clip=a.value_clip if a.value_clip > 0 else None, loss_type=a.value_loss)
                 loss = core.aggregate(loss_mat, mask[idx], "token-mean", num_tokens=n_tok)
-                C.finite_or_raise(loss, step)
+                lifecycle.finite_or_raise(loss, step)
                 ctx.critic.backward(loss)
                 w = float(mask[idx].sum())
                 m.add("critic/value_loss", core.masked_mean(loss_mat.detach(), mask[idx]).item(), w)
@@ -188,22 +191,21 @@ def critic_update(ctx: Context, cfg: RunConfig, dist: Dist, prompt_ids, response
 def ppo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
     a, t = cfg.algo, cfg.train
     pad, temp, n = ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0, t.samples_per_prompt
-    idx, first = C.rank_slice(ctx.order, step, t.prompts_per_step, dist)
+    idx, first = episodes.rank_slice(ctx.order, step, t.prompts_per_step, dist)
     with ctx.actor.gathered():  # ZeRO-3: the actor's parameters gathered once for the rollout
-        s, times = C.rollout_and_score(ctx.actor.module, ctx.tok, [ctx.train[i] for i in idx],
+        s, times = episodes.rollout_and_score(ctx.actor.module, ctx.tok, [ctx.train[i] for i in idx],
                                        [ctx.train_ids[i] for i in idx], ctx.reward, cfg, n=n,
-                                       generator=C.rollout_generator(cfg.seed, step), first_prompt_index=first)
+                                       generator=episodes.rollout_generator(cfg.seed, step), first_prompt_index=first)
     mask, T = s.mask, s.response_ids.shape[1]
     mb = t.micro_batch_size
 
     t0 = time.time()
-    old_logp, old_ent = C.batched_logprobs(ctx.actor.module, s.prompt_ids, s.response_ids, pad_id=pad,
-                                           temperature=temp, micro_batch_size=mb, with_entropy=True,
-                                           dist=C.lockstep(cfg, dist))  # [N, T]
+    old_logp, old_ent = forward.batched_logprobs(ctx.actor.module, s.prompt_ids, s.response_ids, pad_id=pad,
+                                           temperature=temp, micro_batch_size=mb, with_entropy=True)  # [N, T]
     ref_logp = None
     if ctx.ref is not None:
-        ref_logp, _ = C.batched_logprobs(ctx.ref, s.prompt_ids, s.response_ids, pad_id=pad, temperature=temp,
-                                         micro_batch_size=mb, dist=C.lockstep(cfg, dist))
+        ref_logp, _ = forward.batched_logprobs(ctx.ref, s.prompt_ids, s.response_ids, pad_id=pad, temperature=temp,
+                                         micro_batch_size=mb)
     raw_values = batched_critic_values(ctx.critic.module, s.prompt_ids, s.response_ids, pad_id=pad,
                                        micro_batch_size=mb)  # [N, T + 1], the critic's (normalised) space
     values = ctx.value_norm.denormalize(raw_values) if ctx.value_norm else raw_values
@@ -232,8 +234,8 @@ def ppo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
     if step >= a.critic_warmup_steps:
         batch = PGBatch(s.prompt_ids, s.response_ids, mask, adv, None if a.kl_in_reward else ref_logp,
                         old_logp=old_logp, old_entropy=old_ent)
-        metrics.update(policy_update(ctx.actor, batch, cfg, dist, pad_id=pad, step=step,
-                                     generator=C.step_generator(cfg.seed + 7, step, 0),
+        metrics.update(ctx.update.run(ctx.actor, batch, dist, pad_id=pad, step=step,
+                                     generator=episodes.step_generator(cfg.seed + 7, step, 0),
                                      early_stop_ratio=a.early_stop_ratio))
         if ctx.moving_ref is not None:  # trick 3
             ctx.moving_ref.update(ctx.actor, a.ref_ema)
@@ -244,31 +246,31 @@ def ppo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
     metrics["kl/ref_seq"] = seq_kl[0].item() / seq_kl[1].item()  # Σ_t k1 per sequence, batch mean
     metrics["kl/coef"] = ctx.kl_ctl.value
     ctx.kl_ctl.update(metrics["kl/ref_seq"], int(seq_kl[1].item()))
-    metrics.update(C.reward_metrics(s, dist))
+    metrics.update(episodes.reward_metrics(s, dist))
     metrics.update(times)
-    metrics["perf/tokens_per_s"] = C.global_count(float(s.lengths.sum()), dist) / max(times["time/rollout"], 1e-9)
+    metrics["perf/tokens_per_s"] = lifecycle.global_count(float(s.lengths.sum()), dist) / max(times["time/rollout"], 1e-9)
     return metrics
 
 
 def train(cfg: RunConfig, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
     ctx = Context(cfg, dist)
-    start, state = C.maybe_resume(cfg, ctx.actor, ctx.engines())
+    start, state = lifecycle.maybe_resume(cfg, ctx.actor, ctx.engines())
     if start:
         ctx.load_extra_state(state)
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
                        start_step=start, title="rltrain ppo") if dist.is_main else None
-    before = C.initial_eval(cfg, ctx, dist, logger, start)
-    clock = C.StepClock(cfg, dist, start, logger)
+    before = lifecycle.initial_eval(cfg, ctx, dist, logger, start)
+    clock = lifecycle.StepClock(cfg, dist, start, logger)
     for step in clock.steps():
         t0 = time.time()
         metrics = ppo_step(ctx, cfg, dist, step)
         metrics["time/step"] = time.time() - t0
-        if C.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
-                      save=lambda d: C.save(cfg, dist, d, ctx.actor, ctx.tok, extra=ctx.extra_state(),
+        if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
+                      save=lambda d: lifecycle.save(cfg, dist, d, ctx.actor, ctx.tok, extra=ctx.extra_state(),
                                             engines=ctx.engines())):
             break
     critic_sd = ctx.critic.full_state_dict()  # collective under ZeRO-3
     if dist.is_main:  # usable as algo.critic_path of a later run
         save_critic(ctx.critic.module, f"{cfg.run_dir}/critic", state_dict=critic_sd)
-    return C.final_eval(cfg, ctx, dist, logger, before, step=clock.step)
+    return lifecycle.final_eval(cfg, ctx, dist, logger, before, step=clock.step)

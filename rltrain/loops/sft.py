@@ -23,9 +23,9 @@ from rltrain.data import to_sft_pairs
 from rltrain.data.preference import PreferencePair
 from rltrain.engine.dist import Dist
 from rltrain.engine.model import eos_token_ids
-from rltrain.loops import common as C
+from rltrain.loops import episodes, lifecycle, setup
 from rltrain.loops.pairs import encode_examples, prompt_samples, token_logps
-from rltrain.loops.pg import Metrics
+from rltrain.loops.lifecycle import Metrics
 from rltrain.report.logger import RunLogger
 
 
@@ -41,9 +41,9 @@ class Context:
 
     def __init__(self, cfg: RunConfig, dist: Dist):
         t, a = cfg.train, cfg.algo
-        self.actor, self.tok = C.build_actor(cfg, dist, t.steps)
-        self.reward = C.build_reward_fn(cfg, dist)
-        splits = C.build_data(cfg)
+        self.actor, self.tok = setup.build_actor(cfg, dist, t.steps)
+        self.reward = setup.build_reward_fn(cfg, dist)
+        splits = setup.build_data(cfg)
         if not splits.train:
             raise ConfigError(f"data={cfg.data.name} has no training examples")
         self.train = encode_examples(
@@ -51,8 +51,8 @@ class Context:
             system_prompt=cfg.data.system_prompt, use_chat_template=cfg.data.use_chat_template,
             max_length=a.max_length, max_prompt_length=a.max_prompt_length, truncation=a.truncation)
         self.test = prompt_samples(splits.test[: cfg.eval.size])
-        self.test_ids = C.encode_prompts(self.tok, self.test, cfg)
-        self.order = C.PromptOrder(len(self.train), cfg.seed)
+        self.test_ids = setup.encode_prompts(self.tok, self.test, cfg)
+        self.order = episodes.PromptOrder(len(self.train), cfg.seed)
 
 
 def sft_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
@@ -65,13 +65,13 @@ def sft_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
     local = torch.tensor([sum(len(e.responses[0]) for e in batch), len(batch)], dtype=torch.float64)
     counts = dist.sum(local)
     m = Metrics()
-    for mb in C.chunks(len(batch), t.micro_batch_size):
+    for mb in lifecycle.chunks(len(batch), t.micro_batch_size):
         part = [batch[i] for i in mb]
         lp, mask = token_logps(ctx.actor.module, [e.prompt for e in part], [e.responses[0] for e in part],
                                pad_id=pad)  # [b, T]
         constant = cfg.algo.loss_agg_constant or float(cfg.algo.max_length)  # seq-mean-token-sum-norm's C
         loss = core.aggregate(-lp, mask, cfg.algo.loss_agg_mode, constant, num_tokens=counts[0], num_seqs=counts[1])
-        C.finite_or_raise(loss, step)
+        lifecycle.finite_or_raise(loss, step)
         ctx.actor.backward(loss)
         n_tok = float(mask.sum())
         m.add("sft/nll", float(core.masked_mean(-lp.detach(), mask)), n_tok)
@@ -85,16 +85,16 @@ def sft_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
 def train(cfg: RunConfig, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
     ctx = Context(cfg, dist)
-    start, _ = C.maybe_resume(cfg, ctx.actor)
+    start, _ = lifecycle.maybe_resume(cfg, ctx.actor)
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
                        start_step=start, title="rltrain sft") if dist.is_main else None
-    before = C.initial_eval(cfg, ctx, dist, logger, start)
-    clock = C.StepClock(cfg, dist, start, logger)
+    before = lifecycle.initial_eval(cfg, ctx, dist, logger, start)
+    clock = lifecycle.StepClock(cfg, dist, start, logger)
     for step in clock.steps():
         t0 = time.time()
         metrics = sft_step(ctx, cfg, dist, step)
         metrics["time/update"] = metrics["time/step"] = time.time() - t0
-        if C.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
-                      save=lambda d: C.save(cfg, dist, d, ctx.actor, ctx.tok)):
+        if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
+                      save=lambda d: lifecycle.save(cfg, dist, d, ctx.actor, ctx.tok)):
             break
-    return C.final_eval(cfg, ctx, dist, logger, before, step=clock.step)
+    return lifecycle.final_eval(cfg, ctx, dist, logger, before, step=clock.step)

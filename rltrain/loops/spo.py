@@ -40,8 +40,9 @@ from rltrain.algos.grpo import group_means
 from rltrain.config import RunConfig
 from rltrain.engine.dist import Dist
 from rltrain.engine.model import eos_token_ids
-from rltrain.loops import common as C
-from rltrain.loops.pg import PGBatch, policy_update
+from rltrain.loops import episodes, lifecycle, setup
+from rltrain.rollout import forward
+from rltrain.loops.pg import PGBatch, PolicyUpdate
 from rltrain.report.logger import RunLogger
 from rltrain.rewards.base import score_safely
 from rltrain.rollout import SamplingParams, generate
@@ -83,14 +84,14 @@ def chain_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
     backward: the loop calls it inside the actor's ``gathered()``)."""
     a, t = cfg.algo, cfg.train
     n = t.samples_per_prompt
-    idx, first = C.rank_slice(ctx.order, step, t.prompts_per_step, dist)
+    idx, first = episodes.rank_slice(ctx.order, step, t.prompts_per_step, dist)
     samples, prompt_ids = [ctx.train[i] for i in idx], [ctx.train_ids[i] for i in idx]
-    s, times = C.rollout_and_score(ctx.actor.module, ctx.tok, samples, prompt_ids, ctx.reward, cfg, n=n,
-                                   generator=C.rollout_generator(cfg.seed, step), first_prompt_index=first)
+    s, times = episodes.rollout_and_score(ctx.actor.module, ctx.tok, samples, prompt_ids, ctx.reward, cfg, n=n,
+                                   generator=episodes.rollout_generator(cfg.seed, step), first_prompt_index=first)
     temp = cfg.rollout.temperature or 1.0
     pad = ctx.tok.pad_token_id
     t0 = time.time()
-    old_logp, old_ent = C.batched_logprobs(ctx.actor.module, s.prompt_ids, s.response_ids, pad_id=pad,
+    old_logp, old_ent = forward.batched_logprobs(ctx.actor.module, s.prompt_ids, s.response_ids, pad_id=pad,
                                            temperature=temp, micro_batch_size=t.micro_batch_size, with_entropy=True)
     mask = s.mask.bool()
     if a.partition == "cutpoint":
@@ -114,7 +115,7 @@ def chain_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
         budget = cfg.rollout.max_new_tokens
         ro = generate(ctx.actor.module, prefixes, _params(cfg, a.mc_rollouts, budget),
                       eos_token_ids=eos_token_ids(ctx.actor.module, ctx.tok), pad_token_id=pad, tokenizer=ctx.tok,
-                      generator=C.rollout_generator(cfg.seed + 13, step), first_prompt_index=first_state)
+                      generator=episodes.rollout_generator(cfg.seed + 13, step), first_prompt_index=first_state)
         texts, seq_samples = [], []
         for j in range(len(ro.lengths)):
             row, c = state_rows[int(ro.prompt_index[j])]
@@ -183,14 +184,14 @@ class EdgeReplay:
 def tree_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
     """Trees for this rank's prompts, leaf rewards, node values and the kept edges."""
     a, t = cfg.algo, cfg.train
-    idx, first = C.rank_slice(ctx.order, step, t.prompts_per_step, dist)
+    idx, first = episodes.rank_slice(ctx.order, step, t.prompts_per_step, dist)
     samples, prompt_ids = [ctx.train[i] for i in idx], [ctx.train_ids[i] for i in idx]
     t0 = time.time()
     ctx.actor.module.eval()
     trees = sample_tree(ctx.actor.module, prompt_ids, list(a.branching), a.segment_len, cfg.rollout.max_new_tokens,
                         _params(cfg, 1, cfg.rollout.max_new_tokens), eos_token_ids=eos_token_ids(ctx.actor.module, ctx.tok),
                         pad_token_id=ctx.tok.pad_token_id, tokenizer=ctx.tok,
-                        generator=C.rollout_generator(cfg.seed, step), first_prompt_index=first)
+                        generator=episodes.rollout_generator(cfg.seed, step), first_prompt_index=first)
     ctx.actor.module.train()
     t1 = time.time()
     leaf_refs, texts, leaf_samples = [], [], []
@@ -237,28 +238,29 @@ def edges_to_batch(edges: list[Edge], pad: int):
 
 
 def train(cfg: RunConfig, dist: Dist) -> dict:
-    from rltrain.loops.grpo import Context
-
     torch.manual_seed(cfg.seed)
-    ctx = Context(cfg, dist)
+    t = cfg.train
+    ctx = setup.Context(cfg, dist, total_optimizer_steps=t.steps * t.minibatches_per_step * t.epochs,
+                        with_reference=cfg.algo.kl_coef > 0)
+    update = PolicyUpdate(cfg)
     a = cfg.algo
-    start, state = C.maybe_resume(cfg, ctx.actor)
+    start, state = lifecycle.maybe_resume(cfg, ctx.actor)
     replay = EdgeReplay(a.replay_max_age, a.replay_per_question)
     if state.get("replay"):
         replay.edges = state["replay"]
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
                        start_step=start, title=f"rltrain {a.name}") if dist.is_main else None
-    before = C.initial_eval(cfg, ctx, dist, logger, start)
+    before = lifecycle.initial_eval(cfg, ctx, dist, logger, start)
     pad, temp = ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0
-    clock = C.StepClock(cfg, dist, start, logger)
+    clock = lifecycle.StepClock(cfg, dist, start, logger)
     for step in clock.steps():
         t0 = time.time()
         if a.name == "spo_chain":
             with ctx.actor.gathered():  # ZeRO-3: one gather for rollout, old log-probs and MC continuations
                 s, adv, old_logp, old_ent, times, stats = chain_batch(step, ctx, cfg, dist)
             prompt_ids, resp, mask = s.prompt_ids, s.response_ids, s.mask
-            stats.update(C.reward_metrics(s, dist))
-            stats["perf/tokens_per_s"] = C.global_count(float(s.lengths.sum()), dist) / max(times["time/rollout"], 1e-9)
+            stats.update(episodes.reward_metrics(s, dist))
+            stats["perf/tokens_per_s"] = lifecycle.global_count(float(s.lengths.sum()), dist) / max(times["time/rollout"], 1e-9)
         else:
             # ZeRO-3: one gather for the trees and the new edges' old log-probs (their count, and so the
             # number of forwards, differs between ranks: per-layer gathers would not pair up)
@@ -266,13 +268,13 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                 new, times, stats = tree_batch(step, ctx, cfg, dist)
                 edges = [e for e in new if e.old_logp is None]
                 if edges:  # old log-probs of new edges, from the trainer's own forward
-                    lp, _ = C.batched_logprobs(ctx.actor.module, [e.prompt_ids for e in edges],
+                    lp, _ = forward.batched_logprobs(ctx.actor.module, [e.prompt_ids for e in edges],
                                                edges_to_batch(edges, pad)[1], pad_id=pad, temperature=temp,
                                                micro_batch_size=cfg.train.micro_batch_size)
                     for e, row in zip(edges, lp):
                         e.old_logp = row[: len(e.response_ids)].clone()
-            drawn = replay.draw(new, step, C.step_generator(cfg.seed + 29, step, dist.rank))
-            stats["tree/edges_trained"] = C.global_count(len(drawn), dist)
+            drawn = replay.draw(new, step, episodes.step_generator(cfg.seed + 29, step, dist.rank))
+            stats["tree/edges_trained"] = lifecycle.global_count(len(drawn), dist)
             stand_in = not drawn  # this rank has nothing to learn (its leaves all scored alike)
             if stand_in:  # one fully masked edge keeps its passes in step with the other ranks
                 drawn = [Edge("", step, [pad], [pad], 0.0, torch.zeros(1))]
@@ -282,9 +284,9 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
             old_logp = _pad_rows([e.old_logp.tolist() for e in drawn], 0.0).float()
             old_ent = None
             if cfg.token_selection.name == "high_entropy":
-                old_logp, old_ent = C.batched_logprobs(ctx.actor.module, prompt_ids, resp, pad_id=pad,
+                old_logp, old_ent = forward.batched_logprobs(ctx.actor.module, prompt_ids, resp, pad_id=pad,
                                                        temperature=temp, micro_batch_size=cfg.train.micro_batch_size,
-                                                       with_entropy=True, dist=C.lockstep(cfg, dist))
+                                                       with_entropy=True)
         valid = mask.bool()
         keep = select.prob_mask(old_logp, valid, threshold=a.cut_threshold) if a.prob_mask else valid
         stats["spo/prob_mask_frac"] = float(keep.sum()) / max(float(valid.sum()), 1.0)
@@ -295,16 +297,16 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         ref_logp = None
         if ctx.ref is not None:
             t1 = time.time()
-            ref_logp, _ = C.batched_logprobs(ctx.ref, prompt_ids, resp, pad_id=pad, temperature=temp,
-                                             micro_batch_size=cfg.train.micro_batch_size, dist=C.lockstep(cfg, dist))
+            ref_logp, _ = forward.batched_logprobs(ctx.ref, prompt_ids, resp, pad_id=pad, temperature=temp,
+                                             micro_batch_size=cfg.train.micro_batch_size)
             times["time/reference"] = time.time() - t1
         batch = PGBatch(prompt_ids, resp, mask, adv, ref_logp, old_logp=old_logp, old_entropy=old_ent)
-        metrics = policy_update(ctx.actor, batch, cfg, dist, pad_id=pad, step=step,
-                                generator=C.step_generator(cfg.seed + 7, step, 0))
+        metrics = update.run(ctx.actor, batch, dist, pad_id=pad, step=step,
+                                generator=episodes.step_generator(cfg.seed + 7, step, 0))
         metrics.update(stats)
         metrics.update(times)
         metrics["time/step"] = time.time() - t0
-        if C.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
-                      save=lambda d: C.save(cfg, dist, d, ctx.actor, ctx.tok, extra={"replay": replay.edges})):
+        if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
+                      save=lambda d: lifecycle.save(cfg, dist, d, ctx.actor, ctx.tok, extra={"replay": replay.edges})):
             break
-    return C.final_eval(cfg, ctx, dist, logger, before, step=clock.step)
+    return lifecycle.final_eval(cfg, ctx, dist, logger, before, step=clock.step)

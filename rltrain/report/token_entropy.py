@@ -6,7 +6,7 @@ positions.
 Definitions (the paper's, and the ones training uses):
 - The entropy of response position t is H_t = −Σ_j p_j log p_j of the distribution the token at t
   was drawn from, p = softmax(z_t / T) with T = 1, computed in a teacher-forced forward pass of the
-  model over prompt + response (``rltrain.loops.common.response_logprobs``, which calls
+  model over prompt + response (``rltrain.rollout.forward.response_logprobs``, which calls
   ``rltrain.algos.core.token_entropy``), not taken from the sampler.
 - High-entropy tokens are the top ⌈ρ·N⌉ of all N valid response tokens pooled over the batch
   (ρ = 0.2), chosen by ``rltrain.algos.select.high_entropy_mask``, the selection
@@ -122,12 +122,12 @@ class Responses:
 def score_responses(model, tokenizer, prompt_ids: list[list[int]], response_ids: torch.Tensor,
                     mask: torch.Tensor, *, micro_batch_size: int = 8) -> torch.Tensor:
     """Per-token entropies ``[N, T]`` of given responses (teacher-forced, T = 1); 0 on padding."""
-    from rltrain.loops.common import response_logprobs
+    from rltrain.rollout.forward import response_logprobs
 
     out = []
     for s in range(0, len(prompt_ids), micro_batch_size):
         _, ent = response_logprobs(model, prompt_ids[s:s + micro_batch_size], response_ids[s:s + micro_batch_size],
-                                   pad_id=tokenizer.pad_token_id, temperature=1.0, with_entropy="detached")
+                                   pad_id=tokenizer.pad_token_id, temperature=1.0, with_entropy=True)
         out.append(ent.float())
     return torch.cat(out) * mask.float()
 

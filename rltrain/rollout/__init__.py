@@ -1,7 +1,7 @@
 """Rollout engine: batched KV-cached sampling with per-token log-probs, SPO tree sampling, and
-recomputation of log-probs/entropies of given responses."""
+the training forward (log-probs/entropies of given responses, ``forward``)."""
 from rltrain.rollout.engine import Rollout, SamplingParams, generate
-from rltrain.rollout.scoring import sequence_logprobs
+from rltrain.rollout.forward import batched_logprobs, response_logprobs
 from rltrain.rollout.tree import TokenTree, independent_paths, sample_tree
 
 __all__ = [
@@ -11,5 +11,6 @@ __all__ = [
     "generate",
     "independent_paths",
     "sample_tree",
-    "sequence_logprobs",
+    "batched_logprobs",
+    "response_logprobs",
 ]

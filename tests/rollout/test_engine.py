@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rltrain.rollout import SamplingParams, generate
-from rltrain.rollout.scoring import sequence_logprobs
+from rltrain.rollout.forward import batched_logprobs
 
 from .conftest import EOS, PAD
 
@@ -34,12 +34,10 @@ def test_logprobs_equal_fresh_forward(tiny_model, prompts, kv_cache):
         ref = _fresh_logprobs(tiny_model, r.prompt_ids[i], r.response_ids[i, :n].tolist(), 0.7)
         torch.testing.assert_close(r.logprobs[i, :n], ref, atol=1e-4, rtol=0)
         assert torch.all(r.logprobs[i, n:] == 0)
-    # The batched scorer (left-padded prompts + right-padded responses) agrees too.
-    with torch.no_grad():
-        lp, ent = sequence_logprobs(
-            tiny_model, r.prompt_ids, r.response_ids, r.response_mask,
-            temperature=0.7, micro_batch_size=4, with_entropy=True,
-        )
+    # The production training forward (prompts encoded once per group, responses on top) agrees too.
+    lp, ent = batched_logprobs(tiny_model, r.prompt_ids, r.response_ids, pad_id=PAD, temperature=0.7,
+                               micro_batch_size=4, with_entropy=True)
+    lp, ent = lp * r.response_mask, ent * r.response_mask  # padding positions mean nothing
     torch.testing.assert_close(lp, r.logprobs, atol=1e-4, rtol=0)
     assert torch.all(ent[r.response_mask == 0] == 0) and torch.all(ent[r.response_mask == 1] > 0)
     # The rollout's own entropies are the policy's at sampling time: equal to the scorer's.
@@ -49,11 +47,9 @@ def test_logprobs_equal_fresh_forward(tiny_model, prompts, kv_cache):
 
 def test_scoring_entropy_matches_direct(tiny_model, prompts):
     r = _gen(tiny_model, prompts[:1], SamplingParams(max_new_tokens=5))
+    _, ent = batched_logprobs(tiny_model, r.prompt_ids, r.response_ids, pad_id=PAD, temperature=2.0,
+                              micro_batch_size=1, with_entropy=True)
     with torch.no_grad():
-        _, ent = sequence_logprobs(
-            tiny_model, r.prompt_ids, r.response_ids, r.response_mask, temperature=2.0, micro_batch_size=1,
-            with_entropy=True,
-        )
         seq = torch.tensor(r.prompt_ids[0] + r.response_ids[0].tolist()).unsqueeze(0)
         logits = tiny_model(seq).logits[0, len(r.prompt_ids[0]) - 1 : -1] / 2.0
     p = torch.softmax(logits, -1)

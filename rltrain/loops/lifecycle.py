@@ -1,0 +1,233 @@
+"""The run lifecycle every loop shares: greedy evaluation, checkpoints and resume, the step clock,
+the end-of-step tail, and token-weighted metrics reduced across ranks."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from rltrain.config import RunConfig
+from rltrain.engine.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, save_hf, staging_dir
+from rltrain.engine.dist import Dist
+from rltrain.engine.lora import is_lora, merged_state_dict
+from rltrain.loops.episodes import rollout_and_score
+from rltrain.rollout import SamplingParams
+from rltrain.types import Sample
+
+log = logging.getLogger(__name__)
+
+
+class Metrics:
+    """Token-weighted metric sums, reduced across ranks at the end of a step. The ranks agree on
+    the names once in ``reduce`` (a rank that logged none of a name contributes weight 0)."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, name: str, value: float, weight: float = 1.0) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + float(value) * weight
+        self.weights[name] = self.weights.get(name, 0.0) + weight
+
+    def reduce(self, dist: Dist) -> dict[str, float]:
+        names = sorted(set().union(*dist.gather_objects(sorted(self.sums))))
+        t = torch.tensor([[self.sums.get(n, 0.0), self.weights.get(n, 0.0)] for n in names], dtype=torch.float64)
+        t = dist.sum(t) if len(names) else t
+        return {n: (t[i, 0] / t[i, 1]).item() if t[i, 1] > 0 else 0.0 for i, n in enumerate(names)}
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(module, tokenizer, samples: list[Sample], prompt_ids, reward_fn, cfg: RunConfig, dist: Dist,
+             batch_size: int = 64) -> dict:
+    """Greedy accuracy and mean score on (this rank's slice of) the test split, reduced across ranks."""
+    mine = list(range(dist.rank, len(samples), dist.world_size))
+    params = SamplingParams(max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0, n=1,
+                            stop_strings=tuple(cfg.rollout.stop_strings))
+    correct = score = length = 0.0
+    t0 = time.time()
+    for s in range(0, len(mine), batch_size):
+        idx = mine[s:s + batch_size]
+        sc, _ = rollout_and_score(module, tokenizer, [samples[i] for i in idx], [prompt_ids[i] for i in idx],
+                                  reward_fn, cfg, n=1, generator=torch.Generator().manual_seed(0), params=params)
+        score += float(sc.scores.sum())
+        c = sc.reward.info.get("correct")
+        correct += float(sum(bool(x) for x in c)) if c is not None else float((sc.scores > 0).sum())
+        length += float(sc.lengths.sum())
+    tot = dist.sum(torch.tensor([correct, score, length, float(len(mine))], dtype=torch.float64))
+    n = max(tot[3].item(), 1.0)
+    return {"accuracy": tot[0].item() / n, "score": tot[1].item() / n, "length": tot[2].item() / n,
+            "n": int(n), "time_s": time.time() - t0}
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def resume_dir(cfg: RunConfig) -> Path | None:
+    """The checkpoint to resume from, per ``resume`` (auto | never | <run dir>)."""
+    if cfg.resume == "never":
+        return None
+    src = cfg.run_dir if cfg.resume == "auto" else cfg.resume
+    ckpt = latest_checkpoint(src)
+    if ckpt is None and cfg.resume not in ("auto",):
+        raise FileNotFoundError(f"resume={cfg.resume}: no complete checkpoint under {src}/checkpoints")
+    return ckpt
+
+
+def save(cfg: RunConfig, dist: Dist, step: int, actor, tokenizer, extra: dict | None = None,
+         engines: dict | None = None) -> None:
+    """Checkpoint ``step``: every rank takes part (gathering sharded weights, writing its ZeRO shard
+    into the staging directory); rank 0 writes the HF policy and trainer.pt and completes it.
+
+    ``engines``: other trained state saved like the actor, by name (PPO's critic, its moving
+    reference): anything with ``state_dict`` (into trainer.pt under its name) and ``save_shards``
+    (every rank's own part, into the checkpoint's ``<name>/`` folder). ``maybe_resume`` restores them.
+    """
+    engines = {"actor": actor, **(engines or {})}
+    full = actor.full_state_dict()  # collective under ZeRO
+    staging = dist.broadcast_object(staging_dir(cfg.run_dir, step) if dist.is_main else None)
+    for name, engine in engines.items():
+        engine.save_shards(staging / name)  # DeepSpeed: every rank's shard; LocalActor: nothing
+    dist.barrier()
+    state = {**{name: engine.state_dict() for name, engine in engines.items()}, **(extra or {})}
+    if is_lora(actor.module):  # the HF policy holds the merged weights; trainer.pt the adapters
+        full = merged_state_dict(full, actor.module.rltrain_lora_scaling)
+    if dist.is_main:
+        save_checkpoint(cfg.run_dir, step, trainer_state=state, keep=cfg.checkpoint.keep, staging=staging,
+                        policy_writer=lambda d: save_hf(actor.module, tokenizer, d, state_dict=full))
+    dist.barrier()
+
+
+def maybe_resume(cfg: RunConfig, actor, engines: dict | None = None) -> tuple[int, dict]:
+    """Load the latest complete checkpoint if any: (start step, trainer state). ``engines``: the
+    same names and objects that ``save`` was given, restored like the actor."""
+    ckpt = resume_dir(cfg)
+    if ckpt is None:
+        return 0, {}
+    state = load_trainer_state(ckpt)
+    for name, engine in {"actor": actor, **(engines or {})}.items():
+        engine.load_state_dict(state[name])  # checks the shard layout before DeepSpeed reads shards
+        engine.load_shards(ckpt / name)
+    log.info("resumed from %s (step %d)", ckpt, state["step"])
+    return int(state["step"]), state
+
+
+def should_save(cfg: RunConfig, step: int, last: bool = False) -> bool:
+    """After finishing step ``step`` (1-based count of completed steps); ``last``: training ends here."""
+    every = cfg.checkpoint.every
+    return (every > 0 and step % every == 0) or ((last or step == cfg.train.steps) and cfg.checkpoint.save_final)
+
+
+class StepClock:
+    """Which steps a loop runs: ``start .. train.steps``, cut short by ``train.time_budget_s``.
+
+    With a budget, training ends after the step during which the summed step time (``time/step``;
+    evaluation and checkpointing excluded) reaches it. A resumed run counts the time its earlier
+    steps logged in metrics.jsonl. Rank 0's clock decides, so every rank stops at the same step.
+    """
+
+    def __init__(self, cfg: RunConfig, dist: Dist, start: int, logger=None):
+        self.cfg, self.dist, self.step = cfg, dist, start
+        self.budget = cfg.train.time_budget_s
+        spent = _logged_step_time(cfg.run_dir, start) if self.budget > 0 and start > 0 and dist.is_main else 0.0
+        self.spent = float(dist.broadcast_object(spent))
+        if logger is not None:  # its ETA counts down the budget too
+            logger.clock = self
+
+    def steps(self) -> range:
+        exhausted = 0 < self.budget <= self.spent
+        return range(self.step, self.step if exhausted else self.cfg.train.steps)
+
+    def finish(self, done: int, step_time: float) -> bool:
+        """Record a finished step; True when it is the last one."""
+        self.step, self.spent = done, self.spent + step_time
+        last = done >= self.cfg.train.steps or 0 < self.budget <= self.spent
+        return bool(self.dist.broadcast_object(last))
+
+
+def _logged_step_time(run_dir: str, upto: int) -> float:
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return sum(r.get("time/step", 0.0) for r in rows if "event" not in r and r.get("step", 0) <= upto)
+
+
+def end_step(cfg: RunConfig, ctx, dist: Dist, clock: StepClock, done: int, metrics: dict, *, logger, save,
+             evaluate=None) -> bool:
+    """The tail every loop shares after step ``done``: periodic evaluation (not on the last step,
+    which ``final_eval`` covers), logging, checkpointing. ``save(step)`` writes a checkpoint;
+    ``evaluate()`` returns held-out metrics (default: the actor's greedy accuracy); both are
+    collective. Returns True after the last step."""
+    last = clock.finish(done, metrics["time/step"])
+    if cfg.eval.every and done % cfg.eval.every == 0 and not last:
+        ev = evaluate() if evaluate else policy_eval(ctx, cfg, dist)
+        metrics.update({f"eval/{k}": v for k, v in ev.items()})
+    if logger:
+        logger.log(done, metrics)
+    if should_save(cfg, done, last):
+        save(done)
+    return last
+
+
+def policy_eval(ctx, cfg: RunConfig, dist: Dist) -> dict:
+    """Greedy held-out evaluation of the actor (parameters gathered once under ZeRO-3)."""
+    with ctx.actor.gathered():
+        return evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
+
+
+def entropy_stats(ent: torch.Tensor, mask: torch.Tensor, dist: Dist) -> dict:
+    """Mean entropy, fraction of tokens below 0.01 and the 80th percentile, over the batch."""
+    vals = dist.gather_cat(ent[mask.bool()].float())
+    if vals.numel() == 0:
+        return {}
+    return {"actor/entropy": vals.mean().item(), "actor/entropy_lt_0.01": (vals < 0.01).float().mean().item(),
+            "actor/entropy_p80": torch.quantile(vals, 0.8).item()}
+
+
+def global_count(x: float, dist: Dist) -> float:
+    return dist.sum(torch.tensor([x], dtype=torch.float64)).item()
+
+
+def chunks(n: int, size: int):
+    """Index ranges of micro-batches."""
+    return [range(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+def finite_or_raise(loss: torch.Tensor, step: int) -> None:
+    if not math.isfinite(loss.item()):
+        raise FloatingPointError(f"non-finite loss at step {step}; lower train.lr or check the reward")
+
+
+def initial_eval(cfg: RunConfig, ctx, dist: Dist, logger, start: int) -> dict | None:
+    """Greedy held-out evaluation before training (or, on resume, the one logged back then)."""
+    if start > 0:
+        path = Path(cfg.run_dir) / "metrics.jsonl"
+        for line in path.read_text().splitlines() if path.exists() else []:
+            row = json.loads(line)
+            if row.get("event") == "eval" and row.get("step") == 0:
+                return {k: v for k, v in row.items() if k not in ("event", "step")}
+        return None
+    if not cfg.eval.at_start:
+        return None
+    before = policy_eval(ctx, cfg, dist)
+    if logger:
+        logger.event(0, "eval", before)
+    return before
+
+
+def final_eval(cfg: RunConfig, ctx, dist: Dist, logger, before: dict | None, step: int | None = None) -> dict:
+    """Greedy held-out evaluation after training (after ``step``; default ``train.steps``), the
+    summary table, and the run's result."""
+    after = policy_eval(ctx, cfg, dist)
+    if logger:
+        logger.event(cfg.train.steps if step is None else step, "eval", after)
+        fmt = lambda d, k, f: f.format(d[k]) if d else "-"  # noqa: E731
+        logger.summary([("held-out accuracy (greedy)", fmt(before, "accuracy", "{:.1%}"), f"{after['accuracy']:.1%}"),
+                        ("mean response length", fmt(before, "length", "{:.1f}"), f"{after['length']:.1f}")])
+        logger.close()
+    return {"eval_before": before, "eval_after": after, "run_dir": cfg.run_dir}
