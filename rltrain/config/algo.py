@@ -1,0 +1,281 @@
+"""Schemas of the algo and policy options: algo=, token_selection=, policy_loss= (a docstring per field)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+
+# --------------------------------------------------------------------------- algo
+
+
+@dataclass
+class AlgoConfig:
+    """Fields shared by every algorithm option (``algo=...``)."""
+
+    name: str = MISSING
+    """Algorithm family: sft | dpo | ppo | grpo | spo_chain | spo_tree."""
+    loss_agg_mode: str = "token-mean"
+    """How per-token losses are reduced: token-mean | seq-mean-token-mean | seq-mean-token-sum |
+    seq-mean-token-sum-norm (ALGORITHMS.md §0)."""
+    loss_agg_constant: Optional[float] = None
+    """Divisor C of seq-mean-token-sum-norm; None = rollout.max_new_tokens."""
+    kl_coef: float = 0.0
+    """β of the KL term to the frozen reference; 0 = no reference model is loaded at all."""
+    kl_estimator: str = "k3"
+    """KL estimator of the KL loss: k1 | k2 | k3 | abs | k3+."""
+    entropy_coef: float = 0.0
+    """Entropy bonus coefficient (loss -= c·agg(H)); 0 = off."""
+
+
+@dataclass
+class GRPOConfig(AlgoConfig):
+    """GRPO and its DAPO / Dr. GRPO variants (ALGORITHMS.md §3)."""
+
+    name: str = "grpo"
+    adv_scale: str = "std"
+    """Group advantage scaling: std (GRPO) | none (Dr. GRPO)."""
+    std_ddof: int = 1
+    """Degrees of freedom of the group std: 1 (verl, default) | 0 (population)."""
+    adv_eps: float = 1e-6
+    """ε added to the group std."""
+    dynamic_sampling: bool = False
+    """DAPO: drop groups whose rewards are all equal and sample more prompts to refill."""
+    max_gen_batches: int = 10
+    """DAPO: give up after this many generation batches in one step (≤ 0 = no limit)."""
+    overlong_buffer: int = 0
+    """DAPO overlong shaping: length of the soft-penalty buffer L_cache in tokens (0 = off)."""
+    overlong_factor: float = 1.0
+    """DAPO overlong shaping: penalty factor."""
+
+
+@dataclass
+class PPOConfig(AlgoConfig):
+    """PPO with a critic, with the three tricks of Xu et al. (ALGORITHMS.md §2)."""
+
+    name: str = "ppo"
+    kl_coef: float = 0.1
+    kl_in_reward: bool = True
+    """True: k1 KL penalty in the token rewards (PPO style); False: KL loss (kl_estimator)."""
+    adaptive_kl: bool = False
+    """Adaptive KL controller (target kl_target over kl_horizon samples)."""
+    kl_target: float = 6.0
+    kl_horizon: int = 10000
+    gamma: float = 1.0
+    lam: float = 1.0
+    adv_norm: bool = True
+    """Trick 1: whiten advantages over the whole step's batch across ranks."""
+    adv_norm_scope: str = "batch"
+    """batch (across ranks, default) | per_minibatch."""
+    ref_ema: float = 0.001
+    """Trick 3: reference ← η·actor + (1−η)·reference after every step; 0 = frozen reference."""
+    value_clip: float = 0.2
+    """Clip of the value update around the rollout-time values (ReaLHF value_eps_clip); ≤ 0 = off."""
+    value_norm: bool = True
+    """Running normalisation of value targets (β = 0.99995)."""
+    value_loss: str = "mse"
+    """Critic loss: mse (½e²) | huber (δ = 10)."""
+    critic_lr: float = 5e-6
+    """Learning rate of the critic's own optimizer (AdamW; train.* gives the rest)."""
+    critic_path: Optional[str] = None
+    """Critic backbone (HF directory or hub id; a value_head.pt next to it is loaded too);
+    None = a copy of the policy backbone with a fresh value head."""
+    critic_warmup_steps: int = 0
+    """Steps at the start that train only the critic (the actor is not updated)."""
+    max_reward_clip: float = 5.0
+    """Scores are clipped to ±this before they enter the token rewards."""
+    score_truncated: bool = False
+    """False (ReaLHF): only responses that finished get their score; truncated ones bootstrap from
+    the critic. True (verl): every response gets its score on its last token, nothing bootstraps."""
+    early_stop_ratio: float = 5.0
+    """Zero a micro-batch's policy loss if its mean importance ratio exceeds this (≤ 0 = off)."""
+
+
+@dataclass
+class SPOConfig(AlgoConfig):
+    """Fields shared by SPO chain and tree (Segment Policy Optimization, ALGORITHMS.md §4)."""
+
+    name: str = MISSING
+    kl_coef: float = 1e-4
+    cut_threshold: float = 0.9
+    """Chain: a token with p < threshold is a cutpoint candidate; both: the probability mask's threshold."""
+    adv_whiten: str = "batch"
+    """batch (across ranks) | per_minibatch (SPO code) | none."""
+    prob_mask: bool = True
+    """Zero the advantage of tokens sampled with probability ≥ cut_threshold (SPO §4.4)."""
+
+
+@dataclass
+class SPOChainConfig(SPOConfig):
+    """SPO-chain: Monte-Carlo values at cut states of each sampled response."""
+
+    name: str = "spo_chain"
+    partition: str = "cutpoint"
+    """cutpoint (low-probability tokens) | fixed (near-equal token chunks)."""
+    cut_interval: int = 5
+    """Keep every k-th candidate."""
+    num_segments: int = 4
+    """partition=fixed: number of chunks."""
+    mc_rollouts: int = 4
+    """Monte-Carlo continuations per cutpoint (K)."""
+    first_segment_value: str = "group_mean"
+    """group_mean (rltrain default) | zero (official code)."""
+
+
+@dataclass
+class SPOTreeConfig(SPOConfig):
+    """SPO-tree: a sampled tree of segments, values from the leaves, edges replayed."""
+
+    name: str = "spo_tree"
+    branching: list[int] = field(default_factory=lambda: [6, 6, 6])
+    """Branching factor per depth."""
+    segment_len: int = 30
+    """Tokens per segment at non-final depths (M)."""
+    tree_adv: str = "rloo"
+    """rloo (V(child) − V(parent)) | grpo (divided by the sibling std)."""
+    replay_max_age: int = 8
+    """Drop replayed edges this many steps old; 0 disables edge replay."""
+    replay_per_question: int = 32
+    """Edges drawn per question per step."""
+
+
+@dataclass
+class DPOConfig(AlgoConfig):
+    """DPO, IPO, conservative DPO and iterative DPO (ALGORITHMS.md §1).
+
+    Offline: ``train.prompts_per_step`` pairs per optimizer step (global). Iterative: ``algo.rounds``
+    rounds of ``train.steps / algo.rounds`` steps; each round samples ``train.samples_per_prompt``
+    responses for each of its prompts, pairs best vs worst, then trains one pass over those pairs.
+    """
+
+    name: str = "dpo"
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    """sigmoid (DPO) | ipo."""
+    label_smoothing: float = 0.0
+    """cDPO ε (fraction of flipped labels), in [0, 0.5)."""
+    reference_free: bool = False
+    """Uniform reference: no reference model, reference log-ratio 0."""
+    cache_ref_logps: bool = True
+    """Offline DPO: compute reference log-probs once, before training, and cache them on disk
+    (no reference model kept in memory); false = a frozen reference model forwards every batch."""
+    ref_cache_dir: Optional[str] = None
+    """Where the reference log-prob cache lives; None = the run directory. A shared directory lets
+    runs that differ only in β or the loss reuse it (entries are keyed by model, data, lengths)."""
+    max_length: int = 512
+    """Prompt + response tokens; longer pairs are truncated (prompt first, then the responses)."""
+    max_prompt_length: int = 256
+    truncation: str = "keep_end"
+    """How the prompt is truncated: keep_end | keep_start."""
+    iterative: bool = False
+    """Iterative DPO: sample K responses per prompt, pair best vs worst, train, repeat."""
+    rounds: int = 3
+    """Iterative DPO: number of rounds; train.steps must be a multiple of it."""
+    reference: str = "initial"
+    """Iterative DPO reference: initial (the starting policy) | previous_iterate (the policy at the
+    start of each round)."""
+
+
+@dataclass
+class SFTConfig(AlgoConfig):
+    """Supervised fine-tuning on (prompt, response) with the prompt masked.
+
+    ``train.prompts_per_step`` examples per optimizer step (global); the loss is
+    ``algo.loss_agg_mode`` (token-mean) of −log π over response tokens (EOS included).
+    """
+
+    name: str = "sft"
+    max_length: int = 512
+    """Prompt + response tokens; longer examples are truncated (prompt first, then the response)."""
+    max_prompt_length: int = 256
+    truncation: str = "keep_end"
+    """How the prompt is truncated: keep_end | keep_start."""
+
+
+# --------------------------------------------------------------------------- token selection / policy loss
+
+
+@dataclass
+class TokenSelectionConfig:
+    """Which response tokens receive policy gradient (``token_selection=...``). Fields other than
+    ``name`` are exactly the selector's options (rltrain/algos/registry.py)."""
+
+    name: str = "all"
+    """all | high_entropy | prob_mask."""
+
+
+@dataclass
+class HighEntropyConfig(TokenSelectionConfig):
+    """Top-ρ highest-entropy ("forking") tokens (Beyond the 80/20 rule, ALGORITHMS.md §5)."""
+
+    name: str = "high_entropy"
+    top_ratio: float = 0.2
+    """Fraction ρ of the batch's valid tokens kept (highest entropy)."""
+    normalize: str = "all"
+    """Loss denominator: all response tokens (paper, default) | selected (official code)."""
+    scope: str = "batch"
+    """Threshold pool: batch (whole step, across ranks) | micro_batch (official code)."""
+
+
+@dataclass
+class ProbMaskConfig(TokenSelectionConfig):
+    """SPO's probability mask: only tokens sampled with probability below the threshold."""
+
+    name: str = "prob_mask"
+    threshold: float = 0.9
+    normalize: str = "all"
+    """Loss denominator: all response tokens | selected."""
+
+
+@dataclass
+class PolicyLossConfig:
+    """Per-token policy loss (``policy_loss=...``). Fields other than ``name`` are exactly the
+    loss's options (rltrain/algos/registry.py)."""
+
+    name: str = "clip"
+    """clip | clip_cov | kl_cov."""
+
+
+@dataclass
+class ClipLossConfig(PolicyLossConfig):
+    """PPO clipped surrogate; clip-higher (DAPO) is clip_high=0.28."""
+
+    name: str = "clip"
+    clip_low: float = 0.2
+    """ε_low: the ratio is clipped below at 1 − clip_low."""
+    clip_high: float = 0.2
+    """ε_high: the ratio is clipped above at 1 + clip_high."""
+    dual_clip: Optional[float] = None
+    """Dual-clip constant c (> 1) capping the loss of negative-advantage tokens; None = off."""
+
+
+@dataclass
+class ClipCovConfig(PolicyLossConfig):
+    """Clip-Cov (Cui et al. 2025, ALGORITHMS.md §6)."""
+
+    name: str = "clip_cov"
+    clip_low: float = 1.0
+    """PPO clip ε_low (the official scripts use 1, i.e. ratio in [0, 2])."""
+    clip_high: float = 1.0
+    cov_low: float = 1.0
+    """ω_low: candidates have covariance above this."""
+    cov_high: float = 5.0
+    """ω_high: candidates have covariance below this."""
+    select_ratio: float = 2e-4
+    """Fraction r of tokens whose gradient is detached."""
+    scope: str = "batch"
+    """Selection pool: batch (whole step, across ranks) | micro_batch (official code)."""
+
+
+@dataclass
+class KLCovConfig(PolicyLossConfig):
+    """KL-Cov (Cui et al. 2025, ALGORITHMS.md §6)."""
+
+    name: str = "kl_cov"
+    select_ratio: float = 2e-4
+    """Fraction of tokens (top by covariance) that get the KL penalty (2e-4 = 0.02%)."""
+    kl_coef: float = 1.0
+    """β of |log π − log π_old| on the selected tokens."""
+    scope: str = "batch"
+    """Selection pool: batch (whole step, across ranks) | micro_batch (official code)."""

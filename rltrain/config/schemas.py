@@ -1,0 +1,392 @@
+"""Schemas of the other groups (reward=, data=, model=, deepspeed=) and the shared sections; ``RunConfig``
+is the whole run."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from rltrain.config.algo import AlgoConfig, PolicyLossConfig, TokenSelectionConfig
+
+
+# --------------------------------------------------------------------------- reward / data / model
+
+
+JUDGE_TEMPLATE = (
+    "You are checking a solution against a reference answer. Decide whether the final answer of the solution "
+    "below (which may be incomplete) matches the reference answer. The reference answer may be an option letter, "
+    "a number, an expression, a list, or text in any language; judge the meaning, not the wording or the "
+    "language.\nReply with exactly YES if the final answer matches the reference answer, and NO otherwise, "
+    "including when the solution is unclear or incomplete or gives no final answer.\n\nQuestion: {question}"
+    "\n\nSolution Process (Final Step Only): {response}\n\nReference Answer: {reference}\n\nOutput:"
+)
+
+
+@dataclass
+class RewardConfig:
+    """Reward source (``reward=...``). Fields other than ``name`` and ``max_fail_fraction`` are
+    exactly the keyword arguments of the reward's constructor (one subclass per option)."""
+
+    name: str = "math"
+    """math | code | judge | classifier | python | combined."""
+    max_fail_fraction: float = 0.1
+    """Stop the run when more than this fraction of one step's reward calls raise."""
+
+
+@dataclass
+class MathRewardConfig(RewardConfig):
+    name: str = "math"
+    correct_score: float = 1.0
+    wrong_score: float = 0.0
+    format_score: Optional[float] = None
+    """Score for a boxed but wrong answer; None = wrong_score."""
+    use_math_verify: bool = True
+    """LaTeX equivalence through math-verify (in a process pool) after the fast checks."""
+    timeout_s: int = 5
+    """Per-item time limit of math-verify (whole seconds)."""
+    num_workers: int = 2
+    """math-verify worker processes."""
+
+
+@dataclass
+class PythonRewardConfig(RewardConfig):
+    """Any Python callable ``fn(samples, completions) -> list[float] | RewardOutput``."""
+
+    name: str = "python"
+    fn: str = MISSING
+    """Import path ``package.module:function``."""
+    per_item: bool = False
+    """True: the function scores one (sample, completion) at a time."""
+    fn_kwargs: Optional[dict[str, Any]] = None
+    """Extra keyword arguments passed to the function."""
+
+
+@dataclass
+class CodeRewardConfig(RewardConfig):
+    """Programs run against test cases in a sandbox (ALGORITHMS.md §8)."""
+
+    name: str = "code"
+    mode: str = "all_pass"
+    """all_pass (1 if every test passes) | pass_rate | shaped (CodeRL-style −1/−0.6/−0.3/+1)."""
+    timeout: float = 4.0
+    """Seconds per test case."""
+    program_timeout: float = 30.0
+    """Seconds for all tests of one program."""
+    memory_mb: int = 1024
+    file_mb: int = 16
+    max_processes: int = 16
+    max_tests: Optional[int] = None
+    """Run at most this many tests per problem (None = all)."""
+    float_tol: float = 1e-6
+    num_workers: Optional[int] = None
+    """Programs run in parallel (None = number of cores)."""
+    isolation: str = "auto"
+    """auto | namespace (pid/net/mount namespaces, chroot, unprivileged uid) | process (limits only)."""
+
+
+@dataclass
+class JudgeRewardConfig(RewardConfig):
+    """A generative judge model: soft reward P(YES) from one forward pass (ALGORITHMS.md §7)."""
+
+    name: str = "judge"
+    model_path: Optional[str] = "smollm2_135m"
+    """smollm2_135m | tiny | a hub id or local directory."""
+    template: str = JUDGE_TEMPLATE
+    """Prompt with {question}, {response} (the tail of the response) and {reference}."""
+    mode: str = "soft"
+    """soft (P(YES) renormalised over YES/NO) | binary | raw (unnormalised P(YES))."""
+    tail_chars: int = 1000
+    """How much of the response's end the judge sees."""
+    batch_size: int = 8
+    dtype: str = "fp32"
+    yes_strings: list[str] = field(default_factory=lambda: ["YES", "Yes", " YES", " Yes"])
+    no_strings: list[str] = field(default_factory=lambda: ["NO", "No", " NO", " No"])
+    use_chat_template: bool = True
+
+
+@dataclass
+class ClassifierRewardConfig(RewardConfig):
+    """A sequence-classification reward model giving a scalar."""
+
+    name: str = "classifier"
+    model_path: Optional[str] = MISSING
+    normalize: str = "none"
+    """none | running (z-score with running statistics) | fixed ((x − bias) · scale)."""
+    bias: float = 0.0
+    scale: float = 1.0
+    label_index: Optional[int] = None
+    batch_size: int = 8
+    max_length: int = 2048
+    dtype: str = "fp32"
+    use_chat_template: bool = True
+    eps: float = 1e-6
+
+
+@dataclass
+class CombinedRewardConfig(RewardConfig):
+    """A weighted sum of rewards, each logged separately."""
+
+    name: str = "combined"
+    components: list[Any] = field(default_factory=list)
+    """Each {name, weight, kwargs, label?}, e.g. [{name: math, weight: 1.0}, {name: python, weight: 0.1,
+    kwargs: {fn: "my.mod:format_reward"}}]."""
+
+
+@dataclass
+class DataConfig:
+    """Dataset (``data=...``). Fields other than the three below are exactly the keyword
+    arguments of the dataset builder (one subclass per option)."""
+
+    name: str = "arith"
+    """arith | gsm8k | math | apps | qa | prefs | synthetic_prefs."""
+    system_prompt: Optional[str] = None
+    """System message prepended when the tokenizer has a chat template."""
+    use_chat_template: bool = True
+
+
+@dataclass
+class ArithDataConfig(DataConfig):
+    """Synthetic arithmetic word problems, generated offline (rltrain/data/arith.py)."""
+
+    name: str = "arith"
+    difficulty: int = 1
+    """1 = two-digit addition; 2 = 3-digit ±; 3 = three terms; 4 = with a product; 5 = word problems."""
+    n_train: int = 2000
+    n_test: int = 200
+    seed: int = 0
+    instruction: str = "Give the final answer as \\boxed{N}."
+    """Appended to every question."""
+
+
+@dataclass
+class SyntheticPrefsConfig(ArithDataConfig):
+    """Offline preference pairs from arith: correct worked solution vs a wrong final answer."""
+
+    name: str = "synthetic_prefs"
+
+
+@dataclass
+class FileDataConfig(DataConfig):
+    """Fields shared by datasets read from a hub id or local jsonl/json/parquet files."""
+
+    path: Optional[str] = None
+    """Local training file (jsonl/json/parquet); None = load hub_id."""
+    test_path: Optional[str] = None
+    """Local test file; None = hold out test_fraction of the training rows (or the hub test split)."""
+    test_fraction: float = 0.1
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
+    train_split: str = "train"
+    test_split: Optional[str] = "test"
+    n_train: Optional[int] = None
+    """Use only the first n training rows (None = all)."""
+    n_test: Optional[int] = None
+    seed: int = 0
+
+
+@dataclass
+class GSM8KDataConfig(FileDataConfig):
+    """GSM8K: reference answer after ``####``."""
+
+    name: str = "gsm8k"
+    hub_id: Optional[str] = "openai/gsm8k"
+    hub_config: Optional[str] = "main"
+    question_key: str = "question"
+    answer_key: str = "answer"
+    instruction: str = "Give the final answer as \\boxed{N}."
+
+
+@dataclass
+class MathDataConfig(FileDataConfig):
+    """MATH: the ``answer`` column, else the last ``\\boxed{}`` of the solution."""
+
+    name: str = "math"
+    hub_id: Optional[str] = "DigitalLearningGmbH/MATH-lighteval"
+    question_key: str = "problem"
+    answer_key: str = "answer"
+    solution_key: str = "solution"
+    instruction: str = "Put the final answer within \\boxed{}."
+
+
+@dataclass
+class PreferenceDataConfig(FileDataConfig):
+    """Preference pairs (prompt / chosen / rejected; text or chat messages)."""
+
+    name: str = "preference"
+    prompt_key: str = "prompt"
+    chosen_key: str = "chosen"
+    rejected_key: str = "rejected"
+
+
+@dataclass
+class AppsDataConfig(FileDataConfig):
+    """APPS-format coding problems (question + input_output tests), scored by reward=code."""
+
+    name: str = "apps"
+    hub_id: Optional[str] = "codeparrot/apps"
+    hub_config: Optional[str] = "all"
+    question_key: str = "question"
+    tests_key: str = "input_output"
+    difficulties: Optional[list[str]] = None
+    """Keep only these difficulty levels (e.g. [introductory])."""
+    instruction: str = "Write your solution in Python 3 inside one ```python code block."
+
+
+@dataclass
+class QADataConfig(FileDataConfig):
+    """Free-form question/answer data in any domain (for reward=judge)."""
+
+    name: str = "qa"
+    test_split: Optional[str] = None
+    question_key: str = "question"
+    answer_key: str = "answer"
+    meta_keys: Optional[list[str]] = None
+    """Extra columns kept in Sample.meta."""
+    instruction: str = "Reason briefly, then state your final answer on the last line."
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters through peft (``model.lora.r=16``): only the adapters train; checkpoints and
+    exports hold the merged weights, a plain HF model."""
+
+    r: int = 0
+    """Adapter rank; 0 = full fine-tuning."""
+    alpha: float = 32.0
+    """Scaling numerator: the update is (alpha / r)·B·A."""
+    dropout: float = 0.0
+    """Dropout on the adapter input. Above 0 the training forward differs from the rollout's, so
+    the stored sampling log-probs are no longer the current policy's."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names to adapt (e.g. [q_proj, v_proj]); [all-linear] = every linear layer but the LM head."""
+
+
+@dataclass
+class ModelConfig:
+    """Policy model (``model=...``)."""
+
+    name: str = "smollm2_135m"
+    """smollm2_135m (real, offline) | tiny (random, tests) | hf (any hub id or local dir)."""
+    path: Optional[str] = None
+    """Hub id or local directory (model=hf), or a saved tiny model."""
+    dtype: str = "auto"
+    """Compute dtype: auto (bf16 on a GPU that runs it natively, fp32 on CPUs; see
+    engine/model.py:resolve_dtype) | bf16 (fp32 master weights kept for the optimizer) | fp32."""
+    gradient_checkpointing: bool = False
+    tiny_hidden_size: int = 64
+    tiny_layers: int = 2
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+
+@dataclass
+class DeepSpeedConfig:
+    """DeepSpeed ZeRO stage (``deepspeed=...``)."""
+
+    name: str = "none"
+    """none | zero1 | zero2 | zero3 | zero3_offload."""
+    stage: int = 0
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+
+# --------------------------------------------------------------------------- shared sections
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and global batch semantics (DESIGN.md: per iteration, across all ranks)."""
+
+    steps: int = 10
+    """Optimizer iterations (rollout batches)."""
+    time_budget_s: float = 0.0
+    """Stop early once the summed step time (evaluation excluded) reaches this many seconds; the
+    run then evaluates and checkpoints as after its last step. 0 = off. For equal-wall-time
+    comparisons; the learning-rate schedule still spans ``steps``."""
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 8
+    minibatches_per_step: int = 1
+    """Optimizer steps per rollout batch."""
+    epochs: int = 1
+    """Passes over each rollout batch."""
+    micro_batch_size: int = 16
+    """Sequences per forward pass per rank (memory knob; does not change the loss)."""
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    lr_schedule: str = "constant"
+    """constant | linear | cosine (after warmup)."""
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop_strings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalConfig:
+    """Greedy evaluation on the test split."""
+
+    every: int = 0
+    """Evaluate every N steps (0 = only at start and end)."""
+    size: int = 200
+    max_new_tokens: int = 64
+    at_start: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 0
+    """Save every N steps (0 = only at the end)."""
+    keep: int = 2
+    """Complete checkpoints kept (older ones are deleted)."""
+    save_final: bool = True
+
+
+@dataclass
+class LaunchConfig:
+    nproc_per_node: int = 1
+    """Local worker processes (torch.distributed: gloo on CPU, nccl on GPU)."""
+    threads_per_rank: int = 0
+    """OMP/torch threads per rank; 0 = cores / ranks."""
+    timeout_s: int = 600
+    """A rank that stops answering makes the job exit after this many seconds."""
+
+
+@dataclass
+class LogConfig:
+    console: bool = True
+    """Rich live display (falls back to plain lines when not a terminal)."""
+    tensorboard: bool = False
+
+
+@dataclass
+class RunConfig:
+    """The whole run."""
+
+    algo: AlgoConfig = MISSING
+    token_selection: TokenSelectionConfig = field(default_factory=TokenSelectionConfig)
+    policy_loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    seed: int = 0
+    resume: str = "auto"
+    """auto (continue from the run dir's last complete checkpoint if any) | never | <run dir>."""
+    run_dir: Optional[str] = None
+    """Where outputs go; None = Hydra's output directory."""
