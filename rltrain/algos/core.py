@@ -138,12 +138,16 @@ def masked_whiten(
         mask: same shape; statistics use valid positions only and padding is set to 0.
         eps: added to the variance.
         unbiased: Bessel-corrected variance (SPO/TRL) or population variance (ReaLHF PPO).
-        shift_mean: if False, only scale: ``x·rsqrt(σ² + eps)`` (the mean is kept).
+        shift_mean: if False, the mean is kept: ``(x − μ)·rsqrt(σ² + eps) + μ`` (verl/TRL's
+            meaning of the option).
         moments: optional ``[count, Σx, Σx²]`` of the *whole* batch (``masked_moments`` summed
             over micro-batches and ranks); default: the moments of ``(x, mask)`` itself.
 
     Returns:
-        ``[B, T]`` in ``x.dtype``; all zeros when the batch has no valid position.
+        ``[B, T]`` in ``x.dtype``; all zeros when the batch has no valid position. A set with zero
+        spread (every valid value equal; its variance from the moments is then only rounding,
+        ≤ 64 ulp of E[x²]) gets exactly 0 (μ with ``shift_mean=False``): rsqrt(eps) would
+        otherwise blow its rounding up to ~1e-3 (decision 11).
     """
     m = _bool(mask)
     if moments is None:
@@ -152,11 +156,14 @@ def masked_whiten(
     if count <= 0:
         return torch.zeros_like(x)
     mean = total / count
-    var = (total_sq / count - mean * mean).clamp(min=0.0)
+    second = total_sq / count
+    var = (second - mean * mean).clamp(min=0.0)
+    flat = bool(var <= 64 * torch.finfo(torch.float64).eps * second)  # zero spread up to rounding
     if unbiased and count > 1:
         var = var * count / (count - 1)
     scale = torch.rsqrt(var + eps).to(x.dtype)
-    out = (x - mean.to(x.dtype)) * scale if shift_mean else x * scale
+    centered = torch.zeros_like(x) if flat else (x - mean.to(x.dtype)) * scale
+    out = centered if shift_mean else centered + mean.to(x.dtype)
     return torch.where(m, out, torch.zeros((), dtype=x.dtype, device=x.device))
 
 

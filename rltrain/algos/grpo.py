@@ -42,6 +42,8 @@ def group_advantages(
 ) -> Tensor:
     """GRPO outcome advantage Â_i = (r_i − mean_g r) / (std_g r + eps), or r_i − mean_g r.
 
+    A group (G ≥ 2) whose rewards are all equal gets exactly 0 in every dtype, group size and eps.
+
     Args:
         scores: ``[N]`` rewards, groups contiguous.
         group_size: G, responses per prompt.
@@ -66,6 +68,12 @@ def group_advantages(
     adv = g - mean
     if scale == "std":
         adv = adv / (std + eps)
+    # Decision 11: a group with zero spread gets exactly 0. Its std is exactly 0 while its mean can
+    # be 1 ulp off (all 0.7: g − mean = ±6e-8, then / eps = 0.06 with eps 1e-6, 5.96 with 1e-8).
+    # (A group of one keeps verl's mean 0 / std 1: there is no spread to measure.)
+    if group_size > 1:
+        flat = (g == g[:, :1]).all(dim=1, keepdim=True)  # [NG, 1]
+        adv = torch.where(flat, torch.zeros_like(adv), adv)
     return adv.reshape(-1)
 
 

@@ -211,7 +211,9 @@ def tree_values(parent: Sequence[int] | Tensor, leaf_reward: Tensor) -> tuple[Te
 
     Returns:
         ``(values [M], stds [M])``: V(leaf) = reward and std 0; V(node) = mean of its children's
-        values and std = their population std. Float64.
+        values and std = their population std. Float64. Children that all have the same value give
+        their parent exactly that value (a float mean of equal values can be 1 ulp off, which would
+        leave their edges a nonzero advantage and keep them for training).
     """
     par, children, order = _children(parent)
     rewards = leaf_reward.detach().to(torch.float64).cpu()
@@ -230,6 +232,9 @@ def tree_values(parent: Sequence[int] | Tensor, leaf_reward: Tensor) -> tuple[Te
         if not is_nan:
             raise ValueError(f"tree: internal node {node} has a reward; use NaN for internal nodes")
         kid_values = values[kids]
+        if bool((kid_values == kid_values[0]).all()):  # zero spread: exact, so its edges get exactly 0
+            values[node] = kid_values[0]
+            continue
         values[node] = kid_values.mean()
         stds[node] = kid_values.std(correction=0)
     return values, stds

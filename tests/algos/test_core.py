@@ -48,7 +48,7 @@ def test_masked_var_hand():
 
 def test_masked_whiten_hand():
     """(x − 7/3)·rsqrt(7/3 + eps) on valid positions, 0 on padding; whitened values have masked
-    mean 0 and unbiased variance 1. shift_mean=False only divides by the std."""
+    mean 0 and unbiased variance 1. shift_mean=False adds the mean back (verl/TRL)."""
     w = masked_whiten(X, M)
     s = math.sqrt(7 / 3 + 1e-8)
     expected = torch.tensor([[(1 - 7 / 3) / s, (2 - 7 / 3) / s, 0.0], [(4 - 7 / 3) / s, 0.0, 0.0]])
@@ -58,7 +58,7 @@ def test_masked_whiten_hand():
     pop = masked_whiten(X, M, unbiased=False)
     assert pop[0, 0].item() == pytest.approx((1 - 7 / 3) / math.sqrt(14 / 9), rel=1e-6)
     scaled = masked_whiten(X, M, shift_mean=False)
-    assert scaled[1, 0].item() == pytest.approx(4 / s, rel=1e-6)
+    assert scaled[1, 0].item() == pytest.approx((4 - 7 / 3) / s + 7 / 3, rel=1e-6)
     assert torch.equal(masked_whiten(X, torch.zeros_like(M)), torch.zeros_like(X))
 
 
