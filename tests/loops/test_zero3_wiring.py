@@ -45,7 +45,7 @@ def worker(out: str) -> None:
     from rltrain.cli import compose_or_explain, to_run_config
     from rltrain.config import register_configs
     from rltrain.engine.deepspeed import DeepSpeedActor
-    from rltrain.loops import common as C
+    from rltrain.loops import setup
     from rltrain.rollout import engine, tree
 
     register_configs()
@@ -82,10 +82,10 @@ def worker(out: str) -> None:
         return ref
 
     real_gathered, real_backward = DeepSpeedActor.gathered, DeepSpeedActor.backward
-    real_decode, real_reference = engine.decode_tree, C.build_reference
+    real_decode, real_reference = engine.decode_tree, setup.build_reference
     DeepSpeedActor.gathered, DeepSpeedActor.backward = gathered, backward
     engine.decode_tree = tree.decode_tree = decode
-    C.build_reference = build_reference
+    setup.build_reference = build_reference
     report = {}
     for name, extra in LOOPS.items():
         seen = {"gathers": 0, "backward": 0, "backward_inside": 0, "decode_inside": 0, "decode_outside": 0,
