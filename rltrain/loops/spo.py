@@ -245,7 +245,8 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     update = PolicyUpdate(cfg)
     a = cfg.algo
     start, state = lifecycle.maybe_resume(cfg, ctx.actor)
-    replay = EdgeReplay(a.replay_max_age, a.replay_per_question)
+    # Tree edges are replayed; the chain trains each step's own rollouts (an empty, unused buffer).
+    replay = EdgeReplay(a.replay_max_age, a.replay_per_question) if a.name == "spo_tree" else EdgeReplay(0, 0)
     if state.get("replay"):
         replay.edges = state["replay"]
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
