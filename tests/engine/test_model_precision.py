@@ -3,7 +3,7 @@ import torch
 
 from rltrain.engine.actor import LocalActor, OptimConfig
 from rltrain.engine.model import FP32Head, choose_dtype, cpu_bf16_probe, load_model
-from rltrain.loops.common import response_logprobs
+from rltrain.rollout.forward import response_logprobs
 from rltrain.rollout.engine import SamplingParams, generate
 
 OPT = OptimConfig(lr=1e-3, weight_decay=0.0, betas=(0.9, 0.99), warmup_steps=0, schedule="constant",
