@@ -340,6 +340,9 @@ class EvalConfig:
     size: int = 200
     max_new_tokens: int = 64
     at_start: bool = True
+    cache_base: bool = True
+    """Reuse the untrained model's evaluation from the cache dir when the weights, questions and
+    settings are the same (``loops.eval_cache``); the log says when it is used."""
 
 
 @dataclass

@@ -92,7 +92,8 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                                              temperature=cfg.rollout.temperature or 1.0,
                                              micro_batch_size=cfg.train.micro_batch_size)
             times["time/reference"] = time.time() - t1
-        batch = PGBatch(s.prompt_ids, s.response_ids, s.mask, adv_tok, ref_logp, rollout_entropy=s.entropies)
+        batch = PGBatch(s.prompt_ids, s.response_ids, s.mask, adv_tok, ref_logp, rollout_entropy=s.entropies,
+                        rollout_logp=s.logprobs)
         metrics = update.run(ctx.actor, batch, dist, pad_id=pad, step=step,
                                 generator=episodes.step_generator(cfg.seed + 7, step, 0))  # same on every rank
         metrics.update(episodes.reward_metrics(s, dist))

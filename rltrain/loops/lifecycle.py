@@ -14,7 +14,9 @@ from rltrain.config import RunConfig
 from rltrain.engine.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, save_hf, staging_dir
 from rltrain.engine.dist import Dist
 from rltrain.engine.lora import is_lora, merged_state_dict
+from rltrain.loops import eval_cache
 from rltrain.loops.episodes import rollout_and_score
+from rltrain.report import progress
 from rltrain.rollout import SamplingParams
 from rltrain.types import Sample
 
@@ -52,14 +54,16 @@ def evaluate(module, tokenizer, samples: list[Sample], prompt_ids, reward_fn, cf
                             stop_strings=tuple(cfg.rollout.stop_strings))
     correct = score = length = 0.0
     t0 = time.time()
-    for s in range(0, len(mine), batch_size):
-        idx = mine[s:s + batch_size]
-        sc, _ = rollout_and_score(module, tokenizer, [samples[i] for i in idx], [prompt_ids[i] for i in idx],
-                                  reward_fn, cfg, n=1, generator=torch.Generator().manual_seed(0), params=params)
-        score += float(sc.scores.sum())
-        c = sc.reward.info.get("correct")
-        correct += float(sum(bool(x) for x in c)) if c is not None else float((sc.scores > 0).sum())
-        length += float(sc.lengths.sum())
+    with progress.phase("eval", total=len(mine), unit="questions") as bar:
+        for s in range(0, len(mine), batch_size):
+            idx = mine[s:s + batch_size]
+            sc, _ = rollout_and_score(module, tokenizer, [samples[i] for i in idx], [prompt_ids[i] for i in idx],
+                                      reward_fn, cfg, n=1, generator=torch.Generator().manual_seed(0), params=params)
+            score += float(sc.scores.sum())
+            c = sc.reward.info.get("correct")
+            correct += float(sum(bool(x) for x in c)) if c is not None else float((sc.scores > 0).sum())
+            length += float(sc.lengths.sum())
+            bar.advance(len(idx))
     tot = dist.sum(torch.tensor([correct, score, length, float(len(mine))], dtype=torch.float64))
     n = max(tot[3].item(), 1.0)
     return {"accuracy": tot[0].item() / n, "score": tot[1].item() / n, "length": tot[2].item() / n,
@@ -214,9 +218,29 @@ def initial_eval(cfg: RunConfig, ctx, dist: Dist, logger, start: int) -> dict | 
         return None
     if not cfg.eval.at_start:
         return None
-    before = policy_eval(ctx, cfg, dist)
+    before = cached_base_eval(ctx, cfg, dist)
     if logger:
         logger.event(0, "eval", before)
+    return before
+
+
+def cached_base_eval(ctx, cfg: RunConfig, dist: Dist) -> dict:
+    """``policy_eval`` of the untrained policy through ``loops.eval_cache`` (``eval.cache_base``):
+    every rank must hit for the cached result to be used (a rank that misses would evaluate, and
+    its collectives would wait for the others). ZeRO-3 shards the weights: not cached there."""
+    if not cfg.eval.cache_base or cfg.deepspeed.stage >= 3:
+        return policy_eval(ctx, cfg, dist)
+    settings = {"eval": cfg.eval, "stop_strings": list(cfg.rollout.stop_strings), "reward": cfg.reward,
+                "world_size": dist.world_size, "threads": torch.get_num_threads(), "dtype": cfg.model.dtype}
+    key = eval_cache.eval_key(ctx.actor.module, ctx.test, ctx.test_ids, settings=settings)
+    hit = eval_cache.load(key)
+    if dist.sum(torch.tensor([float(hit is not None)])).item() == dist.world_size:
+        log.info("initial evaluation: the untrained model's result on these %d questions is cached (eval_cache "
+                 "key %s; eval.cache_base=false recomputes it)", hit.get("n", 0), key[:12])
+        return {**hit, "cached": 1}
+    before = policy_eval(ctx, cfg, dist)
+    if dist.is_main:
+        eval_cache.store(key, before, source=str(cfg.run_dir))
     return before
 
 

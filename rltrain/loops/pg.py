@@ -18,11 +18,13 @@ from dataclasses import dataclass
 import torch
 
 from rltrain.algos import core, registry
+from rltrain.algos.correction import mismatch_metrics
 from rltrain.algos.objective import pg_objective
 from rltrain.config import RunConfig, option_kwargs
 from rltrain.engine.dist import Dist
 from rltrain.loops.lifecycle import Metrics, chunks, entropy_stats, finite_or_raise
-from rltrain.rollout.forward import batched_logprobs, response_logprobs
+from rltrain.rollout.forward import _unique_prompts, batched_logprobs, response_logprobs
+from rltrain.rollout.tree_forward import tree_response_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +41,33 @@ class PGBatch:
     old_logp: torch.Tensor | None = None  # [N, T] π_old, when the caller already computed it (PPO)
     old_entropy: torch.Tensor | None = None  # [N, T], with old_logp
     rollout_entropy: torch.Tensor | None = None  # [N, T] entropy at sampling time (for logging)
+    rollout_logp: torch.Tensor | None = None  # [N, T] the sampler's log-probs (rollout/trainer mismatch metrics)
+    tree_levels: int = 0  # > 1: rows are SPO-tree edges; run each on its parent edge's KV (rollout.tree_forward)
+    families: torch.Tensor | None = None  # [N] long: rows to keep in one micro-batch where they fit (a tree's edges)
+    tree_lengths: torch.Tensor | None = None  # [N] segment lengths for the tree forward; a row with length > 0 and
+    # no valid token is a carrier: it runs (its KV serves the rows below it) but has no loss
 
 
-def micro_batches(rows: torch.Tensor, skip: torch.Tensor, size: int, dist) -> list:
+def _packed(keep: torch.Tensor, families: torch.Tensor | None, size: int) -> list[torch.Tensor]:
+    """Chunks of ``keep`` of at most ``size`` rows; with ``families``, consecutive rows of one family
+    stay together while they fit (a family larger than ``size`` is split)."""
+    if families is None:
+        return [keep[list(mb)] for mb in chunks(len(keep), size)]
+    out, cur = [], []
+    for fam in torch.unique_consecutive(families[keep], return_counts=True)[1].tolist():
+        rows, keep = keep[:fam].tolist(), keep[fam:]
+        while rows:
+            if cur and len(cur) + min(len(rows), size) > size:
+                out.append(torch.tensor(cur, dtype=torch.long))
+                cur = []
+            take = size - len(cur)
+            cur, rows = cur + rows[:take], rows[take:]
+    if cur:
+        out.append(torch.tensor(cur, dtype=torch.long))
+    return out
+
+
+def micro_batches(rows: torch.Tensor, skip: torch.Tensor, size: int, dist, families=None) -> list:
     """This rank's micro-batches of minibatch ``rows``: ``(row indices, real)``; ``real`` False
     for a stand-in (its loss is multiplied by 0).
 
@@ -51,7 +77,7 @@ def micro_batches(rows: torch.Tensor, skip: torch.Tensor, size: int, dist) -> li
     forward and backward are collectives): every rank runs as many micro-batches as the busiest one.
     """
     keep = rows[~skip[rows]]
-    out = [(keep[list(mb)], True) for mb in chunks(len(keep), size)]
+    out = [(mb, True) for mb in _packed(keep, families, size)]
     want = max(1, len(out))
     if dist is not None:
         want = int(dist.max(torch.tensor([float(want)])).item())
@@ -137,6 +163,15 @@ class PolicyUpdate:
                     "method acts on a handful of tokens at this batch size (raise policy_loss.select_ratio or the "
                     "batch)", self.loss_name, ratio, n_tokens, max(int(ratio * n_tokens), 1))
 
+    @staticmethod
+    def mismatch(pairs: list, dist: Dist) -> dict:
+        """``mismatch/*`` metrics over every rank's (sampler, trainer) log-prob pairs of valid tokens."""
+        roll = torch.cat([core.flatten_valid(r.float(), mk) for r, _, mk in pairs]) if pairs else torch.zeros(0)
+        train = torch.cat([core.flatten_valid(t.float(), mk) for _, t, mk in pairs]) if pairs else torch.zeros(0)
+        roll, train = dist.gather_cat(roll), dist.gather_cat(train)  # [N_global]
+        ones = torch.ones(1, roll.numel(), dtype=torch.bool)
+        return {f"mismatch/{k}": float(v) for k, v in mismatch_metrics(roll[None], train[None], ones).items()}
+
     def run(self, actor, batch: PGBatch, dist: Dist, *, pad_id: int, step: int, generator: torch.Generator,
             early_stop_ratio: float = 0.0) -> dict:
         """Train the actor on one step's batch; returns metrics (reduced across ranks).
@@ -160,10 +195,17 @@ class PolicyUpdate:
         m = Metrics()
         m.add("actor/token_select_frac", (select.sum() / mask.sum().clamp(min=1)).item(), mask.sum().item())
         skip = self.skippable_rows(batch, mask, early_stop_ratio)
+        if batch.tree_lengths is not None:  # carriers are never skipped
+            skip &= ~((batch.tree_lengths > 0) & ~mask.any(1))
         m.add("actor/skipped_rows_frac", float(skip.float().mean()) if N else 0.0, float(N))
         # Entropy for logging: the rollout's (all rows, no extra work) unless the update computes it.
         log_ent = old_ent if old_ent is not None else batch.rollout_entropy
         all_ent = []
+        tokens: dict = {}  # tokens through the model in the update ("tokens"), and what the plain forward would take
+        # Rollout vs trainer: the trainer's log-probs of the sampled tokens under the sampling policy
+        # (π_old when computed, else the first minibatch's forwards, before any optimizer step).
+        pairs = [] if batch.rollout_logp is None else (
+            [(batch.rollout_logp, old_logp, mask)] if old_logp is not None else [])
         M = self.minibatches
         for epoch in range(self.epochs):
             for k in range(M):
@@ -174,13 +216,24 @@ class PolicyUpdate:
                 skipped_tokens = mask[rows][skip[rows]].sum().item()
                 if skipped_tokens:  # their loss is exactly 0: keep the logged mean over all tokens
                     m.add("actor/pg_loss", 0.0, skipped_tokens)
-                for idx, real in micro_batches(rows, skip, self.micro, actor.collective):
+                for idx, real in micro_batches(rows, skip, self.micro, actor.collective, batch.families):
                     # step 4: forward and objective of one micro-batch
-                    width = max(1, int(mask[idx].sum(1).max()))  # this micro-batch's longest response
+                    lens = batch.tree_lengths[idx] if batch.tree_lengths is not None else mask[idx].sum(1)
+                    width = max(1, int(lens.max()))  # this micro-batch's longest response
                     p_ids = [batch.prompt_ids[i] for i in idx.tolist()]
                     want_ent = self.entropy_coef != 0 or (log_ent is None and epoch == 0)
-                    logp, ent = response_logprobs(actor.module, p_ids, batch.response_ids[idx, :width],
-                                                  pad_id=pad_id, temperature=self.temp, with_entropy=want_ent)
+                    if batch.tree_levels > 1:  # SPO-tree edges on their parents' KV cache
+                        logp, ent = tree_response_logprobs(
+                            actor.module, p_ids, batch.response_ids[idx, :width],
+                            (batch.tree_lengths[idx] if batch.tree_lengths is not None else mask[idx].sum(1)).clamp(min=1),
+                            pad_id=pad_id, temperature=self.temp, levels=batch.tree_levels, with_entropy=want_ent,
+                            stats=tokens)
+                    else:
+                        logp, ent = response_logprobs(actor.module, p_ids, batch.response_ids[idx, :width],
+                                                      pad_id=pad_id, temperature=self.temp, with_entropy=want_ent)
+                    if real:
+                        tokens["plain"] = tokens.get("plain", 0) + sum(map(len, _unique_prompts(p_ids)[0])) \
+                            + int(mask[idx].sum())
                     mk = mask[idx, :width]
                     loss, lm = pg_objective(
                         logp, old_logp[idx, :width] if old_logp is not None else logp.detach(),
@@ -193,6 +246,8 @@ class PolicyUpdate:
                         kl_num_seqs=kl_counts[1], entropy=ent, entropy_coef=self.entropy_coef,
                         early_stop_ratio=early_stop_ratio)
                     finite_or_raise(loss, step)
+                    if batch.rollout_logp is not None and old_logp is None and epoch == 0 and k == 0:
+                        pairs.append((batch.rollout_logp[idx, :width], logp.detach(), mk if real else torch.zeros_like(mk)))
                     # step 5: backward (a stand-in's gradient is zero) and token-weighted metrics
                     actor.backward(loss if real else loss * 0.0)
                     if ent is not None and epoch == 0:  # entropy_stats is collective: stand-ins join, masked
@@ -209,6 +264,11 @@ class PolicyUpdate:
                 m.add("actor/grad_norm", actor.step())
         out = m.reduce(dist)
         out["actor/pg_loss"] = out.get("actor/pg_loss", 0.0)
+        if batch.rollout_logp is not None:
+            out.update(self.mismatch(pairs, dist))
+        if batch.tree_levels > 1:
+            n = dist.sum(torch.tensor([float(tokens.get("tokens", 0)), float(tokens.get("plain", 0))]))
+            out["perf/update_tokens"], out["perf/update_tokens_plain"] = n[0].item(), n[1].item()
         if log_ent is not None:
             out.update(entropy_stats(log_ent, mask, dist))
         elif all_ent:

@@ -233,7 +233,7 @@ def ppo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
     # Actor (after the critic warm-up), critic, reference EMA, KL controller.
     if step >= a.critic_warmup_steps:
         batch = PGBatch(s.prompt_ids, s.response_ids, mask, adv, None if a.kl_in_reward else ref_logp,
-                        old_logp=old_logp, old_entropy=old_ent)
+                        old_logp=old_logp, old_entropy=old_ent, rollout_logp=s.logprobs)
         metrics.update(ctx.update.run(ctx.actor, batch, dist, pad_id=pad, step=step,
                                      generator=episodes.step_generator(cfg.seed + 7, step, 0),
                                      early_stop_ratio=a.early_stop_ratio))

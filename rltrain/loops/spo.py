@@ -43,6 +43,7 @@ from rltrain.engine.model import eos_token_ids
 from rltrain.loops import episodes, lifecycle, setup
 from rltrain.rollout import forward
 from rltrain.loops.pg import PGBatch, PolicyUpdate
+from rltrain.report import progress
 from rltrain.report.logger import RunLogger
 from rltrain.rewards.base import score_safely
 from rltrain.rollout import SamplingParams, generate
@@ -108,20 +109,27 @@ def chain_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
                 states[key] = len(state_rows)
                 state_rows.append((i, c))
     values = torch.zeros(len(state_rows))
-    mc_tokens = 0
+    mc_tokens = mc_used = 0
     first_state = global_offset(len(state_rows), dist)  # continuations keyed by the global state index
     if state_rows:
         prefixes = [list(k) for k in states]
         budget = cfg.rollout.max_new_tokens
-        ro = generate(ctx.actor.module, prefixes, _params(cfg, a.mc_rollouts, budget),
-                      eos_token_ids=eos_token_ids(ctx.actor.module, ctx.tok), pad_token_id=pad, tokenizer=ctx.tok,
-                      generator=episodes.rollout_generator(cfg.seed + 13, step), first_prompt_index=first_state)
+        # Each cut state's continuations get only the budget left after it: nothing is generated past
+        # the response cap (the tokens are the same as generating further and cutting, see generate()).
+        caps = [max(budget - (c + 1), 1) for _, c in state_rows]
+        with progress.phase("mc_values", total=len(state_rows), unit="cut states") as bar:
+            ro = generate(ctx.actor.module, prefixes, _params(cfg, a.mc_rollouts, budget),
+                          eos_token_ids=eos_token_ids(ctx.actor.module, ctx.tok), pad_token_id=pad, tokenizer=ctx.tok,
+                          generator=episodes.rollout_generator(cfg.seed + 13, step), first_prompt_index=first_state,
+                          max_new_per_prompt=caps)
+            bar.advance(len(state_rows))
         texts, seq_samples = [], []
         for j in range(len(ro.lengths)):
             row, c = state_rows[int(ro.prompt_index[j])]
             left = budget - (c + 1)  # the continuation may not run past the original response cap
             cont = ro.response_ids[j, : min(int(ro.lengths[j]), max(left, 0))].tolist()
             mc_tokens += int(ro.lengths[j])
+            mc_used += len(cont)
             full = s.response_ids[row, : c + 1].tolist() + cont
             texts.append(ctx.tok.decode(full, skip_special_tokens=True))
             seq_samples.append(s.samples[row])
@@ -135,7 +143,7 @@ def chain_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
     times["time/mc_values"] = time.time() - t0
     stats = {"spo/segments_mean": sum(len(c) + 1 for c in cuts) / max(len(cuts), 1),
              "spo/cut_states": len(state_rows), "spo/value_mean": float(values.mean()) if len(values) else 0.0,
-             "spo/mc_tokens": mc_tokens}
+             "spo/mc_tokens": mc_tokens, "spo/mc_tokens_used": mc_used}
     return s, adv, old_logp, old_ent, times, stats
 
 
@@ -152,6 +160,9 @@ class Edge:
     response_ids: list[int]
     advantage: float
     old_logp: torch.Tensor | None = None  # [len(response)], filled when the edge is added
+    branch: int = -1  # the depth-1 node this edge lies under (its own child for a depth-1 edge)
+    parent_len: int = -1  # where the parent edge's segment starts in prompt_ids (-1: the parent is the root)
+    carrier: bool = False  # only carries its segment's KV for the edges below it (no loss)
 
 
 class EdgeReplay:
@@ -213,8 +224,14 @@ def tree_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
         n_nodes += len(tree)
         for c, v in zip(children.tolist(), adv.tolist()):
             parent_resp = tree.response_ids(tree.parent[c])
+            top = c
+            while tree.parent[top] > 0:  # up to the root's child
+                top = tree.parent[top]
+            p = tree.parent[c]
+            parent_len = len(tree.prompt_ids) + len(tree.response_ids(tree.parent[p])) if p > 0 else -1
             new_edges.append(Edge(question=samples[ti].id, step=step, prompt_ids=tree.prompt_ids + parent_resp,
-                                  response_ids=list(tree.token_ids[c]), advantage=v))
+                                  response_ids=list(tree.token_ids[c]), advantage=v, branch=top,
+                                  parent_len=parent_len))
     gen_tokens = sum(len(tok) for tr in trees for tok in tr.token_ids)
     correct = out.info.get("correct")
     stats = {"reward/mean": sum(out.scores) / max(len(out.scores), 1),
@@ -225,6 +242,44 @@ def tree_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
     if correct is not None:
         stats["reward/accuracy"] = sum(bool(c) for c in correct) / max(len(correct), 1)
     return new_edges, {"time/rollout": t1 - t0, "time/reward": t2 - t1}, stats
+
+
+def with_carriers(edges: list[Edge]) -> list[Edge]:
+    """``edges`` (grouped by (question, step, branch)) with a carrier in front of each group whose
+    depth-1 edge is absent (its advantage was 0, or replay drew it another step) while edges below
+    it are present: the carrier's segment is encoded once for them (no loss, no gradient of its
+    own beyond what flows through the shared KV), instead of once per edge inside its context."""
+    out: list[Edge] = []
+    i = 0
+    while i < len(edges):
+        j = i
+        key = (edges[i].question, edges[i].step, edges[i].branch)
+        while j < len(edges) and (edges[j].question, edges[j].step, edges[j].branch) == key:
+            j += 1
+        group = edges[i:j]
+        child = next((e for e in group if e.parent_len >= 0), None)
+        if child is not None and all(e.parent_len >= 0 for e in group):
+            ctx, seg = child.prompt_ids[: child.parent_len], child.prompt_ids[child.parent_len:]
+            out.append(Edge(child.question, child.step, list(ctx), list(seg), 0.0, torch.zeros(len(seg)),
+                            branch=child.branch, carrier=True))
+        out.extend(group)
+        i = j
+    return out
+
+
+def unique_tokens(prompt_ids: list[list[int]], resp: torch.Tensor, mask: torch.Tensor) -> int:
+    """Distinct token positions of the sequences ``context + response`` (the size of their prefix
+    trie): for a tree's edges, the prompt plus every segment, each once."""
+    root: dict = {}
+    n = 0
+    for p, r, m in zip(prompt_ids, resp.tolist(), mask.sum(1).long().tolist()):
+        node = root
+        for tok in list(p) + r[:m]:
+            if tok not in node:
+                node[tok] = {}
+                n += 1
+            node = node[tok]
+    return n
 
 
 def edges_to_batch(edges: list[Edge], pad: int):
@@ -275,11 +330,16 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                     for e, row in zip(edges, lp):
                         e.old_logp = row[: len(e.response_ids)].clone()
             drawn = replay.draw(new, step, episodes.step_generator(cfg.seed + 29, step, dist.rank))
+            # A depth-1 edge and the edges below it run on one KV cache: keep them together (stable order).
+            drawn = sorted(drawn, key=lambda e: (e.question, e.step, e.branch))
             stats["tree/edges_trained"] = lifecycle.global_count(len(drawn), dist)
+            drawn = with_carriers(drawn)
             stand_in = not drawn  # this rank has nothing to learn (its leaves all scored alike)
             if stand_in:  # one fully masked edge keeps its passes in step with the other ranks
                 drawn = [Edge("", step, [pad], [pad], 0.0, torch.zeros(1))]
             prompt_ids, resp, mask, adv = edges_to_batch(drawn, pad)
+            tree_lengths = mask.sum(1).long()  # [E] real segment lengths, carriers included
+            mask[torch.tensor([e.carrier for e in drawn], dtype=torch.bool)] = 0.0
             if stand_in:
                 mask = torch.zeros_like(mask)
             old_logp = _pad_rows([e.old_logp.tolist() for e in drawn], 0.0).float()
@@ -301,7 +361,21 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
             ref_logp, _ = forward.batched_logprobs(ctx.ref, prompt_ids, resp, pad_id=pad, temperature=temp,
                                              micro_batch_size=cfg.train.micro_batch_size)
             times["time/reference"] = time.time() - t1
-        batch = PGBatch(prompt_ids, resp, mask, adv, ref_logp, old_logp=old_logp, old_entropy=old_ent)
+        stats["spo/zero_adv_token_frac"] = float(((adv == 0) & keep).sum()) / max(float(keep.sum()), 1.0)
+        if a.name == "spo_chain":
+            batch = PGBatch(prompt_ids, resp, mask, adv, ref_logp, old_logp=old_logp, old_entropy=old_ent,
+                            rollout_logp=s.logprobs)
+        else:  # edges on their parents' KV cache; a tree's edges share micro-batches where they fit
+            # A whole tree in one micro-batch where it fits (its prompt encoded once), else its branches.
+            per_tree: dict[tuple[str, int], int] = {}
+            for e in drawn:
+                per_tree[(e.question, e.step)] = per_tree.get((e.question, e.step), 0) + 1
+            family: dict[tuple, int] = {}
+            fam = torch.tensor([family.setdefault((e.question, e.step) if per_tree[(e.question, e.step)] <= t.micro_batch_size
+                                                  else (e.question, e.step, e.branch), len(family)) for e in drawn])
+            batch = PGBatch(prompt_ids, resp, mask, adv, ref_logp, old_logp=old_logp, old_entropy=old_ent,
+                            tree_levels=len(a.branching), families=fam, tree_lengths=tree_lengths)
+            stats["perf/tree_unique_tokens"] = lifecycle.global_count(float(unique_tokens(prompt_ids, resp, mask)), dist)
         metrics = update.run(ctx.actor, batch, dist, pad_id=pad, step=step,
                                 generator=episodes.step_generator(cfg.seed + 7, step, 0))
         metrics.update(stats)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from rltrain.algos.core import logprobs_from_logits, token_entropy
+from rltrain.rollout.decode import cache_kwarg, output_cache
 
 
 def collective(module):
@@ -85,13 +86,13 @@ def response_logits(model, prompt_ids, response_ids, *, pad_id: int) -> torch.Te
         p_attn[i, P - len(p):] = 1
     p_pos = (p_attn.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=p_attn, position_ids=p_pos, logits_to_keep=1, use_cache=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     for layer in cache.layers:  # prompt KV [U, ...] → one row per sequence [B, ...], autograd intact
         layer.batch_select_indices(row_of)
     first = out.logits[row_of]  # [B, 1, V]: the prompt's last position predicts response token 0
     attn = torch.cat([p_attn[row_of], torch.ones_like(response_ids)], dim=1)  # [B, P + T]
     pos = p_attn.sum(-1)[row_of, None] + torch.arange(T)  # [B, T] responses continue each prompt's positions
-    out = model(input_ids=response_ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+    out = model(input_ids=response_ids, attention_mask=attn, position_ids=pos, **{cache_kwarg(model): cache},
                 logits_to_keep=T, use_cache=True)
     return torch.cat([first, out.logits[:, :-1]], dim=1)
 

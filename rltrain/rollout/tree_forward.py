@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from rltrain.algos.core import logprobs_from_logits, token_entropy
+from rltrain.rollout.decode import cache_kwarg, output_cache
 from rltrain.rollout.forward import _unique_prompts, collective, response_logits
 
 
@@ -76,7 +77,7 @@ def tree_response_logits(model, prompt_ids, response_ids, lengths, *, pad_id: in
         p_attn[u, P - len(p):] = 1
     out = model(input_ids=ids, attention_mask=p_attn, position_ids=(p_attn.cumsum(-1) - 1).clamp(min=0),
                 logits_to_keep=1, use_cache=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     # State of the current level's rows: which cache row each continues, the mask of the cache
     # columns, the position of its first token and the logits that predict it.
     sel = row_of  # [B_k] cache row of each row of this level
@@ -95,7 +96,7 @@ def tree_response_logits(model, prompt_ids, response_ids, lengths, *, pad_id: in
             layer.batch_select_indices(sel)
         attn = torch.cat([attn_past, torch.ones((n, Tk), dtype=torch.long)], dim=1)  # [B_k, L + Tk]
         pos = next_pos[:, None] + torch.arange(Tk)  # [B_k, Tk]
-        out = model(input_ids=response_ids[idx, :Tk], attention_mask=attn, position_ids=pos, past_key_values=cache,
+        out = model(input_ids=response_ids[idx, :Tk], attention_mask=attn, position_ids=pos, **{cache_kwarg(model): cache},
                     logits_to_keep=Tk, use_cache=True)
         logits = torch.cat([first[:, None], out.logits[:, :-1]], dim=1)  # [B_k, Tk, V]
         pieces.append(torch.nn.functional.pad(logits, (0, 0, 0, T - Tk)))

@@ -65,12 +65,18 @@ def _run(args, run_dir):
 def test_spo_tree_learns_toy_reward(tmp_path):
     rows = _run(TINY + ["algo=spo_tree", "algo.branching=[4,4]", "algo.segment_len=4", "rollout.max_new_tokens=8",
                         "algo.replay_max_age=0", "algo.prob_mask=false", "train.prompts_per_step=4",
-                        "train.steps=10"], tmp_path)
+                        "train.micro_batch_size=32", "train.steps=10"], tmp_path)
     steps = [r for r in rows if "event" not in r]
     assert len(steps) == 10
     # 4 children per node, 2 depths: at most 1 + 4 + 16 nodes per tree, 16 leaves
     assert all(r["tree/nodes"] <= 21 and r["tree/leaves"] <= 16 for r in steps)
     assert all(r["tree/edges_new"] > 0 for r in steps[:3])
+    # The update runs each edge on its parent's KV cache: the tokens through the model are about the
+    # trees' unique tokens, not the sum over root-to-leaf contexts (what the plain forward would take).
+    trained = [r for r in steps if r["tree/edges_trained"] > 0]
+    assert trained and all(r["perf/update_tokens"] <= 1.2 * r["perf/tree_unique_tokens"] for r in trained), \
+        [(r["perf/update_tokens"], r["perf/tree_unique_tokens"]) for r in trained]
+    assert all(r["perf/update_tokens_plain"] > 1.3 * r["perf/update_tokens"] for r in trained)
     first = sum(r["reward/mean"] for r in steps[:2]) / 2
     last = sum(r["reward/mean"] for r in steps[-2:]) / 2
     assert last > 0.5 and last > 2 * first, (first, last)
@@ -82,6 +88,9 @@ def test_spo_chain_learns_toy_reward(tmp_path):
                         "train.steps=10"], tmp_path)
     steps = [r for r in rows if "event" not in r]
     assert all(r["spo/cut_states"] > 0 for r in steps)
+    # MC continuations stop at the budget left after their cut state: nothing generated is thrown away.
+    assert all(r["spo/mc_tokens"] <= 1.05 * r["spo/mc_tokens_used"] for r in steps)
+    assert all("mismatch/abs_dlogp_mean" in r and r["mismatch/abs_dlogp_mean"] < 1e-3 for r in steps)  # fp32 tiny
     first = sum(r["reward/mean"] for r in steps[:2]) / 2
     last = sum(r["reward/mean"] for r in steps[-2:]) / 2
     assert last > 0.5 and last > 2 * first, (first, last)
