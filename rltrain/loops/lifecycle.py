@@ -244,6 +244,20 @@ def cached_base_eval(ctx, cfg: RunConfig, dist: Dist) -> dict:
     return before
 
 
+def mismatch_rows(run_dir: str) -> list[tuple[str, str, str]]:
+    """Summary rows for the rollout↔trainer mismatch: first and last logged step."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    steps = [r for r in rows if "mismatch/abs_dlogp_mean" in r]
+    if not steps:
+        return []
+    a, b = steps[0], steps[-1]
+    return [("rollout↔trainer mean |Δlogp| (first, last step)", f"{a['mismatch/abs_dlogp_mean']:.2e}",
+             f"{b['mismatch/abs_dlogp_mean']:.2e}"),
+            ("rollout↔trainer max ratio (first, last step)", f"{a['mismatch/ratio_max']:.3f}",
+             f"{b['mismatch/ratio_max']:.3f}")]
+
+
 def final_eval(cfg: RunConfig, ctx, dist: Dist, logger, before: dict | None, step: int | None = None) -> dict:
     """Greedy held-out evaluation after training (after ``step``; default ``train.steps``), the
     summary table, and the run's result."""
@@ -252,6 +266,7 @@ def final_eval(cfg: RunConfig, ctx, dist: Dist, logger, before: dict | None, ste
         logger.event(cfg.train.steps if step is None else step, "eval", after)
         fmt = lambda d, k, f: f.format(d[k]) if d else "-"  # noqa: E731
         logger.summary([("held-out accuracy (greedy)", fmt(before, "accuracy", "{:.1%}"), f"{after['accuracy']:.1%}"),
-                        ("mean response length", fmt(before, "length", "{:.1f}"), f"{after['length']:.1f}")])
+                        ("mean response length", fmt(before, "length", "{:.1f}"), f"{after['length']:.1f}")]
+                       + mismatch_rows(cfg.run_dir))
         logger.close()
     return {"eval_before": before, "eval_after": after, "run_dir": cfg.run_dir}

@@ -26,6 +26,7 @@ from rltrain.report import progress as progress_mod
 HEADLINE = [
     ("reward/mean", "reward"), ("reward/accuracy", "acc"), ("actor/kl", "kl"), ("actor/entropy", "entropy"),
     ("actor/clipfrac", "clip"), ("response/length_mean", "len"), ("perf/tokens_per_s", "tok/s"),
+    ("mismatch/abs_dlogp_mean", "|Δlogp|"),
     ("critic/value_loss", "v_loss"), ("critic/explained_var", "expl_var"),
     ("dpo/loss", "dpo_loss"), ("rewards/accuracy", "pref_acc"), ("rewards/margin", "margin"),
     ("sft/nll", "nll"),
