@@ -154,6 +154,8 @@ def test_spo_chain_and_tree_have_their_own_schemas():
     (["policy_loss=kl_cov", "policy_loss.select_ratio=1.5"], "policy_loss.select_ratio"),
     (["policy_loss=clip", "policy_loss.dual_clip=0.5"], "policy_loss.dual_clip"),
     (["token_selection=prob_mask", "token_selection.threshold=0"], "token_selection.threshold"),
+    (["algo=spo_chain", "algo.mask_denominator=selected"], "algo.mask_denominator"),
+    (["algo=grpo", "algo.adv_whiten=per_minibatch"], "algo.adv_whiten"),
 ])
 def test_ratios_and_clips_are_range_checked_with_the_key(over, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -48,6 +48,9 @@ class GRPOConfig(AlgoConfig):
     """DAPO overlong shaping: length of the soft-penalty buffer L_cache in tokens (0 = off)."""
     overlong_factor: float = 1.0
     """DAPO overlong shaping: penalty factor."""
+    adv_whiten: str = "none"
+    """Whiten the group advantages over all valid tokens of the step (across ranks): batch | none.
+    ``batch`` is what SPO's code does for its GRPO baseline; use it to compare both under one recipe."""
 
 
 @dataclass
@@ -104,6 +107,9 @@ class SPOConfig(AlgoConfig):
     """batch (across ranks) | per_minibatch (SPO code) | none."""
     prob_mask: bool = True
     """Zero the advantage of tokens sampled with probability ≥ cut_threshold (SPO §4.4)."""
+    mask_denominator: str = "kept"
+    """With the probability mask: the loss (and KL) averages over the kept tokens (kept, the official
+    code's denominator) or over all valid response tokens (all; a per-step scale of ~0.55-0.6 here)."""
 
 
 @dataclass

@@ -91,6 +91,7 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
                 f"{t.micro_batch_size} does not divide (gradient accumulation must be whole)")
     if isinstance(a, GRPOConfig):
         _choice("algo.adv_scale", a.adv_scale, ["std", "none"])
+        _choice("algo.adv_whiten", a.adv_whiten, ["batch", "none"])
         _choice("algo.std_ddof", str(a.std_ddof), ["0", "1"])
         if t.samples_per_prompt < 2 and a.adv_scale == "std":
             raise ConfigError("algo=grpo needs train.samples_per_prompt ≥ 2 (group-normalised advantages)")
@@ -116,6 +117,7 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
                               f"evenly over {world_size} ranks")
     if isinstance(a, SPOConfig):
         _choice("algo.adv_whiten", a.adv_whiten, ["batch", "per_minibatch", "none"])
+        _choice("algo.mask_denominator", a.mask_denominator, ["kept", "all"])
         if not 0 < a.cut_threshold <= 1:
             raise ConfigError(f"algo.cut_threshold={a.cut_threshold} must be in (0, 1]")
     if isinstance(a, SPOChainConfig):

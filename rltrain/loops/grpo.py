@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from rltrain.algos import core
 from rltrain.algos.grpo import dynamic_sampling_keep, group_advantages, overlong_penalty
 from rltrain.config import RunConfig
 from rltrain.engine.dist import Dist
@@ -85,6 +86,9 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         adv = group_advantages(s.scores, cfg.train.samples_per_prompt, scale=cfg.algo.adv_scale,
                                eps=cfg.algo.adv_eps, std_ddof=cfg.algo.std_ddof)  # [N]
         adv_tok = adv[:, None].expand_as(s.mask).contiguous()  # [N, T]
+        if cfg.algo.adv_whiten == "batch":  # SPO's recipe, for comparing both under one trainer
+            valid = s.mask.bool()
+            adv_tok = core.masked_whiten(adv_tok, valid, moments=dist.sum(core.masked_moments(adv_tok, valid)))
         ref_logp = None
         if ctx.ref is not None:
             t1 = time.time()

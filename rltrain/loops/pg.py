@@ -233,7 +233,7 @@ class PolicyUpdate:
                                                       pad_id=pad_id, temperature=self.temp, with_entropy=want_ent)
                     if real:
                         tokens["plain"] = tokens.get("plain", 0) + sum(map(len, _unique_prompts(p_ids)[0])) \
-                            + int(mask[idx].sum())
+                            + int(lens.sum())
                     mk = mask[idx, :width]
                     loss, lm = pg_objective(
                         logp, old_logp[idx, :width] if old_logp is not None else logp.detach(),

@@ -267,12 +267,12 @@ def with_carriers(edges: list[Edge]) -> list[Edge]:
     return out
 
 
-def unique_tokens(prompt_ids: list[list[int]], resp: torch.Tensor, mask: torch.Tensor) -> int:
+def unique_tokens(prompt_ids: list[list[int]], resp: torch.Tensor, lengths: torch.Tensor) -> int:
     """Distinct token positions of the sequences ``context + response`` (the size of their prefix
     trie): for a tree's edges, the prompt plus every segment, each once."""
     root: dict = {}
     n = 0
-    for p, r, m in zip(prompt_ids, resp.tolist(), mask.sum(1).long().tolist()):
+    for p, r, m in zip(prompt_ids, resp.tolist(), lengths.long().tolist()):
         node = root
         for tok in list(p) + r[:m]:
             if tok not in node:
@@ -355,6 +355,8 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         stats["spo/adv_abs_mean"] = float(core.masked_mean(adv.abs(), keep))
         if a.adv_whiten != "none":
             adv = whiten(adv, keep, dist)
+        if a.prob_mask and a.mask_denominator == "kept":  # the official denominator: kept tokens only
+            mask = keep.float()
         ref_logp = None
         if ctx.ref is not None:
             t1 = time.time()
@@ -375,7 +377,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                                                   else (e.question, e.step, e.branch), len(family)) for e in drawn])
             batch = PGBatch(prompt_ids, resp, mask, adv, ref_logp, old_logp=old_logp, old_entropy=old_ent,
                             tree_levels=len(a.branching), families=fam, tree_lengths=tree_lengths)
-            stats["perf/tree_unique_tokens"] = lifecycle.global_count(float(unique_tokens(prompt_ids, resp, mask)), dist)
+            stats["perf/tree_unique_tokens"] = lifecycle.global_count(float(unique_tokens(prompt_ids, resp, tree_lengths)), dist)
         metrics = update.run(ctx.actor, batch, dist, pad_id=pad, step=step,
                                 generator=episodes.step_generator(cfg.seed + 7, step, 0))
         metrics.update(stats)
