@@ -23,6 +23,9 @@ name; what differs between entries is described by data on the entry (``select``
        clip       options: clip_low, clip_high, dual_clip
        clip_cov   options: clip_low, clip_high, cov_low, cov_high, select_ratio, scope
        kl_cov     options: select_ratio, kl_coef, scope
+       gspo       options: clip_low, clip_high, level (sequence | token)     (pg_losses)
+       cispo      options: clip_low, clip_high                               (pg_losses)
+       sapo       options: tau_pos, tau_neg                                  (pg_losses)
    ``mask`` is the *response* mask (all valid tokens); token selection is applied afterwards.
    Metrics: ratio_mean, ratio_max, approx_kl (every loss), clipfrac (clip, clip_cov),
    selected_frac (clip_cov, kl_cov) — over this call's valid tokens (weight by the micro-batch's
@@ -75,7 +78,7 @@ import torch
 from torch import Tensor
 
 from rltrain.algos import entropy as entropy_mod
-from rltrain.algos import grpo, ppo, select, spo
+from rltrain.algos import grpo, pg_losses, ppo, select, spo
 from rltrain.algos.core import _bool, masked_mean
 
 SCOPES = ("batch", "micro_batch")
@@ -352,7 +355,46 @@ def kl_cov_pool_select(
     return entropy_mod.kl_cov_select(logp, advantages, mask, select_ratio=select_ratio)
 
 
+def _no_selection(name: str, selected: Tensor | None) -> None:
+    if selected is not None:
+        raise ValueError(f"policy loss {name!r} selects no tokens; do not pass `selected`")
+
+
+def gspo_policy_loss(logp, old_logp, advantages, mask, *, clip_low: float, clip_high: float, level: str = "sequence",
+                     selected=None, generator=None):
+    """GSPO (``pg_losses.gspo_loss``): sequence-level ratio; ``clipfrac`` = fraction of clipped sequences."""
+    _no_selection("gspo", selected)
+    loss, clipped = pg_losses.gspo_loss(logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high,
+                                        level=level)
+    metrics = ppo.ratio_metrics(logp, old_logp, mask)
+    rows = _bool(mask).any(-1)
+    metrics["clipfrac"] = clipped[rows].float().mean() if rows.any() else clipped.new_zeros((), dtype=torch.float32)
+    return loss, metrics
+
+
+def cispo_policy_loss(logp, old_logp, advantages, mask, *, clip_low: float, clip_high: float, selected=None,
+                      generator=None):
+    """CISPO (``pg_losses.cispo_loss``); ``clipfrac`` = fraction of tokens whose weight was clipped."""
+    _no_selection("cispo", selected)
+    loss = pg_losses.cispo_loss(logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high)
+    metrics = ppo.ratio_metrics(logp, old_logp, mask)
+    ratio = ppo.importance_ratio(logp.detach(), old_logp, mask)
+    metrics["clipfrac"] = masked_mean(((ratio < 1 - clip_low) | (ratio > 1 + clip_high)).float(), _bool(mask))
+    return loss, metrics
+
+
+def sapo_policy_loss(logp, old_logp, advantages, mask, *, tau_pos: float, tau_neg: float, selected=None,
+                     generator=None):
+    """SAPO (``pg_losses.sapo_loss``): soft gate instead of the clip."""
+    _no_selection("sapo", selected)
+    loss = pg_losses.sapo_loss(logp, old_logp, advantages, mask, tau_pos=tau_pos, tau_neg=tau_neg)
+    return loss, ppo.ratio_metrics(logp, old_logp, mask)
+
+
 POLICY_LOSSES: dict[str, PolicyLoss] = {
+    "gspo": PolicyLoss(fn=gspo_policy_loss),
+    "cispo": PolicyLoss(fn=cispo_policy_loss),
+    "sapo": PolicyLoss(fn=sapo_policy_loss),
     "clip": PolicyLoss(fn=clip_policy_loss),
     "clip_cov": PolicyLoss(fn=clip_cov_policy_loss, select=clip_cov_pool_select),
     "kl_cov": PolicyLoss(fn=kl_cov_policy_loss, select=kl_cov_pool_select, zero_without_advantage=False),

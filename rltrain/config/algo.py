@@ -257,6 +257,41 @@ class ClipLossConfig(PolicyLossConfig):
 
 
 @dataclass
+class GSPOConfig(PolicyLossConfig):
+    """GSPO (Zheng et al. 2025): sequence-level importance ratio (ALGORITHMS.md §10)."""
+
+    name: str = "gspo"
+    clip_low: float = 3e-4
+    """ε_low of the sequence ratio (the paper's 3e-4: sequence ratios stay near 1)."""
+    clip_high: float = 4e-4
+    """ε_high of the sequence ratio (the paper's 4e-4)."""
+    level: str = "sequence"
+    """sequence (one ratio and advantage per response) | token (GSPO-token: per-token gradient)."""
+
+
+@dataclass
+class CISPOConfig(PolicyLossConfig):
+    """CISPO (MiniMax-M1): REINFORCE with a clipped, stop-gradient importance weight."""
+
+    name: str = "cispo"
+    clip_low: float = 1.0
+    """The weight is clipped below at 1 − clip_low (1.0: no lower bound, as MiniMax)."""
+    clip_high: float = 4.0
+    """The weight is clipped above at 1 + clip_high."""
+
+
+@dataclass
+class SAPOConfig(PolicyLossConfig):
+    """SAPO: a smooth temperature-controlled gate on the ratio instead of the hard clip."""
+
+    name: str = "sapo"
+    tau_pos: float = 1.0
+    """Gate temperature for positive advantages."""
+    tau_neg: float = 1.05
+    """Gate temperature for negative advantages (larger: negatives are damped faster)."""
+
+
+@dataclass
 class ClipCovConfig(PolicyLossConfig):
     """Clip-Cov (Cui et al. 2025, ALGORITHMS.md §6)."""
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import fields, is_dataclass
 
+from rltrain.algos.pg_losses import GSPO_LEVELS
 from rltrain.config.algo import *  # noqa: F403
 from rltrain.config.errors import ConfigError
 from rltrain.config.options import OPTIONS, _check_registries, _choice
@@ -40,6 +41,11 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
         raise ConfigError(f"policy_loss.cov_low={pl.cov_low} must be ≤ policy_loss.cov_high={pl.cov_high}")
     if getattr(pl, "dual_clip", None) is not None and pl.dual_clip <= 1:
         raise ConfigError(f"policy_loss.dual_clip={pl.dual_clip} must be > 1 (or null = off)")
+    if hasattr(pl, "level"):
+        _choice("policy_loss.level", pl.level, list(GSPO_LEVELS))
+    for key in ("tau_pos", "tau_neg"):
+        if hasattr(pl, key) and getattr(pl, key) <= 0:
+            raise ConfigError(f"policy_loss.{key}={getattr(pl, key)} must be > 0")
     if isinstance(cfg.token_selection, ProbMaskConfig) and not 0 < cfg.token_selection.threshold <= 1:
         raise ConfigError(f"token_selection.threshold={cfg.token_selection.threshold} must be in (0, 1]")
     for group in ("token_selection", "policy_loss"):

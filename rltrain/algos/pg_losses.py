@@ -1,0 +1,82 @@
+"""Policy losses of the 2026 menu (ALGORITHMS.md §10): GSPO, CISPO, SAPO.
+
+All take ``(logp, old_logp, advantages, mask)`` ``[B, T]`` and return the per-token loss ``[B, T]``
+(0 on padding); aggregation, selection and the KL term are the objective's (``algos.objective``).
+ρ_t = π_θ(y_t)/π_old(y_t) per token; sg = stop-gradient.
+
+- GSPO (Zheng et al. 2025, arXiv 2507.18071). Sequence ratio s_i = exp(mean_t log ρ_{i,t}) over the
+  response's valid tokens, loss −min(s_i·Â_i, clip(s_i, 1−ε_low, 1+ε_high)·Â_i) with one advantage
+  per sequence (the masked mean of its token advantages: GRPO's are constant along a response).
+  The sequence loss is written on each of its valid tokens, so ``seq-mean-token-mean`` aggregation
+  gives the paper's (1/G)·Σ_i exactly (verl forces that mode for GSPO; here it is the user's choice,
+  token-mean weights sequences by length). ``level="token"`` is GSPO-token: s_{i,t} = sg(s_i)·ρ'_t
+  with ρ'_t = π_θ(y_t)/sg(π_θ(y_t)), equal to s_i in value but with a per-token gradient and the
+  token's own advantage, so token selection and token-level advantages apply. Paper ε: 3e-4 / 4e-4.
+- CISPO (MiniMax-M1, arXiv 2506.13585): −sg(clip(ρ_t, 1−ε_low, 1+ε_high))·Â_t·log π_θ(y_t); the clip
+  bounds the weight only, every token keeps its gradient. MiniMax drops the lower bound (ε_low = 1
+  here, the weight's floor is 0). TRL caps the ratio itself at ``epsilon_high``; ours caps it at
+  1 + clip_high (default 4: a cap of 5, unconfirmed against MiniMax's value).
+- SAPO (soft adaptive policy optimization, Qwen 2025): the hard clip becomes a smooth gate
+  f(ρ) = σ(τ(ρ − 1))·4/τ, loss −f(ρ_t)·Â_t, τ = τ_pos where Â > 0 and τ_neg elsewhere (TRL's
+  defaults 1.0 and 1.05); f'(1) = 1, so on-policy the gradient is REINFORCE's.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rltrain.algos.core import _bool, masked_mean
+from rltrain.algos.ppo import LOG_RATIO_CLAMP, importance_ratio
+
+GSPO_LEVELS = ("sequence", "token")
+
+
+def _zero(x: Tensor) -> Tensor:
+    return torch.zeros((), dtype=x.dtype, device=x.device)
+
+
+def sequence_log_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor) -> Tensor:
+    """mean_t (log π_θ − log π_old) over each sequence's valid tokens, ``[B, 1]`` (0 for an empty row)."""
+    m = _bool(mask)
+    lr = torch.where(m, logp - old_logp, _zero(logp))
+    n = m.sum(-1, keepdim=True).clamp(min=1)
+    return (lr.sum(-1, keepdim=True) / n).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+
+
+def gspo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *, clip_low: float,
+              clip_high: float, level: str = "sequence") -> tuple[Tensor, Tensor]:
+    """GSPO per-token loss ``[B, T]`` and the clipped-sequence indicator ``[B, 1]`` (see module doc)."""
+    if level not in GSPO_LEVELS:
+        raise ValueError(f"unknown GSPO level {level!r}; valid: {', '.join(GSPO_LEVELS)}")
+    m = _bool(mask)
+    s_log = sequence_log_ratio(logp, old_logp, m)  # [B, 1]
+    if level == "sequence":
+        ratio = torch.exp(s_log).expand_as(logp)  # [B, T] one ratio per sequence, gradient through s_i
+        adv = masked_mean(advantages, m, dim=-1).unsqueeze(-1).expand_as(logp)  # [B, T] one advantage
+    else:
+        ratio = torch.exp(s_log.detach() + logp - logp.detach())  # [B, T] value s_i, per-token gradient
+        adv = advantages
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    loss = torch.maximum(-adv * ratio, -adv * clipped)
+    was_clipped = (torch.exp(s_log) < 1.0 - clip_low) | (torch.exp(s_log) > 1.0 + clip_high)  # [B, 1]
+    return torch.where(m, loss, _zero(loss)), was_clipped.detach()
+
+
+def cispo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *, clip_low: float,
+               clip_high: float) -> Tensor:
+    """CISPO per-token loss ``[B, T]``: −sg(clip(ρ, 1−ε_low, 1+ε_high))·Â·log π_θ."""
+    m = _bool(mask)
+    weight = importance_ratio(logp, old_logp, m).clamp(1.0 - clip_low, 1.0 + clip_high).detach()
+    loss = -weight * advantages * logp
+    return torch.where(m, loss, _zero(loss))
+
+
+def sapo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *, tau_pos: float,
+              tau_neg: float) -> Tensor:
+    """SAPO per-token loss ``[B, T]``: −σ(τ(ρ−1))·(4/τ)·Â with τ by the advantage's sign."""
+    m = _bool(mask)
+    ratio = importance_ratio(logp, old_logp, m)
+    tau = torch.where(advantages > 0, torch.full_like(ratio, tau_pos), torch.full_like(ratio, tau_neg))
+    gate = torch.sigmoid(tau * (ratio - 1.0)) * 4.0 / tau
+    loss = -gate * advantages
+    return torch.where(m, loss, _zero(loss))
