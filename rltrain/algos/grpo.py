@@ -78,6 +78,25 @@ def group_advantages(
 
 
 @torch.no_grad()
+def rloo_advantages(scores: Tensor, group_size: int) -> Tensor:
+    """RLOO (leave-one-out baseline): Â_i = r_i − mean_{j≠i} r_j = G/(G−1)·(r_i − mean_g r).
+
+    Args:
+        scores: ``[N]`` rewards, groups contiguous; group_size: G ≥ 2.
+
+    Returns:
+        ``[N]``; every group sums to 0, and a group with zero spread is exactly 0 (decision 11).
+    """
+    if group_size < 2:
+        raise ValueError(f"rloo needs group_size >= 2 (a leave-one-out baseline), got {group_size}")
+    g = _groups(scores, group_size).to(torch.promote_types(scores.dtype, torch.float32))  # [NG, G]
+    others = (g.sum(dim=1, keepdim=True) - g) / (group_size - 1)  # [NG, G] mean of the other rewards
+    adv = g - others
+    flat = (g == g[:, :1]).all(dim=1, keepdim=True)
+    return torch.where(flat, torch.zeros_like(adv), adv).reshape(-1)
+
+
+@torch.no_grad()
 def group_means(scores: Tensor, group_size: int) -> Tensor:
     """Each response's group mean reward, ``[N]`` (SPO's V(prompt) for ``first_segment_value``)."""
     g = _groups(scores, group_size)

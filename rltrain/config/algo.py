@@ -34,6 +34,8 @@ class GRPOConfig(AlgoConfig):
     """GRPO and its DAPO / Dr. GRPO variants (ALGORITHMS.md §3)."""
 
     name: str = "grpo"
+    adv_estimator: str = "grpo"
+    """grpo (group mean/std, ``adv_scale``) | rloo (leave-one-out baseline, no std scaling)."""
     adv_scale: str = "std"
     """Group advantage scaling: std (GRPO) | none (Dr. GRPO)."""
     std_ddof: int = 1

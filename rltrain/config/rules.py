@@ -98,6 +98,9 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
     if isinstance(a, GRPOConfig):
         _choice("algo.adv_scale", a.adv_scale, ["std", "none"])
         _choice("algo.adv_whiten", a.adv_whiten, ["batch", "none"])
+        _choice("algo.adv_estimator", a.adv_estimator, ["grpo", "rloo"])
+        if a.adv_estimator == "rloo" and t.samples_per_prompt < 2:
+            raise ConfigError("algo.adv_estimator=rloo needs train.samples_per_prompt ≥ 2 (leave-one-out baseline)")
         _choice("algo.std_ddof", str(a.std_ddof), ["0", "1"])
         if t.samples_per_prompt < 2 and a.adv_scale == "std":
             raise ConfigError("algo=grpo needs train.samples_per_prompt ≥ 2 (group-normalised advantages)")

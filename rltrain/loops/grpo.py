@@ -21,7 +21,7 @@ import time
 import torch
 
 from rltrain.algos import core
-from rltrain.algos.grpo import dynamic_sampling_keep, group_advantages, overlong_penalty
+from rltrain.algos.grpo import dynamic_sampling_keep, group_advantages, overlong_penalty, rloo_advantages
 from rltrain.config import RunConfig
 from rltrain.engine.dist import Dist
 from rltrain.loops import episodes, lifecycle, setup
@@ -83,8 +83,11 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         t0 = time.time()
         with ctx.actor.gathered():  # ZeRO-3: the actor's parameters gathered once for the rollout phase
             s, times = collect(step, ctx, cfg, dist)
-        adv = group_advantages(s.scores, cfg.train.samples_per_prompt, scale=cfg.algo.adv_scale,
-                               eps=cfg.algo.adv_eps, std_ddof=cfg.algo.std_ddof)  # [N]
+        if cfg.algo.adv_estimator == "rloo":
+            adv = rloo_advantages(s.scores, cfg.train.samples_per_prompt)  # [N]
+        else:
+            adv = group_advantages(s.scores, cfg.train.samples_per_prompt, scale=cfg.algo.adv_scale,
+                                   eps=cfg.algo.adv_eps, std_ddof=cfg.algo.std_ddof)  # [N]
         adv_tok = adv[:, None].expand_as(s.mask).contiguous()  # [N, T]
         if cfg.algo.adv_whiten == "batch":  # SPO's recipe, for comparing both under one trainer
             valid = s.mask.bool()

@@ -75,3 +75,16 @@ def test_invalid_arguments():
         group_advantages(torch.zeros(4), 2, scale="rank")
     with pytest.raises(ValueError):
         overlong_penalty(torch.tensor([1]), max_len=4, cache_len=4, factor=1.0)
+
+
+def test_rloo_hand_values_sum_to_zero_and_zero_spread():
+    from rltrain.algos.grpo import rloo_advantages
+
+    adv = rloo_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0, 0.7, 0.7, 0.7, 0.7]), 4)
+    # r_0 = 1, others' mean 1/3 → 2/3; r_1 = 0, others' mean 2/3 → −2/3
+    torch.testing.assert_close(adv[:4], torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3]))
+    assert torch.equal(adv[4:], torch.zeros(4))  # all 0.7: exactly 0
+    g = torch.rand(30, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(rloo_advantages(g, 6).view(5, 6).sum(1), torch.zeros(5), atol=1e-6)
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        rloo_advantages(g, 1)

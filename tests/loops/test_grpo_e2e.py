@@ -118,7 +118,7 @@ def test_time_budget_ends_training_early_and_resume_keeps_it(tmp_path):
     assert [r["step"] for r in metrics(tmp_path)] == [1]
 
 
-@pytest.mark.parametrize("loss", ["policy_loss=gspo", "policy_loss=cispo", "policy_loss=sapo"])
+@pytest.mark.parametrize("loss", ["policy_loss=gspo", "policy_loss=cispo", "policy_loss=sapo", "algo.adv_estimator=rloo"])
 def test_menu_policy_losses_learn_toy_reward(tmp_path, loss):
     """The 2026 policy losses inside the GRPO loop (2 minibatches: the second is off-policy, so the
     sequence ratio / weight cap / gate act) push the toy reward up like the clip."""
