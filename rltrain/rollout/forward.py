@@ -66,6 +66,17 @@ def _unique_prompts(prompt_ids: list[list[int]]) -> tuple[list[list[int]], torch
     return unique, torch.tensor(rows, dtype=torch.long)
 
 
+def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``input_ids`` and ``attention_mask`` ``[U, P]`` of token lists (P = the longest)."""
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(prompts), P), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
+        attn[i, P - len(p):] = 1
+    return ids, attn
+
+
 def response_logits(model, prompt_ids, response_ids, *, pad_id: int) -> torch.Tensor:
     """Logits ``[B, T, V]`` where ``[:, t]`` predicts response token ``t``.
 
@@ -78,12 +89,7 @@ def response_logits(model, prompt_ids, response_ids, *, pad_id: int) -> torch.Te
     """
     T = response_ids.shape[1]
     unique, row_of = _unique_prompts(prompt_ids)
-    P = max(len(p) for p in unique)
-    ids = torch.full((len(unique), P), pad_id, dtype=torch.long)  # [U, P]
-    p_attn = torch.zeros((len(unique), P), dtype=torch.long)
-    for i, p in enumerate(unique):
-        ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
-        p_attn[i, P - len(p):] = 1
+    ids, p_attn = left_pad(unique, pad_id)  # [U, P]
     p_pos = (p_attn.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=p_attn, position_ids=p_pos, logits_to_keep=1, use_cache=True)
     cache = output_cache(out)

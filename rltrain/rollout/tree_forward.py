@@ -27,7 +27,7 @@ import torch
 
 from rltrain.algos.core import logprobs_from_logits, token_entropy
 from rltrain.rollout.decode import cache_kwarg, output_cache
-from rltrain.rollout.forward import _unique_prompts, collective, response_logits
+from rltrain.rollout.forward import _unique_prompts, collective, left_pad, response_logits
 
 
 def plan_levels(prompt_ids: list[list[int]], response_ids: torch.Tensor, lengths: torch.Tensor,
@@ -69,12 +69,7 @@ def tree_response_logits(model, prompt_ids, response_ids, lengths, *, pad_id: in
     # ---- call 1: the distinct root contexts
     roots = rows[0]
     unique, row_of = _unique_prompts([prompt_ids[i] for i in roots])
-    P = max(len(p) for p in unique)
-    ids = torch.full((len(unique), P), pad_id, dtype=torch.long)  # [U, P]
-    p_attn = torch.zeros((len(unique), P), dtype=torch.long)
-    for u, p in enumerate(unique):
-        ids[u, P - len(p):] = torch.tensor(p, dtype=torch.long)
-        p_attn[u, P - len(p):] = 1
+    ids, p_attn = left_pad(unique, pad_id)  # [U, P]
     out = model(input_ids=ids, attention_mask=p_attn, position_ids=(p_attn.cumsum(-1) - 1).clamp(min=0),
                 logits_to_keep=1, use_cache=True)
     cache = output_cache(out)
