@@ -172,3 +172,9 @@ def test_one_option_table_feeds_the_store_the_loops_and_the_registries():
     assert set(LOOPS) == set(OPTIONS["algo"])
     for group in ("token_selection", "policy_loss"):
         assert set(OPTIONS[group]) <= set(registry.REGISTRIES[group])
+
+
+def test_rollout_correction_is_checked_with_the_key():
+    for over, key in [(["rollout.correction=is"], "rollout.correction"), (["rollout.correction_c=1"], "rollout.correction_c")]:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            validate(to_run_config(compose_or_explain(over)))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import fields, is_dataclass
 
+from rltrain.algos.correction import CORRECTION_MODES
 from rltrain.algos.pg_losses import GSPO_LEVELS
 from rltrain.config.algo import *  # noqa: F403
 from rltrain.config.errors import ConfigError
@@ -41,6 +42,13 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
         raise ConfigError(f"policy_loss.cov_low={pl.cov_low} must be ≤ policy_loss.cov_high={pl.cov_high}")
     if getattr(pl, "dual_clip", None) is not None and pl.dual_clip <= 1:
         raise ConfigError(f"policy_loss.dual_clip={pl.dual_clip} must be > 1 (or null = off)")
+    r = cfg.rollout
+    _choice("rollout.correction", r.correction, list(CORRECTION_MODES))
+    if r.correction_c <= 1:
+        raise ConfigError(f"rollout.correction_c={r.correction_c} must be > 1")
+    if not 0 < r.correction_seq_low < 1 < r.correction_seq_high:
+        raise ConfigError(f"rollout.correction_seq_low/high=[{r.correction_seq_low}, {r.correction_seq_high}] must "
+                          "satisfy 0 < low < 1 < high")
     if hasattr(pl, "level"):
         _choice("policy_loss.level", pl.level, list(GSPO_LEVELS))
     for key in ("tau_pos", "tau_neg"):

@@ -329,6 +329,15 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0
     stop_strings: list[str] = field(default_factory=list)
+    correction: str = "none"
+    """Rollout↔trainer mismatch correction of the policy-gradient loss (ALGORITHMS.md §10): none |
+    tis (token weight min(ρ, C)) | icepop (drop tokens with ρ outside [1/C, C]) | seq_mask (drop
+    sequences whose geometric-mean ρ leaves [correction_seq_low, correction_seq_high]); ρ =
+    π_trainer/π_rollout of the sampled token. Off by default: both are fp32 computations on a CPU."""
+    correction_c: float = 2.0
+    """C of tis / icepop (> 1)."""
+    correction_seq_low: float = 0.5
+    correction_seq_high: float = 2.0
 
 
 @dataclass

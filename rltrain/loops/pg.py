@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from rltrain.algos import core, registry
-from rltrain.algos.correction import mismatch_metrics
+from rltrain.algos.correction import correction_weights, mismatch_metrics
 from rltrain.algos.objective import pg_objective
 from rltrain.config import RunConfig, option_kwargs
 from rltrain.engine.dist import Dist
@@ -108,6 +108,9 @@ class PolicyUpdate:
         self.agg_mode, self.constant = a.loss_agg_mode, a.loss_agg_constant or float(cfg.rollout.max_new_tokens)
         self.kl_coef, self.kl_estimator, self.entropy_coef = a.kl_coef, a.kl_estimator, a.entropy_coef
         self.warned = False
+        r = cfg.rollout
+        self.correction = dict(mode=r.correction, c=r.correction_c, seq_low=r.correction_seq_low,
+                               seq_high=r.correction_seq_high)
 
     def needs_old_pass(self) -> bool:
         """Whether the update needs log-probs (and entropies) of the whole batch before training."""
@@ -235,8 +238,15 @@ class PolicyUpdate:
                         tokens["plain"] = tokens.get("plain", 0) + sum(map(len, _unique_prompts(p_ids)[0])) \
                             + int(lens.sum())
                     mk = mask[idx, :width]
+                    pi_old = old_logp[idx, :width] if old_logp is not None else logp.detach()
+                    weight = None
+                    if self.correction["mode"] != "none" and batch.rollout_logp is not None:
+                        weight, winfo = correction_weights(pi_old, batch.rollout_logp[idx, :width], mk,
+                                                           **self.correction)
+                        if real:
+                            m.add("actor/correction_kept_frac", float(winfo["kept_frac"]), mk.sum().item())
                     loss, lm = pg_objective(
-                        logp, old_logp[idx, :width] if old_logp is not None else logp.detach(),
+                        logp, pi_old,
                         batch.advantages[idx, :width], mk, policy_loss=self.loss_fn, loss_options=self.loss_opts,
                         loss_mask=select[idx, :width], count_mask=count_mask[idx, :width], agg_mode=self.agg_mode,
                         agg_constant=self.constant, num_tokens=counts[0], num_seqs=counts[1],
@@ -244,7 +254,7 @@ class PolicyUpdate:
                         ref_logp=None if batch.ref_logp is None else batch.ref_logp[idx, :width],
                         kl_coef=self.kl_coef, kl_estimator=self.kl_estimator, kl_num_tokens=kl_counts[0],
                         kl_num_seqs=kl_counts[1], entropy=ent, entropy_coef=self.entropy_coef,
-                        early_stop_ratio=early_stop_ratio)
+                        early_stop_ratio=early_stop_ratio, token_weight=weight)
                     finite_or_raise(loss, step)
                     if batch.rollout_logp is not None and old_logp is None and epoch == 0 and k == 0:
                         pairs.append((batch.rollout_logp[idx, :width], logp.detach(), mk if real else torch.zeros_like(mk)))

@@ -118,7 +118,8 @@ def test_time_budget_ends_training_early_and_resume_keeps_it(tmp_path):
     assert [r["step"] for r in metrics(tmp_path)] == [1]
 
 
-@pytest.mark.parametrize("loss", ["policy_loss=gspo", "policy_loss=cispo", "policy_loss=sapo", "algo.adv_estimator=rloo"])
+@pytest.mark.parametrize("loss", ["policy_loss=gspo", "policy_loss=cispo", "policy_loss=sapo", "algo.adv_estimator=rloo",
+                                  "rollout.correction=tis", "rollout.correction=icepop"])
 def test_menu_policy_losses_learn_toy_reward(tmp_path, loss):
     """The 2026 policy losses inside the GRPO loop (2 minibatches: the second is off-policy, so the
     sequence ratio / weight cap / gate act) push the toy reward up like the clip."""
@@ -131,3 +132,6 @@ def test_menu_policy_losses_learn_toy_reward(tmp_path, loss):
     last = sum(r["reward/mean"] for r in rows[-3:]) / 3
     assert last > 0.7 and last > first + 0.3, (first, last)  # the random model: ~8% of responses
     assert any(r["actor/ratio_max"] > 1.0 for r in rows)  # the second minibatch saw π_θ ≠ π_old
+    if "correction" in loss:  # fp32 sampler and trainer agree: IcePop keeps (and TIS weighs) ~every token
+        assert all(r["actor/correction_kept_frac"] > 0.99 for r in rows if "actor/correction_kept_frac" in r)
+        assert any("actor/correction_kept_frac" in r for r in rows)
