@@ -94,7 +94,9 @@ def run_worker(cfg: RunConfig, rank: int = 0, world_size: int = 1, *, master_add
                      timeout_s=cfg.launch.timeout_s)
     # Rank 0's config is the run's config (Slurm tasks each composed their own; run_dir may differ).
     cfg = dist.broadcast_object(cfg)
-    return _import(LOOPS[cfg.algo.name])(cfg, dist)
+    result = _import(LOOPS[cfg.algo.name])(cfg, dist)
+    dist.close()
+    return result
 
 
 def _free_port() -> int:

@@ -56,6 +56,14 @@ class Dist:
         tdist.all_gather(out, padded)
         return torch.cat([o[: int(s.item())] for o, s in zip(out, sizes)])
 
+    def close(self) -> None:
+        """Leave the process group cleanly once every rank is done: without it, the collective
+        backends' threads are torn down at interpreter exit in no fixed order, and a worker that
+        finished its run could still abort ("terminate called without an active exception")."""
+        if self.enabled and tdist.is_initialized():
+            tdist.barrier()
+            tdist.destroy_process_group()
+
     def gather_objects(self, obj) -> list:
         """Every rank's picklable ``obj``, in rank order (``[obj]`` with one process)."""
         if not self.enabled:
