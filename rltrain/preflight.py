@@ -289,6 +289,11 @@ def check_model(cfg, hub: "_HubState | None" = None) -> None:
         _check_pretrained("model.path", m.path, "model", hub)
     else:
         raise PreflightError("model", f"model.name={m.name!r} is not valid; choose one of: smollm2_135m, tiny, hf")
+    teacher = getattr(cfg.algo, "teacher_path", None)
+    if teacher is not None:  # algo=opd
+        from rltrain.engine.checkpoint import model_dir
+
+        _check_pretrained("algo.teacher_path", model_dir(teacher), "model", hub)
 
 
 def _check_smollm2(key: str, kind: str) -> None:

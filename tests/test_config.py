@@ -26,6 +26,8 @@ def test_every_option_composes_and_validates(group, option):
         overrides.append("reward.fn=tests.toy_rewards:sevens")
     if group == "reward" and option == "classifier":
         overrides.append("reward.model_path=some/reward-model")
+    if group == "algo" and option == "opd":
+        overrides.append("algo.teacher_path=some/teacher")
     cfg = to_run_config(compose_or_explain(overrides))
     validate(cfg)
     if group != "experiment":
@@ -178,3 +180,44 @@ def test_rollout_correction_is_checked_with_the_key():
     for over, key in [(["rollout.correction=is"], "rollout.correction"), (["rollout.correction_c=1"], "rollout.correction_c")]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             validate(to_run_config(compose_or_explain(over)))
+
+
+@pytest.mark.parametrize("algo", ["grpo", "opd"])
+@pytest.mark.parametrize("estimator", ["grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"])
+def test_advantage_estimators_compose_with_the_grpo_loops(algo, estimator):
+    over = [f"algo={algo}", f"algo.adv_estimator={estimator}"] + (["algo.teacher_path=t"] if algo == "opd" else [])
+    cfg = to_run_config(compose_or_explain(over))
+    validate(cfg)
+    assert cfg.algo.adv_estimator == estimator
+
+
+def test_new_menu_keys_are_checked_with_the_key():
+    cases = [
+        (["algo.adv_estimator=reinforce"], "algo.adv_estimator"),
+        (["algo.adv_estimator=reinforce_pp_baseline", "train.samples_per_prompt=1", "train.prompts_per_step=8"],
+         "samples_per_prompt"),
+        (["reward=combined", "reward.normalize=sum_then"], "reward.normalize"),
+        (["reward=combined", "reward.normalize=then_sum", "algo=spo_chain"], "reward.normalize=then_sum"),
+        (["algo=opd", "algo.teacher_path=t", "algo.reward_weight=-1"], "algo.reward_weight"),
+        (["algo=opd"], "algo.teacher_path"),
+    ]
+    for over, key in cases:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            validate(to_run_config(compose_or_explain(over)))
+    # REINFORCE++ whitens over the batch: one response per prompt is allowed
+    validate(to_run_config(compose_or_explain(["algo.adv_estimator=reinforce_pp", "train.samples_per_prompt=1",
+                                               "train.prompts_per_step=8"])))
+    for algo in ("grpo", "ppo"):
+        validate(to_run_config(compose_or_explain([f"algo={algo}", "reward=combined", "reward.normalize=then_sum"])))
+
+
+@pytest.mark.parametrize("algo", ["grpo", "spo_chain", "spo_tree", "ppo"])
+@pytest.mark.parametrize("option", ["policy_loss=gspo", "policy_loss=cispo", "policy_loss=sapo",
+                                    "rollout.correction=tis", "rollout.correction=icepop",
+                                    "rollout.correction=seq_mask"])
+def test_policy_losses_and_corrections_compose_with_every_pg_loop(algo, option):
+    cfg = to_run_config(compose_or_explain([f"algo={algo}", option]))
+    validate(cfg)
+    key, value = option.split("=")
+    node = cfg.policy_loss.name if key == "policy_loss" else cfg.rollout.correction
+    assert (cfg.algo.name, node) == (algo, value)

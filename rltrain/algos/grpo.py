@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 GROUP_SCALES = ("std", "none")
+ADV_ESTIMATORS = ("grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")  # algo.adv_estimator
 
 
 def _groups(scores: Tensor, group_size: int) -> Tensor:
@@ -94,6 +95,84 @@ def rloo_advantages(scores: Tensor, group_size: int) -> Tensor:
     adv = g - others
     flat = (g == g[:, :1]).all(dim=1, keepdim=True)
     return torch.where(flat, torch.zeros_like(adv), adv).reshape(-1)
+
+
+@torch.no_grad()
+def reinforce_pp_returns(
+    scores: Tensor,
+    mask: Tensor,
+    *,
+    kl: Tensor | None = None,
+    kl_coef: float = 0.0,
+    group_size: int | None = None,
+) -> Tensor:
+    """REINFORCE++ token returns (Hu 2025, ALGORITHMS §10), before the batch whitening.
+
+        r_t = o_i·1[t = last valid token] − β·kl_t,    G_t = Σ_{t' ≥ t} r_t'   (γ = 1)
+
+    with o_i the outcome score, or, for REINFORCE++-baseline (``group_size`` given), the outcome
+    minus its group's mean (a group with zero spread gives exactly 0, decision 11). The caller
+    whitens G over all valid tokens of the global batch (``core.masked_whiten`` with moments summed
+    across ranks): that is the estimator's normalisation, so it is not left to the loop to forget.
+
+    Convention: verl's baseline variant sums the KL into one sequence score and broadcasts it;
+    here both variants keep the per-token return-to-go of the KL penalty (identical when β = 0).
+
+    Args:
+        scores: ``[N]`` outcome rewards (groups contiguous for the baseline variant).
+        mask: ``[N, T]`` valid response tokens (each row's valid tokens are a prefix).
+        kl: ``[N, T]`` per-token k1 KL, log π_old − log π_ref (needed when ``kl_coef`` ≠ 0).
+        kl_coef: β.
+        group_size: G for the baseline variant; None = plain REINFORCE++.
+
+    Returns:
+        ``[N, T]`` returns, 0 at padding.
+    """
+    m = mask.to(torch.promote_types(scores.dtype, torch.float32))
+    outcome = scores.to(m.dtype)
+    if group_size is not None:
+        g = _groups(outcome, group_size)  # [NG, G]
+        centred = g - g.mean(dim=1, keepdim=True)
+        flat = (g == g[:, :1]).all(dim=1, keepdim=True)
+        outcome = torch.where(flat, torch.zeros_like(centred), centred).reshape(-1)
+    lengths = m.sum(dim=1).long()  # [N]
+    rewards = torch.zeros_like(m)
+    rows = torch.nonzero(lengths > 0).squeeze(1)
+    rewards[rows, lengths[rows] - 1] = outcome[rows]
+    if kl_coef:
+        if kl is None:
+            raise ValueError("reinforce_pp_returns: kl_coef != 0 needs the per-token kl")
+        rewards = rewards - kl_coef * kl.to(m.dtype) * m
+    returns = rewards.flip(1).cumsum(1).flip(1)  # return-to-go, γ = 1
+    return returns * m
+
+
+@torch.no_grad()
+def gdpo_scores(
+    components: Tensor,
+    weights: Tensor,
+    group_size: int,
+    *,
+    eps: float = 1e-6,
+    std_ddof: int = 1,
+) -> Tensor:
+    """GDPO multi-reward normalisation (``reward.normalize=then_sum``): each reward component is
+    normalised within its group, (c − mean_g c)/(std_g c + eps) with the zero-spread rule
+    (``group_advantages``), then the components are summed with their weights. The usual advantage
+    step follows on the sum.
+
+    Args:
+        components: ``[K, N]`` raw component scores, groups contiguous along N.
+        weights: ``[K]`` component weights.
+
+    Returns:
+        ``[N]`` the weighted sum of group-normalised components.
+    """
+    if components.dim() != 2 or weights.shape != components.shape[:1]:
+        raise ValueError(f"components must be [K, N] with K weights, got {tuple(components.shape)} and "
+                         f"{tuple(weights.shape)}")
+    normed = torch.stack([group_advantages(c, group_size, eps=eps, std_ddof=std_ddof) for c in components])
+    return (weights.to(normed.dtype)[:, None] * normed).sum(dim=0)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ class AlgoConfig:
     """Fields shared by every algorithm option (``algo=...``)."""
 
     name: str = MISSING
-    """Algorithm family: sft | dpo | ppo | grpo | spo_chain | spo_tree."""
+    """Algorithm family: sft | dpo | ppo | grpo | opd | spo_chain | spo_tree."""
     loss_agg_mode: str = "token-mean"
     """How per-token losses are reduced: token-mean | seq-mean-token-mean | seq-mean-token-sum |
     seq-mean-token-sum-norm (ALGORITHMS.md §0)."""
@@ -35,7 +35,11 @@ class GRPOConfig(AlgoConfig):
 
     name: str = "grpo"
     adv_estimator: str = "grpo"
-    """grpo (group mean/std, ``adv_scale``) | rloo (leave-one-out baseline, no std scaling)."""
+    """grpo (group mean/std, ``adv_scale``) | rloo (leave-one-out baseline, no std scaling) |
+    reinforce_pp (REINFORCE++: outcome at the last token − β·k1 KL per token, returns-to-go whitened
+    over the global batch) | reinforce_pp_baseline (the group mean outcome subtracted first). With
+    the reinforce_pp estimators ``kl_coef`` is the β of the KL penalty in the token rewards (no KL
+    loss term), and the batch whitening is always on (it is the estimator's normalisation)."""
     adv_scale: str = "std"
     """Group advantage scaling: std (GRPO) | none (Dr. GRPO)."""
     std_ddof: int = 1
@@ -53,6 +57,22 @@ class GRPOConfig(AlgoConfig):
     adv_whiten: str = "none"
     """Whiten the group advantages over all valid tokens of the step (across ranks): batch | none.
     ``batch`` is what SPO's code does for its GRPO baseline; use it to compare both under one recipe."""
+
+
+@dataclass
+class OPDConfig(GRPOConfig):
+    """On-policy distillation: the student samples and each response token's advantage is the
+    negative reverse-KL estimate to a teacher, −(log π_student(y_t) − log π_teacher(y_t)), discount 0
+    (ALGORITHMS.md §10); optionally plus ``reward_weight`` × the task-reward advantage of the GRPO
+    fields below (``adv_estimator`` etc.). The teacher must share the student's tokenizer."""
+
+    name: str = "opd"
+    teacher_path: str = MISSING
+    """The teacher: a saved Hugging Face causal LM directory or hub id, an rltrain checkpoint
+    (``<run>/checkpoints/step_N``) or a run directory (its newest checkpoint)."""
+    reward_weight: float = 0.0
+    """Weight of the task-reward advantage added to the distillation advantage (0 = pure
+    distillation: the reward is still computed and logged)."""
 
 
 @dataclass

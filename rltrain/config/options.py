@@ -15,7 +15,7 @@ from rltrain.config.schemas import *  # noqa: F403
 # (``<option>_schema``, what conf/<group>/<option>.yaml extends), the valid names in errors and the
 # schema used to reload a config.yaml all derive from it; registries are checked against it below.
 OPTIONS: dict[str, dict[str, type]] = {
-    "algo": {"grpo": GRPOConfig, "ppo": PPOConfig, "spo_chain": SPOChainConfig, "spo_tree": SPOTreeConfig,
+    "algo": {"grpo": GRPOConfig, "opd": OPDConfig, "ppo": PPOConfig, "spo_chain": SPOChainConfig, "spo_tree": SPOTreeConfig,
              "dpo": DPOConfig, "sft": SFTConfig},
     "token_selection": {"all": TokenSelectionConfig, "high_entropy": HighEntropyConfig, "prob_mask": ProbMaskConfig},
     "policy_loss": {"clip": ClipLossConfig, "clip_cov": ClipCovConfig, "kl_cov": KLCovConfig, "gspo": GSPOConfig,
@@ -32,6 +32,7 @@ SINGLE_SCHEMA: dict[str, type] = {"model": ModelConfig, "deepspeed": DeepSpeedCo
 # The training loop of each algo option.
 LOOPS: dict[str, str] = {
     "grpo": "rltrain.loops.grpo:train",
+    "opd": "rltrain.loops.opd:train",
     "ppo": "rltrain.loops.ppo:train",
     "spo_chain": "rltrain.loops.spo:train",
     "spo_tree": "rltrain.loops.spo:train",

@@ -103,6 +103,19 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("_")[1])) if done else None
 
 
+def model_dir(path: str | Path) -> str:
+    """The Hugging Face model directory a path names: the directory itself (config.json), an
+    rltrain checkpoint's ``policy/``, or a run directory's newest checkpoint's ``policy/``; any other
+    string is returned as is (a hub id)."""
+    p = Path(path).expanduser()
+    if (p / "config.json").is_file():
+        return str(p)
+    if (p / "policy" / "config.json").is_file():
+        return str(p / "policy")
+    ckpt = latest_checkpoint(p) if p.is_dir() else None
+    return str(ckpt / "policy") if ckpt is not None else str(path)
+
+
 def load_trainer_state(ckpt: Path) -> dict:
     state = torch.load(ckpt / "trainer.pt", map_location="cpu", weights_only=False)
     set_rng_state(state["rng"])

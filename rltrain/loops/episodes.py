@@ -147,6 +147,20 @@ def rollout_and_score(actor_module, tokenizer, samples: list[Sample], prompt_ids
     return scored, {"time/rollout": t1 - t0, "time/reward": t2 - t1}
 
 
+def _floats(values, n: int) -> list[float]:
+    """Per-completion info values as floats; None (a failed completion) or a missing list → 0."""
+    return [0.0 if v is None else float(v) for v in (values or [None] * n)]
+
+
+def reward_components(s: Scored, reward_fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """``reward=combined``: each component's unweighted scores ``[K, N]`` (from its
+    ``reward/<label>`` info; a failed completion's are 0, like its total) and the weights ``[K]``."""
+    parts, n = reward_fn.components, len(s.completions)
+    comps = torch.tensor([_floats(s.reward.info.get(f"reward/{label}"), n) for label, _, _ in parts],
+                         dtype=torch.float32)
+    return comps, torch.tensor([w for _, w, _ in parts], dtype=torch.float32)
+
+
 def reward_metrics(s: Scored, dist: Dist) -> dict:
     """Batch-wide reward and length statistics (summed across ranks)."""
     correct = s.reward.info.get("correct")
@@ -164,6 +178,13 @@ def reward_metrics(s: Scored, dist: Dist) -> dict:
          "response/length_max": dist.max(local[6:7]).item()}
     if correct is not None:
         m["reward/accuracy"] = tot[2].item() / n
+    # reward=combined: each component's mean (the ranks agree on the names first)
+    mine = sorted(k for k in s.reward.info if k.startswith("reward/") and k not in m)
+    parts = sorted(set().union(*dist.gather_objects(mine)))
+    if parts:
+        local_sums = [sum(_floats(s.reward.info.get(k), len(s.completions))) for k in parts]
+        sums = dist.sum(torch.tensor(local_sums, dtype=torch.float64))
+        m.update({k: sums[i].item() / n for i, k in enumerate(parts)})
     return m
 
 

@@ -13,6 +13,11 @@ Departures from the paper, all deliberate and configurable:
 - Group std uses ddof = 1 (verl); ``algo.std_ddof=0`` gives the population std.
 - DAPO dynamic sampling (``algo.dynamic_sampling=true``) keeps sampling prompt batches until the
   step has ``prompts_per_step`` groups with mixed rewards, then trims to exactly that many.
+
+Other estimators (``algo.adv_estimator``): rloo (leave-one-out baseline), reinforce_pp and
+reinforce_pp_baseline (REINFORCE++: the KL to the reference in the token rewards, returns whitened
+over the global batch). ``reward=combined reward.normalize=then_sum`` is GDPO: each reward
+component normalised within its group before the weighted sum.
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ import time
 import torch
 
 from rltrain.algos import core
-from rltrain.algos.grpo import dynamic_sampling_keep, group_advantages, overlong_penalty, rloo_advantages
+from rltrain.algos.grpo import (ADV_ESTIMATORS, dynamic_sampling_keep, gdpo_scores, group_advantages, overlong_penalty,
+                               reinforce_pp_returns, rloo_advantages)
 from rltrain.config import RunConfig
 from rltrain.engine.dist import Dist
 from rltrain.loops import episodes, lifecycle, setup
@@ -47,6 +53,9 @@ def collect(step: int, ctx, cfg: RunConfig, dist: Dist) -> tuple[episodes.Scored
         for k in times:
             times[k] += tm[k]
         batches += 1
+        if cfg.reward.name == "combined" and cfg.reward.normalize == "then_sum":  # GDPO
+            comps, weights = episodes.reward_components(s, ctx.reward)
+            s.scores = gdpo_scores(comps, weights, n, eps=a.adv_eps, std_ddof=a.std_ddof)
         if a.overlong_buffer > 0:
             s.scores = s.scores + overlong_penalty(s.lengths, max_len=cfg.rollout.max_new_tokens,
                                                    cache_len=a.overlong_buffer, factor=a.overlong_factor)
@@ -67,6 +76,47 @@ def collect(step: int, ctx, cfg: RunConfig, dist: Dist) -> tuple[episodes.Scored
                 "easy or too hard for the policy — raise algo.max_gen_batches or rollout.temperature")
 
 
+REINFORCE_PP = ADV_ESTIMATORS[2:]  # reinforce_pp, reinforce_pp_baseline
+
+
+def advantages(ctx, cfg: RunConfig, dist: Dist, s: episodes.Scored, times: dict):
+    """Per-token advantages ``[N, T]`` of the configured estimator, the reference log-probs for the
+    KL loss (None without one) and π_old's log-probs and entropies when they were computed here.
+
+    grpo / rloo: one outcome advantage per response, broadcast to its tokens; the KL (β > 0) is a
+    loss term. reinforce_pp(_baseline): β is the k1 penalty folded into the token rewards, with
+    π_old's log-probs from the training forward (so the update reuses them), then returns-to-go
+    whitened over the global batch — that whitening is the estimator's own normalisation.
+    """
+    a, pad, temp, mb = cfg.algo, ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0, cfg.train.micro_batch_size
+    ref_logp = old_logp = old_ent = None
+    if ctx.ref is not None:
+        t1 = time.time()
+        ref_logp, _ = forward.batched_logprobs(ctx.ref, s.prompt_ids, s.response_ids, pad_id=pad, temperature=temp,
+                                               micro_batch_size=mb)
+        times["time/reference"] = time.time() - t1
+    valid = s.mask.bool()
+    if a.adv_estimator in REINFORCE_PP:
+        kl = None
+        if ref_logp is not None:
+            old_logp, old_ent = forward.batched_logprobs(ctx.actor.module, s.prompt_ids, s.response_ids, pad_id=pad,
+                                                         temperature=temp, micro_batch_size=mb, with_entropy=True)
+            kl = core.kl_estimate(old_logp, ref_logp, "k1")  # [N, T]
+        group = cfg.train.samples_per_prompt if a.adv_estimator == "reinforce_pp_baseline" else None
+        returns = reinforce_pp_returns(s.scores, s.mask, kl=kl, kl_coef=a.kl_coef, group_size=group)  # [N, T]
+        adv_tok = core.masked_whiten(returns, valid, moments=dist.sum(core.masked_moments(returns, valid)))
+        return adv_tok, None, old_logp, old_ent  # the KL is in the reward, not a loss term
+    if a.adv_estimator == "rloo":
+        adv = rloo_advantages(s.scores, cfg.train.samples_per_prompt)  # [N]
+    else:
+        adv = group_advantages(s.scores, cfg.train.samples_per_prompt, scale=a.adv_scale, eps=a.adv_eps,
+                               std_ddof=a.std_ddof)  # [N]
+    adv_tok = adv[:, None].expand_as(s.mask).contiguous()  # [N, T]
+    if a.adv_whiten == "batch":  # SPO's recipe, for comparing both under one trainer
+        adv_tok = core.masked_whiten(adv_tok, valid, moments=dist.sum(core.masked_moments(adv_tok, valid)))
+    return adv_tok, ref_logp, None, None
+
+
 def train(cfg: RunConfig, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
     t = cfg.train
@@ -83,24 +133,9 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         t0 = time.time()
         with ctx.actor.gathered():  # ZeRO-3: the actor's parameters gathered once for the rollout phase
             s, times = collect(step, ctx, cfg, dist)
-        if cfg.algo.adv_estimator == "rloo":
-            adv = rloo_advantages(s.scores, cfg.train.samples_per_prompt)  # [N]
-        else:
-            adv = group_advantages(s.scores, cfg.train.samples_per_prompt, scale=cfg.algo.adv_scale,
-                                   eps=cfg.algo.adv_eps, std_ddof=cfg.algo.std_ddof)  # [N]
-        adv_tok = adv[:, None].expand_as(s.mask).contiguous()  # [N, T]
-        if cfg.algo.adv_whiten == "batch":  # SPO's recipe, for comparing both under one trainer
-            valid = s.mask.bool()
-            adv_tok = core.masked_whiten(adv_tok, valid, moments=dist.sum(core.masked_moments(adv_tok, valid)))
-        ref_logp = None
-        if ctx.ref is not None:
-            t1 = time.time()
-            ref_logp, _ = forward.batched_logprobs(ctx.ref, s.prompt_ids, s.response_ids, pad_id=pad,
-                                             temperature=cfg.rollout.temperature or 1.0,
-                                             micro_batch_size=cfg.train.micro_batch_size)
-            times["time/reference"] = time.time() - t1
+        adv_tok, ref_logp, old_logp, old_ent = advantages(ctx, cfg, dist, s, times)  # [N, T]
         batch = PGBatch(s.prompt_ids, s.response_ids, s.mask, adv_tok, ref_logp, rollout_entropy=s.entropies,
-                        rollout_logp=s.logprobs)
+                        rollout_logp=s.logprobs, old_logp=old_logp, old_entropy=old_ent)
         metrics = update.run(ctx.actor, batch, dist, pad_id=pad, step=step,
                                 generator=episodes.step_generator(cfg.seed + 7, step, 0))  # same on every rank
         metrics.update(episodes.reward_metrics(s, dist))

@@ -43,7 +43,24 @@ def build_reference(cfg: RunConfig, dist: Dist):
     """The frozen reference policy (the initial weights), called like the actor's module for
     log-probs: an inference-only ZeRO-3 engine under ``deepspeed.stage=3`` (parameters sharded),
     otherwise a plain frozen module in the compute dtype."""
-    model, _ = load_policy_model(cfg)
+    return _frozen(load_policy_model(cfg)[0], cfg, dist)
+
+
+def build_teacher(cfg: RunConfig, dist: Dist, student_tokenizer):
+    """On-policy distillation's teacher (``algo.teacher_path``), frozen and sharded like the reference.
+    Its tokenizer must be the student's: the advantage compares log-probs token by token."""
+    from rltrain.engine.checkpoint import model_dir
+
+    model, tok = load_model("hf", model_dir(cfg.algo.teacher_path), dtype="fp32")
+    probe = "Teacher and student: 12 + 30 = 42."
+    if tok.get_vocab() != student_tokenizer.get_vocab() or tok(probe).input_ids != student_tokenizer(probe).input_ids:
+        raise ValueError(f"algo.teacher_path={cfg.algo.teacher_path!r}: the teacher's tokenizer differs from the "
+                         "student's; on-policy distillation compares log-probs token by token, so both need one "
+                         "vocabulary")
+    return _frozen(model, cfg, dist)
+
+
+def _frozen(model: torch.nn.Module, cfg: RunConfig, dist: Dist):
     if cfg.deepspeed.stage == 3:
         from rltrain.engine.deepspeed import reference_engine
 

@@ -3,7 +3,8 @@
 Each component is ``{name, weight, kwargs, label?}``: ``name`` and ``kwargs`` build it through
 the ``REWARDS`` registry exactly as ``reward=<name>`` would, ``weight`` multiplies its score
 (default 1), and ``label`` (default: ``name``, suffixed ``_2``, ``_3`` … on repeats) names it in
-the logs. The total is ``sum_k weight_k * score_k``.
+the logs. The total is ``sum_k weight_k * score_k``; with ``normalize=then_sum`` (GDPO) the
+training loop replaces it by ``sum_k weight_k * groupnorm(score_k)``.
 
 Logged per completion: ``info["reward/<label>"]`` = the component's unweighted score, and each
 component's own info under ``"<label>/<key>"`` (keys already starting with ``<label>/`` are
@@ -17,6 +18,8 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from rltrain.types import RewardOutput, Sample
+
+NORMALIZE = ("none", "then_sum")
 
 
 def _plain(value: Any) -> Any:
@@ -35,10 +38,18 @@ class CombinedReward:
         components: list of ``{"name": str, "weight": float = 1.0, "kwargs": dict = {},
             "label": str = name}``; instead of ``name`` + ``kwargs`` a component may carry an
             already-built reward callable under ``"reward"`` (then ``label`` is required).
+        normalize: ``none`` (the score is the weighted sum) or ``then_sum`` (GDPO): the training
+            loop normalises each component within its prompt's group before the weighted sum
+            (``algos.grpo.gdpo_scores``); a reward alone does not know the groups, so the sum it
+            returns is always the raw one (what evaluation uses).
     """
 
-    def __init__(self, components: Sequence[Mapping[str, Any]]):
+    def __init__(self, components: Sequence[Mapping[str, Any]], normalize: str = "none"):
         from rltrain.rewards import build_reward  # here, not at import: the registry imports us
+
+        if normalize not in NORMALIZE:
+            raise ValueError(f"reward.normalize={normalize!r} is not valid; choose one of: {', '.join(NORMALIZE)}")
+        self.normalize = normalize
 
         components = _plain(components)
         if not components:

@@ -119,12 +119,14 @@ def test_time_budget_ends_training_early_and_resume_keeps_it(tmp_path):
 
 
 @pytest.mark.parametrize("loss", ["policy_loss=gspo", "policy_loss=cispo", "policy_loss=sapo", "algo.adv_estimator=rloo",
-                                  "rollout.correction=tis", "rollout.correction=icepop"])
+                                  "rollout.correction=tis", "rollout.correction=icepop",
+                                  "algo.adv_estimator=reinforce_pp algo.kl_coef=0.01",
+                                  "algo.adv_estimator=reinforce_pp_baseline"])
 def test_menu_policy_losses_learn_toy_reward(tmp_path, loss):
     """The 2026 policy losses inside the GRPO loop (2 minibatches: the second is off-policy, so the
     sequence ratio / weight cap / gate act) push the toy reward up like the clip."""
     p = run_cli(TINY + ["train.steps=12", "train.lr=1e-2", "reward.fn=tests.toy_rewards:contains_seven",
-                        "train.minibatches_per_step=2", "eval.at_start=false", loss], tmp_path)
+                        "train.minibatches_per_step=2", "eval.at_start=false", *loss.split()], tmp_path)
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
     rows = metrics(tmp_path)
@@ -135,3 +137,23 @@ def test_menu_policy_losses_learn_toy_reward(tmp_path, loss):
     if "correction" in loss:  # fp32 sampler and trainer agree: IcePop keeps (and TIS weighs) ~every token
         assert all(r["actor/correction_kept_frac"] > 0.99 for r in rows if "actor/correction_kept_frac" in r)
         assert any("actor/correction_kept_frac" in r for r in rows)
+
+
+def test_gdpo_normalises_each_component_and_learns(tmp_path):
+    """reward=combined with normalize=then_sum: the score the advantages see is a sum of
+    group-normalised components, so its batch mean is 0 (the raw weighted sum is ≥ 0.3 here), while
+    each component's raw mean is logged and the main one is pushed up."""
+    comps = ('[{name: python, kwargs: {fn: "tests.toy_rewards:contains_seven"}, label: seven}, '
+             '{name: python, weight: 0.5, kwargs: {fn: "tests.toy_rewards:mean_char_code"}, label: chars}]')
+    args = [a for a in TINY if not a.startswith("reward")] + [
+        "reward=combined", f"reward.components={comps}", "reward.normalize=then_sum", "train.steps=12",
+        "train.lr=1e-2", "eval.at_start=false"]
+    p = run_cli(args, tmp_path)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out
+    rows = metrics(tmp_path)
+    assert all(abs(r["reward/mean"]) < 1e-5 for r in rows)
+    assert all(0 < r["reward/chars"] < 1 for r in rows)
+    first = sum(r["reward/seven"] for r in rows[:3]) / 3
+    last = sum(r["reward/seven"] for r in rows[-3:]) / 3
+    assert last > 0.6 and last > first + 0.3, (first, last)
