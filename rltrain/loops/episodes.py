@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rltrain.algos.grpo import gdpo_scores
 from rltrain.config import RunConfig
 from rltrain.engine.dist import Dist
 from rltrain.engine.model import eos_token_ids
@@ -159,6 +160,14 @@ def reward_components(s: Scored, reward_fn) -> tuple[torch.Tensor, torch.Tensor]
     comps = torch.tensor([_floats(s.reward.info.get(f"reward/{label}"), n) for label, _, _ in parts],
                          dtype=torch.float32)
     return comps, torch.tensor([w for _, w, _ in parts], dtype=torch.float32)
+
+
+def gdpo(s: Scored, reward_fn, cfg: RunConfig, group_size: int, *, eps: float = 1e-6, std_ddof: int = 1) -> None:
+    """``reward.normalize=then_sum`` (GDPO): replace ``s.scores`` by the weighted sum of the
+    components normalised within each prompt's group (``algos.grpo.gdpo_scores``); else nothing."""
+    if getattr(cfg.reward, "normalize", "none") == "then_sum":
+        comps, weights = reward_components(s, reward_fn)
+        s.scores = gdpo_scores(comps, weights, group_size, eps=eps, std_ddof=std_ddof)
 
 
 def reward_metrics(s: Scored, dist: Dist) -> dict:

@@ -26,7 +26,7 @@ import time
 import torch
 
 from rltrain.algos import core
-from rltrain.algos.grpo import (ADV_ESTIMATORS, dynamic_sampling_keep, gdpo_scores, group_advantages, overlong_penalty,
+from rltrain.algos.grpo import (ADV_ESTIMATORS, dynamic_sampling_keep, group_advantages, overlong_penalty,
                                reinforce_pp_returns, rloo_advantages)
 from rltrain.config import RunConfig
 from rltrain.engine.dist import Dist
@@ -53,9 +53,7 @@ def collect(step: int, ctx, cfg: RunConfig, dist: Dist) -> tuple[episodes.Scored
         for k in times:
             times[k] += tm[k]
         batches += 1
-        if cfg.reward.name == "combined" and cfg.reward.normalize == "then_sum":  # GDPO
-            comps, weights = episodes.reward_components(s, ctx.reward)
-            s.scores = gdpo_scores(comps, weights, n, eps=a.adv_eps, std_ddof=a.std_ddof)
+        episodes.gdpo(s, ctx.reward, cfg, n, eps=a.adv_eps, std_ddof=a.std_ddof)  # reward.normalize=then_sum
         if a.overlong_buffer > 0:
             s.scores = s.scores + overlong_penalty(s.lengths, max_len=cfg.rollout.max_new_tokens,
                                                    cache_len=a.overlong_buffer, factor=a.overlong_factor)

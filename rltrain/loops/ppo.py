@@ -196,6 +196,7 @@ def ppo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
         s, times = episodes.rollout_and_score(ctx.actor.module, ctx.tok, [ctx.train[i] for i in idx],
                                        [ctx.train_ids[i] for i in idx], ctx.reward, cfg, n=n,
                                        generator=episodes.rollout_generator(cfg.seed, step), first_prompt_index=first)
+    episodes.gdpo(s, ctx.reward, cfg, n)  # reward.normalize=then_sum
     mask, T = s.mask, s.response_ids.shape[1]
     mb = t.micro_batch_size
 
