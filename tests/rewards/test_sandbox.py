@@ -275,7 +275,7 @@ def test_limits_are_validated():
 
 
 def test_namespace_refused_without_root_fails_closed(monkeypatch):
-    import rltrain.rewards.sandbox as sandbox_module
+    import rltrain.rewards.sandbox.pool as sandbox_module  # where the probe looks them up
 
     monkeypatch.setattr(sandbox_module, "_PROBE_CACHE", {})
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
@@ -287,7 +287,7 @@ def test_namespace_refused_without_root_fails_closed(monkeypatch):
 
 def test_a_jail_that_cannot_be_built_fails_closed(jail, monkeypatch):
     """A broken jail (here: its root is a file) is refused by auto, not run as process."""
-    import rltrain.rewards.sandbox as sandbox_module
+    import rltrain.rewards.sandbox.pool as sandbox_module  # where the probe looks them up
 
     monkeypatch.setattr(sandbox_module, "_PROBE_CACHE", {})
     monkeypatch.setattr(sandbox_module, "_jail_ro_paths", lambda sys_path: ["/usr", "/no/such/dir"] + sys_path[:0])

@@ -1,0 +1,226 @@
+"""The jail side up to the first test: the zygote, one launcher per program, and the jail.
+
+The zygote (started once per ``Sandbox``, see ``__main__.py``) forks a launcher for each
+program. The launcher reads the request, joins the slot's cgroups, unshares the mount, pid,
+net, ipc and uts namespaces and forks the harness, pid 1 of the new pid namespace, which
+builds the jail (private mounts, chroot), drops to the slot's uid, sets the rlimits, installs
+the seccomp filter and hands over to ``harness._run_tests``. ``process`` isolation skips the
+namespaces and the jail.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import signal
+import sys
+
+from .harness import HEADER, _run_tests
+from .host import _DEVICES
+from .libc import (
+    _CLONE_NEWIPC,
+    _CLONE_NEWNET,
+    _CLONE_NEWNS,
+    _CLONE_NEWPID,
+    _CLONE_NEWUTS,
+    _MNT_DETACH,
+    _MS_BIND,
+    _MS_NODEV,
+    _MS_NOSUID,
+    _MS_PRIVATE,
+    _MS_RDONLY,
+    _MS_REC,
+    _MS_REMOUNT,
+    _PR_SET_DUMPABLE,
+    _PR_SET_NO_NEW_PRIVS,
+    _PR_SET_PDEATHSIG,
+    _check,
+    _libc,
+    _mount,
+    _set_rlimit,
+)
+from .protocol import _emit
+from .seccomp import _install_seccomp
+from .types import _MB
+
+_MAX_OPEN_FILES = 256
+
+
+def _build_jail(libc, req: dict) -> None:
+    """Private mounts and chroot (runs as root, pid 1 of the new namespaces).
+
+    Order: a read-only-to-be tmpfs root; one scratch tmpfs of ``disk_mb`` behind the work dir
+    (owned by the jail's uid) and ``/tmp`` (root-owned, sticky); the devices; then the mount
+    plan's binds (those under /tmp land in the scratch /tmp, on root-owned directories the
+    program cannot rename); finally the root is remounted read-only and we chroot.
+    """
+    root, uid = req["jail_root"], req["uid"]
+    limits = req["limits"]
+    workdir = req["jail_workdir"]
+    _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)
+    _mount(libc, "tmpfs", root, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,nr_inodes=4096,mode=0755")
+    stage = root + "/.scratch"
+    os.mkdir(stage, 0o700)
+    _mount(
+        libc, "tmpfs", stage, "tmpfs", _MS_NOSUID | _MS_NODEV,
+        f"size={int(limits['disk_mb'])}m,nr_inodes=16384,mode=0755",
+    )
+    os.mkdir(stage + "/work", 0o700)
+    os.chown(stage + "/work", uid, uid)
+    os.mkdir(stage + "/tmp")
+    os.chmod(stage + "/tmp", 0o1777)
+    for source, target in ((stage + "/work", root + workdir), (stage + "/tmp", root + "/tmp")):
+        os.mkdir(target, 0o755)
+        _mount(libc, source, target, None, _MS_BIND)
+    _check(libc.umount2(stage.encode(), _MNT_DETACH), "umount2 scratch")
+    os.rmdir(stage)
+    os.mkdir(root + "/dev", 0o755)
+    for dev in _DEVICES:
+        with open(f"{root}/dev/{dev}", "w"):
+            pass
+        _mount(libc, f"/dev/{dev}", f"{root}/dev/{dev}", None, _MS_BIND)
+    for source, path in req["plan"]:
+        target = root + path
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+        if os.path.isdir(source):
+            os.mkdir(target, 0o755)
+        else:
+            with open(target, "w"):
+                pass
+        _mount(libc, source, target, None, _MS_BIND | _MS_REC)
+        _mount(libc, None, target, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+    _mount(libc, None, root, None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
+    os.chroot(root)
+    os.chdir(workdir)
+
+
+def _drop_privileges(libc, uid: int) -> None:
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    # Credentials changed, which clears the parent-death signal: set it now.
+    _check(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+    _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+    _check(libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(DUMPABLE)")
+    if os.getuid() == 0 or os.geteuid() == 0:
+        raise OSError("privileges were not dropped")
+
+
+def _zygote_main(ctrl_fd: int) -> None:
+    """Fork one launcher per request; imports are paid once here, not per program.
+
+    Protocol on the control socket (from the training process): a message ``run`` carrying
+    one file descriptor, the job socket; the reply ``ok`` carries a pidfd of the launcher
+    (race-free kill). EOF on the control socket, or the training process dying, ends it.
+    """
+    import socket
+    import traceback
+
+    libc = _libc()
+    _check(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+    exec(compile(HEADER, "<header>", "exec"), {})
+    import shutil  # noqa: F401 - preloaded for the process-isolation guard
+    import subprocess  # noqa: F401
+
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # launchers are reaped by the kernel
+    ctrl = socket.socket(fileno=ctrl_fd)
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(ctrl, 16, 1)
+        except OSError:
+            os._exit(0)
+        if not msg:
+            os._exit(0)
+        if msg != b"run" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            ctrl.sendall(b"bad request")
+            continue
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                os.setsid()
+                for target in (0, 1, 2):
+                    os.dup2(fds[0], target)
+                os.closerange(3, 1 << 16)  # the control socket included
+                _jail_main()
+            except BaseException:  # noqa: BLE001 - report anything, then die
+                traceback.print_exc()
+            os._exit(3)
+        os.close(fds[0])
+        try:
+            pidfd = [os.pidfd_open(pid)]
+        except OSError:  # already exited (and reaped)
+            pidfd = []
+        socket.send_fds(ctrl, [b"ok"], pidfd)
+        for fd in pidfd:
+            os.close(fd)
+
+
+def _read_request() -> dict:
+    chunks = []
+    while True:
+        chunk = os.read(0, 1 << 20)
+        if not chunk:
+            return json.loads(b"".join(chunks))
+        chunks.append(chunk)
+
+
+def _jail_main() -> None:
+    req = _read_request()
+    limits = req["limits"]
+    namespace = req["isolation"] == "namespace"
+    libc = _libc()
+    if namespace:
+        try:
+            for procs in req["cgroup_procs"]:
+                with open(procs, "w") as fh:
+                    fh.write(str(os.getpid()))
+            _check(
+                libc.unshare(_CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWNET | _CLONE_NEWIPC | _CLONE_NEWUTS),
+                "unshare",
+            )
+            pid = os.fork()
+        except OSError as exc:
+            _emit({"event": "setup_error", "error": str(exc)})
+            os._exit(3)
+        if pid:
+            # Launcher: mirror the harness's fate; if the launcher is killed, PDEATHSIG
+            # kills the harness and with it the whole pid namespace.
+            _, status = os.waitpid(pid, 0)
+            os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+        try:
+            _build_jail(libc, req)
+            _drop_privileges(libc, req["uid"])
+            _set_rlimit(resource.RLIMIT_NPROC, int(limits["max_processes"]))
+            _install_seccomp(libc)
+        except OSError as exc:
+            _emit({"event": "setup_error", "error": str(exc)})
+            os._exit(3)
+    else:
+        for procs in req["cgroup_procs"]:
+            try:
+                with open(procs, "w") as fh:
+                    fh.write(str(os.getpid()))
+            except OSError:
+                pass
+        os.chdir(req["workdir"])
+        os.environ["HOME"] = os.environ["TMPDIR"] = req["workdir"]
+        try:
+            _install_seccomp(libc)
+        except OSError as exc:
+            _emit({"event": "setup_error", "error": str(exc)})
+            os._exit(3)
+    if namespace:
+        os.environ["HOME"] = os.environ["TMPDIR"] = req["jail_workdir"]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _set_rlimit(resource.RLIMIT_CORE, 0)
+    _set_rlimit(resource.RLIMIT_NOFILE, _MAX_OPEN_FILES)
+    _set_rlimit(resource.RLIMIT_AS, int(limits["memory_mb"]) * _MB)
+    _set_rlimit(resource.RLIMIT_CPU, int(math.ceil(limits["program_timeout"])) + 1)
+    sys.path.extend(req["sys_path"])
+    _run_tests(req, namespace)
+    _emit({"event": "done"})
+    os._exit(0)

@@ -1,0 +1,85 @@
+"""The seccomp filter of every jail (and of ``process`` isolation): a classic-BPF program,
+built here from per-architecture syscall tables, that refuses keyrings, ptrace, mount and
+namespace calls and the rest of ``_DENIED_SYSCALLS`` with EPERM. Installed in the jail;
+``_seccomp_arch`` also tells the training process whether this machine has a table.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+
+from .libc import _PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _check
+
+# seccomp: (AUDIT_ARCH, syscall numbers) per machine. Denied with EPERM (clone3: ENOSYS, so
+# libc falls back to clone, whose namespace flags the filter can see and refuse).
+_DENIED_SYSCALLS = (
+    "add_key", "request_key", "keyctl", "ptrace", "process_vm_readv", "process_vm_writev",
+    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "bpf", "perf_event_open",
+    "userfaultfd", "kexec_load", "init_module", "finit_module", "delete_module",
+    "open_by_handle_at", "name_to_handle_at", "io_uring_setup",
+)
+_SYSCALLS = {
+    "x86_64": (0xC000003E, {
+        "add_key": 248, "request_key": 249, "keyctl": 250, "ptrace": 101, "process_vm_readv": 310,
+        "process_vm_writev": 311, "unshare": 272, "setns": 308, "mount": 165, "umount2": 166,
+        "pivot_root": 155, "chroot": 161, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323,
+        "kexec_load": 246, "init_module": 175, "finit_module": 313, "delete_module": 176,
+        "open_by_handle_at": 304, "name_to_handle_at": 303, "io_uring_setup": 425,
+        "clone": 56, "clone3": 435,
+    }),
+    "aarch64": (0xC00000B7, {
+        "add_key": 217, "request_key": 218, "keyctl": 219, "ptrace": 117, "process_vm_readv": 270,
+        "process_vm_writev": 271, "unshare": 97, "setns": 268, "mount": 40, "umount2": 39,
+        "pivot_root": 41, "chroot": 51, "bpf": 280, "perf_event_open": 241, "userfaultfd": 282,
+        "kexec_load": 104, "init_module": 105, "finit_module": 273, "delete_module": 106,
+        "open_by_handle_at": 265, "name_to_handle_at": 264, "io_uring_setup": 425,
+        "clone": 220, "clone3": 435,
+    }),
+}
+_CLONE_NS_FLAGS = 0x7E020000  # NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
+
+
+def _seccomp_arch():
+    return _SYSCALLS.get(os.uname().machine)
+
+
+def _seccomp_program() -> bytes:
+    """The classic-BPF filter (struct sock_filter[]) for this machine."""
+    import errno
+    import struct
+
+    arch, numbers = _seccomp_arch()
+    ld_abs, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, kill, errno_ret = 0x7FFF0000, 0x80000000, 0x00050000
+    # Instructions as (code, jt label, jf label, k); labels resolved to relative jumps below.
+    prog = [(ld_abs, None, None, 4), (jeq, None, "kill", arch), (ld_abs, None, None, 0)]
+    if os.uname().machine == "x86_64":
+        prog.append((jge, "eperm", None, 0x40000000))  # the x32 ABI: refuse it whole
+    prog += [(jeq, "eperm", None, numbers[name]) for name in _DENIED_SYSCALLS]
+    prog += [(jeq, "enosys", None, numbers["clone3"]), (jeq, "clone", None, numbers["clone"]),
+             (ret, None, None, allow)]
+    labels = {"clone": len(prog)}  # classic BPF jumps forward only: the targets come last
+    prog += [(ld_abs, None, None, 16), (jset, "eperm", None, _CLONE_NS_FLAGS), (ret, None, None, allow)]
+    labels["eperm"] = len(prog)
+    prog.append((ret, None, None, errno_ret | errno.EPERM))
+    labels["enosys"] = len(prog)
+    prog.append((ret, None, None, errno_ret | errno.ENOSYS))
+    labels["kill"] = len(prog)
+    prog.append((ret, None, None, kill))
+    out = b""
+    for i, (code, jt, jf, k) in enumerate(prog):
+        rel = lambda label: 0 if label is None else labels[label] - i - 1  # noqa: E731
+        out += struct.pack("=HBBI", code, rel(jt), rel(jf), k)
+    return out
+
+
+def _install_seccomp(libc) -> None:
+    """Deny the calls listed in ``_DENIED_SYSCALLS`` to this process and all its children."""
+    filters = _seccomp_program()
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+    prog = SockFprog(len(filters) // 8, filters)
+    _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+    _check(libc.prctl(_PR_SET_SECCOMP, 2, ctypes.byref(prog), 0, 0), "prctl(SECCOMP)")
