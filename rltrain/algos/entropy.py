@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from rltrain.algos.core import _bool, _ratio_count, masked_mean, masked_topk
-from rltrain.algos.ppo import importance_ratio
+from rltrain.algos.ppo import importance_ratio, surrogate_terms
 
 
 def _zero(x: Tensor) -> Tensor:
@@ -100,7 +100,8 @@ def clip_cov_select(
     with torch.no_grad():
         adv = torch.where(m, advantages, _zero(advantages))
         ratio = importance_ratio(logp.detach(), old_logp, m)  # [B, T]
-        clipped = (-adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)) > (-adv * ratio)
+        unclipped, clipped_term = surrogate_terms(ratio, adv, clip_low=clip_low, clip_high=clip_high)
+        clipped = clipped_term > unclipped
         cov = token_covariance(logp, adv, m)  # [B, T]
         candidates = m & ~clipped & (cov > cov_low) & (cov < cov_high)  # [B, T]
         n = select_count(int(m.sum()), select_ratio)
@@ -155,7 +156,7 @@ def clip_cov_loss(
         )
     adv = torch.where(m, advantages, _zero(advantages))  # [B, T]
     ratio = importance_ratio(logp, old_logp, m)  # [B, T]
-    loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high))
+    loss = torch.maximum(*surrogate_terms(ratio, adv, clip_low=clip_low, clip_high=clip_high))
     loss = loss * (~_bool(selected)).to(loss.dtype)  # the "detach": value and gradient 0
     return torch.where(m, loss, _zero(loss))
 

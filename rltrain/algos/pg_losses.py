@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from rltrain.algos.core import _bool, masked_mean
-from rltrain.algos.ppo import LOG_RATIO_CLAMP, importance_ratio
+from rltrain.algos.ppo import LOG_RATIO_CLAMP, importance_ratio, surrogate_terms
 
 GSPO_LEVELS = ("sequence", "token")
 
@@ -56,8 +56,7 @@ def gspo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, 
     else:
         ratio = torch.exp(s_log.detach() + logp - logp.detach())  # [B, T] value s_i, per-token gradient
         adv = advantages
-    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    loss = torch.maximum(-adv * ratio, -adv * clipped)
+    loss = torch.maximum(*surrogate_terms(ratio, adv, clip_low=clip_low, clip_high=clip_high))
     was_clipped = (torch.exp(s_log) < 1.0 - clip_low) | (torch.exp(s_log) > 1.0 + clip_high)  # [B, 1]
     return torch.where(m, loss, _zero(loss)), was_clipped.detach()
 

@@ -158,6 +158,13 @@ def importance_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor) -> Tensor:
     return torch.exp(log_ratio)
 
 
+def surrogate_terms(ratio: Tensor, adv: Tensor, *, clip_low: float, clip_high: float) -> tuple[Tensor, Tensor]:
+    """The two terms of PPO's clipped surrogate, the one place the clip is written:
+    L1 = −A·ρ and L2 = −A·clip(ρ, 1−clip_low, 1+clip_high). The loss is max(L1, L2); a token is
+    clipped where L2 > L1 (its gradient is then zero)."""
+    return -adv * ratio, -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+
+
 def clipped_surrogate(
     logp: Tensor,
     old_logp: Tensor,
@@ -187,9 +194,7 @@ def clipped_surrogate(
     m = _bool(mask)
     adv = torch.where(m, advantages, _zero(advantages))  # [B, T]
     ratio = importance_ratio(logp, old_logp, m)  # [B, T]
-    loss1 = -adv * ratio
-    loss2 = -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    loss = torch.maximum(loss1, loss2)
+    loss = torch.maximum(*surrogate_terms(ratio, adv, clip_low=clip_low, clip_high=clip_high))
     if dual_clip is not None:
         loss = torch.where(adv < 0, torch.minimum(loss, -adv * dual_clip), loss)
     return torch.where(m, loss, _zero(loss))
@@ -209,8 +214,8 @@ def clip_fraction(
         m = _bool(mask)
         adv = torch.where(m, advantages, _zero(advantages))
         ratio = importance_ratio(logp, old_logp, m)
-        clipped = (-adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)) > (-adv * ratio)
-        return masked_mean(clipped.to(ratio.dtype), m)
+        unclipped, clipped = surrogate_terms(ratio, adv, clip_low=clip_low, clip_high=clip_high)
+        return masked_mean((clipped > unclipped).to(ratio.dtype), m)
 
 
 def ratio_metrics(logp: Tensor, old_logp: Tensor, mask: Tensor) -> dict[str, Tensor]:
