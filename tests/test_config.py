@@ -26,7 +26,7 @@ def test_every_option_composes_and_validates(group, option):
         overrides.append("reward.fn=tests.toy_rewards:sevens")
     if group == "reward" and option == "classifier":
         overrides.append("reward.model_path=some/reward-model")
-    if group == "algo" and option == "opd":
+    if option in ("opd", "menu_opd"):
         overrides.append("algo.teacher_path=some/teacher")
     cfg = to_run_config(compose_or_explain(overrides))
     validate(cfg)

@@ -1,6 +1,7 @@
 """Markdown table of the reproduction runs (outputs/repro/<name>) for the README: held-out greedy
 accuracy after training, steps, summed step time, and the entropy / response-length trajectory.
-Usage: python scripts/repro/table.py [OUT_DIR] > bench/repro/results.md"""
+Usage: python scripts/repro/table.py [OUT_DIR] > bench/repro/results.md
+       python scripts/repro/table.py outputs/menu --menu   (scripts/repro/menu.sh's runs)"""
 from __future__ import annotations
 
 import json
@@ -43,8 +44,27 @@ def summary(run: Path) -> dict | None:
             "length": fmt(length), "eval_len": evals[final]["length"]}
 
 
+MENU = ["grpo", "gspo", "cispo", "sapo", "rloo", "reinforce_pp", "reinforce_pp_baseline", "tis", "icepop", "gdpo",
+        "opd"]
+
+
+def menu(out: Path) -> None:
+    print("| recipe | held-out greedy before → after | steps | step time (s) | mean step time (s) "
+          "| sampled length (first → mid → last step) |")
+    print("|---|---|---|---|---|---|")
+    for name in MENU:
+        s = summary(out / name)
+        if s is None:
+            continue
+        before = "-" if s["before"] is None else f"{s['before']:.0%}"
+        print(f"| `+experiment=menu_{name}` | {before} → **{s['acc']:.0%}** | {s['steps']} | {s['time']:.0f} "
+              f"| {s['time'] / max(s['steps'], 1):.1f} | {s['length']} |")
+
+
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/repro")
+    if "--menu" in sys.argv:
+        return menu(out)
     for title, names in GROUPS.items():
         print(f"\n#### {title}\n")
         print("| run | held-out accuracy | steps | step time (s) | policy entropy (first → mid → last step) "
