@@ -81,6 +81,19 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
         raise ConfigError(f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} must be ≥ 1")
     if cfg.rollout.temperature < 0:
         raise ConfigError(f"rollout.temperature={cfg.rollout.temperature} must be ≥ 0")
+    ev = cfg.eval
+    if ev.n < 1:
+        raise ConfigError(f"eval.n={ev.n} must be ≥ 1 (samples per question)")
+    if ev.temperature < 0:
+        raise ConfigError(f"eval.temperature={ev.temperature} must be ≥ 0 (0 = greedy)")
+    if not 0 < ev.top_p <= 1:
+        raise ConfigError(f"eval.top_p={ev.top_p} must be in (0, 1]")
+    if ev.n > 1 and ev.temperature == 0:
+        raise ConfigError(f"eval.n={ev.n} samples per question need eval.temperature > 0, got "
+                          f"eval.temperature={ev.temperature} (greedy decoding answers each question the same way "
+                          f"{ev.n} times)")
+    if any(k < 1 or k > ev.n for k in ev.k):
+        raise ConfigError(f"eval.k={list(ev.k)}: every k must satisfy 1 ≤ k ≤ eval.n={ev.n}")
     if cfg.launch.nproc_per_node < 1:
         raise ConfigError(f"launch.nproc_per_node={cfg.launch.nproc_per_node} must be ≥ 1")
 

@@ -342,7 +342,8 @@ class RolloutConfig:
 
 @dataclass
 class EvalConfig:
-    """Greedy evaluation on the test split."""
+    """Evaluation on the test split: greedy by default; ``n`` > 1 samples per question adds
+    mean@n, pass@k and maj@k (``loops.lifecycle.evaluate``, ``algos.passk``)."""
 
     every: int = 0
     """Evaluate every N steps (0 = only at start and end)."""
@@ -352,6 +353,19 @@ class EvalConfig:
     cache_base: bool = True
     """Reuse the untrained model's evaluation from the cache dir when the weights, questions and
     settings are the same (``loops.eval_cache``); the log says when it is used."""
+    n: int = 1
+    """Samples per question (≥ 1). 1 = one answer each (greedy at temperature 0: the default
+    evaluation); > 1 needs temperature > 0 and logs mean@n, pass@k and maj@k, and then
+    ``accuracy`` (like ``score`` and ``length``) is the mean over all samples, i.e. mean@n."""
+    temperature: float = 0.0
+    """Sampling temperature of the evaluation (≥ 0; 0 = greedy), independent of rollout.temperature."""
+    top_p: float = 1.0
+    """Nucleus mass of the evaluation's sampling, in (0, 1]; 1 = off."""
+    k: list[int] = field(default_factory=lambda: [1])
+    """With n > 1: report pass@k and maj@k for each k here (each 1 ≤ k ≤ n), e.g. [1, 4, 8]."""
+    seed: int = 0
+    """Seed of the evaluation's sampling: question i's samples come from streams seeded by (this,
+    i) alone, the same at every evaluation, for every run seed and on any number of ranks."""
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""The run lifecycle every loop shares: greedy evaluation, checkpoints and resume, the step clock,
-the end-of-step tail, and token-weighted metrics reduced across ranks."""
+"""The run lifecycle every loop shares: held-out evaluation (greedy, or sampled with pass@k),
+checkpoints and resume, the step clock, the end-of-step tail, and token-weighted metrics reduced
+across ranks."""
 from __future__ import annotations
 
 import json
@@ -10,13 +11,15 @@ from pathlib import Path
 
 import torch
 
-from rltrain.config import RunConfig
+from rltrain.algos import passk
+from rltrain.config import EvalConfig, RunConfig
 from rltrain.engine.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, save_hf, staging_dir
 from rltrain.engine.dist import Dist
 from rltrain.engine.lora import is_lora, merged_state_dict
 from rltrain.loops import eval_cache
 from rltrain.loops.episodes import rollout_and_score
 from rltrain.report import progress
+from rltrain.report.runs import sampled_eval_keys
 from rltrain.rollout import SamplingParams
 from rltrain.types import Sample
 
@@ -48,26 +51,74 @@ class Metrics:
 @torch.no_grad()
 def evaluate(module, tokenizer, samples: list[Sample], prompt_ids, reward_fn, cfg: RunConfig, dist: Dist,
              batch_size: int = 64) -> dict:
-    """Greedy accuracy and mean score on (this rank's slice of) the test split, reduced across ranks."""
-    mine = list(range(dist.rank, len(samples), dist.world_size))
-    params = SamplingParams(max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0, n=1,
+    """Held-out evaluation on (this rank's share of) the test split, reduced across ranks.
+
+    ``eval.n`` answers per question at ``eval.temperature`` / ``eval.top_p`` (default: one greedy
+    answer). A sample is correct when the reward's ``info["correct"]`` says so, else when its score
+    is > 0. Returns ``accuracy``, ``score`` and ``length`` (means over every sample: with n > 1,
+    ``accuracy`` is mean@n), ``n`` (questions) and ``time_s``; with n > 1 also ``mean@n`` and, for each
+    k in ``eval.k``, ``pass@k`` (unbiased estimator) and ``maj@k`` (majority vote over the first k
+    samples' ``info["extracted"]`` answers; absent for a reward that reports no extracted answer),
+    each averaged over questions (``algos.passk``).
+
+    Sampling: the generator is seeded with ``eval.seed`` and each question's samples are streams
+    seeded by its index in the test split (``first_prompt_index``), so a sampled evaluation is the
+    same every time it runs and on any number of ranks; that needs each batch to hold consecutive
+    questions, hence contiguous blocks per rank. Greedy keeps its strided split (what the cached
+    base-model results were computed with). ``batch_size``: sequences per generate call.
+    """
+    e = cfg.eval
+    ks = sorted(set(e.k)) if e.n > 1 else []
+    sampled = e.temperature > 0
+    N, R, W = len(samples), dist.rank, dist.world_size
+    mine = list(range(R * N // W, (R + 1) * N // W)) if sampled else list(range(R, N, W))
+    params = SamplingParams(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p, n=e.n,
                             stop_strings=tuple(cfg.rollout.stop_strings))
-    correct = score = length = 0.0
+    per_call = max(1, batch_size // e.n)  # questions per generate call
+    # [correct, score, length] summed over samples, [questions], then _sampled_sums' entries
+    totals = torch.zeros(5 + 2 * len(ks), dtype=torch.float64)
     t0 = time.time()
     with progress.phase("eval", total=len(mine), unit="questions") as bar:
-        for s in range(0, len(mine), batch_size):
-            idx = mine[s:s + batch_size]
+        for s in range(0, len(mine), per_call):
+            idx = mine[s:s + per_call]
             sc, _ = rollout_and_score(module, tokenizer, [samples[i] for i in idx], [prompt_ids[i] for i in idx],
-                                      reward_fn, cfg, n=1, generator=torch.Generator().manual_seed(0), params=params)
-            score += float(sc.scores.sum())
+                                      reward_fn, cfg, n=e.n, generator=torch.Generator().manual_seed(e.seed),
+                                      params=params, first_prompt_index=idx[0] if sampled else 0)
             c = sc.reward.info.get("correct")
-            correct += float(sum(bool(x) for x in c)) if c is not None else float((sc.scores > 0).sum())
-            length += float(sc.lengths.sum())
+            ok = [bool(x) for x in c] if c is not None else (sc.scores > 0).tolist()  # [len(idx) * n]
+            answers = sc.reward.info.get("extracted")
+            totals[:4] += torch.tensor([sum(ok), float(sc.scores.sum()), float(sc.lengths.sum()), len(idx)],
+                                       dtype=torch.float64)
+            if e.n > 1:
+                totals[4:] += _sampled_sums(ok, answers, e.n, ks)
             bar.advance(len(idx))
-    tot = dist.sum(torch.tensor([correct, score, length, float(len(mine))], dtype=torch.float64))
-    n = max(tot[3].item(), 1.0)
-    return {"accuracy": tot[0].item() / n, "score": tot[1].item() / n, "length": tot[2].item() / n,
-            "n": int(n), "time_s": time.time() - t0}
+    tot = dist.sum(totals)
+    questions = max(tot[3].item(), 1.0)
+    seqs = questions * e.n
+    out = {"accuracy": tot[0].item() / seqs, "score": tot[1].item() / seqs, "length": tot[2].item() / seqs,
+           "n": int(questions), "time_s": time.time() - t0}
+    if e.n > 1:
+        out[f"mean@{e.n}"] = out["accuracy"]
+        out.update({f"pass@{k}": tot[5 + j].item() / questions for j, k in enumerate(ks)})
+        if tot[4].item() == tot[3].item():  # every question had the reward's extracted answers
+            out.update({f"maj@{k}": tot[5 + len(ks) + j].item() / questions for j, k in enumerate(ks)})
+    return out
+
+
+def _sampled_sums(ok: list[bool], answers: list | None, n: int, ks: list[int]) -> torch.Tensor:
+    """Per-question pass@k and maj@k of one batch, summed over its questions: [questions with
+    answers, pass@k for each k, maj@k for each k]. Rows q*n .. q*n+n-1 answer question q."""
+    out = torch.zeros(1 + 2 * len(ks), dtype=torch.float64)
+    for q in range(len(ok) // n):
+        rows = slice(q * n, (q + 1) * n)
+        c = sum(ok[rows])
+        for j, k in enumerate(ks):
+            out[1 + j] += passk.pass_at_k(n, c, k)
+        if answers is not None:
+            out[0] += 1
+            for j, k in enumerate(ks):
+                out[1 + len(ks) + j] += float(passk.majority_vote(answers[rows][:k], ok[rows][:k]))
+    return out
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -165,7 +216,7 @@ def end_step(cfg: RunConfig, ctx, dist: Dist, clock: StepClock, done: int, metri
              evaluate=None) -> bool:
     """The tail every loop shares after step ``done``: periodic evaluation (not on the last step,
     which ``final_eval`` covers), logging, checkpointing. ``save(step)`` writes a checkpoint;
-    ``evaluate()`` returns held-out metrics (default: the actor's greedy accuracy); both are
+    ``evaluate()`` returns held-out metrics (default: ``policy_eval``); both are
     collective. Returns True after the last step."""
     last = clock.finish(done, metrics["time/step"])
     if cfg.eval.every and done % cfg.eval.every == 0 and not last:
@@ -179,7 +230,7 @@ def end_step(cfg: RunConfig, ctx, dist: Dist, clock: StepClock, done: int, metri
 
 
 def policy_eval(ctx, cfg: RunConfig, dist: Dist) -> dict:
-    """Greedy held-out evaluation of the actor (parameters gathered once under ZeRO-3)."""
+    """Held-out evaluation of the actor (``evaluate``; parameters gathered once under ZeRO-3)."""
     with ctx.actor.gathered():
         return evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
 
@@ -208,7 +259,7 @@ def finite_or_raise(loss: torch.Tensor, step: int) -> None:
 
 
 def initial_eval(cfg: RunConfig, ctx, dist: Dist, logger, start: int) -> dict | None:
-    """Greedy held-out evaluation before training (or, on resume, the one logged back then)."""
+    """Held-out evaluation before training (or, on resume, the one logged back then)."""
     if start > 0:
         path = Path(cfg.run_dir) / "metrics.jsonl"
         for line in path.read_text().splitlines() if path.exists() else []:
@@ -258,15 +309,26 @@ def mismatch_rows(run_dir: str) -> list[tuple[str, str, str]]:
              f"{b['mismatch/ratio_max']:.3f}")]
 
 
+def eval_summary_rows(e: EvalConfig, before: dict | None, after: dict) -> list[tuple[str, str, str]]:
+    """Summary-table rows (metric, before, after) of the held-out evaluation: accuracy, labelled
+    with how it was decoded (greedy, or mean@n at the sampling settings), then pass@k and maj@k."""
+    fmt = lambda d, k: f"{d[k]:.1%}" if d and k in d else "-"  # noqa: E731
+    how = "greedy" if e.temperature == 0 else f"mean@{e.n}, T={e.temperature:g}" + (
+        f", top-p={e.top_p:g}" if e.top_p < 1 else "")
+    rows = [(f"held-out accuracy ({how})", fmt(before, "accuracy"), fmt(after, "accuracy"))]
+    return rows + [(f"held-out {k}", fmt(before, k), fmt(after, k)) for k in sampled_eval_keys(after)
+                   if not k.startswith("mean@")]  # mean@n is the accuracy row
+
+
 def final_eval(cfg: RunConfig, ctx, dist: Dist, logger, before: dict | None, step: int | None = None) -> dict:
-    """Greedy held-out evaluation after training (after ``step``; default ``train.steps``), the
-    summary table, and the run's result."""
+    """Held-out evaluation after training (after ``step``; default ``train.steps``), the summary
+    table, and the run's result."""
     after = policy_eval(ctx, cfg, dist)
     if logger:
         logger.event(cfg.train.steps if step is None else step, "eval", after)
         fmt = lambda d, k, f: f.format(d[k]) if d else "-"  # noqa: E731
-        logger.summary([("held-out accuracy (greedy)", fmt(before, "accuracy", "{:.1%}"), f"{after['accuracy']:.1%}"),
-                        ("mean response length", fmt(before, "length", "{:.1f}"), f"{after['length']:.1f}")]
+        logger.summary(eval_summary_rows(cfg.eval, before, after)
+                       + [("mean response length", fmt(before, "length", "{:.1f}"), f"{after['length']:.1f}")]
                        + mismatch_rows(cfg.run_dir))
         logger.close()
     return {"eval_before": before, "eval_after": after, "run_dir": cfg.run_dir}

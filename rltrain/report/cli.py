@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 from rich.console import Console
+from rich.table import Table
 
 from rltrain.report import entropy_law as EL
 from rltrain.report.plots import plot_entropy_law, plot_runs, slug
-from rltrain.report.runs import Run, load_runs, markdown_table, rich_table, summarize
+from rltrain.report.runs import Run, load_runs, markdown_table, rich_table, sampled_eval_table, summarize
 
 MIN_LAW_POINTS = 3  # two points always fit exactly
 
@@ -129,14 +130,28 @@ def report_runs(args, console: Console) -> int:
     summaries = [summarize(r) for r in runs]
     console.print(rich_table(summaries, title=f"{len(runs)} run(s)"))
     md = ["# rltrain-report", "", "Runs: " + ", ".join(f"`{r.path}`" for r in runs), "",
-          "Eval accuracy: greedy, held-out, before the first and after the last step. Step time: mean of "
-          "`time/step`. Rollout tok/s: mean of `perf/tokens_per_s` (generated tokens / rollout time).", "",
+          "Eval accuracy: held-out, before the first and after the last step; greedy, or with `eval.n` > 1 the "
+          "mean over the samples (mean@n). Step time: mean of `time/step`. Rollout tok/s: mean of "
+          "`perf/tokens_per_s` (generated tokens / rollout time).", "",
           markdown_table(summaries)]
+    head, rows = sampled_eval_table(runs)
+    if rows:
+        t = Table(title="sampled evaluation (first and last)")
+        for i, h in enumerate(head):
+            t.add_column(h, justify="left" if i == 0 else "right")
+        for r in rows:
+            t.add_row(*r)
+        console.print(t)
+        md += ["## Sampled evaluation", "",
+               "`eval.n` samples per question: mean@n = mean accuracy over every sample; pass@k = unbiased "
+               "estimate of P(at least one of k samples is correct) (Chen et al. 2021); maj@k = the most frequent "
+               "extracted answer among the first k samples is correct (ties: the earliest). Each averaged over "
+               "questions; the run's first and last sampled evaluation.", "",
+               "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+        md += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows] + [""]
     files = [] if args.no_plots else [str(p) for p in plot_runs(runs, out)]
 
     if args.entropy_law:
-        from rich.table import Table
-
         sources = ["train", "eval"] if args.law_source == "both" else [args.law_source]
         smoothed = f", smoothed over {args.smooth}" if args.smooth > 1 else ""
         t = Table(title=f"entropy law R = −a·exp(H) + b{smoothed}")

@@ -3,7 +3,8 @@
 A run directory holds ``config.yaml`` (the resolved config) and ``metrics.jsonl``: step rows
 ``{"step": n, "wall_time": s, <metric>: value, ...}`` (``RunLogger.log``) and event rows
 ``{"step": n, "event": "eval", "accuracy": ..., ...}`` (``RunLogger.event``). Evaluations between
-start and end are logged inside step rows as ``eval/<key>``; both forms are read as evals.
+start and end are logged inside step rows as ``eval/<key>``; both forms are read as evals. A sampled
+evaluation (``eval.n`` > 1) adds ``mean@n``, ``pass@k`` and ``maj@k`` (``sampled_eval_table``).
 
 Everything here tolerates missing pieces: a run without ``config.yaml`` is labelled by its
 directory name, a metric no row has is simply absent, a line cut off by a crash is skipped.
@@ -62,6 +63,17 @@ class Run:
                 xs.append(xv)
                 ys.append(e[key])
         return xs, ys
+
+
+SAMPLED_EVAL_PREFIXES = ("mean@", "pass@", "maj@")
+
+
+def sampled_eval_keys(ev: dict) -> list[str]:
+    """The sampled-evaluation metrics of an eval record (``mean@n``, ``pass@k``, ``maj@k``, logged
+    with ``eval.n`` > 1), ordered mean, pass, maj, then by k."""
+    split = {k: k.partition("@") for k in ev if k.startswith(SAMPLED_EVAL_PREFIXES)}
+    order = {k: (SAMPLED_EVAL_PREFIXES.index(head + at), int(n)) for k, (head, at, n) in split.items() if n.isdigit()}
+    return sorted(order, key=order.get)
 
 
 def _is_num(v) -> bool:
@@ -248,6 +260,19 @@ COLUMNS = [
     ("final reward", "final_reward", "{:.3f}"),
     ("wall time (s)", "wall_time", "{:.0f}"),
 ]
+
+
+def sampled_eval_table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the sampled evaluations: for each run that logged them, its first and
+    last eval (step, mean@n, pass@k, maj@k); "-" where a run lacks a column. No rows: none did."""
+    picked = []
+    for run in runs:
+        evals = [e for e in run.evals if sampled_eval_keys(e)]
+        picked += [(run, e) for e in ([evals[0], evals[-1]] if len(evals) > 1 else evals)]
+    keys = sampled_eval_keys(dict.fromkeys(k for _, e in picked for k in sampled_eval_keys(e)))
+    rows = [[run.label, str(e["step"])] + [f"{e[k]:.1%}" if _is_num(e.get(k)) else "-" for k in keys]
+            for run, e in picked]
+    return ["run", "step"] + keys, rows
 
 
 def table_cells(s: Summary) -> list[str]:
