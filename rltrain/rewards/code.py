@@ -40,9 +40,10 @@ explicit ``process`` runs programs uncontained, and says so once on stderr. A ru
 changes its isolation after the start.
 
 Departures from the references: tests run one process each (a fork of a per-program harness,
-inside one jail per program: see ``sandbox.py``), so one test's global state cannot leak into
-the next; all_pass and shaped stop a program at its first runtime error or timeout (the score
-is already decided), pass_rate runs every test; verl's "first 10 tests" cut is ``max_tests``.
+inside one jail per program: see the ``rewards.sandbox`` package), so one test's global state
+cannot leak into the next; all_pass and shaped stop a program at its first runtime error or
+timeout (the score is already decided), pass_rate runs every test; verl's "first 10 tests" cut
+is ``max_tests``.
 Expected outputs never enter the sandbox.
 """
 from __future__ import annotations

@@ -5,8 +5,12 @@ Namespace isolation needs root; ``sandbox_support`` decides once whether this ma
 it. Where it can, a jail that fails to build fails these tests; where it cannot, they skip
 saying why, and the process-isolation tests still run.
 """
+import errno
+import json
 import os
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -313,3 +317,186 @@ def test_mount_plan_binds_lexical_and_resolved_paths_without_collisions(tmp_path
     for bad in ("/", "/tmp", "/dev", "/dev/null", "/proc/self"):
         with pytest.raises(SandboxError, match="cannot expose"):
             mount_plan([bad])
+
+
+def test_mounts_under_an_exposed_path_are_read_only_too(tmp_path):
+    """World-writable tmpfs mounts under an exposed import path come into the jail with the
+    recursive bind; there they are read-only, nosuid and nodev like the path itself, and
+    nothing a program writes reaches the host."""
+    exposed = tmp_path / "site-packages"
+    inner = exposed / "mounted"
+    deeper = inner / "deeper"
+    exposed.mkdir()
+    mounted = []
+    try:
+        for path in (inner, deeper):  # deeper is made on (and mounted over) the inner tmpfs
+            path.mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777,size=1m", "tmpfs", str(path)], check=True)
+            mounted.append(path)
+        sandbox = namespace_sandbox(Limits(timeout=5.0), num_workers=1, use_cgroups=False, import_paths=[str(exposed)])
+        try:
+            code = f"""
+import os
+for d in {[str(exposed), str(inner), str(deeper)]!r}:
+    try:
+        open(d + "/pwned", "w").write("x")
+        print("wrote", d)
+    except OSError as exc:
+        print("refused", d, exc.errno)
+    f = os.statvfs(d).f_flag
+    print("flags", d, bool(f & os.ST_RDONLY), bool(f & os.ST_NOSUID), bool(f & os.ST_NODEV))
+"""
+            run = sandbox.run(code, [""])
+        finally:
+            sandbox.close()
+        assert run.tests[0].status == "ok", run
+        lines = run.tests[0].output.splitlines()
+        for d in (exposed, inner, deeper):
+            assert f"refused {d} {errno.EROFS}" in lines, lines  # EROFS: there, and read-only
+            assert f"flags {d} True True True" in lines, lines
+        assert [str(d) for d in (exposed, inner, deeper) if (d / "pwned").exists()] == []
+    finally:
+        for path in reversed(mounted):
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+_READ_ONLY_SCRIPT = """
+import os, sys
+from rltrain.rewards.sandbox import launcher
+from rltrain.rewards.sandbox.libc import (
+    _CLONE_NEWNS, _MS_BIND, _MS_NODEV, _MS_NOSUID, _MS_PRIVATE, _MS_RDONLY, _MS_REC, _MS_REMOUNT, _check, _libc, _mount,
+)
+
+source, target, how = sys.argv[1:]
+libc = _libc()
+_check(libc.unshare(_CLONE_NEWNS), "unshare")  # everything below dies with this process
+_mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)
+os.mkdir(source + "/sub")
+_mount(libc, "tmpfs", source + "/sub", "tmpfs", 0, "mode=1777,size=1m")
+os.mkdir(source + "/sub/deeper")
+_mount(libc, "tmpfs", source + "/sub/deeper", "tmpfs", 0, "mode=1777,size=1m")
+_mount(libc, source, target, None, _MS_BIND | _MS_REC)
+if how == "top_only":  # the old jail build
+    _mount(libc, None, target, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+else:
+    getattr(launcher, how)(libc, target)
+try:
+    launcher._check_read_only([target])
+    print("checked")
+except OSError as exc:
+    print("refused:", exc)
+for d in ("top", "sub", "sub/deeper"):
+    try:
+        open(target + "/" + d.replace("top", "") + "/x", "w").write("x")
+        print("wrote", d)
+    except OSError as exc:
+        print("erofs" if exc.errno == 30 else exc.errno, d)
+"""
+
+
+@pytest.mark.parametrize("how", ["_read_only_by_setattr", "_read_only_by_remount", "top_only"])
+def test_each_way_of_making_a_bind_read_only_covers_its_submounts(tmp_path, how):
+    """mount_setattr(AT_RECURSIVE) and its fallback (remount each mount of /proc/self/mountinfo)
+    leave no writable mount under the bind; remounting only the top one (the old way) does,
+    and ``_check_read_only`` refuses it. In a private mount namespace of a child process."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (mounts)")
+    (tmp_path / "source").mkdir()
+    (tmp_path / "target").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", _READ_ONLY_SCRIPT, str(tmp_path / "source"), str(tmp_path / "target"), how],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    if how == "top_only":
+        assert lines[0].startswith("refused:") and str(tmp_path / "target" / "sub") in lines[0], lines
+        assert lines[1:] == ["erofs top", "wrote sub", "wrote sub/deeper"]  # what the check caught
+    else:
+        assert lines == ["checked", "erofs top", "erofs sub", "erofs sub/deeper"]
+    assert os.listdir(tmp_path / "source" / "sub") == []  # the tmpfs mounts died with the namespace
+
+
+# The calls added to the seccomp deny list, numbered from the kernel's own tables
+# (arch/x86/entry/syscalls/syscall_64.tbl; include/uapi/asm-generic/unistd.h for aarch64),
+# written out here independently of ``seccomp._SYSCALLS``.
+_NEWLY_DENIED = {
+    "x86_64": {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
+               "pidfd_getfd": 438, "mount_setattr": 442, "kexec_file_load": 320, "reboot": 169},
+    "aarch64": {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
+                "pidfd_getfd": 438, "mount_setattr": 442, "kexec_file_load": 294, "reboot": 142},
+}
+# Arguments with which each call fails doing nothing, and without the filter with an error
+# other than EPERM: invalid flags, bad fds, wrong reboot magic (fsopen, fsmount, fspick,
+# reboot and kexec_file_load check a capability first, so this holds as root only).
+_HARMLESS_ARGS = {
+    "open_tree": (-1, None, 0xFFFFFFFF), "move_mount": (-1, None, -1, None, 0xFFFFFFFF),
+    "fsopen": (None, 0xFFFFFFFF), "fsconfig": (-1, 0, None, None, 0), "fsmount": (-1, 0xFFFFFFFF, 0),
+    "fspick": (-1, None, 0xFFFFFFFF), "pidfd_getfd": (-1, 0, 0xFFFFFFFF),
+    "mount_setattr": (-1, None, 0xFFFFFFFF, None, 0), "kexec_file_load": (-1, -1, 0, None, 0xFFFFFFFF),
+    "reboot": (0, 0, 0, None),
+}
+_FLAGS_CHECKED_FIRST = ("open_tree", "move_mount", "fsconfig", "pidfd_getfd", "mount_setattr")  # EINVAL for anyone
+
+
+def _syscall_program() -> str:
+    calls = {name: (nr, _HARMLESS_ARGS[name]) for name, nr in _NEWLY_DENIED[os.uname().machine].items()}
+    return f"""
+import ctypes, errno, json
+libc = ctypes.CDLL(None, use_errno=True)
+out = {{}}
+for name, (nr, args) in {calls!r}.items():
+    ctypes.set_errno(0)
+    ret = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a or 0) for a in args])
+    out[name] = "returned" if ret >= 0 else errno.errorcode[ctypes.get_errno()]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("isolation", ["namespace", "process"])
+def test_new_mount_api_kexec_reboot_and_pidfd_getfd_are_denied(jail, isolation):
+    if os.uname().machine not in _NEWLY_DENIED:
+        pytest.skip(f"no seccomp table for {os.uname().machine}")
+    sandbox = jail if isolation == "namespace" else Sandbox(Limits(timeout=5.0), isolation="process", num_workers=1)
+    try:
+        run = sandbox.run(_syscall_program(), [""])
+    finally:
+        if sandbox is not jail:
+            sandbox.close()
+    assert run.tests[0].status == "ok", run
+    assert json.loads(run.tests[0].output) == {name: "EPERM" for name in _HARMLESS_ARGS}
+    # The test's power: unfiltered, these calls fail otherwise (all of them, as root).
+    unfiltered = json.loads(subprocess.run([sys.executable, "-c", _syscall_program()], capture_output=True,
+                                           text=True, check=True, timeout=60).stdout)
+    assert [n for n in _FLAGS_CHECKED_FIRST if unfiltered[n] == "EPERM"] == [], unfiltered
+    if os.geteuid() == 0:
+        assert [n for n, e in unfiltered.items() if e == "EPERM"] == [], unfiltered
+
+
+def test_seccomp_syscall_numbers_match_the_kernel_headers():
+    """Every number of each seccomp table, against the kernel UAPI headers installed here."""
+    import re
+
+    from rltrain.rewards.sandbox.seccomp import _SYSCALLS
+
+    headers = {
+        "x86_64": ["/usr/include/x86_64-linux-gnu/asm/unistd_64.h", "/usr/include/asm/unistd_64.h"],
+        "aarch64": ["/usr/include/asm-generic/unistd.h"],  # arm64's table is the generic one
+    }
+    checked = []
+    for arch, paths in headers.items():
+        path = next((p for p in paths if os.path.exists(p)), None)
+        if path is None:
+            continue
+        with open(path) as fh:
+            defines = re.finditer(r"#define __NR(?:3264)?_(\w+)\s+(\d+)", fh.read())
+        numbers = {m.group(1): int(m.group(2)) for m in defines}
+        if "mount_setattr" not in numbers:
+            continue  # headers older than Linux 5.12
+        table = _SYSCALLS[arch][1]
+        assert set(_NEWLY_DENIED[arch]) <= set(table), arch
+        assert {name: numbers.get(name) for name in table} == table, path
+        assert {name: table[name] for name in _NEWLY_DENIED[arch]} == _NEWLY_DENIED[arch]
+        checked.append(arch)
+    if not checked:
+        pytest.skip(f"no kernel headers of Linux 5.12+ here (looked for {headers})")

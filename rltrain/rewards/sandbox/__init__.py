@@ -32,14 +32,18 @@ What each mechanism buys (``Sandbox.mechanisms`` lists the ones active):
   unix sockets of the host are out of reach.
 - mount namespace + chroot: files outside the jail do not exist for the program (no /proc,
   /etc, /home, /root, the project, the host's /tmp or /dev/shm); the root and every bind are
-  read-only, and the one writable tmpfs disappears with the namespace.
+  read-only, nosuid and nodev, down to whatever the host has mounted under an exposed path
+  (``mount_setattr`` with ``AT_RECURSIVE``, else a remount of each; a jail with a writable
+  mount left is refused), and the one writable tmpfs disappears with the namespace.
 - ipc namespace: SysV queues, semaphores and shared memory die with the program.
 - unprivileged uid (``uid_base + slot``, one per concurrent jail): no capabilities, so the
   chroot cannot be left and RLIMIT_NPROC applies (it is ignored for root), counted per jail.
 - seccomp filter (x86_64, aarch64): keyring calls (``add_key``, ``keyctl``, ``request_key``:
   keyrings are per uid, not per namespace, so they would carry data to the next program of
-  the slot), ``ptrace``, ``process_vm_*``, mount and namespace calls, ``bpf``,
-  ``perf_event_open``, ``userfaultfd``, ``io_uring`` and module loading fail with EPERM.
+  the slot), ``ptrace``, ``process_vm_*``, ``pidfd_getfd``, mount and namespace calls (the
+  new mount API too: ``open_tree``, ``move_mount``, ``fsopen``, ``fsconfig``, ``fsmount``,
+  ``fspick``, ``mount_setattr``), ``bpf``, ``perf_event_open``, ``userfaultfd``, ``io_uring``,
+  ``reboot``, ``kexec_*`` and module loading fail with EPERM.
 - rlimits: address space (RLIMIT_AS), CPU seconds per test, file size (bounds stdout too:
   outputs go to memfds), process count, open files, no core dumps.
 - cgroups (v1 or v2, when writable): ``pids.max`` per jail bounds a fork bomb even across

@@ -3,21 +3,23 @@
 The zygote (started once per ``Sandbox``, see ``__main__.py``) forks a launcher for each
 program. The launcher reads the request, joins the slot's cgroups, unshares the mount, pid,
 net, ipc and uts namespaces and forks the harness, pid 1 of the new pid namespace, which
-builds the jail (private mounts, chroot), drops to the slot's uid, sets the rlimits, installs
-the seccomp filter and hands over to ``harness._run_tests``. ``process`` isolation skips the
-namespaces and the jail.
+builds the jail (private mounts, every bind read-only down to its submounts, chroot), drops
+to the slot's uid, sets the rlimits, installs the seccomp filter (last: the jail build needs
+the mount calls it denies) and hands over to ``harness._run_tests``. ``process`` isolation
+skips the namespaces and the jail.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
 import resource
 import signal
 import sys
 
 from .harness import HEADER, _run_tests
-from .host import _DEVICES
+from .host import _DEVICES, _is_within
 from .libc import (
     _CLONE_NEWIPC,
     _CLONE_NEWNET,
@@ -25,9 +27,14 @@ from .libc import (
     _CLONE_NEWPID,
     _CLONE_NEWUTS,
     _MNT_DETACH,
+    _MOUNT_ATTR_NODEV,
+    _MOUNT_ATTR_NOSUID,
+    _MOUNT_ATTR_RDONLY,
     _MS_BIND,
     _MS_NODEV,
+    _MS_NOEXEC,
     _MS_NOSUID,
+    _MS_NOSYMFOLLOW,
     _MS_PRIVATE,
     _MS_RDONLY,
     _MS_REC,
@@ -38,13 +45,57 @@ from .libc import (
     _check,
     _libc,
     _mount,
+    _mount_setattr_recursive,
     _set_rlimit,
 )
 from .protocol import _emit
-from .seccomp import _install_seccomp
+from .seccomp import _install_seccomp, _seccomp_arch
 from .types import _MB
 
 _MAX_OPEN_FILES = 256
+
+
+def _mount_table() -> list[tuple[str, set[str]]]:
+    """(mount point, per-mount options) of every mount of this mount namespace, from
+    /proc/self/mountinfo (where a space in a mount point reads ``\\040``)."""
+    with open("/proc/self/mountinfo", "rb") as fh:
+        lines = fh.read().splitlines()
+    table = []
+    for line in lines:
+        fields = line.split(b" ")
+        point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
+        table.append((os.fsdecode(point), set(fields[5].decode().split(","))))
+    return table
+
+
+def _read_only_by_setattr(libc, target: str) -> None:
+    """Make the mount at ``target`` and every mount under it read-only, nosuid and nodev, in
+    one mount_setattr(2) call (Linux 5.12+); their other flags (noexec...) stay."""
+    _mount_setattr_recursive(
+        libc, _seccomp_arch()[1]["mount_setattr"], target, _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV,
+    )
+
+
+def _read_only_by_remount(libc, target: str) -> None:
+    """The same without mount_setattr: remount each mount at or under ``target`` (listed in
+    /proc/self/mountinfo) as a read-only, nosuid, nodev bind, keeping its noexec and
+    nosymfollow. A mount hidden under another at the same place is out of reach of a
+    remount by path: it stays as it was, and ``_check_read_only`` refuses the jail."""
+    for point, options in _mount_table():
+        if _is_within(point, target):
+            keep = (_MS_NOEXEC if "noexec" in options else 0) | (_MS_NOSYMFOLLOW if "nosymfollow" in options else 0)
+            _mount(libc, None, point, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | keep)
+
+
+def _check_read_only(targets: list[str]) -> None:
+    """Raise unless every mount at or under each of ``targets`` is read-only, nosuid and nodev."""
+    loose = [point for point, options in _mount_table()
+             if any(_is_within(point, t) for t in targets) and not {"ro", "nosuid", "nodev"} <= options]
+    if loose:
+        raise OSError(
+            f"{len(loose)} mount(s) exposed in the jail are not read-only, nosuid and nodev "
+            f"({', '.join(loose[:3])}); refusing to run programs in it"
+        )
 
 
 def _build_jail(libc, req: dict) -> None:
@@ -53,9 +104,11 @@ def _build_jail(libc, req: dict) -> None:
     Order: a read-only-to-be tmpfs root; one scratch tmpfs of ``disk_mb`` behind the work dir
     (owned by the jail's uid) and ``/tmp`` (root-owned, sticky); the devices; then the mount
     plan's binds (those under /tmp land in the scratch /tmp, on root-owned directories the
-    program cannot rename); finally the root is remounted read-only and we chroot.
+    program cannot rename). Each bind is recursive, so it brings along whatever the host has
+    mounted under the path; all of those are made read-only, nosuid and nodev too, and the
+    jail is refused if any is not. Finally the root is remounted read-only and we chroot.
     """
-    root, uid = req["jail_root"], req["uid"]
+    root, uid = os.path.realpath(req["jail_root"]), req["uid"]  # real: compared with mountinfo
     limits = req["limits"]
     workdir = req["jail_workdir"]
     _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)
@@ -80,6 +133,7 @@ def _build_jail(libc, req: dict) -> None:
         with open(f"{root}/dev/{dev}", "w"):
             pass
         _mount(libc, f"/dev/{dev}", f"{root}/dev/{dev}", None, _MS_BIND)
+    targets = []
     for source, path in req["plan"]:
         target = root + path
         os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
@@ -89,7 +143,12 @@ def _build_jail(libc, req: dict) -> None:
             with open(target, "w"):
                 pass
         _mount(libc, source, target, None, _MS_BIND | _MS_REC)
-        _mount(libc, None, target, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+        try:
+            _read_only_by_setattr(libc, target)
+        except OSError:  # Linux < 5.12, or refused by a container's own filter: mount by mount
+            _read_only_by_remount(libc, target)
+        targets.append(target)
+    _check_read_only(targets)  # fail closed, whichever way the binds were made read-only
     _mount(libc, None, root, None, _MS_REMOUNT | _MS_RDONLY | _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
     os.chroot(root)
     os.chdir(workdir)

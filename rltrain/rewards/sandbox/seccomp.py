@@ -1,7 +1,9 @@
 """The seccomp filter of every jail (and of ``process`` isolation): a classic-BPF program,
 built here from per-architecture syscall tables, that refuses keyrings, ptrace, mount and
-namespace calls and the rest of ``_DENIED_SYSCALLS`` with EPERM. Installed in the jail;
-``_seccomp_arch`` also tells the training process whether this machine has a table.
+namespace calls (the new mount API too), reboot, kexec and the rest of ``_DENIED_SYSCALLS``
+with EPERM. Installed in the jail as its last step before the program, after the jail build
+(which itself uses mount_setattr); ``_seccomp_arch`` also tells the training process whether
+this machine has a table.
 """
 from __future__ import annotations
 
@@ -11,11 +13,15 @@ import os
 from .libc import _PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _check
 
 # seccomp: (AUDIT_ARCH, syscall numbers) per machine. Denied with EPERM (clone3: ENOSYS, so
-# libc falls back to clone, whose namespace flags the filter can see and refuse).
+# libc falls back to clone, whose namespace flags the filter can see and refuse). Numbers from
+# the kernel's arch/x86/entry/syscalls/syscall_64.tbl and include/uapi/asm-generic/unistd.h
+# (arm64's); a test checks them against the installed kernel headers.
 _DENIED_SYSCALLS = (
-    "add_key", "request_key", "keyctl", "ptrace", "process_vm_readv", "process_vm_writev",
-    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "bpf", "perf_event_open",
-    "userfaultfd", "kexec_load", "init_module", "finit_module", "delete_module",
+    "add_key", "request_key", "keyctl", "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd",
+    "unshare", "setns", "mount", "umount2", "pivot_root", "chroot",
+    "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+    "bpf", "perf_event_open", "userfaultfd", "kexec_load", "kexec_file_load", "reboot",
+    "init_module", "finit_module", "delete_module",
     "open_by_handle_at", "name_to_handle_at", "io_uring_setup",
 )
 _SYSCALLS = {
@@ -25,6 +31,8 @@ _SYSCALLS = {
         "pivot_root": 155, "chroot": 161, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323,
         "kexec_load": 246, "init_module": 175, "finit_module": 313, "delete_module": 176,
         "open_by_handle_at": 304, "name_to_handle_at": 303, "io_uring_setup": 425,
+        "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
+        "mount_setattr": 442, "pidfd_getfd": 438, "kexec_file_load": 320, "reboot": 169,
         "clone": 56, "clone3": 435,
     }),
     "aarch64": (0xC00000B7, {
@@ -33,6 +41,8 @@ _SYSCALLS = {
         "pivot_root": 41, "chroot": 51, "bpf": 280, "perf_event_open": 241, "userfaultfd": 282,
         "kexec_load": 104, "init_module": 105, "finit_module": 273, "delete_module": 106,
         "open_by_handle_at": 265, "name_to_handle_at": 264, "io_uring_setup": 425,
+        "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
+        "mount_setattr": 442, "pidfd_getfd": 438, "kexec_file_load": 294, "reboot": 142,
         "clone": 220, "clone3": 435,
     }),
 }
