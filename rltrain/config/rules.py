@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import fields, is_dataclass
 
 from rltrain.algos.correction import CORRECTION_MODES
+from rltrain.algos.grpo import ADV_ESTIMATORS
 from rltrain.algos.pg_losses import GSPO_LEVELS
 from rltrain.config.algo import *  # noqa: F403
 from rltrain.config.errors import ConfigError
@@ -27,7 +28,7 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
     _check_registries()
     for group in OPTIONS:
         _choice(f"{group}.name", getattr(cfg, group).name, list(OPTIONS[group]))
-    if not isinstance(a, OPTIONS["algo"][a.name]):
+    if type(a) is not OPTIONS["algo"][a.name]:
         raise ConfigError(f"algo.name={a.name!r} does not match its schema {type(a).__name__}: pick the option "
                           f"with algo={a.name}, not algo.name={a.name}")
     _choice("algo.loss_agg_mode", a.loss_agg_mode, list(AGGREGATION_MODES))
@@ -63,6 +64,10 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
         if hasattr(node, "scope"):
             _choice(f"{group}.scope", node.scope, ["batch", "micro_batch"])
     _choice("model.dtype", cfg.model.dtype, ["auto", "bf16", "fp32"])
+    if hasattr(cfg.reward, "normalize"):
+        from rltrain.rewards.combined import NORMALIZE
+
+        _choice("reward.normalize", cfg.reward.normalize, list(NORMALIZE))
     _choice("train.lr_schedule", t.lr_schedule, ["constant", "linear", "cosine"])
     _choice("deepspeed.stage", str(cfg.deepspeed.stage), ["0", "1", "2", "3"])
     if isinstance(cfg.token_selection, HighEntropyConfig) and not 0 < cfg.token_selection.top_ratio <= 1:
@@ -119,12 +124,19 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
     if isinstance(a, GRPOConfig):
         _choice("algo.adv_scale", a.adv_scale, ["std", "none"])
         _choice("algo.adv_whiten", a.adv_whiten, ["batch", "none"])
-        _choice("algo.adv_estimator", a.adv_estimator, ["grpo", "rloo"])
-        if a.adv_estimator == "rloo" and t.samples_per_prompt < 2:
-            raise ConfigError("algo.adv_estimator=rloo needs train.samples_per_prompt ≥ 2 (leave-one-out baseline)")
+        _choice("algo.adv_estimator", a.adv_estimator, list(ADV_ESTIMATORS))
+        if a.adv_estimator in ("rloo", "reinforce_pp_baseline") and t.samples_per_prompt < 2:
+            raise ConfigError(f"algo.adv_estimator={a.adv_estimator} needs train.samples_per_prompt ≥ 2 (a baseline "
+                              "from the prompt's other responses)")
         _choice("algo.std_ddof", str(a.std_ddof), ["0", "1"])
-        if t.samples_per_prompt < 2 and a.adv_scale == "std":
-            raise ConfigError("algo=grpo needs train.samples_per_prompt ≥ 2 (group-normalised advantages)")
+        if t.samples_per_prompt < 2 and a.adv_scale == "std" and a.adv_estimator == "grpo":
+            raise ConfigError(f"algo={a.name} needs train.samples_per_prompt ≥ 2 (group-normalised advantages)")
+    if isinstance(a, OPDConfig) and a.reward_weight < 0:
+        raise ConfigError(f"algo.reward_weight={a.reward_weight} must be ≥ 0")
+    if getattr(cfg.reward, "normalize", "none") == "then_sum":
+        if not isinstance(a, (GRPOConfig, PPOConfig)) or t.samples_per_prompt < 2:
+            raise ConfigError("reward.normalize=then_sum (GDPO) normalises each reward component within a prompt's "
+                              "group of responses: it needs algo=grpo, opd or ppo with train.samples_per_prompt ≥ 2")
     if isinstance(a, PPOConfig):
         _choice("algo.adv_norm_scope", a.adv_norm_scope, ["batch", "per_minibatch"])
         _choice("algo.value_loss", a.value_loss, ["mse", "huber"])

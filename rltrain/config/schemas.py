@@ -131,6 +131,10 @@ class CombinedRewardConfig(RewardConfig):
     components: list[Any] = field(default_factory=list)
     """Each {name, weight, kwargs, label?}, e.g. [{name: math, weight: 1.0}, {name: python, weight: 0.1,
     kwargs: {fn: "my.mod:format_reward"}}]."""
+    normalize: str = "none"
+    """none: the weighted sum of raw scores | then_sum (GDPO): each component normalised within its
+    prompt's group of responses (mean/std, zero spread → 0) before the weighted sum; algo=grpo or ppo
+    with train.samples_per_prompt ≥ 2. Per-component means are logged as reward/<label>."""
 
 
 @dataclass
