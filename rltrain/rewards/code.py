@@ -36,8 +36,10 @@ rest of the batch is not re-run.
 
 Isolation (``reward.isolation``) fails closed: ``auto`` and ``namespace`` run every program
 in a namespace jail or refuse to start (:func:`preflight`, ``RewardSetupError``); only an
-explicit ``process`` runs programs uncontained, and says so once on stderr. A run never
-changes its isolation after the start.
+explicit ``process`` runs programs uncontained, and says so once on stderr. ``process`` is not
+a containment boundary (seccomp and rlimits only): the program runs on the host as the trainer's
+user, and where that user is root, as root with all its capabilities. A run never changes its
+isolation after the start.
 
 Departures from the references: tests run one process each (a fork of a per-program harness,
 inside one jail per program: see the ``rewards.sandbox`` package), so one test's global state
@@ -88,7 +90,7 @@ _PROCESS_WARNING_SHOWN = False
 
 
 def _process_warning() -> str:
-    user = f"uid {os.geteuid()}" + (" (root)" if os.geteuid() == 0 else "")
+    user = f"uid {os.geteuid()}" + (" (root, with all its capabilities)" if os.geteuid() == 0 else "")
     return (
         f"rltrain: reward.isolation=process: generated programs are NOT contained. Each runs on this host "
         f"as {user} with only rlimits, a seccomp filter and a Python-level guard it can undo: it can read "

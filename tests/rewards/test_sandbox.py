@@ -287,6 +287,21 @@ def test_namespace_refused_without_root_fails_closed(monkeypatch):
         with pytest.raises(NamespaceUnavailable, match="not running as root") as info:
             Sandbox(isolation=isolation, use_cgroups=False)
         assert "\n" not in info.value.reason
+    with pytest.raises(NamespaceUnavailable, match="not running as root"):
+        Sandbox(use_cgroups=False)  # the default is the jail
+
+
+def test_the_launcher_runs_uncontained_only_when_told_process():
+    """A request whose isolation is neither ``namespace`` nor ``process`` is refused by the
+    launcher before the program runs, not treated as ``process``."""
+    sandbox = Sandbox(Limits(timeout=5.0), isolation="process", num_workers=1, use_cgroups=False)
+    try:
+        assert sandbox.run("print(1)", [""]).tests[0].output == "1\n"
+        for isolation in ("auto", "Namespace", ""):
+            with pytest.raises(SandboxError, match=f"unknown isolation {isolation!r}"):
+                sandbox._run_one(Job("print(1)", [""]), 0, isolation, sandbox.limits)
+    finally:
+        sandbox.close()
 
 
 def test_a_jail_that_cannot_be_built_fails_closed(jail, monkeypatch):
@@ -422,21 +437,27 @@ def test_each_way_of_making_a_bind_read_only_covers_its_submounts(tmp_path, how)
 # written out here independently of ``seccomp._SYSCALLS``.
 _NEWLY_DENIED = {
     "x86_64": {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
-               "pidfd_getfd": 438, "mount_setattr": 442, "kexec_file_load": 320, "reboot": 169},
+               "pidfd_getfd": 438, "mount_setattr": 442, "kexec_file_load": 320, "reboot": 169,
+               "kcmp": 312, "process_madvise": 440},
     "aarch64": {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
-                "pidfd_getfd": 438, "mount_setattr": 442, "kexec_file_load": 294, "reboot": 142},
+                "pidfd_getfd": 438, "mount_setattr": 442, "kexec_file_load": 294, "reboot": 142,
+                "kcmp": 272, "process_madvise": 440},
 }
 # Arguments with which each call fails doing nothing, and without the filter with an error
-# other than EPERM: invalid flags, bad fds, wrong reboot magic (fsopen, fsmount, fspick,
-# reboot and kexec_file_load check a capability first, so this holds as root only).
+# other than EPERM: invalid flags, bad fds, no such pid, wrong reboot magic (fsopen, fsmount,
+# fspick, reboot and kexec_file_load check a capability first, so this holds as root only).
 _HARMLESS_ARGS = {
     "open_tree": (-1, None, 0xFFFFFFFF), "move_mount": (-1, None, -1, None, 0xFFFFFFFF),
     "fsopen": (None, 0xFFFFFFFF), "fsconfig": (-1, 0, None, None, 0), "fsmount": (-1, 0xFFFFFFFF, 0),
     "fspick": (-1, None, 0xFFFFFFFF), "pidfd_getfd": (-1, 0, 0xFFFFFFFF),
     "mount_setattr": (-1, None, 0xFFFFFFFF, None, 0), "kexec_file_load": (-1, -1, 0, None, 0xFFFFFFFF),
     "reboot": (0, 0, 0, None),
+    "kcmp": (-1, -1, 0, 0, 0), "process_madvise": (-1, None, 0, 0, 0xFFFFFFFF),
 }
-_FLAGS_CHECKED_FIRST = ("open_tree", "move_mount", "fsconfig", "pidfd_getfd", "mount_setattr")  # EINVAL for anyone
+# Refused before any capability check, so not EPERM for anyone: EINVAL (flags), ESRCH (kcmp's pids).
+_CHECKED_BEFORE_CAPABILITIES = (
+    "open_tree", "move_mount", "fsconfig", "pidfd_getfd", "mount_setattr", "kcmp", "process_madvise",
+)
 
 
 def _syscall_program() -> str:
@@ -454,7 +475,9 @@ print(json.dumps(out))
 
 
 @pytest.mark.parametrize("isolation", ["namespace", "process"])
-def test_new_mount_api_kexec_reboot_and_pidfd_getfd_are_denied(jail, isolation):
+def test_new_mount_api_kexec_reboot_and_cross_process_calls_are_denied(jail, isolation):
+    """Also pidfd_getfd, kcmp and process_madvise: in ``process`` mode the program runs as the
+    trainer's uid, so these would reach the trainer's fds, kernel pointers and memory."""
     if os.uname().machine not in _NEWLY_DENIED:
         pytest.skip(f"no seccomp table for {os.uname().machine}")
     sandbox = jail if isolation == "namespace" else Sandbox(Limits(timeout=5.0), isolation="process", num_workers=1)
@@ -468,7 +491,7 @@ def test_new_mount_api_kexec_reboot_and_pidfd_getfd_are_denied(jail, isolation):
     # The test's power: unfiltered, these calls fail otherwise (all of them, as root).
     unfiltered = json.loads(subprocess.run([sys.executable, "-c", _syscall_program()], capture_output=True,
                                            text=True, check=True, timeout=60).stdout)
-    assert [n for n in _FLAGS_CHECKED_FIRST if unfiltered[n] == "EPERM"] == [], unfiltered
+    assert [n for n in _CHECKED_BEFORE_CAPABILITIES if unfiltered[n] == "EPERM"] == [], unfiltered
     if os.geteuid() == 0:
         assert [n for n, e in unfiltered.items() if e == "EPERM"] == [], unfiltered
 
@@ -500,3 +523,30 @@ def test_seccomp_syscall_numbers_match_the_kernel_headers():
         checked.append(arch)
     if not checked:
         pytest.skip(f"no kernel headers of Linux 5.12+ here (looked for {headers})")
+
+
+def test_seccomp_filter_too_long_for_its_jumps_is_refused_clearly():
+    """The filter is one flat chain whose jumps (one byte) must reach the returns at its end.
+    The real tables fit; the longest list the message allows builds; one more call is refused
+    with that message (unchecked, the encoder's struct.error would be all one saw)."""
+    import re
+    import struct
+
+    from rltrain.rewards.sandbox.seccomp import _DENIED_SYSCALLS, _SYSCALLS, _build_filter
+
+    for machine, (arch, numbers) in _SYSCALLS.items():
+        prog = _build_filter(arch, numbers, _DENIED_SYSCALLS, refuse_x32=machine == "x86_64")
+        jumps = [jump for _, jt, jf, _ in struct.iter_unpack("=HBBI", prog) for jump in (jt, jf)]
+        assert len(prog) // 8 == len(_DENIED_SYSCALLS) + (13 if machine == "x86_64" else 12)
+        assert max(jumps) < 255, machine  # a headroom of 255 - max(jumps) calls
+
+    arch, numbers = _SYSCALLS["x86_64"]
+    numbers = {**numbers, **{f"call{i}": 1000 + i for i in range(300)}}
+    with pytest.raises(ValueError, match="classic-BPF jump reaches at most 255") as info:
+        _build_filter(arch, numbers, [f"call{i}" for i in range(300)], refuse_x32=True)
+    assert "300 denied syscalls" in str(info.value)
+    fit = int(re.search(r"at most (\d+) denied syscalls fit", str(info.value)).group(1))
+    assert len(_DENIED_SYSCALLS) < fit < 300
+    assert len(_build_filter(arch, numbers, [f"call{i}" for i in range(fit)], refuse_x32=True)) // 8 == fit + 13
+    with pytest.raises(ValueError, match=f"{fit + 1} denied syscalls"):
+        _build_filter(arch, numbers, [f"call{i}" for i in range(fit + 1)], refuse_x32=True)

@@ -40,10 +40,10 @@ What each mechanism buys (``Sandbox.mechanisms`` lists the ones active):
   chroot cannot be left and RLIMIT_NPROC applies (it is ignored for root), counted per jail.
 - seccomp filter (x86_64, aarch64): keyring calls (``add_key``, ``keyctl``, ``request_key``:
   keyrings are per uid, not per namespace, so they would carry data to the next program of
-  the slot), ``ptrace``, ``process_vm_*``, ``pidfd_getfd``, mount and namespace calls (the
-  new mount API too: ``open_tree``, ``move_mount``, ``fsopen``, ``fsconfig``, ``fsmount``,
-  ``fspick``, ``mount_setattr``), ``bpf``, ``perf_event_open``, ``userfaultfd``, ``io_uring``,
-  ``reboot``, ``kexec_*`` and module loading fail with EPERM.
+  the slot), ``ptrace``, ``process_vm_*``, ``pidfd_getfd``, ``kcmp``, ``process_madvise``,
+  mount and namespace calls (the new mount API too: ``open_tree``, ``move_mount``, ``fsopen``,
+  ``fsconfig``, ``fsmount``, ``fspick``, ``mount_setattr``), ``bpf``, ``perf_event_open``,
+  ``userfaultfd``, ``io_uring``, ``reboot``, ``kexec_*`` and module loading fail with EPERM.
 - rlimits: address space (RLIMIT_AS), CPU seconds per test, file size (bounds stdout too:
   outputs go to memfds), process count, open files, no core dumps.
 - cgroups (v1 or v2, when writable): ``pids.max`` per jail bounds a fork bomb even across
@@ -64,8 +64,10 @@ Isolation fails closed: ``isolation="auto"`` means ``namespace``, and raises
 fallback. ``isolation="process"`` has to be asked for: a plain subprocess with the rlimits, a
 scrubbed environment, a fresh temporary directory, the seccomp filter, cgroups where writable,
 and a guard that disables ``socket``, ``fork``, ``kill`` and ``subprocess`` inside the
-program. That guard stops accidents, not adversaries: the program runs as the training
-process's user on the host and can reach whatever that user can.
+program. That guard stops accidents, not adversaries: ``process`` is not a containment
+boundary (seccomp and rlimits only); the program runs as the training process's user on the
+host (as root, with all of root's capabilities, when that user is root) and can reach whatever
+that user can.
 
 Where each part lives (trusted = the training process; jail = zygote, launcher, harness, tests):
 

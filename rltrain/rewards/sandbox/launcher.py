@@ -230,6 +230,9 @@ def _read_request() -> dict:
 def _jail_main() -> None:
     req = _read_request()
     limits = req["limits"]
+    if req["isolation"] not in ("namespace", "process"):  # only an explicit "process" runs uncontained
+        _emit({"event": "setup_error", "error": f"unknown isolation {req['isolation']!r}"})
+        os._exit(3)
     namespace = req["isolation"] == "namespace"
     libc = _libc()
     if namespace:
