@@ -348,9 +348,9 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     if logger:
         logger.event(clock.step, "eval", after)
         fmt = lambda d, k: f"{d[k]:.1%}" if d and k in d else "-"  # noqa: E731
-        rows = [(label, fmt(before, k), fmt(after, k)) for label, k in
-                (("held-out accuracy (greedy)", "accuracy"), ("held-out preference accuracy", "pref_accuracy"))
-                if k in after]
+        rows = lifecycle.eval_summary_rows(cfg.eval, before, after) if "accuracy" in after else []
+        if "pref_accuracy" in after:
+            rows.append(("held-out preference accuracy", fmt(before, "pref_accuracy"), fmt(after, "pref_accuracy")))
         logger.summary(rows)
         logger.close()
     return {"eval_before": before, "eval_after": after, "run_dir": cfg.run_dir}

@@ -187,13 +187,16 @@ def reward_metrics(s: Scored, dist: Dist) -> dict:
          "response/length_max": dist.max(local[6:7]).item()}
     if correct is not None:
         m["reward/accuracy"] = tot[2].item() / n
-    # reward=combined: each component's mean (the ranks agree on the names first)
-    mine = sorted(k for k in s.reward.info if k.startswith("reward/") and k not in m)
+    # Means of per-completion info the user should see (the ranks agree on the names first):
+    # reward=combined's components (reward/<label>) and the code reward's capped output
+    # (<label>/code/output_truncated → ..._frac: programs whose output hit the sandbox's cap).
+    mine = sorted(k for k in s.reward.info
+                  if (k.startswith("reward/") and k not in m) or k.endswith("code/output_truncated"))
     parts = sorted(set().union(*dist.gather_objects(mine)))
     if parts:
         local_sums = [sum(_floats(s.reward.info.get(k), len(s.completions))) for k in parts]
         sums = dist.sum(torch.tensor(local_sums, dtype=torch.float64))
-        m.update({k: sums[i].item() / n for i, k in enumerate(parts)})
+        m.update({k + ("_frac" if k.endswith("_truncated") else ""): sums[i].item() / n for i, k in enumerate(parts)})
     return m
 
 

@@ -23,7 +23,7 @@ from rltrain.algos.objective import pg_objective
 from rltrain.config import RunConfig, option_kwargs
 from rltrain.engine.dist import Dist
 from rltrain.loops.lifecycle import Metrics, chunks, entropy_stats, finite_or_raise
-from rltrain.rollout.forward import _unique_prompts, batched_logprobs, response_logprobs
+from rltrain.rollout.forward import unique_prompts, batched_logprobs, response_logprobs
 from rltrain.rollout.tree_forward import tree_response_logprobs
 
 log = logging.getLogger(__name__)
@@ -234,8 +234,8 @@ class PolicyUpdate:
                     else:
                         logp, ent = response_logprobs(actor.module, p_ids, batch.response_ids[idx, :width],
                                                       pad_id=pad_id, temperature=self.temp, with_entropy=want_ent)
-                    if real:
-                        tokens["plain"] = tokens.get("plain", 0) + sum(map(len, _unique_prompts(p_ids)[0])) \
+                    if real and batch.tree_levels > 1:  # what the plain forward of these edges would take
+                        tokens["plain"] = tokens.get("plain", 0) + sum(map(len, unique_prompts(p_ids)[0])) \
                             + int(lens.sum())
                     mk = mask[idx, :width]
                     pi_old = old_logp[idx, :width] if old_logp is not None else logp.detach()

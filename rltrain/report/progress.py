@@ -155,7 +155,7 @@ class Progress:
             eta = p.eta()
             self.bars.update(p._task, completed=p.done, total=p.total,
                              eta=f"eta {fmt_seconds(eta)}" if eta is not None else "")
-        elif self._printing():
+        elif self._printing() and not (p.total and p.done >= p.total):  # the end prints its own "done" line
             now = time.perf_counter()
             if now >= p._next_line:
                 p._next_line = now + self.interval_s

@@ -8,7 +8,8 @@ training loop replaces it by ``sum_k weight_k * groupnorm(score_k)``.
 
 Logged per completion: ``info["reward/<label>"]`` = the component's unweighted score, and each
 component's own info under ``"<label>/<key>"`` (keys already starting with ``<label>/`` are
-kept as they are). ``info["correct"]`` is that of the first component that reports one.
+kept as they are). ``info["correct"]`` and ``info["extracted"]`` (the answer maj@k votes on) are
+those of the first component that reports one.
 
 A component that raises is not hidden: the exception reaches ``score_safely``, which scores
 the affected completions 0 as a whole and counts them against ``reward.max_fail_fraction``.
@@ -92,8 +93,8 @@ class CombinedReward:
                     merged = info.setdefault(key, [False if key == "failed" else None] * n)
                     info[key] = [m or v for m, v in zip(merged, values)]
                     continue
-                if key == "correct" and "correct" not in info:
-                    info["correct"] = list(values)
+                if key in ("correct", "extracted") and key not in info:  # accuracy and maj@k: the first that reports one
+                    info[key] = list(values)
                 info[key if key.startswith(f"{label}/") else f"{label}/{key}"] = list(values)
         return RewardOutput(scores=total, info=info)
 

@@ -58,7 +58,7 @@ def pack(prompt_ids: list[list[int]], response_ids: torch.Tensor, pad_id: int):
     return ids, attn, pos
 
 
-def _unique_prompts(prompt_ids: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
+def unique_prompts(prompt_ids: list[list[int]]) -> tuple[list[list[int]], torch.Tensor]:
     """Distinct prompts in first-seen order and, per row, the index of its prompt among them."""
     first: dict[tuple[int, ...], int] = {}
     rows = [first.setdefault(tuple(p), len(first)) for p in prompt_ids]
@@ -88,7 +88,7 @@ def response_logits(model, prompt_ids, response_ids, *, pad_id: int) -> torch.Te
     rows per prompt: ~40% fewer tokens through the model, forward and backward).
     """
     T = response_ids.shape[1]
-    unique, row_of = _unique_prompts(prompt_ids)
+    unique, row_of = unique_prompts(prompt_ids)
     ids, p_attn = left_pad(unique, pad_id)  # [U, P]
     p_pos = (p_attn.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=p_attn, position_ids=p_pos, logits_to_keep=1, use_cache=True)

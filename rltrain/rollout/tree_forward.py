@@ -27,7 +27,7 @@ import torch
 
 from rltrain.algos.core import logprobs_from_logits, token_entropy
 from rltrain.rollout.decode import cache_kwarg, output_cache
-from rltrain.rollout.forward import _unique_prompts, collective, left_pad, response_logits
+from rltrain.rollout.forward import unique_prompts, collective, left_pad, response_logits
 
 
 def plan_levels(prompt_ids: list[list[int]], response_ids: torch.Tensor, lengths: torch.Tensor,
@@ -60,7 +60,7 @@ def tree_response_logits(model, prompt_ids, response_ids, lengths, *, pad_id: in
     lengths = lengths.long()
     if collective(model) is not None or levels <= 1:
         if stats is not None:
-            unique, _ = _unique_prompts(prompt_ids)
+            unique, _ = unique_prompts(prompt_ids)
             stats["tokens"] = stats.get("tokens", 0) + sum(map(len, unique)) + int(lengths.sum())
         return response_logits(model, prompt_ids, response_ids, pad_id=pad_id)
     parent, level = plan_levels(prompt_ids, response_ids, lengths, levels)
@@ -68,7 +68,7 @@ def tree_response_logits(model, prompt_ids, response_ids, lengths, *, pad_id: in
 
     # ---- call 1: the distinct root contexts
     roots = rows[0]
-    unique, row_of = _unique_prompts([prompt_ids[i] for i in roots])
+    unique, row_of = unique_prompts([prompt_ids[i] for i in roots])
     ids, p_attn = left_pad(unique, pad_id)  # [U, P]
     out = model(input_ids=ids, attention_mask=p_attn, position_ids=(p_attn.cumsum(-1) - 1).clamp(min=0),
                 logits_to_keep=1, use_cache=True)

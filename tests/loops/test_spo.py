@@ -1,16 +1,12 @@
 """SPO loop pieces (edge replay, whitening) and SPO-chain / SPO-tree end to end on model=tiny."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
 from rltrain.engine.dist import Dist
 from rltrain.loops.spo import Edge, EdgeReplay, whiten
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.cli import run_inprocess
 
 
 def _edge(q, step, adv=1.0):
@@ -48,6 +44,9 @@ def test_whiten_over_kept_tokens_only():
     # unbiased variance of [1, 2, 3, 4] is 5/3; whitened values are (x - 2.5) / sqrt(5/3)
     assert torch.allclose(kept, (torch.tensor([1.0, 2.0, 3.0, 4.0]) - 2.5) / (5 / 3) ** 0.5, atol=1e-4)
     assert out[1, 1] == 0 and out[1, 2] == 0
+    # One kept token has no spread: exactly 0 (decision 11), not its raw advantage.
+    one = torch.tensor([[False, True, False], [False, False, False]])
+    assert torch.equal(whiten(adv, one, Dist()), torch.zeros_like(adv))
 
 
 TINY = ["model=tiny", "data.n_train=64", "data.n_test=8", "eval.size=8", "eval.max_new_tokens=8",
@@ -56,9 +55,7 @@ TINY = ["model=tiny", "data.n_train=64", "data.n_test=8", "eval.size=8", "eval.m
 
 
 def _run(args, run_dir):
-    r = subprocess.run([sys.executable, "-m", "rltrain.cli", *args, f"hydra.run.dir={run_dir}"], cwd=REPO,
-                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run_inprocess(args, run_dir)
     return [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -91,6 +91,7 @@ def test_a_long_phase_prints_periodic_plain_lines_off_a_terminal(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("[eval] 1/3 (33%) questions") and "eta" in lines[0]
     assert lines[-1].startswith("[eval] 3/3 (100%) questions") and lines[-1].endswith("done")
+    assert sum("3/3" in line for line in lines) == 1, lines  # the end is printed once, as the "done" line
     quiet = Progress(quiet=True)
     with quiet.phase("eval", total=1) as p:
         time.sleep(0.01)
