@@ -4,10 +4,7 @@ resume reproduces the run), and iterative DPO (pairs are best vs worst, the refe
 ``algo.reference``, a run resumed mid-round trains on the same pairs)."""
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ from rltrain.engine.dist import Dist
 from rltrain.engine.model import load_model
 from rltrain.loops import dpo
 from rltrain.loops.pairs import Encoded, encode_examples, pair_logps, response_tokens, token_logps, truncate
+from tests.cli import run_inprocess
 from tests.toy_rewards import contains_seven
 
 REPO = Path(__file__).resolve().parents[2]
@@ -125,10 +123,7 @@ OFFLINE = ["algo=dpo", "data=synthetic_prefs", "model=tiny", "data.n_train=16", 
 @pytest.fixture(scope="module")
 def offline_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("dpo") / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-m", "rltrain.cli", *OFFLINE, f"hydra.run.dir={run_dir}"], cwd=REPO,
-                       env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout + p.stderr
+    run_inprocess(OFFLINE, run_dir)
     return run_dir
 
 

@@ -1,40 +1,17 @@
-"""GRPO end to end through the real CLI on model=tiny: it learns a toy reward, and a run killed
-with SIGKILL and resumed ends with the same metrics as an uninterrupted run."""
-import json
-import os
+"""GRPO end to end on model=tiny: it learns a toy reward with every policy loss, estimator and
+correction of the menu (in process, ``tests.cli.run_inprocess``), and through the real command a
+run killed with SIGKILL and resumed ends with the same metrics as an uninterrupted run."""
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
-TINY = [
-    "model=tiny", "data.n_train=64", "data.n_test=8", "eval.size=8", "eval.max_new_tokens=8",
-    "reward=python", "reward.fn=tests.toy_rewards:sevens",
-    "rollout.max_new_tokens=8", "train.prompts_per_step=4", "train.samples_per_prompt=8",
-    "train.micro_batch_size=16", "launch.threads_per_rank=1", "log.console=false",
-]
+from tests.cli import TINY, events, metrics, run_inprocess, start_cli
 
 
-def run_cli(args, run_dir, **kw):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "rltrain.cli", *args, f"hydra.run.dir={run_dir}"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
-
-
-def metrics(run_dir):
-    rows = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if "event" not in r]
-
-
-def test_grpo_learns_toy_reward(tmp_path):
-    p = run_cli(TINY + ["train.steps=12", "train.lr=1e-2", "reward.fn=tests.toy_rewards:contains_seven"], tmp_path)
-    out, _ = p.communicate(timeout=600)
-    assert p.returncode == 0, out
+def test_grpo_learns_toy_reward(tmp_path, capsys):
+    run_inprocess(TINY + ["train.steps=12", "train.lr=1e-2", "reward.fn=tests.toy_rewards:contains_seven"], tmp_path)
+    out = capsys.readouterr().out
     rows = metrics(tmp_path)
     assert [r["step"] for r in rows] == list(range(1, 13))
     first = sum(r["reward/mean"] for r in rows[:3]) / 3
@@ -61,11 +38,11 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     args = TINY + ["train.steps=6", "train.lr=1e-3", "checkpoint.every=2", "train.minibatches_per_step=2",
                    "eval.at_start=false"]
     ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
-    p = run_cli(args, ref_dir)
+    p = start_cli(args, ref_dir)
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
 
-    p = run_cli(args, cut_dir)
+    p = start_cli(args, cut_dir)
     deadline = time.time() + 600
     while time.time() < deadline:  # kill right after step 3 is logged (checkpoint 2 exists)
         if (cut_dir / "metrics.jsonl").exists() and any(r["step"] >= 3 for r in metrics(cut_dir)):
@@ -74,7 +51,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not (cut_dir / "checkpoints" / "step_000006").exists()
-    p = run_cli(args + ["resume=auto"], cut_dir)
+    p = start_cli(args + ["resume=auto"], cut_dir)
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
     a, b = _comparable(metrics(ref_dir)), _comparable(metrics(cut_dir))
@@ -94,9 +71,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
 def test_token_selection_and_policy_losses_run_in_grpo(tmp_path, extra, check):
     """Each orthogonal group works inside the GRPO loop: high_entropy keeps ⌈0.2·N⌉ of the batch's
     tokens; the covariance losses select their fraction of tokens."""
-    p = run_cli(TINY + ["train.steps=2", "eval.at_start=false"] + extra, tmp_path)
-    out, _ = p.communicate(timeout=600)
-    assert p.returncode == 0, out
+    run_inprocess(TINY + ["train.steps=2", "eval.at_start=false"] + extra, tmp_path)
     rows = metrics(tmp_path)
     assert len(rows) == 2 and all(check(r) for r in rows), rows
 
@@ -105,16 +80,11 @@ def test_time_budget_ends_training_early_and_resume_keeps_it(tmp_path):
     """A budget smaller than one step: the run stops after step 1 of 6, evaluates and saves the
     final checkpoint there; resuming it runs no further step."""
     args = TINY + ["train.steps=6", "train.time_budget_s=0.001", "eval.at_start=false"]
-    p = run_cli(args, tmp_path)
-    out, _ = p.communicate(timeout=600)
-    assert p.returncode == 0, out
+    run_inprocess(args, tmp_path)
     assert [r["step"] for r in metrics(tmp_path)] == [1]
-    events = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [(e["event"], e["step"]) for e in events if "event" in e] == [("eval", 1)]
+    assert [(e["event"], e["step"]) for e in events(tmp_path)] == [("eval", 1)]
     assert (tmp_path / "checkpoints" / "step_000001" / "COMPLETE").exists()
-    p = run_cli(args + ["resume=auto"], tmp_path)
-    out, _ = p.communicate(timeout=600)
-    assert p.returncode == 0, out
+    run_inprocess(args + ["resume=auto"], tmp_path)
     assert [r["step"] for r in metrics(tmp_path)] == [1]
 
 
@@ -125,10 +95,8 @@ def test_time_budget_ends_training_early_and_resume_keeps_it(tmp_path):
 def test_menu_policy_losses_learn_toy_reward(tmp_path, loss):
     """The 2026 policy losses inside the GRPO loop (2 minibatches: the second is off-policy, so the
     sequence ratio / weight cap / gate act) push the toy reward up like the clip."""
-    p = run_cli(TINY + ["train.steps=12", "train.lr=1e-2", "reward.fn=tests.toy_rewards:contains_seven",
-                        "train.minibatches_per_step=2", "eval.at_start=false", *loss.split()], tmp_path)
-    out, _ = p.communicate(timeout=600)
-    assert p.returncode == 0, out
+    run_inprocess(TINY + ["train.steps=12", "train.lr=1e-2", "reward.fn=tests.toy_rewards:contains_seven",
+                          "train.minibatches_per_step=2", "eval.at_start=false", *loss.split()], tmp_path)
     rows = metrics(tmp_path)
     first = sum(r["reward/mean"] for r in rows[:3]) / 3
     last = sum(r["reward/mean"] for r in rows[-3:]) / 3
@@ -148,9 +116,7 @@ def test_gdpo_normalises_each_component_and_learns(tmp_path):
     args = [a for a in TINY if not a.startswith("reward")] + [
         "reward=combined", f"reward.components={comps}", "reward.normalize=then_sum", "train.steps=12",
         "train.lr=1e-2", "eval.at_start=false"]
-    p = run_cli(args, tmp_path)
-    out, _ = p.communicate(timeout=600)
-    assert p.returncode == 0, out
+    run_inprocess(args, tmp_path)
     rows = metrics(tmp_path)
     assert all(abs(r["reward/mean"]) < 1e-5 for r in rows)
     assert all(0 < r["reward/chars"] < 1 for r in rows)

@@ -3,18 +3,11 @@ checkpoint trained by GRPO on the toy reward; the untrained student's per-token 
 falls, and the student picks up the teacher's behaviour (the toy reward rises) without being
 trained on that reward (reward_weight 0)."""
 import json
-from pathlib import Path
 
-from tests.loops.test_grpo_e2e import TINY, metrics, run_cli
+from tests.cli import TINY, metrics, run_inprocess
 
 BASE = TINY + ["reward.fn=tests.toy_rewards:contains_seven", "train.lr=1e-2", "eval.at_start=false"]
-
-
-def _run(args, run_dir):
-    p = run_cli(args, run_dir)
-    out, _ = p.communicate(timeout=600)
-    assert p.returncode == 0, out
-    return out
+_run = run_inprocess
 
 
 def test_student_reverse_kl_to_a_trained_teacher_falls(tmp_path):

@@ -3,10 +3,7 @@ the critic's explained variance rises (and the warm-up leaves the actor alone), 
 does what η says, and a run resumed from a checkpoint reproduces the uninterrupted one (critic,
 value normaliser, KL coefficient and EMA reference included)."""
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,7 @@ from rltrain.cli import compose_or_explain, to_run_config
 from rltrain.config import register_configs
 from rltrain.engine.dist import Dist
 from rltrain.loops import ppo
+from tests.cli import run_inprocess
 
 REPO = Path(__file__).resolve().parents[2]
 register_configs()
@@ -40,10 +38,7 @@ def metrics(run_dir):
 @pytest.fixture(scope="module")
 def ppo_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("ppo") / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-m", "rltrain.cli", *LEARN, f"hydra.run.dir={run_dir}"], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout + p.stderr
+    run_inprocess(LEARN, run_dir)
     return run_dir
 
 

@@ -1,9 +1,6 @@
 """SFT on model=tiny: the real CLI learns arith's worked solutions (prompt masked), and the loss
 and update do not depend on the micro-batch size."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +10,7 @@ from rltrain.cli import compose_or_explain, to_run_config
 from rltrain.config import register_configs
 from rltrain.engine.dist import Dist
 from rltrain.loops import sft
+from tests.cli import run_inprocess
 
 REPO = Path(__file__).resolve().parents[2]
 register_configs()
@@ -23,10 +21,7 @@ TINY = ["algo=sft", "model=tiny", "data=arith", "data.n_train=32", "data.n_test=
 
 
 def test_sft_cli_learns_the_worked_solutions(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-m", "rltrain.cli", *TINY, "train.steps=12", "train.micro_batch_size=4",
-                        f"hydra.run.dir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout + p.stderr
+    run_inprocess(TINY + ["train.steps=12", "train.micro_batch_size=4"], tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "event" not in r]
     assert [r["step"] for r in steps] == list(range(1, 13))
