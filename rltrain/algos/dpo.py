@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rltrain.algos.core import masked_sum
 
 DPO_LOSS_TYPES = ("sigmoid", "ipo")
 
@@ -83,6 +82,3 @@ def dpo_loss(
     return losses, chosen_rewards, rejected_rewards
 
 
-def sequence_logps(token_logps: Tensor, mask: Tensor) -> Tensor:
-    """Summed response log-prob per sequence: ``[B, T]`` → ``[B]`` (prompt/padding masked)."""
-    return masked_sum(token_logps, mask, dim=-1)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rltrain.algos import core, registry, select, spo
+from rltrain.algos import core, select, spo
 from rltrain.algos.grpo import group_means
 from rltrain.config import RunConfig
 from rltrain.engine.dist import Dist
@@ -135,9 +135,10 @@ def chain_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
         values = torch.tensor(out.scores, dtype=torch.float32).view(len(state_rows), a.mc_rollouts).mean(-1)
     cut_values = [[float(values[states[tuple(s.prompt_ids[i]) + tuple(s.response_ids[i, : c + 1].tolist())]])
                    for c in row_cuts] for i, row_cuts in enumerate(cuts)]
-    est = registry.get("advantage", "spo_chain")
-    adv, _ = est(registry.AdvantageInputs(mask=mask, scores=s.scores, group_size=n, cut_positions=cuts,
-                                          cut_values=cut_values), first_segment_value=a.first_segment_value)
+    # V(prompt) for the first segment: the mean reward of the prompt's own samples (decision 2)
+    prompt_values = group_means(s.scores, n) if a.first_segment_value == "group_mean" else None
+    adv = spo.chain_advantages(cuts, cut_values, s.scores, mask, first_segment_value=a.first_segment_value,
+                               prompt_values=prompt_values)
     times["time/mc_values"] = time.time() - t0
     stats = {"spo/segments_mean": sum(len(c) + 1 for c in cuts) / max(len(cuts), 1),
              "spo/cut_states": len(state_rows), "spo/value_mean": float(values.mean()) if len(values) else 0.0,
@@ -342,7 +343,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                 mask = torch.zeros_like(mask)
             old_logp = _pad_rows([e.old_logp.tolist() for e in drawn], 0.0).float()
             old_ent = None
-            if cfg.token_selection.name == "high_entropy":
+            if "entropy" in update.selector.requires:  # the selector reads π_old's entropy
                 old_logp, old_ent = forward.batched_logprobs(ctx.actor.module, prompt_ids, resp, pad_id=pad,
                                                        temperature=temp, micro_batch_size=cfg.train.micro_batch_size,
                                                        with_entropy=True)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from rltrain.algos.dpo import dpo_loss, sequence_logps
+from rltrain.algos.dpo import dpo_loss
 
 
 def _t(*xs):
@@ -87,8 +87,3 @@ def test_invalid_arguments():
         dpo_loss(x, x, x, x, beta=0.1, loss_type="ipo", label_smoothing=0.1)
 
 
-def test_sequence_logps_sums_valid_tokens():
-    """Σ of response log-probs: row 0 −1 − 2 = −3 (the −50 is padding), row 1 −4."""
-    lp = torch.tensor([[-1.0, -2.0, -50.0], [-4.0, -50.0, -50.0]])
-    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
-    assert torch.equal(sequence_logps(lp, mask), torch.tensor([-3.0, -4.0]))
