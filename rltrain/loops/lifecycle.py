@@ -299,9 +299,11 @@ def mismatch_rows(run_dir: str) -> list[tuple[str, str, str]]:
     """Summary rows for the rollout↔trainer mismatch: first and last logged step."""
     path = Path(run_dir) / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    steps = [r for r in rows if "mismatch/abs_dlogp_mean" in r]
+    # Steps that measured something: a step whose rows were all skipped (zero advantage) has no pair.
+    steps = [r for r in rows if "mismatch/abs_dlogp_mean" in r and r.get("mismatch/tokens", 1) > 0]
     if not steps:
-        return []
+        return [("rollout↔trainer mismatch", "-", "no token measured")] if any(
+            "mismatch/tokens" in r for r in rows) else []
     a, b = steps[0], steps[-1]
     return [("rollout↔trainer mean |Δlogp| (first, last step)", f"{a['mismatch/abs_dlogp_mean']:.2e}",
              f"{b['mismatch/abs_dlogp_mean']:.2e}"),

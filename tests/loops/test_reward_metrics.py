@@ -33,3 +33,20 @@ def test_reward_components_follow_the_component_order_and_weights():
                                           "reward/brevity": [0.5, 0.25, 0.0, 0.25]}), Combined())
     assert torch.equal(comps, torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.5, 0.25, 0.0, 0.25]]))
     assert torch.allclose(w, torch.tensor([1.0, 0.2]))
+
+
+def test_mismatch_summary_uses_only_steps_that_measured_tokens(tmp_path):
+    """A step whose rows were all skipped (zero advantage) logs tokens 0: the summary must not show
+    its 0.00 as a measurement."""
+    import json
+
+    from rltrain.loops.lifecycle import mismatch_rows
+
+    rows = [{"step": 1, "mismatch/abs_dlogp_mean": 0.0, "mismatch/ratio_max": 1.0, "mismatch/tokens": 0.0},
+            {"step": 2, "mismatch/abs_dlogp_mean": 2e-3, "mismatch/ratio_max": 1.2, "mismatch/tokens": 50.0},
+            {"step": 3, "mismatch/abs_dlogp_mean": 1e-3, "mismatch/ratio_max": 1.1, "mismatch/tokens": 40.0}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    got = mismatch_rows(str(tmp_path))
+    assert got[0][1:] == ("2.00e-03", "1.00e-03") and got[1][1:] == ("1.200", "1.100")
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]))
+    assert mismatch_rows(str(tmp_path)) == [("rollout↔trainer mismatch", "-", "no token measured")]
