@@ -313,19 +313,13 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
     a = cfg.algo
     ctx = Context(cfg, dist)
-    start, _ = lifecycle.maybe_resume(cfg, ctx.actor)
+    ts = lifecycle.resume(cfg, ctx.actor)
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
-                       start_step=start, title="rltrain dpo" + (" (iterative)" if a.iterative else "")) \
+                       start_step=ts.step, title="rltrain dpo" + (" (iterative)" if a.iterative else "")) \
         if dist.is_main else None
-    before = None
-    if start > 0:
-        before = lifecycle.initial_eval(cfg, ctx, dist, logger, start)  # the one logged before the interruption
-    elif cfg.eval.at_start:
-        before = evaluate(ctx, cfg, dist)
-        if logger:
-            logger.event(0, "eval", before)
+    before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts, evaluate=lambda: evaluate(ctx, cfg, dist))
     rnd = None
-    clock = lifecycle.StepClock(cfg, dist, start, logger)
+    clock = lifecycle.StepClock(cfg, dist, ts, logger)
     for step in clock.steps():
         t0 = time.time()
         metrics = {}
@@ -342,7 +336,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         metrics["time/update"] = time.time() - t1
         metrics["time/step"] = time.time() - t0
         if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
-                      save=lambda d: lifecycle.save(cfg, dist, d, ctx.actor, ctx.tok), evaluate=lambda: evaluate(ctx, cfg, dist)):
+                      save=lambda: lifecycle.save(cfg, dist, ts, ctx.actor, ctx.tok), evaluate=lambda: evaluate(ctx, cfg, dist)):
             break
     after = evaluate(ctx, cfg, dist)
     if logger:

@@ -121,12 +121,12 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     ctx = setup.Context(cfg, dist, total_optimizer_steps=t.steps * t.minibatches_per_step * t.epochs,
                         with_reference=cfg.algo.kl_coef > 0)
     update = PolicyUpdate(cfg)
-    start, _ = lifecycle.maybe_resume(cfg, ctx.actor)
+    ts = lifecycle.resume(cfg, ctx.actor)
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
-                       start_step=start, title=f"rltrain {cfg.algo.name}") if dist.is_main else None
-    before = lifecycle.initial_eval(cfg, ctx, dist, logger, start)
+                       start_step=ts.step, title=f"rltrain {cfg.algo.name}") if dist.is_main else None
+    before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts)
     pad = ctx.tok.pad_token_id
-    clock = lifecycle.StepClock(cfg, dist, start, logger)
+    clock = lifecycle.StepClock(cfg, dist, ts, logger)
     for step in clock.steps():
         t0 = time.time()
         with ctx.actor.gathered():  # ZeRO-3: the actor's parameters gathered once for the rollout phase
@@ -142,6 +142,6 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         metrics["perf/tokens_per_s"] = gen_tokens / max(times["time/rollout"], 1e-9)
         metrics["time/step"] = time.time() - t0
         if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
-                      save=lambda d: lifecycle.save(cfg, dist, d, ctx.actor, ctx.tok)):
+                      save=lambda: lifecycle.save(cfg, dist, ts, ctx.actor, ctx.tok)):
             break
     return lifecycle.final_eval(cfg, ctx, dist, logger, before, step=clock.step)

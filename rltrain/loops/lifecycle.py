@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,6 +44,24 @@ class Metrics:
         t = torch.tensor([[self.sums.get(n, 0.0), self.weights.get(n, 0.0)] for n in names], dtype=torch.float64)
         t = dist.sum(t) if len(names) else t
         return {n: (t[i, 0] / t[i, 1]).item() if t[i, 1] > 0 else 0.0 for i, n in enumerate(names)}
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs besides the engines (weights, optimizer, ZeRO shards) and the
+    RNG states: saved whole in trainer.pt under ``train_state`` by ``save``, returned by ``resume``.
+
+    The prompt order is a function of (seed, step), so the data position is ``step``.
+    """
+
+    step: int = 0
+    """Completed steps."""
+    spent_s: float = 0.0
+    """Summed step time so far (``train.time_budget_s`` counts it down across resumes)."""
+    eval_before: dict | None = None
+    """The held-out evaluation before training (the summary's "before" column)."""
+    loop: dict = field(default_factory=dict)
+    """The loop's own state: PPO's KL coefficient and value normaliser, SPO-tree's edge replay."""
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -135,42 +154,55 @@ def resume_dir(cfg: RunConfig) -> Path | None:
     return ckpt
 
 
-def save(cfg: RunConfig, dist: Dist, step: int, actor, tokenizer, extra: dict | None = None,
-         engines: dict | None = None) -> None:
-    """Checkpoint ``step``: every rank takes part (gathering sharded weights, writing its ZeRO shard
-    into the staging directory); rank 0 writes the HF policy and trainer.pt and completes it.
+def save(cfg: RunConfig, dist: Dist, ts: TrainState, actor, tokenizer, engines: dict | None = None) -> None:
+    """Checkpoint step ``ts.step``: every rank takes part (gathering sharded weights, writing its ZeRO
+    shard into the staging directory); rank 0 writes the HF policy and trainer.pt and completes it.
 
     ``engines``: other trained state saved like the actor, by name (PPO's critic, its moving
     reference): anything with ``state_dict`` (into trainer.pt under its name) and ``save_shards``
-    (every rank's own part, into the checkpoint's ``<name>/`` folder). ``maybe_resume`` restores them.
+    (every rank's own part, into the checkpoint's ``<name>/`` folder). ``resume`` restores them.
     """
     engines = {"actor": actor, **(engines or {})}
     full = actor.full_state_dict()  # collective under ZeRO
-    staging = dist.broadcast_object(staging_dir(cfg.run_dir, step) if dist.is_main else None)
+    staging = dist.broadcast_object(staging_dir(cfg.run_dir, ts.step) if dist.is_main else None)
     for name, engine in engines.items():
         engine.save_shards(staging / name)  # DeepSpeed: every rank's shard; LocalActor: nothing
     dist.barrier()
-    state = {**{name: engine.state_dict() for name, engine in engines.items()}, **(extra or {})}
+    state = {**{name: engine.state_dict() for name, engine in engines.items()}, "train_state": asdict(ts)}
     if is_lora(actor.module):  # the HF policy holds the merged weights; trainer.pt the adapters
         full = merged_state_dict(full, actor.module.rltrain_lora_scaling)
     if dist.is_main:
-        save_checkpoint(cfg.run_dir, step, trainer_state=state, keep=cfg.checkpoint.keep, staging=staging,
+        save_checkpoint(cfg.run_dir, ts.step, trainer_state=state, keep=cfg.checkpoint.keep, staging=staging,
                         policy_writer=lambda d: save_hf(actor.module, tokenizer, d, state_dict=full))
     dist.barrier()
 
 
-def maybe_resume(cfg: RunConfig, actor, engines: dict | None = None) -> tuple[int, dict]:
-    """Load the latest complete checkpoint if any: (start step, trainer state). ``engines``: the
-    same names and objects that ``save`` was given, restored like the actor."""
+def resume(cfg: RunConfig, actor, engines: dict | None = None) -> TrainState:
+    """Load the latest complete checkpoint if any and return its TrainState (a fresh one without).
+    ``engines``: the same names and objects that ``save`` was given, restored like the actor."""
     ckpt = resume_dir(cfg)
     if ckpt is None:
-        return 0, {}
+        return TrainState()
     state = load_trainer_state(ckpt)
     for name, engine in {"actor": actor, **(engines or {})}.items():
         engine.load_state_dict(state[name])  # checks the shard layout before DeepSpeed reads shards
         engine.load_shards(ckpt / name)
-    log.info("resumed from %s (step %d)", ckpt, state["step"])
-    return int(state["step"]), state
+    ts = TrainState(**state["train_state"]) if "train_state" in state else _older_checkpoint(cfg, state)
+    log.info("resumed from %s (step %d)", ckpt, ts.step)
+    return ts
+
+
+def _older_checkpoint(cfg: RunConfig, state: dict) -> TrainState:
+    """A checkpoint written before TrainState: its step and loop extras in trainer.pt, the step time
+    and the evaluation before training only in metrics.jsonl."""
+    step = int(state["step"])
+    path = Path(cfg.run_dir) / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    spent = sum(r.get("time/step", 0.0) for r in rows if "event" not in r and r.get("step", 0) <= step)
+    before = next(({k: v for k, v in r.items() if k not in ("event", "step")} for r in rows
+                   if r.get("event") == "eval" and r.get("step") == 0), None)
+    loop = {k: v for k, v in state.items() if k in ("kl_coef", "value_norm", "replay")}
+    return TrainState(step=step, spent_s=spent, eval_before=before, loop=loop)
 
 
 def should_save(cfg: RunConfig, step: int, last: bool = False) -> bool:
@@ -180,20 +212,28 @@ def should_save(cfg: RunConfig, step: int, last: bool = False) -> bool:
 
 
 class StepClock:
-    """Which steps a loop runs: ``start .. train.steps``, cut short by ``train.time_budget_s``.
+    """Which steps a loop runs: ``ts.step .. train.steps``, cut short by ``train.time_budget_s``.
 
     With a budget, training ends after the step during which the summed step time (``time/step``;
-    evaluation and checkpointing excluded) reaches it. A resumed run counts the time its earlier
-    steps logged in metrics.jsonl. Rank 0's clock decides, so every rank stops at the same step.
+    evaluation and checkpointing excluded) reaches it; a resumed run counts its earlier steps'
+    time (``TrainState.spent_s``). Rank 0's clock decides, so every rank stops at the same step.
+    ``finish`` advances the TrainState that ``save`` writes.
     """
 
-    def __init__(self, cfg: RunConfig, dist: Dist, start: int, logger=None):
-        self.cfg, self.dist, self.step = cfg, dist, start
+    def __init__(self, cfg: RunConfig, dist: Dist, ts: TrainState, logger=None):
+        self.cfg, self.dist, self.ts = cfg, dist, ts
         self.budget = cfg.train.time_budget_s
-        spent = _logged_step_time(cfg.run_dir, start) if self.budget > 0 and start > 0 and dist.is_main else 0.0
-        self.spent = float(dist.broadcast_object(spent))
+        ts.spent_s = float(dist.broadcast_object(ts.spent_s))
         if logger is not None:  # its ETA counts down the budget too
             logger.clock = self
+
+    @property
+    def step(self) -> int:
+        return self.ts.step
+
+    @property
+    def spent(self) -> float:
+        return self.ts.spent_s
 
     def steps(self) -> range:
         exhausted = 0 < self.budget <= self.spent
@@ -201,21 +241,16 @@ class StepClock:
 
     def finish(self, done: int, step_time: float) -> bool:
         """Record a finished step; True when it is the last one."""
-        self.step, self.spent = done, self.spent + step_time
+        self.ts.step, self.ts.spent_s = done, self.ts.spent_s + step_time
         last = done >= self.cfg.train.steps or 0 < self.budget <= self.spent
         return bool(self.dist.broadcast_object(last))
-
-
-def _logged_step_time(run_dir: str, upto: int) -> float:
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    return sum(r.get("time/step", 0.0) for r in rows if "event" not in r and r.get("step", 0) <= upto)
 
 
 def end_step(cfg: RunConfig, ctx, dist: Dist, clock: StepClock, done: int, metrics: dict, *, logger, save,
              evaluate=None) -> bool:
     """The tail every loop shares after step ``done``: periodic evaluation (not on the last step,
-    which ``final_eval`` covers), logging, checkpointing. ``save(step)`` writes a checkpoint;
+    which ``final_eval`` covers), logging, checkpointing. ``save()`` writes a checkpoint of the
+    clock's TrainState;
     ``evaluate()`` returns held-out metrics (default: ``policy_eval``); both are
     collective. Returns True after the last step."""
     last = clock.finish(done, metrics["time/step"])
@@ -225,7 +260,7 @@ def end_step(cfg: RunConfig, ctx, dist: Dist, clock: StepClock, done: int, metri
     if logger:
         logger.log(done, metrics)
     if should_save(cfg, done, last):
-        save(done)
+        save()
     return last
 
 
@@ -258,21 +293,15 @@ def finite_or_raise(loss: torch.Tensor, step: int) -> None:
         raise FloatingPointError(f"non-finite loss at step {step}; lower train.lr or check the reward")
 
 
-def initial_eval(cfg: RunConfig, ctx, dist: Dist, logger, start: int) -> dict | None:
-    """Held-out evaluation before training (or, on resume, the one logged back then)."""
-    if start > 0:
-        path = Path(cfg.run_dir) / "metrics.jsonl"
-        for line in path.read_text().splitlines() if path.exists() else []:
-            row = json.loads(line)
-            if row.get("event") == "eval" and row.get("step") == 0:
-                return {k: v for k, v in row.items() if k not in ("event", "step")}
-        return None
-    if not cfg.eval.at_start:
-        return None
-    before = cached_base_eval(ctx, cfg, dist)
+def initial_eval(cfg: RunConfig, ctx, dist: Dist, logger, ts: TrainState, evaluate=None) -> dict | None:
+    """Held-out evaluation before training, kept in the TrainState (on resume: the one from then).
+    ``evaluate()``: the loop's own evaluation (default: the untrained policy's, through the cache)."""
+    if ts.step > 0 or not cfg.eval.at_start:
+        return ts.eval_before
+    ts.eval_before = evaluate() if evaluate else cached_base_eval(ctx, cfg, dist)
     if logger:
-        logger.event(0, "eval", before)
-    return before
+        logger.event(0, "eval", ts.eval_before)
+    return ts.eval_before
 
 
 def cached_base_eval(ctx, cfg: RunConfig, dist: Dist) -> dict:

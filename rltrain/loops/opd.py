@@ -42,12 +42,12 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                         with_reference=a.kl_coef > 0)
     teacher = setup.build_teacher(cfg, dist, ctx.tok)
     update = PolicyUpdate(cfg)
-    start, _ = lifecycle.maybe_resume(cfg, ctx.actor)
+    ts = lifecycle.resume(cfg, ctx.actor)
     logger = RunLogger(cfg.run_dir, t.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
-                       start_step=start, title="rltrain opd") if dist.is_main else None
-    before = lifecycle.initial_eval(cfg, ctx, dist, logger, start)
+                       start_step=ts.step, title="rltrain opd") if dist.is_main else None
+    before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts)
     pad, temp, mb = ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0, t.micro_batch_size
-    clock = lifecycle.StepClock(cfg, dist, start, logger)
+    clock = lifecycle.StepClock(cfg, dist, ts, logger)
     for step in clock.steps():
         t0 = time.time()
         # step 1: sample and score
@@ -81,6 +81,6 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
             times["time/rollout"], 1e-9)
         metrics["time/step"] = time.time() - t0
         if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
-                              save=lambda d: lifecycle.save(cfg, dist, d, ctx.actor, ctx.tok)):
+                              save=lambda: lifecycle.save(cfg, dist, ts, ctx.actor, ctx.tok)):
             break
     return lifecycle.final_eval(cfg, ctx, dist, logger, before, step=clock.step)

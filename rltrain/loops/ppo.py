@@ -256,20 +256,20 @@ def ppo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
 def train(cfg: RunConfig, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
     ctx = Context(cfg, dist)
-    start, state = lifecycle.maybe_resume(cfg, ctx.actor, ctx.engines())
-    if start:
-        ctx.load_extra_state(state)
+    ts = lifecycle.resume(cfg, ctx.actor, ctx.engines())
+    if ts.step:
+        ctx.load_extra_state(ts.loop)
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
-                       start_step=start, title="rltrain ppo") if dist.is_main else None
-    before = lifecycle.initial_eval(cfg, ctx, dist, logger, start)
-    clock = lifecycle.StepClock(cfg, dist, start, logger)
+                       start_step=ts.step, title="rltrain ppo") if dist.is_main else None
+    before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts)
+    clock = lifecycle.StepClock(cfg, dist, ts, logger)
     for step in clock.steps():
         t0 = time.time()
         metrics = ppo_step(ctx, cfg, dist, step)
         metrics["time/step"] = time.time() - t0
+        ts.loop = ctx.extra_state()  # the KL coefficient and value normaliser after this step
         if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
-                      save=lambda d: lifecycle.save(cfg, dist, d, ctx.actor, ctx.tok, extra=ctx.extra_state(),
-                                            engines=ctx.engines())):
+                      save=lambda: lifecycle.save(cfg, dist, ts, ctx.actor, ctx.tok, engines=ctx.engines())):
             break
     critic_sd = ctx.critic.full_state_dict()  # collective under ZeRO-3
     if dist.is_main:  # usable as algo.critic_path of a later run

@@ -85,16 +85,16 @@ def sft_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
 def train(cfg: RunConfig, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
     ctx = Context(cfg, dist)
-    start, _ = lifecycle.maybe_resume(cfg, ctx.actor)
+    ts = lifecycle.resume(cfg, ctx.actor)
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
-                       start_step=start, title="rltrain sft") if dist.is_main else None
-    before = lifecycle.initial_eval(cfg, ctx, dist, logger, start)
-    clock = lifecycle.StepClock(cfg, dist, start, logger)
+                       start_step=ts.step, title="rltrain sft") if dist.is_main else None
+    before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts)
+    clock = lifecycle.StepClock(cfg, dist, ts, logger)
     for step in clock.steps():
         t0 = time.time()
         metrics = sft_step(ctx, cfg, dist, step)
         metrics["time/update"] = metrics["time/step"] = time.time() - t0
         if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
-                      save=lambda d: lifecycle.save(cfg, dist, d, ctx.actor, ctx.tok)):
+                      save=lambda: lifecycle.save(cfg, dist, ts, ctx.actor, ctx.tok)):
             break
     return lifecycle.final_eval(cfg, ctx, dist, logger, before, step=clock.step)

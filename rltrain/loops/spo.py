@@ -298,16 +298,16 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                         with_reference=cfg.algo.kl_coef > 0)
     update = PolicyUpdate(cfg)
     a = cfg.algo
-    start, state = lifecycle.maybe_resume(cfg, ctx.actor)
+    ts = lifecycle.resume(cfg, ctx.actor)
     # Tree edges are replayed; the chain trains each step's own rollouts (an empty, unused buffer).
     replay = EdgeReplay(a.replay_max_age, a.replay_per_question) if a.name == "spo_tree" else EdgeReplay(0, 0)
-    if state.get("replay"):
-        replay.edges = state["replay"]
+    if ts.loop.get("replay"):
+        replay.edges = ts.loop["replay"]
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
-                       start_step=start, title=f"rltrain {a.name}") if dist.is_main else None
-    before = lifecycle.initial_eval(cfg, ctx, dist, logger, start)
+                       start_step=ts.step, title=f"rltrain {a.name}") if dist.is_main else None
+    before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts)
     pad, temp = ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0
-    clock = lifecycle.StepClock(cfg, dist, start, logger)
+    clock = lifecycle.StepClock(cfg, dist, ts, logger)
     for step in clock.steps():
         t0 = time.time()
         if a.name == "spo_chain":
@@ -382,7 +382,8 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         metrics.update(stats)
         metrics.update(times)
         metrics["time/step"] = time.time() - t0
+        ts.loop["replay"] = replay.edges  # the buffer after this step, for a checkpoint
         if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
-                      save=lambda d: lifecycle.save(cfg, dist, d, ctx.actor, ctx.tok, extra={"replay": replay.edges})):
+                      save=lambda: lifecycle.save(cfg, dist, ts, ctx.actor, ctx.tok)):
             break
     return lifecycle.final_eval(cfg, ctx, dist, logger, before, step=clock.step)

@@ -89,12 +89,12 @@ def worker(out: str, stage: int, offload: bool, rank: int, world: int, port: int
                              generator=torch.Generator().manual_seed(step))
 
     record = {"steps": []}
-    start, _ = C.maybe_resume(cfg, actor)
+    start = C.resume(cfg, actor).step
     for step in range(start, STEPS):
         m = update(step)
         record["steps"].append({k: m[k] for k in ("actor/pg_loss", "actor/grad_norm", "actor/lr")})
         if mode == "save" and step == 0:
-            C.save(cfg, dist, 1, actor, tok)
+            C.save(cfg, dist, C.TrainState(step=1), actor, tok)
             with torch.no_grad():
                 logits = actor.module(input_ids=torch.tensor([prompt_ids[0]])).logits
             if dist.is_main:

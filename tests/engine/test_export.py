@@ -32,7 +32,7 @@ def run_dir(tmp_path_factory):
         loss = actor.module(input_ids=ids, labels=ids).loss
         actor.backward(loss)
         actor.step()
-        C.save(cfg, dist, step, actor, tok)
+        C.save(cfg, dist, C.TrainState(step=step), actor, tok)
         with torch.no_grad():
             logits[step] = actor.module(input_ids=ids).logits
     return run, ids, logits

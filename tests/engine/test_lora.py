@@ -64,7 +64,7 @@ def test_lora_actor_trains_adapters_and_exports_merged_hf(tmp_path):
         actor.step()
     with torch.no_grad():
         want = actor.module(input_ids=ids).logits
-    C.save(cfg, dist, 2, actor, tok)
+    C.save(cfg, dist, C.TrainState(step=2), actor, tok)
     policy = tmp_path / "checkpoints" / "step_000002" / "policy"
     torch.testing.assert_close(load_logits(policy, ids), want, rtol=1e-5, atol=1e-5)
 

@@ -89,7 +89,7 @@ def test_critic_explained_variance_rises_and_warmup_keeps_the_actor(tmp_path):
     assert sum(ev[-3:]) / 3 > 0.5, ev
     assert all("actor/grad_norm" not in r for r in rows)  # warm-up: no actor update at all
     final = ppo.Context(cfg, Dist())  # built fresh, then loaded from the run's last checkpoint
-    ppo.lifecycle.maybe_resume(cfg, final.actor)
+    ppo.lifecycle.resume(cfg, final.actor)
     after = torch.cat([p.detach().flatten() for p in final.actor.module.parameters()])
     torch.testing.assert_close(after, start, rtol=0, atol=0)
 

@@ -28,13 +28,12 @@ def test_eta_never_exceeds_the_time_budget_left(tmp_path):
     from omegaconf import OmegaConf
 
     from rltrain.engine.dist import Dist
-    from rltrain.loops.common import StepClock
+    from rltrain.loops.lifecycle import StepClock, TrainState
     from rltrain.report.logger import RunLogger
 
-    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "time/step": 20.0}\n')  # an earlier process's step
     log = RunLogger(tmp_path, total_steps=100, console=False, start_step=1)
     cfg = OmegaConf.create({"run_dir": str(tmp_path), "train": {"steps": 100, "time_budget_s": 60.0}})
-    clock = StepClock(cfg, Dist(), start=1, logger=log)
+    clock = StepClock(cfg, Dist(), TrainState(step=1, spent_s=20.0), logger=log)  # an earlier process's step
     log.steps_t0 -= 30.0  # 30 s per step so far: 98 more steps would take ~49 min
     clock.finish(2, 30.0)
     log.log(2, {"time/step": 30.0})
