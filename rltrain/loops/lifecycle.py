@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -62,6 +62,11 @@ class TrainState:
     """The held-out evaluation before training (the summary's "before" column)."""
     loop: dict = field(default_factory=dict)
     """The loop's own state: PPO's KL coefficient and value normaliser, SPO-tree's edge replay."""
+
+    def state_dict(self) -> dict:
+        """For trainer.pt (not ``dataclasses.asdict``: that would turn the loop's objects, such as
+        SPO's replayed edges, into dicts)."""
+        return {"step": self.step, "spent_s": self.spent_s, "eval_before": self.eval_before, "loop": self.loop}
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -168,7 +173,7 @@ def save(cfg: RunConfig, dist: Dist, ts: TrainState, actor, tokenizer, engines: 
     for name, engine in engines.items():
         engine.save_shards(staging / name)  # DeepSpeed: every rank's shard; LocalActor: nothing
     dist.barrier()
-    state = {**{name: engine.state_dict() for name, engine in engines.items()}, "train_state": asdict(ts)}
+    state = {**{name: engine.state_dict() for name, engine in engines.items()}, "train_state": ts.state_dict()}
     if is_lora(actor.module):  # the HF policy holds the merged weights; trainer.pt the adapters
         full = merged_state_dict(full, actor.module.rltrain_lora_scaling)
     if dist.is_main:

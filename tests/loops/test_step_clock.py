@@ -60,3 +60,20 @@ def test_end_step_evaluates_logs_and_saves_on_schedule_and_at_the_budget_stop(tm
     assert evals == [2]                      # every 2; not at the last step (final_eval covers it)
     assert saved == [3]                      # every 3, and the final save at the stop (once)
     assert logged[1][1]["eval/accuracy"] == 0.5 and [s for s, _ in logged] == [1, 2, 3]
+
+
+def test_train_state_round_trips_the_loops_objects_through_trainer_pt(tmp_path):
+    """SPO-tree's replay buffer holds Edge objects (with tensors): a checkpoint must give them back
+    as Edges, not as dicts."""
+    import torch
+
+    from rltrain.loops.spo import Edge
+
+    edge = Edge("q", 3, [1, 2], [3], 0.5, torch.tensor([-0.1]))
+    ts = TrainState(step=4, spent_s=9.5, eval_before={"accuracy": 0.25}, loop={"replay": [edge], "kl_coef": 0.2})
+    torch.save({"train_state": ts.state_dict()}, tmp_path / "trainer.pt")
+    back = TrainState(**torch.load(tmp_path / "trainer.pt", weights_only=False)["train_state"])
+    assert (back.step, back.spent_s, back.eval_before, back.loop["kl_coef"]) == (4, 9.5, {"accuracy": 0.25}, 0.2)
+    got = back.loop["replay"][0]
+    assert isinstance(got, Edge) and (got.question, got.step, got.advantage) == ("q", 3, 0.5)
+    assert torch.equal(got.old_logp, edge.old_logp)
