@@ -6,19 +6,15 @@ before any model is loaded. "Not loaded" is checked through the run directory: H
 it before ``run_job`` starts, and models load only inside ``run_job``; a run directory that was
 never created means no model was loaded (and no worker started)."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.cli import run_cli
+
 TINY = ["model=tiny", "eval.size=4", "eval.max_new_tokens=4", "rollout.max_new_tokens=6",
         "train.prompts_per_step=2", "train.samples_per_prompt=4", "launch.threads_per_rank=1", "log.console=false"]
 
 
-def cli(args, run_dir, **env):
-    return subprocess.run([sys.executable, "-m", "rltrain.cli", *args, f"hydra.run.dir={run_dir}"], cwd=REPO,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", **env), capture_output=True, text=True, timeout=600)
+cli = run_cli  # the real command: these tests are about its exit code and stderr
 
 
 def assert_user_error(r, run_dir, kind: str, *needles: str) -> str:

@@ -19,11 +19,9 @@ the first minibatch's token-mean surrogate (ratio 1) is non-zero.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,7 +30,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.cli import start_cli  # noqa: E402
 
 ARGS = [
     "model=tiny", "model.dtype=fp32", "data.n_train=64", "data.n_test=8", "eval.size=8", "eval.max_new_tokens=4",
@@ -50,9 +48,7 @@ PPO_COMPARED = ("actor/pg_loss", "actor/grad_norm", "critic/value_loss", "critic
 
 
 def start(run_dir: Path, *extra: str) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "rltrain.cli", *ARGS, *extra, f"hydra.run.dir={run_dir}"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_cli([*ARGS, *extra], run_dir)
 
 
 def run(run_dir: Path, *extra: str) -> Path:

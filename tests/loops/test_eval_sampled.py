@@ -5,9 +5,6 @@ key; the base-eval cache keyed on the sampling settings; and the real CLI on mod
 import contextlib
 import itertools
 import json
-import os
-import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,7 +20,6 @@ from rltrain.loops.lifecycle import cached_base_eval, evaluate
 from rltrain.report import cli as report_cli
 from rltrain.types import RewardOutput, Sample
 
-REPO = Path(__file__).resolve().parents[2]
 register_configs()
 
 
@@ -172,9 +168,7 @@ TINY = ["model=tiny", "data.n_train=16", "data.n_test=6", "eval.size=6", "eval.m
         "train.micro_batch_size=4", "launch.threads_per_rank=1", "log.console=false"]
 
 
-def run_cli(args, run_dir):
-    return subprocess.run([sys.executable, "-m", "rltrain.cli", *args, f"hydra.run.dir={run_dir}"], cwd=REPO,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+from tests.cli import run_cli  # noqa: E402
 
 
 def eval_events(run_dir):
