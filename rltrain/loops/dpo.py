@@ -347,4 +347,5 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
             rows.append(("held-out preference accuracy", fmt(before, "pref_accuracy"), fmt(after, "pref_accuracy")))
         logger.summary(rows)
         logger.close()
+    setup.close(ctx)
     return {"eval_before": before, "eval_after": after, "run_dir": cfg.run_dir}

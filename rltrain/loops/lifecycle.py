@@ -17,7 +17,7 @@ from rltrain.config import EvalConfig, RunConfig
 from rltrain.engine.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, save_hf, staging_dir
 from rltrain.engine.dist import Dist
 from rltrain.engine.lora import is_lora, merged_state_dict
-from rltrain.loops import eval_cache
+from rltrain.loops import eval_cache, setup
 from rltrain.loops.episodes import rollout_and_score
 from rltrain.report import progress
 from rltrain.report.runs import sampled_eval_keys
@@ -367,4 +367,5 @@ def final_eval(cfg: RunConfig, ctx, dist: Dist, logger, before: dict | None, ste
                        + [("mean response length", fmt(before, "length", "{:.1f}"), f"{after['length']:.1f}")]
                        + mismatch_rows(cfg.run_dir))
         logger.close()
+    setup.close(ctx)
     return {"eval_before": before, "eval_after": after, "run_dir": cfg.run_dir}

@@ -133,3 +133,12 @@ class Context:
         self.train_ids = encode_prompts(self.tok, self.train, cfg)
         self.test_ids = encode_prompts(self.tok, self.test, cfg)
         self.order = PromptOrder(len(self.train), cfg.seed)
+
+
+def close(ctx) -> None:
+    """End of a run: stop what its reward started (math-verify's worker pool, the code sandbox's
+    workers) now, not in the interpreter's exit, where a process pool's exit hook can find its
+    pipe already closed and print a traceback (seen on the default path under load)."""
+    close_reward = getattr(getattr(ctx, "reward", None), "close", None)
+    if close_reward is not None:
+        close_reward()
