@@ -49,16 +49,20 @@ MENU = ["grpo", "gspo", "cispo", "sapo", "rloo", "reinforce_pp", "reinforce_pp_b
 
 
 def menu(out: Path) -> None:
-    print("| recipe | held-out greedy before → after | steps | step time (s) | mean step time (s) "
-          "| sampled length (first → mid → last step) |")
-    print("|---|---|---|---|---|---|")
+    print("| recipe | held-out greedy before → after | training reward (first → last step) | step time (s) "
+          "| mean step time (s) | rollout tok/s (median) | sampled length (first → mid → last step) |")
+    print("|---|---|---|---|---|---|---|")
     for name in MENU:
         s = summary(out / name)
         if s is None:
             continue
         before = "-" if s["before"] is None else f"{s['before']:.0%}"
-        print(f"| `+experiment=menu_{name}` | {before} → **{s['acc']:.0%}** | {s['steps']} | {s['time']:.0f} "
-              f"| {s['time'] / max(s['steps'], 1):.1f} | {s['length']} |")
+        rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+        steps = [r for r in rows if "event" not in r]
+        tps = sorted(r.get("perf/tokens_per_s", 0.0) for r in steps)
+        reward = f"{steps[0]['reward/mean']:.2f} → {steps[-1]['reward/mean']:.2f}"
+        print(f"| `+experiment=menu_{name}` | {before} → **{s['acc']:.0%}** | {reward} | {s['time']:.0f} "
+              f"| {s['time'] / max(s['steps'], 1):.1f} | {tps[len(tps) // 2]:.0f} | {s['length']} |")
 
 
 def main() -> None:
