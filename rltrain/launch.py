@@ -34,9 +34,12 @@ def planned_world_size(cfg: RunConfig) -> int:
     return sw[1] if sw else cfg.launch.nproc_per_node
 
 
-def save_config(cfg: RunConfig, run_dir: Path) -> None:
+def save_config(cfg: RunConfig, run_dir: Path, header: str = "") -> None:
+    """The resolved config as ``run_dir/config.yaml``; ``header``: comment lines on top (why
+    ``model.dtype=auto`` resolved as it did)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    (run_dir / "config.yaml").write_text(comments + OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 
 
 def load_config(run_dir: str | Path) -> RunConfig:
@@ -181,19 +184,21 @@ def _slurm_master() -> tuple[str, int]:
 
 def launch(cfg: RunConfig) -> dict:
     """Entry from the CLI (once per job of a sweep)."""
-    from rltrain.engine.model import resolve_dtype
+    from rltrain.engine.model import resolve_dtype_with_reason
 
     run_dir = Path(cfg.run_dir)
-    cfg.model.dtype = resolve_dtype(cfg.model.dtype)  # recorded resolved in config.yaml
+    requested = cfg.model.dtype
+    cfg.model.dtype, why = resolve_dtype_with_reason(requested)  # recorded resolved in config.yaml, and why
+    header = f"model.dtype={requested} -> {cfg.model.dtype}: {why}" if requested == "auto" else ""
     sw = slurm_world()
     if sw is not None:
         rank, world, local_rank = sw
         os.environ["LOCAL_RANK"] = str(local_rank)
         if rank == 0:
-            save_config(cfg, run_dir)
+            save_config(cfg, run_dir, header)
         addr, port = _slurm_master()
         return run_worker(cfg, rank, world, master_addr=addr, master_port=port) or {}
-    save_config(cfg, run_dir)
+    save_config(cfg, run_dir, header)
     if cfg.launch.nproc_per_node == 1:
         return run_worker(cfg) or {}
     return _spawn_local(cfg, run_dir, cfg.launch.nproc_per_node)

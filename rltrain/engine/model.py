@@ -146,10 +146,16 @@ def choose_dtype(dtype: str) -> tuple[str, str]:
 def resolve_dtype(dtype: str) -> str:
     """``model.dtype`` → ``fp32`` | ``bf16`` | ``fp16`` (``auto`` decided by ``choose_dtype``, whose
     reason is logged)."""
+    return resolve_dtype_with_reason(dtype)[0]
+
+
+def resolve_dtype_with_reason(dtype: str) -> tuple[str, str]:
+    """``resolve_dtype`` and the reason (logged for ``auto``; the launcher also writes it on top of
+    the run's config.yaml)."""
     resolved, why = choose_dtype(dtype)
     if dtype == "auto":
         log.info("model.dtype=auto -> %s (%s)", resolved, why)
-    return resolved
+    return resolved, why
 
 
 # --------------------------------------------------------------------------- fp32 LM head

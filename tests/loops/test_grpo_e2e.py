@@ -10,7 +10,8 @@ from tests.cli import TINY, events, metrics, run_inprocess, start_cli
 
 
 def test_grpo_learns_toy_reward(tmp_path, capsys):
-    run_inprocess(TINY + ["train.steps=12", "train.lr=1e-2", "reward.fn=tests.toy_rewards:contains_seven"], tmp_path)
+    run_inprocess(TINY + ["train.steps=12", "train.lr=1e-2", "reward.fn=tests.toy_rewards:contains_seven",
+                          "model.dtype=auto"], tmp_path)  # auto is fp32 on every CPU (README Precision)
     out = capsys.readouterr().out
     rows = metrics(tmp_path)
     assert [r["step"] for r in rows] == list(range(1, 13))
@@ -22,7 +23,12 @@ def test_grpo_learns_toy_reward(tmp_path, capsys):
     assert all(r["mismatch/abs_dlogp_mean"] < 1e-3 and r["mismatch/ratio_max"] < 1.01 for r in rows)
     assert any(r["mismatch/tokens"] > 0 for r in rows)
     assert "rollout↔trainer mean |Δlogp|" in out
-    assert (tmp_path / "config.yaml").exists()
+    # config.yaml records what model.dtype=auto chose and why, and still loads back
+    head = (tmp_path / "config.yaml").read_text().splitlines()[0]
+    assert head.startswith("# model.dtype=auto -> fp32: auto: "), head
+    from rltrain.launch import load_config
+
+    assert load_config(tmp_path).model.dtype == "fp32"
     ckpt = tmp_path / "checkpoints" / "step_000012"
     assert (ckpt / "COMPLETE").exists() and (ckpt / "policy" / "config.json").exists()
 
