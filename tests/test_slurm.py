@@ -47,7 +47,7 @@ def _slurm_up() -> bool:
 @pytest.fixture(scope="module")
 def slurm():
     if sys.platform != "linux":
-        pytest.skip("the local Slurm test needs Linux")
+        pytest.skip("the local Slurm test needs Linux (runs on Linux as root with apt-get, as in CI)")
     if os.geteuid() != 0:
         pytest.skip("the local Slurm test needs root (it installs slurm-wlm/munge and starts slurmctld/slurmd)")
     if not shutil.which("slurmctld") and not shutil.which("apt-get"):

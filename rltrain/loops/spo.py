@@ -70,9 +70,9 @@ def global_offset(n: int, dist: Dist) -> int:
 
 def whiten(adv: torch.Tensor, keep: torch.Tensor, dist: Dist) -> torch.Tensor:
     """Whiten advantages over the kept tokens of the whole step (all ranks); 0 elsewhere."""
-    # A step with fewer than two kept tokens has no spread: exactly 0, like any flat set (decision 11).
-    out = core.masked_whiten(adv, keep, moments=dist.sum(core.masked_moments(adv, keep)))
-    return torch.where(keep, out, torch.zeros_like(out))
+    # masked_whiten zeroes the positions outside ``keep``; fewer than two kept tokens have no
+    # spread and give exactly 0, like any flat set (decision 11).
+    return core.masked_whiten(adv, keep, moments=dist.sum(core.masked_moments(adv, keep)))
 
 
 # --------------------------------------------------------------------------- chain

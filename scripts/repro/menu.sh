@@ -8,6 +8,7 @@
 # Usage: scripts/repro/menu.sh [name ...]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/repro/lib.sh
 RL=${RL:-.venv/bin/rltrain}
 OUT=${OUT:-outputs/menu}
 ORDER=(grpo gspo cispo sapo rloo reinforce_pp reinforce_pp_baseline tis icepop gdpo opd)
@@ -15,7 +16,7 @@ ORDER=(grpo gspo cispo sapo rloo reinforce_pp reinforce_pp_baseline tis icepop g
 
 for name in "${ORDER[@]}"; do
   dir="$OUT/$name"
-  if [ -f "$dir/metrics.jsonl" ] && grep -qE '"step": [1-9][0-9]*, "event": "eval"' "$dir/metrics.jsonl"; then
+  if finished "$dir"; then
     echo "== $name: finished, skipped"; continue
   fi
   extra=()

@@ -5,13 +5,14 @@
 # A finished run is skipped, an interrupted one resumes. Usage: scripts/repro/precision.sh [dtype_sN ...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/repro/lib.sh
 RL=${RL:-.venv/bin/rltrain}
 OUT=${OUT:-outputs/precision}
 ORDER=(fp32_s0 bf16_s0 fp32_s1 bf16_s1)
 [ $# -gt 0 ] && ORDER=("$@")
 for name in "${ORDER[@]}"; do
   dir="$OUT/$name"
-  if [ -f "$dir/metrics.jsonl" ] && grep -qE '"step": [1-9][0-9]*, "event": "eval"' "$dir/metrics.jsonl"; then
+  if finished "$dir"; then
     echo "== $name: finished, skipped"; continue
   fi
   echo "== $name"

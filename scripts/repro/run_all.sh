@@ -5,6 +5,7 @@
 # tables and plots to bench/repro/. Usage: scripts/repro/run_all.sh [name ...]  (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/repro/lib.sh
 RL=${RL:-.venv/bin/rltrain}
 CPU=${CPU:-1}
 OUT=${OUT:-outputs/repro}
@@ -43,8 +44,7 @@ ORDER=(grpo_240s spo_chain_240s spo_tree_240s grpo grpo_top20 grpo_clip_higher g
 
 for name in "${ORDER[@]}"; do
   dir="$OUT/$name"
-  # finished = its final evaluation was logged (an "eval" event after step 0)
-  if [ -f "$dir/metrics.jsonl" ] && grep -qE '"step": [1-9][0-9]*, "event": "eval"' "$dir/metrics.jsonl"; then
+  if finished "$dir"; then
     echo "== $name: finished, skipped"; continue
   fi
   echo "== $name: ${RUNS[$name]}"

@@ -415,7 +415,7 @@ def test_each_way_of_making_a_bind_read_only_covers_its_submounts(tmp_path, how)
     leave no writable mount under the bind; remounting only the top one (the old way) does,
     and ``_check_read_only`` refuses it. In a private mount namespace of a child process."""
     if os.geteuid() != 0:
-        pytest.skip("needs root (mounts)")
+        pytest.skip("needs root to mount (runs as root, as CI does)")
     (tmp_path / "source").mkdir()
     (tmp_path / "target").mkdir()
     proc = subprocess.run(
@@ -479,7 +479,7 @@ def test_new_mount_api_kexec_reboot_and_cross_process_calls_are_denied(jail, iso
     """Also pidfd_getfd, kcmp and process_madvise: in ``process`` mode the program runs as the
     trainer's uid, so these would reach the trainer's fds, kernel pointers and memory."""
     if os.uname().machine not in _NEWLY_DENIED:
-        pytest.skip(f"no seccomp table for {os.uname().machine}")
+        pytest.skip(f"no seccomp table for {os.uname().machine} (runs on x86_64 and aarch64)")
     sandbox = jail if isolation == "namespace" else Sandbox(Limits(timeout=5.0), isolation="process", num_workers=1)
     try:
         run = sandbox.run(_syscall_program(), [""])
@@ -522,7 +522,8 @@ def test_seccomp_syscall_numbers_match_the_kernel_headers():
         assert {name: table[name] for name in _NEWLY_DENIED[arch]} == _NEWLY_DENIED[arch]
         checked.append(arch)
     if not checked:
-        pytest.skip(f"no kernel headers of Linux 5.12+ here (looked for {headers})")
+        pytest.skip(f"no kernel headers of Linux 5.12+ here (looked for {headers}); runs where they are "
+                    "installed (Debian: linux-libc-dev)")
 
 
 def test_seccomp_filter_too_long_for_its_jumps_is_refused_clearly():
