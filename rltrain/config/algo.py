@@ -6,6 +6,18 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
+from rltrain.algos.core import AGGREGATION_MODES, KL_KINDS
+from rltrain.algos.dpo import DPO_LOSS_TYPES
+from rltrain.algos.grpo import ADV_ESTIMATORS, GROUP_SCALES
+from rltrain.algos.pg_losses import GSPO_LEVELS
+from rltrain.algos.ppo import VALUE_LOSS_TYPES
+from rltrain.algos.registry import SCOPES
+from rltrain.algos.select import NORMALIZE_MODES
+from rltrain.algos.spo import FIRST_SEGMENT_VALUES, TREE_VARIANTS
+from rltrain.config.fields import bounded, one_of
+
+TRUNCATIONS = ("keep_end", "keep_start")  # DPO / SFT prompt truncation (loops/pairs.truncate)
+
 
 # --------------------------------------------------------------------------- algo
 
@@ -16,14 +28,14 @@ class AlgoConfig:
 
     name: str = MISSING
     """Algorithm family: sft | dpo | ppo | grpo | opd | spo_chain | spo_tree."""
-    loss_agg_mode: str = "token-mean"
+    loss_agg_mode: str = one_of(AGGREGATION_MODES, "token-mean")
     """How per-token losses are reduced: token-mean | seq-mean-token-mean | seq-mean-token-sum |
     seq-mean-token-sum-norm (ALGORITHMS.md §0)."""
     loss_agg_constant: Optional[float] = None
     """Divisor C of seq-mean-token-sum-norm; None = rollout.max_new_tokens."""
     kl_coef: float = 0.0
     """β of the KL term to the frozen reference; 0 = no reference model is loaded at all."""
-    kl_estimator: str = "k3"
+    kl_estimator: str = one_of(KL_KINDS, "k3")
     """KL estimator of the KL loss: k1 | k2 | k3 | abs | k3+."""
     entropy_coef: float = 0.0
     """Entropy bonus coefficient (loss -= c·agg(H)); 0 = off."""
@@ -34,15 +46,15 @@ class GRPOConfig(AlgoConfig):
     """GRPO and its DAPO / Dr. GRPO variants (ALGORITHMS.md §3)."""
 
     name: str = "grpo"
-    adv_estimator: str = "grpo"
+    adv_estimator: str = one_of(ADV_ESTIMATORS, "grpo")
     """grpo (group mean/std, ``adv_scale``) | rloo (leave-one-out baseline, no std scaling) |
     reinforce_pp (REINFORCE++: outcome at the last token − β·k1 KL per token, returns-to-go whitened
     over the global batch) | reinforce_pp_baseline (the group mean outcome subtracted first). With
     the reinforce_pp estimators ``kl_coef`` is the β of the KL penalty in the token rewards (no KL
     loss term), and the batch whitening is always on (it is the estimator's normalisation)."""
-    adv_scale: str = "std"
+    adv_scale: str = one_of(GROUP_SCALES, "std")
     """Group advantage scaling: std (GRPO) | none (Dr. GRPO)."""
-    std_ddof: int = 1
+    std_ddof: int = one_of((0, 1), 1)
     """Degrees of freedom of the group std: 1 (verl, default) | 0 (population)."""
     adv_eps: float = 1e-6
     """ε added to the group std."""
@@ -54,7 +66,7 @@ class GRPOConfig(AlgoConfig):
     """DAPO overlong shaping: length of the soft-penalty buffer L_cache in tokens (0 = off)."""
     overlong_factor: float = 1.0
     """DAPO overlong shaping: penalty factor."""
-    adv_whiten: str = "none"
+    adv_whiten: str = one_of(("batch", "none"), "none")
     """Whiten the group advantages over all valid tokens of the step (across ranks): batch | none.
     ``batch`` is what SPO's code does for its GRPO baseline; use it to compare both under one recipe."""
 
@@ -70,7 +82,7 @@ class OPDConfig(GRPOConfig):
     teacher_path: str = MISSING
     """The teacher: a saved Hugging Face causal LM directory or hub id, an rltrain checkpoint
     (``<run>/checkpoints/step_N``) or a run directory (its newest checkpoint)."""
-    reward_weight: float = 0.0
+    reward_weight: float = bounded(0.0, "≥ 0")
     """Weight of the task-reward advantage added to the distillation advantage (0 = pure
     distillation: the reward is still computed and logged)."""
 
@@ -87,19 +99,19 @@ class PPOConfig(AlgoConfig):
     """Adaptive KL controller (target kl_target over kl_horizon samples)."""
     kl_target: float = 6.0
     kl_horizon: int = 10000
-    gamma: float = 1.0
-    lam: float = 1.0
+    gamma: float = bounded(1.0, "in [0, 1]")
+    lam: float = bounded(1.0, "in [0, 1]")
     adv_norm: bool = True
     """Trick 1: whiten advantages over the whole step's batch across ranks."""
-    adv_norm_scope: str = "batch"
+    adv_norm_scope: str = one_of(("batch", "per_minibatch"), "batch")
     """batch (across ranks, default) | per_minibatch."""
-    ref_ema: float = 0.001
+    ref_ema: float = bounded(0.001, "in [0, 1]")
     """Trick 3: reference ← η·actor + (1−η)·reference after every step; 0 = frozen reference."""
     value_clip: float = 0.2
     """Clip of the value update around the rollout-time values (ReaLHF value_eps_clip); ≤ 0 = off."""
     value_norm: bool = True
     """Running normalisation of value targets (β = 0.99995)."""
-    value_loss: str = "mse"
+    value_loss: str = one_of(VALUE_LOSS_TYPES, "mse")
     """Critic loss: mse (½e²) | huber (δ = 10)."""
     critic_lr: float = 5e-6
     """Learning rate of the critic's own optimizer (AdamW; train.* gives the rest)."""
@@ -123,13 +135,13 @@ class SPOConfig(AlgoConfig):
 
     name: str = MISSING
     kl_coef: float = 1e-4
-    cut_threshold: float = 0.9
+    cut_threshold: float = bounded(0.9, "in (0, 1]")
     """Chain: a token with p < threshold is a cutpoint candidate; both: the probability mask's threshold."""
-    adv_whiten: str = "batch"
+    adv_whiten: str = one_of(("batch", "per_minibatch", "none"), "batch")
     """batch (across ranks) | per_minibatch (SPO code) | none."""
     prob_mask: bool = True
     """Zero the advantage of tokens sampled with probability ≥ cut_threshold (SPO §4.4)."""
-    mask_denominator: str = "kept"
+    mask_denominator: str = one_of(("kept", "all"), "kept")
     """With the probability mask: the loss (and KL) averages over the kept tokens (kept, the official
     code's denominator) or over all valid response tokens (all; a per-step scale of ~0.55-0.6 here)."""
 
@@ -139,15 +151,15 @@ class SPOChainConfig(SPOConfig):
     """SPO-chain: Monte-Carlo values at cut states of each sampled response."""
 
     name: str = "spo_chain"
-    partition: str = "cutpoint"
+    partition: str = one_of(("cutpoint", "fixed"), "cutpoint")
     """cutpoint (low-probability tokens) | fixed (near-equal token chunks)."""
-    cut_interval: int = 5
+    cut_interval: int = bounded(5, "≥ 1")
     """Keep every k-th candidate."""
-    num_segments: int = 4
+    num_segments: int = bounded(4, "≥ 1")
     """partition=fixed: number of chunks."""
-    mc_rollouts: int = 4
+    mc_rollouts: int = bounded(4, "≥ 1")
     """Monte-Carlo continuations per cutpoint (K)."""
-    first_segment_value: str = "group_mean"
+    first_segment_value: str = one_of(FIRST_SEGMENT_VALUES, "group_mean")
     """group_mean (rltrain default) | zero (official code)."""
 
 
@@ -158,13 +170,13 @@ class SPOTreeConfig(SPOConfig):
     name: str = "spo_tree"
     branching: list[int] = field(default_factory=lambda: [6, 6, 6])
     """Branching factor per depth."""
-    segment_len: int = 30
+    segment_len: int = bounded(30, "≥ 1")
     """Tokens per segment at non-final depths (M)."""
-    tree_adv: str = "rloo"
+    tree_adv: str = one_of(TREE_VARIANTS, "rloo")
     """rloo (V(child) − V(parent)) | grpo (divided by the sibling std)."""
-    replay_max_age: int = 8
+    replay_max_age: int = bounded(8, "≥ 0")
     """Drop replayed edges this many steps old; 0 disables edge replay."""
-    replay_per_question: int = 32
+    replay_per_question: int = bounded(32, "≥ 1")
     """Edges drawn per question per step."""
 
 
@@ -178,10 +190,10 @@ class DPOConfig(AlgoConfig):
     """
 
     name: str = "dpo"
-    beta: float = 0.1
-    loss_type: str = "sigmoid"
+    beta: float = bounded(0.1, "> 0")
+    loss_type: str = one_of(DPO_LOSS_TYPES, "sigmoid")
     """sigmoid (DPO) | ipo."""
-    label_smoothing: float = 0.0
+    label_smoothing: float = bounded(0.0, "in [0, 0.5)")
     """cDPO ε (fraction of flipped labels), in [0, 0.5)."""
     reference_free: bool = False
     """Uniform reference: no reference model, reference log-ratio 0."""
@@ -194,13 +206,13 @@ class DPOConfig(AlgoConfig):
     max_length: int = 512
     """Prompt + response tokens; longer pairs are truncated (prompt first, then the responses)."""
     max_prompt_length: int = 256
-    truncation: str = "keep_end"
+    truncation: str = one_of(TRUNCATIONS, "keep_end")
     """How the prompt is truncated: keep_end | keep_start."""
     iterative: bool = False
     """Iterative DPO: sample K responses per prompt, pair best vs worst, train, repeat."""
     rounds: int = 3
     """Iterative DPO: number of rounds; train.steps must be a multiple of it."""
-    reference: str = "initial"
+    reference: str = one_of(("initial", "previous_iterate"), "initial")
     """Iterative DPO reference: initial (the starting policy) | previous_iterate (the policy at the
     start of each round)."""
 
@@ -217,7 +229,7 @@ class SFTConfig(AlgoConfig):
     max_length: int = 512
     """Prompt + response tokens; longer examples are truncated (prompt first, then the response)."""
     max_prompt_length: int = 256
-    truncation: str = "keep_end"
+    truncation: str = one_of(TRUNCATIONS, "keep_end")
     """How the prompt is truncated: keep_end | keep_start."""
 
 
@@ -238,11 +250,11 @@ class HighEntropyConfig(TokenSelectionConfig):
     """Top-ρ highest-entropy ("forking") tokens (Beyond the 80/20 rule, ALGORITHMS.md §5)."""
 
     name: str = "high_entropy"
-    top_ratio: float = 0.2
+    top_ratio: float = bounded(0.2, "in (0, 1]")
     """Fraction ρ of the batch's valid tokens kept (highest entropy)."""
-    normalize: str = "all"
+    normalize: str = one_of(NORMALIZE_MODES, "all")
     """Loss denominator: all response tokens (paper, default) | selected (official code)."""
-    scope: str = "batch"
+    scope: str = one_of(SCOPES, "batch")
     """Threshold pool: batch (whole step, across ranks) | micro_batch (official code)."""
 
 
@@ -251,8 +263,8 @@ class ProbMaskConfig(TokenSelectionConfig):
     """SPO's probability mask: only tokens sampled with probability below the threshold."""
 
     name: str = "prob_mask"
-    threshold: float = 0.9
-    normalize: str = "all"
+    threshold: float = bounded(0.9, "in (0, 1]")
+    normalize: str = one_of(NORMALIZE_MODES, "all")
     """Loss denominator: all response tokens | selected."""
 
 
@@ -270,11 +282,11 @@ class ClipLossConfig(PolicyLossConfig):
     """PPO clipped surrogate; clip-higher (DAPO) is clip_high=0.28."""
 
     name: str = "clip"
-    clip_low: float = 0.2
+    clip_low: float = bounded(0.2, "≥ 0")
     """ε_low: the ratio is clipped below at 1 − clip_low."""
-    clip_high: float = 0.2
+    clip_high: float = bounded(0.2, "≥ 0")
     """ε_high: the ratio is clipped above at 1 + clip_high."""
-    dual_clip: Optional[float] = None
+    dual_clip: Optional[float] = bounded(None, "> 1", "(or null = off)")
     """Dual-clip constant c (> 1) capping the loss of negative-advantage tokens; None = off."""
 
 
@@ -283,11 +295,11 @@ class GSPOConfig(PolicyLossConfig):
     """GSPO (Zheng et al. 2025): sequence-level importance ratio (ALGORITHMS.md §10)."""
 
     name: str = "gspo"
-    clip_low: float = 3e-4
+    clip_low: float = bounded(3e-4, "≥ 0")
     """ε_low of the sequence ratio (the paper's 3e-4: sequence ratios stay near 1)."""
-    clip_high: float = 4e-4
+    clip_high: float = bounded(4e-4, "≥ 0")
     """ε_high of the sequence ratio (the paper's 4e-4)."""
-    level: str = "sequence"
+    level: str = one_of(GSPO_LEVELS, "sequence")
     """sequence (one ratio and advantage per response) | token (GSPO-token: per-token gradient)."""
 
 
@@ -296,9 +308,9 @@ class CISPOConfig(PolicyLossConfig):
     """CISPO (MiniMax-M1): REINFORCE with a clipped, stop-gradient importance weight."""
 
     name: str = "cispo"
-    clip_low: float = 1.0
+    clip_low: float = bounded(1.0, "≥ 0")
     """The weight is clipped below at 1 − clip_low (1.0: no lower bound, as MiniMax)."""
-    clip_high: float = 4.0
+    clip_high: float = bounded(4.0, "≥ 0")
     """The weight is clipped above at 1 + clip_high."""
 
 
@@ -307,9 +319,9 @@ class SAPOConfig(PolicyLossConfig):
     """SAPO: a smooth temperature-controlled gate on the ratio instead of the hard clip."""
 
     name: str = "sapo"
-    tau_pos: float = 1.0
+    tau_pos: float = bounded(1.0, "> 0")
     """Gate temperature for positive advantages."""
-    tau_neg: float = 1.05
+    tau_neg: float = bounded(1.05, "> 0")
     """Gate temperature for negative advantages (larger: negatives are damped faster)."""
 
 
@@ -318,16 +330,16 @@ class ClipCovConfig(PolicyLossConfig):
     """Clip-Cov (Cui et al. 2025, ALGORITHMS.md §6)."""
 
     name: str = "clip_cov"
-    clip_low: float = 1.0
+    clip_low: float = bounded(1.0, "≥ 0")
     """PPO clip ε_low (the official scripts use 1, i.e. ratio in [0, 2])."""
-    clip_high: float = 1.0
-    cov_low: float = 1.0
+    clip_high: float = bounded(1.0, "≥ 0")
+    cov_low: float = bounded(1.0, "≥ 0")
     """ω_low: candidates have covariance above this."""
-    cov_high: float = 5.0
+    cov_high: float = bounded(5.0, "≥ 0")
     """ω_high: candidates have covariance below this."""
-    select_ratio: float = 2e-4
+    select_ratio: float = bounded(2e-4, "in (0, 1]")
     """Fraction r of tokens whose gradient is detached."""
-    scope: str = "batch"
+    scope: str = one_of(SCOPES, "batch")
     """Selection pool: batch (whole step, across ranks) | micro_batch (official code)."""
 
 
@@ -336,9 +348,9 @@ class KLCovConfig(PolicyLossConfig):
     """KL-Cov (Cui et al. 2025, ALGORITHMS.md §6)."""
 
     name: str = "kl_cov"
-    select_ratio: float = 2e-4
+    select_ratio: float = bounded(2e-4, "in (0, 1]")
     """Fraction of tokens (top by covariance) that get the KL penalty (2e-4 = 0.02%)."""
-    kl_coef: float = 1.0
+    kl_coef: float = bounded(1.0, "≥ 0")
     """β of |log π − log π_old| on the selected tokens."""
-    scope: str = "batch"
+    scope: str = one_of(SCOPES, "batch")
     """Selection pool: batch (whole step, across ranks) | micro_batch (official code)."""

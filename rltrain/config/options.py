@@ -8,6 +8,7 @@ from hydra.core.config_store import ConfigStore
 
 from rltrain.config.algo import *  # noqa: F403
 from rltrain.config.errors import ConfigError
+from rltrain.config.fields import check_choice
 from rltrain.config.schemas import *  # noqa: F403
 
 
@@ -67,11 +68,6 @@ def register_configs() -> None:
         cs.store(group=group, name=f"{group}_schema", node=schema)
 
 
-def _choice(key: str, value: str, valid) -> None:
-    if value not in valid:
-        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
-
-
 def option_kwargs(option) -> dict:
     """An option's fields minus those of its group's base schema: exactly the keyword arguments
     of the function or class the option names."""
@@ -84,5 +80,5 @@ def option_schema(group: str, name: str) -> type:
     """The schema class of option ``name`` of a config group (used to reload config.yaml)."""
     if group in SINGLE_SCHEMA:
         return SINGLE_SCHEMA[group]
-    _choice(f"{group}.name", name, list(OPTIONS[group]))
+    check_choice(f"{group}.name", name, list(OPTIONS[group]))
     return OPTIONS[group][name]

@@ -7,7 +7,10 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
+from rltrain.algos.correction import CORRECTION_MODES
 from rltrain.config.algo import AlgoConfig, PolicyLossConfig, TokenSelectionConfig
+from rltrain.config.fields import bounded, one_of
+from rltrain.rewards import classifier, combined
 
 
 # --------------------------------------------------------------------------- reward / data / model
@@ -111,7 +114,7 @@ class ClassifierRewardConfig(RewardConfig):
 
     name: str = "classifier"
     model_path: Optional[str] = MISSING
-    normalize: str = "none"
+    normalize: str = one_of(classifier.NORMALIZE, "none")
     """none | running (z-score with running statistics) | fixed ((x − bias) · scale)."""
     bias: float = 0.0
     scale: float = 1.0
@@ -131,7 +134,7 @@ class CombinedRewardConfig(RewardConfig):
     components: list[Any] = field(default_factory=list)
     """Each {name, weight, kwargs, label?}, e.g. [{name: math, weight: 1.0}, {name: python, weight: 0.1,
     kwargs: {fn: "my.mod:format_reward"}}]."""
-    normalize: str = "none"
+    normalize: str = one_of(combined.NORMALIZE, "none")
     """none: the weighted sum of raw scores | then_sum (GDPO): each component normalised within its
     prompt's group of responses (mean/std, zero spread → 0) before the weighted sum; algo=grpo or ppo
     with train.samples_per_prompt ≥ 2. Per-component means are logged as reward/<label>."""
@@ -274,7 +277,7 @@ class ModelConfig:
     """smollm2_135m (real, offline) | tiny (random, tests) | hf (any hub id or local dir)."""
     path: Optional[str] = None
     """Hub id or local directory (model=hf), or a saved tiny model."""
-    dtype: str = "auto"
+    dtype: str = one_of(("auto", "bf16", "fp32"), "auto")
     """Compute dtype: auto (bf16 on a GPU that runs it natively, fp32 on CPUs; see
     engine/model.py:resolve_dtype) | bf16 (fp32 master weights kept for the optimizer) | fp32."""
     gradient_checkpointing: bool = False
@@ -289,7 +292,7 @@ class DeepSpeedConfig:
 
     name: str = "none"
     """none | zero1 | zero2 | zero3 | zero3_offload."""
-    stage: int = 0
+    stage: int = one_of((0, 1, 2, 3), 0)
     offload_optimizer: bool = False
     offload_params: bool = False
 
@@ -301,25 +304,25 @@ class DeepSpeedConfig:
 class TrainConfig:
     """Optimisation and global batch semantics (DESIGN.md: per iteration, across all ranks)."""
 
-    steps: int = 10
+    steps: int = bounded(10, "≥ 1")
     """Optimizer iterations (rollout batches)."""
-    time_budget_s: float = 0.0
+    time_budget_s: float = bounded(0.0, "≥ 0", "(0 = no budget)")
     """Stop early once the summed step time (evaluation excluded) reaches this many seconds; the
     run then evaluates and checkpoints as after its last step. 0 = off. For equal-wall-time
     comparisons; the learning-rate schedule still spans ``steps``."""
-    prompts_per_step: int = 8
-    samples_per_prompt: int = 8
-    minibatches_per_step: int = 1
+    prompts_per_step: int = bounded(8, "≥ 1")
+    samples_per_prompt: int = bounded(8, "≥ 1")
+    minibatches_per_step: int = bounded(1, "≥ 1")
     """Optimizer steps per rollout batch."""
-    epochs: int = 1
+    epochs: int = bounded(1, "≥ 1")
     """Passes over each rollout batch."""
-    micro_batch_size: int = 16
+    micro_batch_size: int = bounded(16, "≥ 1")
     """Sequences per forward pass per rank (memory knob; does not change the loss)."""
     lr: float = 2e-5
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_steps: int = 0
-    lr_schedule: str = "constant"
+    lr_schedule: str = one_of(("constant", "linear", "cosine"), "constant")
     """constant | linear | cosine (after warmup)."""
     max_grad_norm: float = 1.0
 
@@ -333,12 +336,12 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0
     stop_strings: list[str] = field(default_factory=list)
-    correction: str = "none"
+    correction: str = one_of(CORRECTION_MODES, "none")
     """Rollout↔trainer mismatch correction of the policy-gradient loss (ALGORITHMS.md §10): none |
     tis (token weight min(ρ, C)) | icepop (drop tokens with ρ outside [1/C, C]) | seq_mask (drop
     sequences whose geometric-mean ρ leaves [correction_seq_low, correction_seq_high]); ρ =
     π_trainer/π_rollout of the sampled token. Off by default: both are fp32 computations on a CPU."""
-    correction_c: float = 2.0
+    correction_c: float = bounded(2.0, "> 1")
     """C of tis / icepop (> 1)."""
     correction_seq_low: float = 0.5
     correction_seq_high: float = 2.0
@@ -383,7 +386,7 @@ class CheckpointConfig:
 
 @dataclass
 class LaunchConfig:
-    nproc_per_node: int = 1
+    nproc_per_node: int = bounded(1, "≥ 1")
     """Local worker processes (torch.distributed: gloo on CPU, nccl on GPU)."""
     threads_per_rank: int = 0
     """OMP/torch threads per rank; 0 = cores / ranks."""

@@ -37,7 +37,7 @@ import torch
 
 from rltrain.algos import core, select, spo
 from rltrain.algos.grpo import group_means
-from rltrain.config import RunConfig
+from rltrain.config import RunConfig, SPOChainConfig, SPOTreeConfig
 from rltrain.engine.dist import Dist
 from rltrain.engine.model import eos_token_ids
 from rltrain.loops import episodes, lifecycle, setup
@@ -169,9 +169,9 @@ class EdgeReplay:
     ``per_question`` edges per question (drawn edges leave the buffer). max_age = 0: no replay,
     every new edge is used once."""
 
-    def __init__(self, max_age: int, per_question: int):
+    def __init__(self, max_age: int, per_question: int, edges: list[Edge] | None = None):
         self.max_age, self.per_question = max_age, per_question
-        self.edges: list[Edge] = []
+        self.edges: list[Edge] = list(edges or [])
 
     def draw(self, new: list[Edge], step: int, generator: torch.Generator) -> list[Edge]:
         if self.max_age <= 0:
@@ -291,18 +291,93 @@ def edges_to_batch(edges: list[Edge], pad: int):
 # --------------------------------------------------------------------------- loop
 
 
+@dataclass
+class StepBatch:
+    """One rank's training rows of a step, as a variant collected them (before the probability mask)."""
+
+    prompt_ids: list[list[int]]
+    response_ids: torch.Tensor  # [N, T]
+    mask: torch.Tensor  # [N, T] float, tokens with a loss
+    advantages: torch.Tensor  # [N, T]
+    old_logp: torch.Tensor  # [N, T] π_old of the response tokens (the probability mask reads it)
+    old_entropy: torch.Tensor | None  # [N, T] when the token selection reads π_old's entropy
+    times: dict
+    stats: dict
+    layout: dict  # the variant's own PGBatch fields (rollout log-probs; the tree forward's layout)
+
+
+def chain_step(step: int, ctx, cfg: RunConfig, dist: Dist, update: PolicyUpdate, ts) -> StepBatch:
+    """SPO-chain's half of a step: this step's rollouts with their segment advantages."""
+    with ctx.actor.gathered():  # ZeRO-3: one gather for rollout, old log-probs and MC continuations
+        s, adv, old_logp, old_ent, times, stats = chain_batch(step, ctx, cfg, dist)
+    stats.update(episodes.reward_metrics(s, dist))
+    stats["perf/tokens_per_s"] = lifecycle.global_count(float(s.lengths.sum()), dist) / max(times["time/rollout"], 1e-9)
+    return StepBatch(s.prompt_ids, s.response_ids, s.mask, adv, old_logp, old_ent, times, stats,
+                     layout=dict(rollout_logp=s.logprobs))
+
+
+def tree_step(step: int, ctx, cfg: RunConfig, dist: Dist, update: PolicyUpdate, ts) -> StepBatch:
+    """SPO-tree's half of a step: new edges into the replay buffer (``ts.loop["replay"]``, kept in
+    checkpoints), the drawn edges laid out for the tree forward."""
+    a, t = cfg.algo, cfg.train
+    pad, temp = ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0
+    # ZeRO-3: one gather for the trees and the new edges' old log-probs (their count, and so the
+    # number of forwards, differs between ranks: per-layer gathers would not pair up)
+    with ctx.actor.gathered():
+        new, times, stats = tree_batch(step, ctx, cfg, dist)
+        edges = [e for e in new if e.old_logp is None]
+        if edges:  # old log-probs of new edges, from the trainer's own forward
+            lp, _ = forward.batched_logprobs(ctx.actor.module, [e.prompt_ids for e in edges],
+                                             edges_to_batch(edges, pad)[1], pad_id=pad, temperature=temp,
+                                             micro_batch_size=t.micro_batch_size)
+            for e, row in zip(edges, lp):
+                e.old_logp = row[: len(e.response_ids)].clone()
+    replay = EdgeReplay(a.replay_max_age, a.replay_per_question, edges=ts.loop.get("replay", []))
+    drawn = replay.draw(new, step, episodes.step_generator(cfg.seed + 29, step, dist.rank))
+    ts.loop["replay"] = replay.edges  # the buffer after this step, for a checkpoint
+    # A depth-1 edge and the edges below it run on one KV cache: keep them together (stable order).
+    drawn = sorted(drawn, key=lambda e: (e.question, e.step, e.branch))
+    stats["tree/edges_trained"] = lifecycle.global_count(len(drawn), dist)
+    drawn = with_carriers(drawn)
+    stand_in = not drawn  # this rank has nothing to learn (its leaves all scored alike)
+    if stand_in:  # one fully masked edge keeps its passes in step with the other ranks
+        drawn = [Edge("", step, [pad], [pad], 0.0, torch.zeros(1))]
+    prompt_ids, resp, mask, adv = edges_to_batch(drawn, pad)
+    tree_lengths = mask.sum(1).long()  # [E] real segment lengths, carriers included
+    mask[torch.tensor([e.carrier for e in drawn], dtype=torch.bool)] = 0.0
+    if stand_in:
+        mask = torch.zeros_like(mask)
+    old_logp = _pad_rows([e.old_logp.tolist() for e in drawn], 0.0).float()
+    old_ent = None
+    if "entropy" in update.selector.requires:  # the selector reads π_old's entropy
+        old_logp, old_ent = forward.batched_logprobs(ctx.actor.module, prompt_ids, resp, pad_id=pad,
+                                                     temperature=temp, micro_batch_size=t.micro_batch_size,
+                                                     with_entropy=True)
+    # Edges run on their parents' KV cache: a whole tree in one micro-batch where it fits (its prompt
+    # encoded once), else its branches.
+    per_tree: dict[tuple[str, int], int] = {}
+    for e in drawn:
+        per_tree[(e.question, e.step)] = per_tree.get((e.question, e.step), 0) + 1
+    family: dict[tuple, int] = {}
+    fam = torch.tensor([family.setdefault((e.question, e.step) if per_tree[(e.question, e.step)] <= t.micro_batch_size
+                                          else (e.question, e.step, e.branch), len(family)) for e in drawn])
+    stats["perf/tree_unique_tokens"] = lifecycle.global_count(float(unique_tokens(prompt_ids, resp, tree_lengths)), dist)
+    return StepBatch(prompt_ids, resp, mask, adv, old_logp, old_ent, times, stats,
+                     layout=dict(tree_levels=len(a.branching), families=fam, tree_lengths=tree_lengths))
+
+
+# Each variant's half of a step, by its schema (chosen once, in ``train``).
+STEPS = {SPOChainConfig: chain_step, SPOTreeConfig: tree_step}
+
+
 def train(cfg: RunConfig, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
-    t = cfg.train
+    t, a = cfg.train, cfg.algo
     ctx = setup.Context(cfg, dist, total_optimizer_steps=t.steps * t.minibatches_per_step * t.epochs,
-                        with_reference=cfg.algo.kl_coef > 0)
+                        with_reference=a.kl_coef > 0)
     update = PolicyUpdate(cfg)
-    a = cfg.algo
+    collect = STEPS[type(a)]
     ts = lifecycle.resume(cfg, ctx.actor)
-    # Tree edges are replayed; the chain trains each step's own rollouts (an empty, unused buffer).
-    replay = EdgeReplay(a.replay_max_age, a.replay_per_question) if a.name == "spo_tree" else EdgeReplay(0, 0)
-    if ts.loop.get("replay"):
-        replay.edges = ts.loop["replay"]
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
                        start_step=ts.step, title=f"rltrain {a.name}") if dist.is_main else None
     before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts)
@@ -310,45 +385,12 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     clock = lifecycle.StepClock(cfg, dist, ts, logger)
     for step in clock.steps():
         t0 = time.time()
-        if a.name == "spo_chain":
-            with ctx.actor.gathered():  # ZeRO-3: one gather for rollout, old log-probs and MC continuations
-                s, adv, old_logp, old_ent, times, stats = chain_batch(step, ctx, cfg, dist)
-            prompt_ids, resp, mask = s.prompt_ids, s.response_ids, s.mask
-            stats.update(episodes.reward_metrics(s, dist))
-            stats["perf/tokens_per_s"] = lifecycle.global_count(float(s.lengths.sum()), dist) / max(times["time/rollout"], 1e-9)
-        else:
-            # ZeRO-3: one gather for the trees and the new edges' old log-probs (their count, and so the
-            # number of forwards, differs between ranks: per-layer gathers would not pair up)
-            with ctx.actor.gathered():
-                new, times, stats = tree_batch(step, ctx, cfg, dist)
-                edges = [e for e in new if e.old_logp is None]
-                if edges:  # old log-probs of new edges, from the trainer's own forward
-                    lp, _ = forward.batched_logprobs(ctx.actor.module, [e.prompt_ids for e in edges],
-                                               edges_to_batch(edges, pad)[1], pad_id=pad, temperature=temp,
-                                               micro_batch_size=cfg.train.micro_batch_size)
-                    for e, row in zip(edges, lp):
-                        e.old_logp = row[: len(e.response_ids)].clone()
-            drawn = replay.draw(new, step, episodes.step_generator(cfg.seed + 29, step, dist.rank))
-            # A depth-1 edge and the edges below it run on one KV cache: keep them together (stable order).
-            drawn = sorted(drawn, key=lambda e: (e.question, e.step, e.branch))
-            stats["tree/edges_trained"] = lifecycle.global_count(len(drawn), dist)
-            drawn = with_carriers(drawn)
-            stand_in = not drawn  # this rank has nothing to learn (its leaves all scored alike)
-            if stand_in:  # one fully masked edge keeps its passes in step with the other ranks
-                drawn = [Edge("", step, [pad], [pad], 0.0, torch.zeros(1))]
-            prompt_ids, resp, mask, adv = edges_to_batch(drawn, pad)
-            tree_lengths = mask.sum(1).long()  # [E] real segment lengths, carriers included
-            mask[torch.tensor([e.carrier for e in drawn], dtype=torch.bool)] = 0.0
-            if stand_in:
-                mask = torch.zeros_like(mask)
-            old_logp = _pad_rows([e.old_logp.tolist() for e in drawn], 0.0).float()
-            old_ent = None
-            if "entropy" in update.selector.requires:  # the selector reads π_old's entropy
-                old_logp, old_ent = forward.batched_logprobs(ctx.actor.module, prompt_ids, resp, pad_id=pad,
-                                                       temperature=temp, micro_batch_size=cfg.train.micro_batch_size,
-                                                       with_entropy=True)
+        # step 1: the variant's rows: chain rollouts + MC values, or tree edges
+        b = collect(step, ctx, cfg, dist, update, ts)
+        stats, times, mask, adv = b.stats, b.times, b.mask, b.advantages
+        # step 2: the probability mask (SPO §4.4): zero the advantage of confident tokens, then whiten
         valid = mask.bool()
-        keep = select.prob_mask(old_logp, valid, threshold=a.cut_threshold) if a.prob_mask else valid
+        keep = select.prob_mask(b.old_logp, valid, threshold=a.cut_threshold) if a.prob_mask else valid
         stats["spo/prob_mask_frac"] = float(keep.sum()) / max(float(valid.sum()), 1.0)
         adv = torch.where(keep, adv, torch.zeros_like(adv))
         stats["spo/adv_abs_mean"] = float(core.masked_mean(adv.abs(), keep))
@@ -356,34 +398,24 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
             adv = whiten(adv, keep, dist)
         if a.prob_mask and a.mask_denominator == "kept":  # the official denominator: kept tokens only
             mask = keep.float()
+        # step 3: reference log-probs for the KL term
         ref_logp = None
         if ctx.ref is not None:
             t1 = time.time()
-            ref_logp, _ = forward.batched_logprobs(ctx.ref, prompt_ids, resp, pad_id=pad, temperature=temp,
-                                             micro_batch_size=cfg.train.micro_batch_size)
+            ref_logp, _ = forward.batched_logprobs(ctx.ref, b.prompt_ids, b.response_ids, pad_id=pad, temperature=temp,
+                                                   micro_batch_size=t.micro_batch_size)
             times["time/reference"] = time.time() - t1
         stats["spo/zero_adv_token_frac"] = float(((adv == 0) & keep).sum()) / max(float(keep.sum()), 1.0)
-        if a.name == "spo_chain":
-            batch = PGBatch(prompt_ids, resp, mask, adv, ref_logp, old_logp=old_logp, old_entropy=old_ent,
-                            rollout_logp=s.logprobs)
-        else:  # edges on their parents' KV cache; a tree's edges share micro-batches where they fit
-            # A whole tree in one micro-batch where it fits (its prompt encoded once), else its branches.
-            per_tree: dict[tuple[str, int], int] = {}
-            for e in drawn:
-                per_tree[(e.question, e.step)] = per_tree.get((e.question, e.step), 0) + 1
-            family: dict[tuple, int] = {}
-            fam = torch.tensor([family.setdefault((e.question, e.step) if per_tree[(e.question, e.step)] <= t.micro_batch_size
-                                                  else (e.question, e.step, e.branch), len(family)) for e in drawn])
-            batch = PGBatch(prompt_ids, resp, mask, adv, ref_logp, old_logp=old_logp, old_entropy=old_ent,
-                            tree_levels=len(a.branching), families=fam, tree_lengths=tree_lengths)
-            stats["perf/tree_unique_tokens"] = lifecycle.global_count(float(unique_tokens(prompt_ids, resp, tree_lengths)), dist)
+        # step 4: the shared policy update
+        batch = PGBatch(b.prompt_ids, b.response_ids, mask, adv, ref_logp, old_logp=b.old_logp,
+                        old_entropy=b.old_entropy, **b.layout)
         metrics = update.run(ctx.actor, batch, dist, pad_id=pad, step=step,
-                                generator=episodes.step_generator(cfg.seed + 7, step, 0))
+                             generator=episodes.step_generator(cfg.seed + 7, step, 0))
         metrics.update(stats)
         metrics.update(times)
         metrics["time/step"] = time.time() - t0
-        ts.loop["replay"] = replay.edges  # the buffer after this step, for a checkpoint
+        # step 5: evaluation, logging, checkpoint
         if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
-                      save=lambda: lifecycle.save(cfg, dist, ts, ctx.actor, ctx.tok)):
+                              save=lambda: lifecycle.save(cfg, dist, ts, ctx.actor, ctx.tok)):
             break
     return lifecycle.final_eval(cfg, ctx, dist, logger, before, step=clock.step)
