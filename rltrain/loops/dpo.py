@@ -25,7 +25,7 @@ Reference log-probs: offline with ``algo.cache_ref_logps=true`` (default) they a
 by the initial policy before training, for every pair the run will use, and cached on disk
 (``algo.ref_cache_dir``, default the run directory, keyed by model, data and lengths); the
 reference model is loaded only to fill the cache and not kept. Otherwise a frozen reference model
-(``common.build_reference``) forwards each batch.
+(``setup.build_reference``) forwards each batch.
 ``algo.reference_free=true`` uses a uniform reference (log-ratio 0) and loads none.
 
 Metrics (all reduced across ranks): dpo/loss, the implicit rewards β·(log π − log π_ref) of chosen
@@ -57,12 +57,10 @@ from rltrain.algos.dpo import dpo_loss
 from rltrain.config import ConfigError, RunConfig
 from rltrain.data import PREFERENCE_DATASETS
 from rltrain.engine.dist import Dist
-from rltrain.engine.model import eos_token_ids
 from rltrain.loops import episodes, lifecycle, setup
 from rltrain.config import option_kwargs
 from rltrain.rollout import forward
-from rltrain.loops.pairs import (Encoded, batched_pair_logps, encode_examples, pair_logps, prompt_samples,
-                                 stand_in_pair)
+from rltrain.loops.pairs import Encoded, batched_pair_logps, pair_logps, stand_in_pair
 from rltrain.loops.lifecycle import Metrics
 from rltrain.report.logger import RunLogger
 
@@ -70,53 +68,40 @@ from rltrain.report.logger import RunLogger
 # --------------------------------------------------------------------------- setup
 
 
-class Context:
-    """Everything the loop builds once at setup (before resuming: references are the initial policy)."""
+@dataclass
+class ReferenceLogps:
+    """Cached reference (chosen, rejected) log-probs ``[n, 2]`` of offline DPO's pairs (NaN where a
+    pair is never used), or None where a reference model forwards each batch or there is none."""
 
-    def __init__(self, cfg: RunConfig, dist: Dist):
-        a, t = cfg.algo, cfg.train
-        if not a.iterative and cfg.data.name not in PREFERENCE_DATASETS:
-            raise ConfigError(
-                f"algo=dpo trains on preference pairs but data={cfg.data.name} has none: use "
-                f"data=synthetic_prefs or data=preference (data.path=...), or algo.iterative=true to build "
-                "pairs from the policy's own samples")
-        self.actor, self.tok = setup.build_actor(cfg, dist, t.steps)
-        self.pad = self.tok.pad_token_id
-        self.reward = setup.build_reward_fn(cfg, dist)
-        splits = setup.build_data(cfg)
-        is_pref = cfg.data.name in PREFERENCE_DATASETS
-        # Greedy generation eval: prompt datasets, and preference sets whose pairs carry an answer.
-        test = prompt_samples(splits.test[: cfg.eval.size])
-        self.test = test if not is_pref or all(s.answer for s in test) else []
-        self.test_ids = setup.encode_prompts(self.tok, self.test, cfg)
-        encode = lambda pairs: encode_examples(  # noqa: E731
-            self.tok, [(p.prompt, p.chosen, p.rejected) for p in pairs],
-            eos_ids=eos_token_ids(self.actor.module, self.tok), system_prompt=cfg.data.system_prompt,
-            use_chat_template=cfg.data.use_chat_template, max_length=a.max_length,
-            max_prompt_length=a.max_prompt_length, truncation=a.truncation)
-        self.ref = None  # a frozen reference model, when one forwards batches
-        self.ref_train = self.ref_test = None  # [n, 2] cached reference log-probs
-        if a.iterative:
-            self.prompts = prompt_samples(splits.train)
-            self.prompt_ids = setup.encode_prompts(self.tok, self.prompts, cfg)
-            self.order = episodes.PromptOrder(len(self.prompts), cfg.seed)
-            self.test_pairs: list[Encoded] = []
-            if a.reference == "initial" and not a.reference_free:
-                self.ref = setup.build_reference(cfg, dist)
-            return
-        self.train = encode(splits.train)
-        self.test_pairs = encode(splits.test[: cfg.eval.size])
-        self.order = episodes.PromptOrder(len(self.train), cfg.seed)
-        if a.reference_free:
-            return
-        if not a.cache_ref_logps:
-            self.ref = setup.build_reference(cfg, dist)
-            return
-        used = sorted({i for s in range(t.steps) for i in self.order.indices(s, t.prompts_per_step)})
-        reference = functools.cache(lambda: setup.build_reference(cfg, dist))  # loaded only if the cache misses
-        self.ref_train = cached_reference_logps(cfg, dist, reference, self.train, used, self.pad, "train")
-        self.ref_test = cached_reference_logps(cfg, dist, reference, self.test_pairs,
-                                               list(range(len(self.test_pairs))), self.pad, "test")
+    train: torch.Tensor | None = None
+    test: torch.Tensor | None = None
+
+
+def build_context(cfg: RunConfig, dist: Dist) -> tuple[setup.Context, ReferenceLogps]:
+    """The shared context (the pairs, or prompts for iterative DPO) and the cached reference
+    log-probs. The reference model is kept (``ctx.ref``) only when it forwards batches: iterative
+    DPO against the initial policy, or offline DPO with ``algo.cache_ref_logps=false``."""
+    a, t = cfg.algo, cfg.train
+    is_pref = cfg.data.name in PREFERENCE_DATASETS
+    if not a.iterative and not is_pref:
+        raise ConfigError(
+            f"algo=dpo trains on preference pairs but data={cfg.data.name} has none: use "
+            f"data=synthetic_prefs or data=preference (data.path=...), or algo.iterative=true to build "
+            "pairs from the policy's own samples")
+    keep_ref = not a.reference_free and (a.reference == "initial" if a.iterative else not a.cache_ref_logps)
+    ctx = setup.Context(cfg, dist, total_optimizer_steps=t.steps, with_reference=keep_ref,
+                        data="prompts" if a.iterative else "pairs")
+    # Greedy generation eval: prompt datasets, and preference sets whose pairs carry an answer.
+    if is_pref and not all(s.answer for s in ctx.test):
+        ctx.test, ctx.test_ids = [], []
+    if a.iterative or a.reference_free or not a.cache_ref_logps:
+        return ctx, ReferenceLogps()
+    used = sorted({i for s in range(t.steps) for i in ctx.order.indices(s, t.prompts_per_step)})
+    reference = functools.cache(lambda: setup.build_reference(cfg, dist))  # loaded only if the cache misses
+    return ctx, ReferenceLogps(
+        train=cached_reference_logps(cfg, dist, reference, ctx.train, used, ctx.pad, "train"),
+        test=cached_reference_logps(cfg, dist, reference, ctx.test_pairs, list(range(len(ctx.test_pairs))),
+                                    ctx.pad, "test"))
 
 
 def cache_key(cfg: RunConfig, split: str) -> str:
@@ -162,7 +147,7 @@ def cached_reference_logps(cfg: RunConfig, dist: Dist, reference, pairs: list[En
 # --------------------------------------------------------------------------- one optimizer step
 
 
-def dpo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int, pairs: list[Encoded],
+def dpo_step(ctx: setup.Context, cfg: RunConfig, dist: Dist, step: int, pairs: list[Encoded],
              ref_logps: torch.Tensor | None) -> dict:
     """One optimizer step on this rank's pairs; ``ref_logps`` [len(pairs), 2] or None (reference
     model, or reference-free)."""
@@ -205,13 +190,13 @@ def dpo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int, pairs: list[En
 
 
 @torch.no_grad()
-def preference_eval(ctx: Context, cfg: RunConfig, dist: Dist) -> dict:
+def preference_eval(ctx: setup.Context, cfg: RunConfig, dist: Dist, ref_test: torch.Tensor | None) -> dict:
     """Implicit-reward accuracy and margin of the current policy on the held-out pairs."""
     mine = list(range(dist.rank, len(ctx.test_pairs), dist.world_size))
     pol = batched_pair_logps(ctx.actor.module, [ctx.test_pairs[i] for i in mine], pad_id=ctx.pad,
                              micro_batch_size=cfg.train.micro_batch_size)  # [k, 2]
-    if ctx.ref_test is not None:
-        ref = ctx.ref_test[mine]
+    if ref_test is not None:
+        ref = ref_test[mine]
     elif ctx.ref is not None:
         ref = batched_pair_logps(ctx.ref, [ctx.test_pairs[i] for i in mine], pad_id=ctx.pad,
                                  micro_batch_size=cfg.train.micro_batch_size)
@@ -239,7 +224,7 @@ class Round:
     metrics: dict
 
 
-def build_round(ctx: Context, cfg: RunConfig, dist: Dist, r: int) -> Round:
+def build_round(ctx: setup.Context, cfg: RunConfig, dist: Dist, r: int) -> Round:
     """Sample, score and pair round ``r`` (or load it from the run directory)."""
     path = Path(cfg.run_dir) / "iterative" / f"round_{r:03d}.rank{dist.rank}.pt"
     if lifecycle.global_count(float(path.exists()), dist) == dist.world_size:  # every rank saved it
@@ -253,8 +238,8 @@ def build_round(ctx: Context, cfg: RunConfig, dist: Dist, r: int) -> Round:
         step = r * spr + j
         idx, first = episodes.rank_slice(ctx.order, step, t.prompts_per_step, dist)
         with ctx.actor.gathered():  # ZeRO-3: the actor's parameters gathered once for the rollout
-            s, _ = episodes.rollout_and_score(ctx.actor.module, ctx.tok, [ctx.prompts[i] for i in idx],
-                                       [ctx.prompt_ids[i] for i in idx], ctx.reward, cfg, n=K,
+            s, _ = episodes.rollout_and_score(ctx.actor.module, ctx.tok, [ctx.train[i] for i in idx],
+                                       [ctx.train_ids[i] for i in idx], ctx.reward, cfg, n=K,
                                        generator=episodes.rollout_generator(cfg.seed, step), first_prompt_index=first)
         for g in range(len(idx)):
             scores = s.scores[g * K:(g + 1) * K]  # [K]
@@ -286,7 +271,8 @@ def build_round(ctx: Context, cfg: RunConfig, dist: Dist, r: int) -> Round:
 # --------------------------------------------------------------------------- the loop
 
 
-def step_batch(ctx: Context, cfg: RunConfig, dist: Dist, step: int, rnd: Round | None):
+def step_batch(ctx: setup.Context, cfg: RunConfig, dist: Dist, step: int, rnd: Round | None,
+               ref_train: torch.Tensor | None):
     """This rank's pairs for ``step`` and their cached reference log-probs (or None)."""
     if rnd is not None:
         j = step % (cfg.train.steps // cfg.algo.rounds)
@@ -294,10 +280,10 @@ def step_batch(ctx: Context, cfg: RunConfig, dist: Dist, step: int, rnd: Round |
         return [rnd.pairs[i] for i in rows], rnd.ref_logps[rows]
     per_rank = cfg.train.prompts_per_step // dist.world_size
     idx = ctx.order.indices(step, cfg.train.prompts_per_step)[dist.rank * per_rank:(dist.rank + 1) * per_rank]
-    return [ctx.train[i] for i in idx], (ctx.ref_train[idx] if ctx.ref_train is not None else None)
+    return [ctx.train[i] for i in idx], (ref_train[idx] if ref_train is not None else None)
 
 
-def evaluate(ctx: Context, cfg: RunConfig, dist: Dist) -> dict:
+def evaluate(ctx: setup.Context, cfg: RunConfig, dist: Dist, ref_test: torch.Tensor | None) -> dict:
     """Greedy generation and preference accuracy on the held-out split (no backward: under ZeRO-3
     the actor's parameters are gathered once for both)."""
     out = {}
@@ -305,19 +291,20 @@ def evaluate(ctx: Context, cfg: RunConfig, dist: Dist) -> dict:
         if ctx.test:
             out.update(lifecycle.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist))
         if ctx.test_pairs:
-            out.update(preference_eval(ctx, cfg, dist))
+            out.update(preference_eval(ctx, cfg, dist, ref_test))
     return out
 
 
 def train(cfg: RunConfig, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
     a = cfg.algo
-    ctx = Context(cfg, dist)
+    ctx, cached = build_context(cfg, dist)
+    evaluate_now = lambda: evaluate(ctx, cfg, dist, cached.test)  # noqa: E731
     ts = lifecycle.resume(cfg, ctx.actor)
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
                        start_step=ts.step, title="rltrain dpo" + (" (iterative)" if a.iterative else "")) \
         if dist.is_main else None
-    before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts, evaluate=lambda: evaluate(ctx, cfg, dist))
+    before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts, evaluate=evaluate_now)
     rnd = None
     clock = lifecycle.StepClock(cfg, dist, ts, logger)
     for step in clock.steps():
@@ -330,15 +317,15 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                 if j == 0:
                     metrics.update(rnd.metrics)
             metrics["round"] = r
-        pairs, ref_logps = step_batch(ctx, cfg, dist, step, rnd)
+        pairs, ref_logps = step_batch(ctx, cfg, dist, step, rnd, cached.train)
         t1 = time.time()
         metrics.update(dpo_step(ctx, cfg, dist, step, pairs, ref_logps))
         metrics["time/update"] = time.time() - t1
         metrics["time/step"] = time.time() - t0
         if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
-                      save=lambda: lifecycle.save(cfg, dist, ts, ctx.actor, ctx.tok), evaluate=lambda: evaluate(ctx, cfg, dist)):
+                      save=lambda: lifecycle.save(cfg, dist, ts, ctx.actor, ctx.tok), evaluate=evaluate_now):
             break
-    after = evaluate(ctx, cfg, dist)
+    after = evaluate_now()
     if logger:
         logger.event(clock.step, "eval", after)
         fmt = lambda d, k: f"{d[k]:.1%}" if d and k in d else "-"  # noqa: E731

@@ -20,6 +20,7 @@ from rltrain.config import RunConfig
 from rltrain.engine.dist import Dist
 from rltrain.engine.model import eos_token_ids
 from rltrain.rewards.base import score_safely
+from rltrain.rewards.code import CodeReward
 from rltrain.rollout import SamplingParams, generate
 from rltrain.types import RewardOutput, Sample
 
@@ -79,6 +80,7 @@ class Scored:
     scores: torch.Tensor  # [N] float32
     reward: RewardOutput
     entropies: torch.Tensor | None = None  # [N, T] the policy's entropy at each sampled token
+    info_keys: tuple[str, ...] = ()  # per-completion info whose means are logged (``logged_info_keys``)
 
     def select(self, rows: list[int]) -> Scored:
         """The rows ``rows`` (in that order), every field indexed alike."""
@@ -92,7 +94,7 @@ class Scored:
                 out[f.name] = type(v)([v.scores[i] for i in rows], {k: [x[i] for i in rows] for k, x in v.info.items()})
             elif isinstance(v, list):
                 out[f.name] = [v[i] for i in rows]
-            else:  # None
+            else:  # None, or info_keys (the same for every row)
                 out[f.name] = v
         return Scored(**out)
 
@@ -114,8 +116,8 @@ class Scored:
                                       {k: sum((x.info[k] for x in vals), []) for k in v.info})
             elif isinstance(v, list):
                 out[f.name] = sum(vals, [])
-            else:
-                out[f.name] = None
+            else:  # None, or info_keys (one reward: the same in every part)
+                out[f.name] = v
         return Scored(**out)
 
 
@@ -144,8 +146,24 @@ def rollout_and_score(actor_module, tokenizer, samples: list[Sample], prompt_ids
         logprobs=ro.logprobs, entropies=ro.entropies, lengths=ro.lengths,
         finished=torch.tensor([r == "stop" for r in ro.finish_reasons]),
         samples=seq_samples, completions=completions,
-        scores=torch.tensor(out.scores, dtype=torch.float32), reward=out)
+        scores=torch.tensor(out.scores, dtype=torch.float32), reward=out, info_keys=logged_info_keys(reward_fn))
     return scored, {"time/rollout": t1 - t0, "time/reward": t2 - t1}
+
+
+def logged_info_keys(reward_fn) -> tuple[str, ...]:
+    """The per-completion info whose batch means a step logs, fixed by the reward config (so the
+    ranks know the names without asking each other): ``reward=combined``'s components
+    (``reward/<label>``) and each code reward's capped output (``code/output_truncated``, inside
+    combined ``<label>/code/output_truncated``, as ``CombinedReward`` names a component's info)."""
+    def truncated(reward, label: str | None) -> list[str]:
+        if not isinstance(reward, CodeReward):
+            return []
+        return ["code/output_truncated" if label in (None, "code") else f"{label}/code/output_truncated"]
+
+    parts = getattr(reward_fn, "components", None)
+    if parts is None:
+        return tuple(truncated(reward_fn, None))
+    return tuple(sorted(k for label, _, r in parts for k in [f"reward/{label}", *truncated(r, label)]))
 
 
 def _floats(values, n: int) -> list[float]:
@@ -170,6 +188,9 @@ def gdpo(s: Scored, reward_fn, cfg: RunConfig, group_size: int, *, eps: float = 
         s.scores = gdpo_scores(comps, weights, group_size, eps=eps, std_ddof=std_ddof)
 
 
+STEP_REWARD_KEYS = ("reward/mean", "reward/failed", "reward/accuracy")  # what reward_metrics logs itself
+
+
 def reward_metrics(s: Scored, dist: Dist) -> dict:
     """Batch-wide reward and length statistics (summed across ranks)."""
     correct = s.reward.info.get("correct")
@@ -187,12 +208,11 @@ def reward_metrics(s: Scored, dist: Dist) -> dict:
          "response/length_max": dist.max(local[6:7]).item()}
     if correct is not None:
         m["reward/accuracy"] = tot[2].item() / n
-    # Means of per-completion info the user should see (the ranks agree on the names first):
+    # Means of per-completion info the user should see, named by the reward config (the same on
+    # every rank; a rank without a value, e.g. all its completions failed, counts 0):
     # reward=combined's components (reward/<label>) and the code reward's capped output
     # (<label>/code/output_truncated → ..._frac: programs whose output hit the sandbox's cap).
-    mine = sorted(k for k in s.reward.info
-                  if (k.startswith("reward/") and k not in m) or k.endswith("code/output_truncated"))
-    parts = sorted(set().union(*dist.gather_objects(mine)))
+    parts = [k for k in s.info_keys if k not in STEP_REWARD_KEYS]  # a component labelled "mean" stays hidden
     if parts:
         local_sums = [sum(_floats(s.reward.info.get(k), len(s.completions))) for k in parts]
         sums = dist.sum(torch.tensor(local_sums, dtype=torch.float64))

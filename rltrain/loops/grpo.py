@@ -26,8 +26,7 @@ import time
 import torch
 
 from rltrain.algos import core
-from rltrain.algos.grpo import (ADV_ESTIMATORS, dynamic_sampling_keep, group_advantages, overlong_penalty,
-                               reinforce_pp_returns, rloo_advantages)
+from rltrain.algos.grpo import dynamic_sampling_keep, get_estimator, overlong_penalty
 from rltrain.config import RunConfig
 from rltrain.engine.dist import Dist
 from rltrain.loops import episodes, lifecycle, setup
@@ -74,45 +73,38 @@ def collect(step: int, ctx, cfg: RunConfig, dist: Dist) -> tuple[episodes.Scored
                 "easy or too hard for the policy — raise algo.max_gen_batches or rollout.temperature")
 
 
-REINFORCE_PP = ADV_ESTIMATORS[2:]  # reinforce_pp, reinforce_pp_baseline
-
-
-def advantages(ctx, cfg: RunConfig, dist: Dist, s: episodes.Scored, times: dict):
+def advantages(ctx, cfg: RunConfig, dist: Dist, s: episodes.Scored, times: dict, *,
+               old_logp: torch.Tensor | None = None, old_entropy: torch.Tensor | None = None):
     """Per-token advantages ``[N, T]`` of the configured estimator, the reference log-probs for the
-    KL loss (None without one) and π_old's log-probs and entropies when they were computed here.
+    KL loss (None without one, or when the KL is in the reward) and π_old's log-probs and entropies
+    (those given, or computed here when the estimator needed them; else None).
 
     grpo / rloo: one outcome advantage per response, broadcast to its tokens; the KL (β > 0) is a
-    loss term. reinforce_pp(_baseline): β is the k1 penalty folded into the token rewards, with
-    π_old's log-probs from the training forward (so the update reuses them), then returns-to-go
-    whitened over the global batch — that whitening is the estimator's own normalisation.
+    loss term. reinforce_pp(_baseline) (``kl_in_reward``): β is the k1 penalty folded into the
+    token rewards, with π_old's log-probs from the training forward (so the update reuses them;
+    pass ``old_logp``/``old_entropy`` when the caller already has them), then returns-to-go
+    whitened over the global batch (``whiten``: the estimator's own normalisation).
     """
     a, pad, temp, mb = cfg.algo, ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0, cfg.train.micro_batch_size
-    ref_logp = old_logp = old_ent = None
+    est = get_estimator(a.adv_estimator)
+    ref_logp = kl = None
     if ctx.ref is not None:
         t1 = time.time()
         ref_logp, _ = forward.batched_logprobs(ctx.ref, s.prompt_ids, s.response_ids, pad_id=pad, temperature=temp,
                                                micro_batch_size=mb)
         times["time/reference"] = time.time() - t1
-    valid = s.mask.bool()
-    if a.adv_estimator in REINFORCE_PP:
-        kl = None
-        if ref_logp is not None:
-            old_logp, old_ent = forward.batched_logprobs(ctx.actor.module, s.prompt_ids, s.response_ids, pad_id=pad,
-                                                         temperature=temp, micro_batch_size=mb, with_entropy=True)
+        if est.kl_in_reward:
+            if old_logp is None:
+                old_logp, old_entropy = forward.batched_logprobs(ctx.actor.module, s.prompt_ids, s.response_ids,
+                                                                 pad_id=pad, temperature=temp, micro_batch_size=mb,
+                                                                 with_entropy=True)
             kl = core.kl_estimate(old_logp, ref_logp, "k1")  # [N, T]
-        group = cfg.train.samples_per_prompt if a.adv_estimator == "reinforce_pp_baseline" else None
-        returns = reinforce_pp_returns(s.scores, s.mask, kl=kl, kl_coef=a.kl_coef, group_size=group)  # [N, T]
-        adv_tok = core.masked_whiten(returns, valid, moments=dist.sum(core.masked_moments(returns, valid)))
-        return adv_tok, None, old_logp, old_ent  # the KL is in the reward, not a loss term
-    if a.adv_estimator == "rloo":
-        adv = rloo_advantages(s.scores, cfg.train.samples_per_prompt)  # [N]
-    else:
-        adv = group_advantages(s.scores, cfg.train.samples_per_prompt, scale=a.adv_scale, eps=a.adv_eps,
-                               std_ddof=a.std_ddof)  # [N]
-    adv_tok = adv[:, None].expand_as(s.mask).contiguous()  # [N, T]
-    if a.adv_whiten == "batch":  # SPO's recipe, for comparing both under one trainer
+    adv_tok = est.fn(s.scores, s.mask, group_size=cfg.train.samples_per_prompt, kl=kl, kl_coef=a.kl_coef,
+                     scale=a.adv_scale, eps=a.adv_eps, std_ddof=a.std_ddof)  # [N, T]
+    if est.whiten or a.adv_whiten == "batch":  # adv_whiten=batch: SPO's recipe, to compare both under one trainer
+        valid = s.mask.bool()
         adv_tok = core.masked_whiten(adv_tok, valid, moments=dist.sum(core.masked_moments(adv_tok, valid)))
-    return adv_tok, ref_logp, None, None
+    return adv_tok, (None if est.kl_in_reward else ref_logp), old_logp, old_entropy
 
 
 def train(cfg: RunConfig, dist: Dist) -> dict:

@@ -39,8 +39,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
     a, t = cfg.algo, cfg.train
     ctx = setup.Context(cfg, dist, total_optimizer_steps=t.steps * t.minibatches_per_step * t.epochs,
-                        with_reference=a.kl_coef > 0)
-    teacher = setup.build_teacher(cfg, dist, ctx.tok)
+                        with_reference=a.kl_coef > 0, with_teacher=True)
     update = PolicyUpdate(cfg)
     ts = lifecycle.resume(cfg, ctx.actor)
     logger = RunLogger(cfg.run_dir, t.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
@@ -57,14 +56,16 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         t1 = time.time()
         old_logp, old_ent = forward.batched_logprobs(ctx.actor.module, s.prompt_ids, s.response_ids, pad_id=pad,
                                                      temperature=temp, micro_batch_size=mb, with_entropy=True)
-        teacher_logp, _ = forward.batched_logprobs(teacher, s.prompt_ids, s.response_ids, pad_id=pad,
+        teacher_logp, _ = forward.batched_logprobs(ctx.teacher, s.prompt_ids, s.response_ids, pad_id=pad,
                                                    temperature=temp, micro_batch_size=mb)
         times["time/teacher"] = time.time() - t1
         # step 3: advantages
         adv = distill_advantages(old_logp, teacher_logp, s.mask)  # [N, T]
         ref_logp = None
         if a.reward_weight > 0 or ctx.ref is not None:
-            task_adv, ref_logp, _, _ = grpo.advantages(ctx, cfg, dist, s, times)
+            # π_old from step 2: a KL-in-reward estimator reuses it instead of a second forward
+            task_adv, ref_logp, _, _ = grpo.advantages(ctx, cfg, dist, s, times, old_logp=old_logp,
+                                                       old_entropy=old_ent)
             adv = adv + a.reward_weight * task_adv
         # step 4: the policy update
         batch = PGBatch(s.prompt_ids, s.response_ids, s.mask, adv, ref_logp, old_logp=old_logp, old_entropy=old_ent,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from rltrain.algos.core import masked_sum
-from rltrain.data import PreferencePair, render_pair
+from rltrain.data import PreferencePair, render_pair, to_sft_pairs
 from rltrain.rollout.forward import collective, lockstep_slices, response_logprobs
 from rltrain.types import Sample
 
@@ -120,6 +120,18 @@ def batched_pair_logps(model, batch: list[Encoded], *, pad_id: int, micro_batch_
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.zeros((0, 2))
+
+
+def sft_examples(items: list) -> list[tuple]:
+    """SFT's (prompt, response) tuples: a sample's worked solution, or a preference pair's chosen."""
+    if items and isinstance(items[0], PreferencePair):
+        return [(p.prompt, p.chosen) for p in items]
+    return [(p.prompt, p.response) for p in to_sft_pairs(items)]
+
+
+def pair_examples(pairs: list[PreferencePair]) -> list[tuple]:
+    """DPO's (prompt, chosen, rejected) tuples."""
+    return [(p.prompt, p.chosen, p.rejected) for p in pairs]
 
 
 def prompt_samples(items: list) -> list[Sample]:

@@ -48,13 +48,11 @@ import torch
 from rltrain.algos import core
 from rltrain.algos.ppo import AdaptiveKLController, FixedKLController, RunningValueNorm, gae, token_rewards, value_loss
 from rltrain.config import RunConfig
-from rltrain.engine.actor import LocalActor, OptimConfig
-from rltrain.engine.critic import critic_from_policy, load_critic, save_critic
+from rltrain.engine.critic import save_critic
 from rltrain.engine.dist import Dist
 from rltrain.engine.ema import ema_reference
 from rltrain.loops import episodes, lifecycle, setup
 from rltrain.rollout import forward
-from rltrain.loops.pairs import prompt_samples
 from rltrain.loops.lifecycle import Metrics
 from rltrain.loops.pg import PGBatch, PolicyUpdate
 from rltrain.report.logger import RunLogger
@@ -63,56 +61,36 @@ from rltrain.report.logger import RunLogger
 # --------------------------------------------------------------------------- setup
 
 
-def build_critic(cfg: RunConfig, dist: Dist, total_optimizer_steps: int):
-    """The critic as a trainable engine with its own optimizer (lr = algo.critic_lr)."""
-    a, t, m = cfg.algo, cfg.train, cfg.model
-    # A fresh load of the policy: fp32 weights, not the actor's bf16 compute copy.
-    model = load_critic(a.critic_path) if a.critic_path else critic_from_policy(setup.load_policy_model(cfg)[0])
-    if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    optim = OptimConfig(lr=a.critic_lr, weight_decay=t.weight_decay, betas=tuple(t.betas),
-                        warmup_steps=t.warmup_steps, schedule=t.lr_schedule, total_steps=total_optimizer_steps,
-                        max_grad_norm=t.max_grad_norm)
-    if cfg.deepspeed.stage > 0:
-        from rltrain.engine.deepspeed import DeepSpeedActor
-
-        return DeepSpeedActor(model, optim, cfg=cfg, dist=dist)
-    return LocalActor(model, optim, dtype=m.dtype, dist=dist)
+def build_context(cfg: RunConfig, dist: Dist) -> tuple[setup.Context, PPOState]:
+    """The shared context (actor, critic, the reference when β > 0, prompts) and PPO's own state."""
+    t = cfg.train
+    ctx = setup.Context(cfg, dist, total_optimizer_steps=t.steps * t.minibatches_per_step * t.epochs,
+                        with_reference=cfg.algo.kl_coef > 0, with_critic=True)
+    return ctx, PPOState(cfg, ctx, dist)
 
 
-class Context:
-    """Everything the loop builds once at setup."""
+class PPOState:
+    """What PPO keeps besides the shared context: trick 3's moving reference, the value normaliser,
+    the KL controller and the policy update; ``engines`` are checkpointed like the actor."""
 
-    def __init__(self, cfg: RunConfig, dist: Dist):
-        a, t = cfg.algo, cfg.train
-        total_opt_steps = t.steps * t.minibatches_per_step * t.epochs
-        self.actor, self.tok = setup.build_actor(cfg, dist, total_opt_steps)
-        self.critic = build_critic(cfg, dist, total_opt_steps)
-        self.ref = setup.build_reference(cfg, dist) if a.kl_coef > 0 else None
+    def __init__(self, cfg: RunConfig, ctx: setup.Context, dist: Dist):
+        a = cfg.algo
         # Trick 3's fp32 reference weights (the reference module holds them in the compute dtype).
-        self.moving_ref = (ema_reference(self.ref, self.actor, stage=cfg.deepspeed.stage, rank=dist.rank,
-                                         world_size=dist.world_size) if self.ref is not None and a.ref_ema > 0
+        self.moving_ref = (ema_reference(ctx.ref, ctx.actor, stage=cfg.deepspeed.stage, rank=dist.rank,
+                                         world_size=dist.world_size) if ctx.ref is not None and a.ref_ema > 0
                            else None)
         self.value_norm = RunningValueNorm() if a.value_norm else None
         self.kl_ctl = (AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon) if a.adaptive_kl
                        else FixedKLController(a.kl_coef))
-        self.reward = setup.build_reward_fn(cfg, dist)
-        splits = setup.build_data(cfg)
-        self.train, self.test = prompt_samples(splits.train), prompt_samples(splits.test[: cfg.eval.size])
-        self.train_ids = setup.encode_prompts(self.tok, self.train, cfg)
-        self.test_ids = setup.encode_prompts(self.tok, self.test, cfg)
-        self.order = episodes.PromptOrder(len(self.train), cfg.seed)
         self.update = PolicyUpdate(cfg)
+        # Trained state checkpointed like the actor (trainer.pt entry + per-rank shards).
+        self.engines = {"critic": ctx.critic, **({"reference": self.moving_ref} if self.moving_ref is not None else {})}
 
-    def engines(self) -> dict:
-        """Trained state checkpointed like the actor (trainer.pt entry + per-rank shards)."""
-        return {"critic": self.critic, **({"reference": self.moving_ref} if self.moving_ref is not None else {})}
-
-    def extra_state(self) -> dict:
+    def state_dict(self) -> dict:
         """What a checkpoint needs beyond the actor and ``engines``."""
         return {"kl_coef": self.kl_ctl.value, "value_norm": self.value_norm.state_dict() if self.value_norm else None}
 
-    def load_extra_state(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.kl_ctl.value = state["kl_coef"]
         if self.value_norm is not None:
             self.value_norm.load_state_dict(state["value_norm"])
@@ -158,7 +136,7 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     return 1.0 - var(err) / var(ret) if var(ret) > 1e-8 else 0.0  # constant returns: nothing to explain
 
 
-def critic_update(ctx: Context, cfg: RunConfig, dist: Dist, prompt_ids, response_ids, mask, old_values, targets,
+def critic_update(ctx: setup.Context, cfg: RunConfig, dist: Dist, prompt_ids, response_ids, mask, old_values, targets,
                   step: int) -> dict:
     """``epochs`` × ``minibatches_per_step`` critic optimizer steps (the actor's minibatches)."""
     t, a, pad = cfg.train, cfg.algo, ctx.tok.pad_token_id
@@ -188,7 +166,7 @@ def critic_update(ctx: Context, cfg: RunConfig, dist: Dist, prompt_ids, response
 # --------------------------------------------------------------------------- the loop
 
 
-def ppo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
+def ppo_step(ctx: setup.Context, st: PPOState, cfg: RunConfig, dist: Dist, step: int) -> dict:
     a, t = cfg.algo, cfg.train
     pad, temp, n = ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0, t.samples_per_prompt
     idx, first = episodes.rank_slice(ctx.order, step, t.prompts_per_step, dist)
@@ -209,12 +187,12 @@ def ppo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
                                          micro_batch_size=mb)
     raw_values = batched_critic_values(ctx.critic.module, s.prompt_ids, s.response_ids, pad_id=pad,
                                        micro_batch_size=mb)  # [N, T + 1], the critic's (normalised) space
-    values = ctx.value_norm.denormalize(raw_values) if ctx.value_norm else raw_values
+    values = st.value_norm.denormalize(raw_values) if st.value_norm else raw_values
     times["time/reference"] = time.time() - t0
 
     # Token rewards, GAE, advantage whitening.
     kl = core.kl_estimate(old_logp, ref_logp, "k1") if ref_logp is not None else torch.zeros_like(old_logp)
-    beta = ctx.kl_ctl.value if a.kl_in_reward else 0.0
+    beta = st.kl_ctl.value if a.kl_in_reward else 0.0
     finished = torch.ones_like(s.finished) if a.score_truncated else s.finished  # [N] bool
     rewards = token_rewards(s.scores, kl, mask, finished, kl_coef=beta, score_clip=a.max_reward_clip)  # [N, T]
     bootstrap = values.gather(1, s.lengths[:, None].long()).squeeze(1)  # [N] V(s_L), for truncated rows
@@ -225,9 +203,9 @@ def ppo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
                "critic/returns_mean": batch_mean(returns, mask, dist)}
     if a.adv_norm:
         adv = whiten_advantages(adv, mask, a.adv_norm_scope, t.minibatches_per_step, dist)
-    if ctx.value_norm is not None:
-        ctx.value_norm.update_from_moments(dist.sum(core.masked_moments(returns, mask)))
-        targets = ctx.value_norm.normalize(returns)
+    if st.value_norm is not None:
+        st.value_norm.update_from_moments(dist.sum(core.masked_moments(returns, mask)))
+        targets = st.value_norm.normalize(returns)
     else:
         targets = returns
 
@@ -235,18 +213,18 @@ def ppo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
     if step >= a.critic_warmup_steps:
         batch = PGBatch(s.prompt_ids, s.response_ids, mask, adv, None if a.kl_in_reward else ref_logp,
                         old_logp=old_logp, old_entropy=old_ent, rollout_logp=s.logprobs)
-        metrics.update(ctx.update.run(ctx.actor, batch, dist, pad_id=pad, step=step,
+        metrics.update(st.update.run(ctx.actor, batch, dist, pad_id=pad, step=step,
                                      generator=episodes.step_generator(cfg.seed + 7, step, 0),
                                      early_stop_ratio=a.early_stop_ratio))
-        if ctx.moving_ref is not None:  # trick 3
-            ctx.moving_ref.update(ctx.actor, a.ref_ema)
+        if st.moving_ref is not None:  # trick 3
+            st.moving_ref.update(ctx.actor, a.ref_ema)
     t1 = time.time()
     metrics.update(critic_update(ctx, cfg, dist, s.prompt_ids, s.response_ids, mask, raw_values[:, :T], targets, step))
     times["time/critic"] = time.time() - t1
     seq_kl = dist.sum(torch.tensor([float(core.masked_sum(kl, mask)), float(len(s.completions))], dtype=torch.float64))
     metrics["kl/ref_seq"] = seq_kl[0].item() / seq_kl[1].item()  # Σ_t k1 per sequence, batch mean
-    metrics["kl/coef"] = ctx.kl_ctl.value
-    ctx.kl_ctl.update(metrics["kl/ref_seq"], int(seq_kl[1].item()))
+    metrics["kl/coef"] = st.kl_ctl.value
+    st.kl_ctl.update(metrics["kl/ref_seq"], int(seq_kl[1].item()))
     metrics.update(episodes.reward_metrics(s, dist))
     metrics.update(times)
     metrics["perf/tokens_per_s"] = lifecycle.global_count(float(s.lengths.sum()), dist) / max(times["time/rollout"], 1e-9)
@@ -255,21 +233,21 @@ def ppo_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
 
 def train(cfg: RunConfig, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
-    ctx = Context(cfg, dist)
-    ts = lifecycle.resume(cfg, ctx.actor, ctx.engines())
+    ctx, st = build_context(cfg, dist)
+    ts = lifecycle.resume(cfg, ctx.actor, st.engines)
     if ts.step:
-        ctx.load_extra_state(ts.loop)
+        st.load_state_dict(ts.loop)
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
                        start_step=ts.step, title="rltrain ppo") if dist.is_main else None
     before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts)
     clock = lifecycle.StepClock(cfg, dist, ts, logger)
     for step in clock.steps():
         t0 = time.time()
-        metrics = ppo_step(ctx, cfg, dist, step)
+        metrics = ppo_step(ctx, st, cfg, dist, step)
         metrics["time/step"] = time.time() - t0
-        ts.loop = ctx.extra_state()  # the KL coefficient and value normaliser after this step
+        ts.loop = st.state_dict()  # the KL coefficient and value normaliser after this step
         if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
-                      save=lambda: lifecycle.save(cfg, dist, ts, ctx.actor, ctx.tok, engines=ctx.engines())):
+                      save=lambda: lifecycle.save(cfg, dist, ts, ctx.actor, ctx.tok, engines=st.engines)):
             break
     critic_sd = ctx.critic.full_state_dict()  # collective under ZeRO-3
     if dist.is_main:  # usable as algo.critic_path of a later run

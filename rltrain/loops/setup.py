@@ -1,14 +1,18 @@
 """Setup every loop shares, read from the typed config once: the policy (plain PyTorch or
-DeepSpeed), the frozen reference, the reward, the data and its encoded prompts (``Context``)."""
+DeepSpeed), the frozen reference, PPO's critic, OPD's teacher, the reward, the data and its
+encoded prompts or examples — all built by one ``Context``, whose options say what a loop needs."""
 from __future__ import annotations
 
 import torch
 
-from rltrain.config import RunConfig, option_kwargs
+from rltrain.config import ConfigError, RunConfig, option_kwargs
 from rltrain.engine.actor import LocalActor, OptimConfig
+from rltrain.engine.critic import critic_from_policy, load_critic
 from rltrain.engine.dist import Dist
 from rltrain.engine.lora import apply_lora
-from rltrain.engine.model import DTYPES, load_model, resolve_dtype
+from rltrain.engine.model import DTYPES, eos_token_ids, load_model, resolve_dtype
+from rltrain.loops.episodes import PromptOrder
+from rltrain.loops.pairs import encode_examples, pair_examples, prompt_samples, sft_examples
 from rltrain.rewards import build_reward
 from rltrain.types import Sample
 
@@ -29,14 +33,30 @@ def build_actor(cfg: RunConfig, dist: Dist, total_optimizer_steps: int):
     if lora.r > 0:
         model = apply_lora(model, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
                            target_modules=list(lora.target_modules), seed=cfg.seed)
+    return _trainable(model, cfg, dist, lr=cfg.train.lr, total_optimizer_steps=total_optimizer_steps), tok
+
+
+def build_critic(cfg: RunConfig, dist: Dist, total_optimizer_steps: int):
+    """PPO's critic as a trainable engine with its own optimizer (lr = ``algo.critic_lr``): a copy of
+    the policy backbone with a zero value head, or the model at ``algo.critic_path``."""
+    a = cfg.algo
+    # A fresh load of the policy: fp32 weights, not the actor's bf16 compute copy.
+    model = load_critic(a.critic_path) if a.critic_path else critic_from_policy(load_policy_model(cfg)[0])
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return _trainable(model, cfg, dist, lr=a.critic_lr, total_optimizer_steps=total_optimizer_steps)
+
+
+def _trainable(model: torch.nn.Module, cfg: RunConfig, dist: Dist, *, lr: float, total_optimizer_steps: int):
+    """``model`` with an AdamW optimizer and the ``train.*`` schedule: plain PyTorch or DeepSpeed."""
     t = cfg.train
-    optim = OptimConfig(lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), warmup_steps=t.warmup_steps,
+    optim = OptimConfig(lr=lr, weight_decay=t.weight_decay, betas=tuple(t.betas), warmup_steps=t.warmup_steps,
                         schedule=t.lr_schedule, total_steps=total_optimizer_steps, max_grad_norm=t.max_grad_norm)
     if cfg.deepspeed.stage > 0:
         from rltrain.engine.deepspeed import DeepSpeedActor
 
-        return DeepSpeedActor(model, optim, cfg=cfg, dist=dist), tok
-    return LocalActor(model, optim, dtype=cfg.model.dtype, dist=dist), tok
+        return DeepSpeedActor(model, optim, cfg=cfg, dist=dist)
+    return LocalActor(model, optim, dtype=cfg.model.dtype, dist=dist)
 
 
 def build_reference(cfg: RunConfig, dist: Dist):
@@ -113,26 +133,62 @@ def encode_prompts(tokenizer, samples: list[Sample], cfg: RunConfig) -> list[lis
 
 
 
+DATA_KINDS = ("prompts", "examples", "pairs")
+
+
 class Context:
-    """Everything a loop builds once at setup: actor + tokenizer, the reference (only when
-    ``with_reference``), reward, train/test prompts and their token ids, the prompt order.
-    ``prompts``: maps the dataset's items to what the loop samples from (DPO/PPO: pairs → prompts)."""
+    """Everything a loop builds once at setup (before resuming: references are the initial policy).
 
-    def __init__(self, cfg: RunConfig, dist: Dist, *, total_optimizer_steps: int, with_reference: bool,
-                 prompts=list):
-        from rltrain.loops.episodes import PromptOrder
+    Always: ``actor`` + ``tok`` (``pad``), ``reward``, the data ``splits``, the held-out prompts
+    ``test`` (preference pairs as prompts) with their token ids ``test_ids``, and ``order`` over
+    ``train``. What differs between loops is an option:
 
+    Args:
+        total_optimizer_steps: the learning-rate schedule's length (actor and critic).
+        with_reference: build the frozen initial policy ``ref`` (sharded under ZeRO-3); else None.
+        with_critic: build PPO's ``critic`` (``build_critic``); else None.
+        with_teacher: build OPD's ``teacher`` (``build_teacher``); else None.
+        data: what ``train`` holds —
+            ``prompts``: ``Sample``s to generate from (preference pairs as prompts), with ``train_ids``;
+            ``examples``: SFT's encoded (prompt, response) ``Encoded`` examples;
+            ``pairs``: DPO's encoded (prompt, chosen, rejected) pairs, and the held-out ``test_pairs``.
+    """
+
+    def __init__(self, cfg: RunConfig, dist: Dist, *, total_optimizer_steps: int, with_reference: bool = False,
+                 with_critic: bool = False, with_teacher: bool = False, data: str = "prompts"):
+        if data not in DATA_KINDS:
+            raise ValueError(f"unknown data kind {data!r}; valid: {', '.join(DATA_KINDS)}")
         self.actor, self.tok = build_actor(cfg, dist, total_optimizer_steps)
         self.pad = self.tok.pad_token_id
+        self.critic = build_critic(cfg, dist, total_optimizer_steps) if with_critic else None
         # The initial policy, built only when something needs it (sharded under ZeRO-3).
         self.ref = build_reference(cfg, dist) if with_reference else None
+        self.teacher = build_teacher(cfg, dist, self.tok) if with_teacher else None
         self.reward = build_reward_fn(cfg, dist)
-        splits = build_data(cfg)
-        self.splits = splits
-        self.train, self.test = prompts(splits.train), prompts(splits.test[: cfg.eval.size])
-        self.train_ids = encode_prompts(self.tok, self.train, cfg)
+        self.splits = splits = build_data(cfg)
+        self.test = prompt_samples(splits.test[: cfg.eval.size])
         self.test_ids = encode_prompts(self.tok, self.test, cfg)
+        self.train_ids: list[list[int]] = []
+        self.test_pairs = []
+        if data == "prompts":
+            self.train = prompt_samples(splits.train)
+            self.train_ids = encode_prompts(self.tok, self.train, cfg)
+        elif data == "examples":
+            if not splits.train:
+                raise ConfigError(f"data={cfg.data.name} has no training examples")
+            self.train = self._encode(cfg, sft_examples(splits.train))
+        else:
+            self.train = self._encode(cfg, pair_examples(splits.train))
+            self.test_pairs = self._encode(cfg, pair_examples(splits.test[: cfg.eval.size]))
         self.order = PromptOrder(len(self.train), cfg.seed)
+
+    def _encode(self, cfg: RunConfig, examples: list[tuple]):
+        """Tokenised examples with EOS and ``algo.max_length``/``max_prompt_length``/``truncation``."""
+        a = cfg.algo
+        return encode_examples(self.tok, examples, eos_ids=eos_token_ids(self.actor.module, self.tok),
+                               system_prompt=cfg.data.system_prompt, use_chat_template=cfg.data.use_chat_template,
+                               max_length=a.max_length, max_prompt_length=a.max_prompt_length,
+                               truncation=a.truncation)
 
 
 def close(ctx) -> None:

@@ -18,44 +18,20 @@ import time
 import torch
 
 from rltrain.algos import core
-from rltrain.config import ConfigError, RunConfig
-from rltrain.data import to_sft_pairs
-from rltrain.data.preference import PreferencePair
+from rltrain.config import RunConfig
 from rltrain.engine.dist import Dist
-from rltrain.engine.model import eos_token_ids
-from rltrain.loops import episodes, lifecycle, setup
-from rltrain.loops.pairs import encode_examples, prompt_samples, token_logps
+from rltrain.loops import lifecycle, setup
+from rltrain.loops.pairs import token_logps
 from rltrain.loops.lifecycle import Metrics
 from rltrain.report.logger import RunLogger
 
 
-def sft_examples(items: list) -> list[tuple]:
-    """(prompt, response) tuples: a sample's worked solution, or a preference pair's chosen."""
-    if items and isinstance(items[0], PreferencePair):
-        return [(p.prompt, p.chosen) for p in items]
-    return [(p.prompt, p.response) for p in to_sft_pairs(items)]
+def build_context(cfg: RunConfig, dist: Dist) -> setup.Context:
+    """Actor, reward and the encoded examples; one optimizer step per training step."""
+    return setup.Context(cfg, dist, total_optimizer_steps=cfg.train.steps, data="examples")
 
 
-class Context:
-    """Everything the loop builds once at setup."""
-
-    def __init__(self, cfg: RunConfig, dist: Dist):
-        t, a = cfg.train, cfg.algo
-        self.actor, self.tok = setup.build_actor(cfg, dist, t.steps)
-        self.reward = setup.build_reward_fn(cfg, dist)
-        splits = setup.build_data(cfg)
-        if not splits.train:
-            raise ConfigError(f"data={cfg.data.name} has no training examples")
-        self.train = encode_examples(
-            self.tok, sft_examples(splits.train), eos_ids=eos_token_ids(self.actor.module, self.tok),
-            system_prompt=cfg.data.system_prompt, use_chat_template=cfg.data.use_chat_template,
-            max_length=a.max_length, max_prompt_length=a.max_prompt_length, truncation=a.truncation)
-        self.test = prompt_samples(splits.test[: cfg.eval.size])
-        self.test_ids = setup.encode_prompts(self.tok, self.test, cfg)
-        self.order = episodes.PromptOrder(len(self.train), cfg.seed)
-
-
-def sft_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
+def sft_step(ctx: setup.Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
     """One optimizer step on this rank's slice of the step's examples."""
     t, pad = cfg.train, ctx.tok.pad_token_id
     per_rank = t.prompts_per_step // dist.world_size
@@ -84,7 +60,7 @@ def sft_step(ctx: Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
 
 def train(cfg: RunConfig, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
-    ctx = Context(cfg, dist)
+    ctx = build_context(cfg, dist)
     ts = lifecycle.resume(cfg, ctx.actor)
     logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
                        start_step=ts.step, title="rltrain sft") if dist.is_main else None

@@ -10,18 +10,20 @@ Outputs go to ``--out`` (default: ``<run>/report`` for one run, ``./report`` for
 ``./report/token_entropy`` for the token-entropy analysis): metrics_vs_step.png,
 metrics_vs_wall_time.png, comparison.md (the table, and the entropy-law fits when asked),
 entropy_law_<i>_<run>_<source>.png; token_entropy.{md,json} and token_entropy_hist.png.
+
+This module reads run directories and plots; the command's ``--token-entropy`` runs a model, so
+the ``rltrain-report`` entry point is ``rltrain.analysis.main`` (one layer up), which sends
+everything else here.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -187,63 +189,45 @@ def report_runs(args, console: Console) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- token entropy
+# --------------------------------------------------------------------------- entry
 
 
-def report_token_entropy(args, console: Console) -> int:
-    import torch
-
-    from rltrain.engine.model import load_model
-    from rltrain.report import token_entropy as TE
-
-    out = args.out or Path("report") / "token_entropy"
-    model, tok = load_model(args.model, args.model_path, dtype=args.dtype, seed=args.seed)
-    torch.manual_seed(args.seed)
-    chat = not args.no_chat_template
-    if args.texts is not None:
-        rows = [json.loads(line) for line in args.texts.read_text().splitlines() if line.strip()]
-        res = TE.given_responses(model, tok, rows, use_chat_template=chat)
-        title = f"{args.model}: {len(rows)} given responses from {args.texts.name}"
-    else:
-        data_args = {}
-        for kv in args.data_arg:
-            if "=" not in kv:
-                raise SystemExit(f"--data-arg expects KEY=VALUE, got {kv!r}")
-            k, v = kv.split("=", 1)
-            data_args[k] = yaml.safe_load(v)
-        prompts = TE.load_prompts(args.data, args.n, args.split, data_args, tok, chat)
-        res = TE.sample_responses(model, tok, prompts, max_new_tokens=args.max_new_tokens,
-                                  temperature=args.temperature, seed=args.seed)
-        title = (f"{args.model} on {args.data} ({args.split}, n={args.n}, T={args.temperature}, "
-                 f"max {args.max_new_tokens} new tokens, {args.dtype})")
-    stats = TE.token_entropy_stats(res.entropy, res.mask, res.response_ids, top_ratio=args.top_ratio, k=args.top_k,
-                                   decode=lambda t: TE.token_text(tok, t))
-    console.print(TE.stats_rich(stats, title))
-    files = TE.write_outputs(stats, res, out, title)
-    console.print("wrote " + ", ".join(str(f) for f in files))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked (``--fit-fraction`` implies ``--entropy-law``)."""
     args = build_parser().parse_args(argv)
-    console = Console() if sys.stdout.isatty() else Console(width=200)
     if args.fit_fraction is not None and not 0 < args.fit_fraction < 1:
         raise SystemExit(f"--fit-fraction must be in (0, 1), got {args.fit_fraction}")
     if args.smooth < 1:
         raise SystemExit(f"--smooth must be >= 1, got {args.smooth}")
     if args.fit_fraction is not None:
         args.entropy_law = True
-    if args.token_entropy:
-        if args.runs:
-            raise SystemExit("--token-entropy analyses a model, not run directories; give no RUN_DIR")
-        return report_token_entropy(args, console)
+    if args.token_entropy and args.runs:
+        raise SystemExit("--token-entropy analyses a model, not run directories; give no RUN_DIR")
+    return args
+
+
+def console() -> Console:
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def report(args: argparse.Namespace) -> int:
+    """Tables and plots of the run directories in ``args.runs``."""
+    if args.token_entropy:  # it runs a model: rltrain.analysis (the rltrain-report command) does that
+        raise SystemExit("rltrain-report: --token-entropy runs a model; start it with the rltrain-report command "
+                         "(rltrain.analysis:main), not rltrain.report.cli")
     if not args.runs:
         build_parser().print_usage(sys.stderr)
         raise SystemExit("rltrain-report: give one or more RUN_DIRs (or --token-entropy)")
     try:
-        return report_runs(args, console)
+        return report_runs(args, console())
     except FileNotFoundError as err:
         raise SystemExit(f"rltrain-report: {err}") from err
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run directories only; the ``rltrain-report`` command is ``rltrain.analysis.main``, which also
+    serves ``--token-entropy``."""
+    return report(parse_args(argv))
 
 
 if __name__ == "__main__":

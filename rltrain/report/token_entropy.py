@@ -7,7 +7,8 @@ Definitions (the paper's, and the ones training uses):
 - The entropy of response position t is H_t = −Σ_j p_j log p_j of the distribution the token at t
   was drawn from, p = softmax(z_t / T) with T = 1, computed in a teacher-forced forward pass of the
   model over prompt + response (``rltrain.rollout.forward.response_logprobs``, which calls
-  ``rltrain.algos.core.token_entropy``), not taken from the sampler.
+  ``rltrain.algos.core.token_entropy``), not taken from the sampler. Running the model is
+  ``rltrain.analysis``'s part; this module computes the statistics and writes the outputs.
 - High-entropy tokens are the top ⌈ρ·N⌉ of all N valid response tokens pooled over the batch
   (ρ = 0.2), chosen by ``rltrain.algos.select.high_entropy_mask``, the selection
   ``token_selection=high_entropy`` trains on. The token "at" a position is the one emitted there.
@@ -104,87 +105,19 @@ def token_entropy_stats(entropy: torch.Tensor, mask: torch.Tensor, token_ids: to
         high_threshold=float(min(high_ent)) if high_ent else math.nan, top_tokens=top, low=low)
 
 
-# --------------------------------------------------------------------------- model + data driver
+# --------------------------------------------------------------------------- outputs
 
 
 @dataclass
 class Responses:
-    """Responses and their per-token entropies under the analysed model."""
+    """Responses and their per-token entropies under the analysed model (``rltrain.analysis``
+    samples or scores them; this module only reads them)."""
 
     entropy: torch.Tensor  # [N, T]
     mask: torch.Tensor  # [N, T]
     response_ids: torch.Tensor  # [N, T]
     prompts: list[str]
     completions: list[str]
-
-
-@torch.no_grad()
-def score_responses(model, tokenizer, prompt_ids: list[list[int]], response_ids: torch.Tensor,
-                    mask: torch.Tensor, *, micro_batch_size: int = 8) -> torch.Tensor:
-    """Per-token entropies ``[N, T]`` of given responses (teacher-forced, T = 1); 0 on padding."""
-    from rltrain.rollout.forward import response_logprobs
-
-    out = []
-    for s in range(0, len(prompt_ids), micro_batch_size):
-        _, ent = response_logprobs(model, prompt_ids[s:s + micro_batch_size], response_ids[s:s + micro_batch_size],
-                                   pad_id=tokenizer.pad_token_id, temperature=1.0, with_entropy=True)
-        out.append(ent.float())
-    return torch.cat(out) * mask.float()
-
-
-def sample_responses(model, tokenizer, prompts: list[str], *, max_new_tokens: int, temperature: float,
-                     seed: int, batch_size: int = 16) -> Responses:
-    """Sample one response per prompt with the rollout engine, then score its token entropies."""
-    from rltrain.engine.model import eos_token_ids
-    from rltrain.rollout import SamplingParams, generate
-
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, n=1)
-    eos = eos_token_ids(model, tokenizer)
-    ents, masks, ids, comps = [], [], [], []
-    for s in range(0, len(prompts), batch_size):
-        p_ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts[s:s + batch_size]]
-        ro = generate(model, p_ids, params, eos_token_ids=eos, pad_token_id=tokenizer.pad_token_id,
-                      tokenizer=tokenizer, generator=torch.Generator().manual_seed(seed + s))
-        ents.append(score_responses(model, tokenizer, ro.prompt_ids, ro.response_ids, ro.response_mask))
-        masks.append(ro.response_mask)
-        ids.append(ro.response_ids)
-        comps += [tokenizer.decode(r[: int(n)], skip_special_tokens=True) for r, n in zip(ro.response_ids, ro.lengths)]
-    T = max(e.shape[1] for e in ents)
-    pad = lambda x, v: torch.nn.functional.pad(x, (0, T - x.shape[1]), value=v)  # noqa: E731
-    return Responses(entropy=torch.cat([pad(e, 0.0) for e in ents]), mask=torch.cat([pad(m, 0.0) for m in masks]),
-                     response_ids=torch.cat([pad(i, tokenizer.pad_token_id) for i in ids]),
-                     prompts=list(prompts), completions=comps)
-
-
-def given_responses(model, tokenizer, rows: list[dict], *, use_chat_template: bool = True) -> Responses:
-    """Score ``{"prompt", "response"}`` rows: the prompt rendered as in training (chat template),
-    the response tokenized as is."""
-    from rltrain.data import render_prompt
-
-    prompts = [render_prompt(tokenizer, r["prompt"], use_chat_template=use_chat_template) for r in rows]
-    p_ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
-    r_ids = [tokenizer(r["response"], add_special_tokens=False).input_ids for r in rows]
-    if any(not p for p in p_ids) or any(not r for r in r_ids):
-        raise ValueError("every row needs a non-empty prompt and response")
-    T = max(len(r) for r in r_ids)
-    resp = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), T))
-    for i, r in enumerate(r_ids):
-        resp[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1.0
-    ent = score_responses(model, tokenizer, p_ids, resp, mask)
-    return Responses(entropy=ent, mask=mask, response_ids=resp, prompts=prompts,
-                     completions=[r["response"] for r in rows])
-
-
-def load_prompts(data: str, n: int, split: str, data_args: dict, tokenizer, use_chat_template: bool) -> list[str]:
-    from rltrain.data import build_dataset, render_prompt
-
-    splits = build_dataset(data, **data_args)
-    samples = getattr(splits, split)
-    if len(samples) < n:
-        raise ValueError(f"data={data} split {split} has {len(samples)} prompts, fewer than --n {n}")
-    return [render_prompt(tokenizer, s.question, use_chat_template=use_chat_template) for s in samples[:n]]
 
 
 def token_text(tokenizer, token_id: int) -> str:

@@ -88,3 +88,47 @@ def test_rloo_hand_values_sum_to_zero_and_zero_spread():
     assert torch.allclose(rloo_advantages(g, 6).view(5, 6).sum(1), torch.zeros(5), atol=1e-6)
     with pytest.raises(ValueError, match="group_size >= 2"):
         rloo_advantages(g, 1)
+
+
+# --------------------------------------------------------------------------- the estimator table
+
+from rltrain.algos.grpo import ADV_ESTIMATORS, ESTIMATORS, get_estimator  # noqa: E402
+
+_KW = dict(scale="std", eps=0.0, std_ddof=1)
+
+
+def test_estimator_table_names_and_what_each_needs():
+    """The valid algo.adv_estimator names come from the table; the REINFORCE++ pair puts the KL in the
+    reward (needs π_old and the reference) and whitens over the batch, grpo/rloo do neither."""
+    assert ADV_ESTIMATORS == ("grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline") == tuple(ESTIMATORS)
+    assert {n: (e.kl_in_reward, e.whiten) for n, e in ESTIMATORS.items()} == {
+        "grpo": (False, False), "rloo": (False, False),
+        "reinforce_pp": (True, True), "reinforce_pp_baseline": (True, True)}
+    with pytest.raises(ValueError, match="'reinforce'; valid: grpo, rloo, reinforce_pp, reinforce_pp_baseline"):
+        get_estimator("reinforce")
+
+
+def test_grpo_and_rloo_entries_broadcast_their_sequence_advantage_and_ignore_kl():
+    """Each row's advantage on every position of the row (padding too: the loss masks it). RLOO,
+    group 1 [1,0,0,1]: r − mean of the other three = 1 − 1/3 = 2/3, 0 − 2/3 = −2/3."""
+    mask = torch.tensor([[1.0, 1.0, 0.0]] * 8)
+    kl = torch.full((8, 3), 5.0)
+    g = get_estimator("grpo").fn(SCORES, mask, group_size=4, kl=kl, kl_coef=1.0, **_KW)
+    s = 0.5 / math.sqrt(1 / 3)
+    assert torch.allclose(g, torch.tensor([s, -s, -s, s, 0.5, 0.5, 0.5, -1.5])[:, None].expand(8, 3), atol=1e-6)
+    r = get_estimator("rloo").fn(SCORES, mask, group_size=4, kl=kl, kl_coef=1.0, **_KW)
+    assert torch.allclose(r[:4, 0], torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3]), atol=1e-6)
+    assert torch.equal(r[:, 0], r[:, 2])
+
+
+def test_reinforce_pp_entries_fold_the_kl_into_the_token_returns():
+    """scores [1, 0], β = 0.5, kl row 0 [0.1, 0.2, ·], row 1 [0.3, ·, ·]:
+    row 0 rewards [−0.05, 1 − 0.1] → returns [0.85, 0.9, 0]; row 1 [−0.15] → [−0.15, 0, 0].
+    Baseline (G = 2): outcomes centred to [½, −½] → row 0 [0.35, 0.4, 0], row 1 [−0.65, 0, 0]."""
+    scores = torch.tensor([1.0, 0.0])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    kl = torch.tensor([[0.1, 0.2, 9.0], [0.3, 9.0, 9.0]])
+    plain = get_estimator("reinforce_pp").fn(scores, mask, group_size=2, kl=kl, kl_coef=0.5, **_KW)
+    assert torch.allclose(plain, torch.tensor([[0.85, 0.9, 0.0], [-0.15, 0.0, 0.0]]), atol=1e-6)
+    base = get_estimator("reinforce_pp_baseline").fn(scores, mask, group_size=2, kl=kl, kl_coef=0.5, **_KW)
+    assert torch.allclose(base, torch.tensor([[0.35, 0.4, 0.0], [-0.65, 0.0, 0.0]]), atol=1e-6)

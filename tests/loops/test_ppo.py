@@ -81,14 +81,14 @@ def test_critic_explained_variance_rises_and_warmup_keeps_the_actor(tmp_path):
         "train.samples_per_prompt=2", "train.minibatches_per_step=4", "train.epochs=2", "train.micro_batch_size=8",
         "algo.critic_lr=3e-3", "algo.score_truncated=true", "algo.critic_warmup_steps=10", "eval.at_start=false"]))
     cfg.run_dir = str(tmp_path)
-    start = torch.cat([p.detach().flatten().clone() for p in ppo.Context(cfg, Dist()).actor.module.parameters()])
+    start = torch.cat([p.detach().flatten().clone() for p in ppo.build_context(cfg, Dist())[0].actor.module.parameters()])
     launch.launch(cfg)
     rows, _ = metrics(tmp_path)
     ev = [r["critic/explained_var"] for r in rows]
     assert ev[0] == 0.0  # zero value head: a constant prediction explains nothing
     assert sum(ev[-3:]) / 3 > 0.5, ev
     assert all("actor/grad_norm" not in r for r in rows)  # warm-up: no actor update at all
-    final = ppo.Context(cfg, Dist())  # built fresh, then loaded from the run's last checkpoint
+    final, _ = ppo.build_context(cfg, Dist())  # built fresh, then loaded from the run's last checkpoint
     ppo.lifecycle.resume(cfg, final.actor)
     after = torch.cat([p.detach().flatten() for p in final.actor.module.parameters()])
     torch.testing.assert_close(after, start, rtol=0, atol=0)
@@ -98,9 +98,9 @@ def _one_step(tmp_path, eta):
     cfg = to_run_config(compose_or_explain(TINY + ["reward.fn=tests.toy_rewards:contains_seven", "train.lr=1e-2",
                                                    f"algo.ref_ema={eta}", "algo.score_truncated=true"]))
     cfg.run_dir = str(tmp_path)
-    ctx = ppo.Context(cfg, Dist())
+    ctx, st = ppo.build_context(cfg, Dist())
     ref_before = {k: v.clone() for k, v in ctx.ref.state_dict().items()}
-    ppo.ppo_step(ctx, cfg, Dist(), 0)
+    ppo.ppo_step(ctx, st, cfg, Dist(), 0)
     actor = ctx.actor.module.state_dict()
     return ctx, ref_before, actor
 

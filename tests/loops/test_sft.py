@@ -34,7 +34,7 @@ def test_sft_cli_learns_the_worked_solutions(tmp_path):
 def _one_step(micro_batch_size: int):
     cfg = to_run_config(compose_or_explain(TINY + [f"train.micro_batch_size={micro_batch_size}", "reward=python",
                                                    "reward.fn=tests.toy_rewards:sevens"]))
-    ctx = sft.Context(cfg, Dist())
+    ctx = sft.build_context(cfg, Dist())
     out = sft.sft_step(ctx, cfg, Dist(), 0)
     return out, torch.cat([p.detach().flatten() for p in ctx.actor.module.parameters()])
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from rltrain.algos.core import token_entropy
+from rltrain import analysis
 from rltrain.report import cli
 from rltrain.report.token_entropy import token_entropy_stats
 
@@ -60,7 +61,7 @@ def test_stats_reject_bad_input():
 @pytest.mark.slow
 def test_cli_on_tiny_model_sampled_and_given(tmp_path):
     out = tmp_path / "te"
-    assert cli.main(["--token-entropy", "--model", "tiny", "--dtype", "fp32", "--data", "arith", "--n", "4",
+    assert analysis.main(["--token-entropy", "--model", "tiny", "--dtype", "fp32", "--data", "arith", "--n", "4",
                      "--max-new-tokens", "6", "--top-k", "3", "--out", str(out)]) == 0
     got = json.loads((out / "token_entropy.json").read_text())
     # A random tiny model never ends early: 4 prompts × 6 tokens, entropies near ln(vocab).
@@ -71,7 +72,13 @@ def test_cli_on_tiny_model_sampled_and_given(tmp_path):
     texts = tmp_path / "rows.jsonl"
     texts.write_text("\n".join(json.dumps({"prompt": f"What is {i} + 1?", "response": "The answer is 2."})
                                for i in range(3)))
-    assert cli.main(["--token-entropy", "--model", "tiny", "--dtype", "fp32", "--texts", str(texts),
+    assert analysis.main(["--token-entropy", "--model", "tiny", "--dtype", "fp32", "--texts", str(texts),
                      "--out", str(out)]) == 0
     got = json.loads((out / "token_entropy.json").read_text())
     assert got["n_tokens"] % 3 == 0 and got["n_tokens"] > 0
+
+
+def test_report_cli_alone_refuses_the_model_running_analysis(tmp_path):
+    """report/ reads files only: its own main sends --token-entropy to the rltrain-report command."""
+    with pytest.raises(SystemExit, match="rltrain.analysis"):
+        cli.main(["--token-entropy", "--model", "tiny", "--out", str(tmp_path)])
