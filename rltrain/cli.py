@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -114,6 +115,37 @@ def _user_overrides(argv: list[str]) -> list[str] | None:
     return out
 
 
+def checked_config(cfg: DictConfig) -> RunConfig:
+    """``cfg`` typed and validated (the rules of ``rltrain.config.validate``)."""
+    from rltrain import launch
+
+    run_cfg = to_run_config(cfg)
+    validate(run_cfg, world_size=launch.planned_world_size(run_cfg))
+    return run_cfg
+
+
+@dataclass
+class _Checked:
+    """The config ``main`` composed and validated, handed to the ``run_job`` of that same config so
+    that this process checks it once: a single run's job, or a sweep's first job."""
+
+    composed: DictConfig
+    run_cfg: RunConfig
+    preflight_done: bool  # a single run; a sweep's jobs each run their own preflight in run_job
+
+
+_checked: _Checked | None = None
+
+
+def _take_checked(cfg: DictConfig) -> _Checked | None:
+    """What ``main`` checked, when ``cfg`` is that config (Hydra composed it again for its app: the
+    same unless an argument main does not pre-compose, e.g. ``--config-name``, changed it); at most
+    once, since launching fills in the typed config (run_dir, the resolved dtype)."""
+    global _checked
+    checked, _checked = _checked, None
+    return checked if checked is not None and checked.composed == cfg else None
+
+
 def run_job(cfg: DictConfig) -> dict:
     """Body of the Hydra app: one run (one job of a sweep).
 
@@ -126,11 +158,11 @@ def run_job(cfg: DictConfig) -> dict:
     from rltrain import launch
 
     try:
-        run_cfg = to_run_config(cfg)
+        checked = _take_checked(cfg)
+        run_cfg = checked.run_cfg if checked is not None else checked_config(cfg)
         if run_cfg.run_dir is None:
             run_cfg.run_dir = HydraConfig.get().runtime.output_dir
-        validate(run_cfg, world_size=launch.planned_world_size(run_cfg))
-        if not _PREFLIGHT_DONE:
+        if checked is None or not checked.preflight_done:
             run_preflight(run_cfg)
         quiet_accelerator_detection()
         return launch.launch(run_cfg)
@@ -138,9 +170,6 @@ def run_job(cfg: DictConfig) -> dict:
         if user_error_kind(err) is None or _full_error():
             raise
         _exit_user_error(err)
-
-
-_PREFLIGHT_DONE = False  # main() ran the checks on this config already (not for sweeps)
 
 
 def run_preflight(run_cfg: RunConfig) -> None:
@@ -208,18 +237,15 @@ def main() -> None:
         return
     overrides = _user_overrides(argv)
     if overrides is not None:
-        global _PREFLIGHT_DONE
+        global _checked
         sweep = "-m" in argv or "--multirun" in argv
         try:
             cfg = compose_or_explain(overrides)
             if "--cfg" not in argv and "-c" not in argv:
-                from rltrain import launch
-
-                run_cfg = to_run_config(cfg)
-                validate(run_cfg, world_size=launch.planned_world_size(run_cfg))
-                if not sweep:  # a sweep's jobs differ: each checks its own in run_job
+                run_cfg = checked_config(cfg)
+                if not sweep:  # a sweep's jobs differ: each runs its own preflight in run_job
                     run_preflight(run_cfg)
-                    _PREFLIGHT_DONE = True
+                _checked = _Checked(cfg, run_cfg, preflight_done=not sweep)
         except Exception as err:  # noqa: BLE001 - user errors become one line, the rest propagate
             if user_error_kind(err) is None or _full_error():
                 raise
