@@ -140,7 +140,9 @@ class SPOConfig(AlgoConfig):
     adv_whiten: str = one_of(("batch", "per_minibatch", "none"), "batch")
     """batch (across ranks) | per_minibatch (SPO code) | none."""
     prob_mask: bool = True
-    """Zero the advantage of tokens sampled with probability ≥ cut_threshold (SPO §4.4)."""
+    """SPO's probability mask (§4.4), its one mechanism here: zero the advantage of tokens sampled with
+    probability ≥ cut_threshold before the whitening (whose statistics then cover the kept tokens only).
+    ``token_selection=prob_mask`` (the same mask as a selection, for the other loops) is refused with SPO."""
     mask_denominator: str = one_of(("kept", "all"), "kept")
     """With the probability mask: the loss (and KL) averages over the kept tokens (kept, the official
     code's denominator) or over all valid response tokens (all; a per-step scale of ~0.55-0.6 here)."""
@@ -260,7 +262,8 @@ class HighEntropyConfig(TokenSelectionConfig):
 
 @dataclass
 class ProbMaskConfig(TokenSelectionConfig):
-    """SPO's probability mask: only tokens sampled with probability below the threshold."""
+    """SPO's probability mask as a token selection for the other policy-gradient loops: only tokens
+    sampled with probability below the threshold. SPO itself masks with ``algo.prob_mask``."""
 
     name: str = "prob_mask"
     threshold: float = bounded(0.9, "in (0, 1]")
