@@ -7,19 +7,19 @@ from rltrain.loops.episodes import Scored, reward_components, reward_metrics
 from rltrain.types import RewardOutput
 
 
-def _scored(info):
+def _scored(info, keys=()):
     n = 4
     return Scored(prompt_ids=[[1]] * n, response_ids=torch.ones(n, 2, dtype=torch.long), mask=torch.ones(n, 2),
                   logprobs=torch.zeros(n, 2), lengths=torch.full((n,), 2), finished=torch.ones(n, dtype=torch.bool),
                   samples=[None] * n, completions=["a"] * n, scores=torch.tensor([1.0, 0.0, 0.5, 0.0]),
-                  reward=RewardOutput([1.0, 0.0, 0.5, 0.0], info))
+                  reward=RewardOutput([1.0, 0.0, 0.5, 0.0], info), info_keys=tuple(keys))
 
 
 def test_component_means_and_truncated_fraction():
     info = {"reward/math": [1.0, 0.0, 1.0, None], "reward/brevity": [0.5, 0.25, 0.0, 0.25],
             "code/code/output_truncated": [True, False, None, True], "failed": [False, False, False, True],
             "correct": [True, False, True, False]}
-    m = reward_metrics(_scored(info), Dist())
+    m = reward_metrics(_scored(info, ("reward/math", "reward/brevity", "code/code/output_truncated")), Dist())
     assert m["reward/math"] == 0.5 and m["reward/brevity"] == 0.25
     assert m["code/code/output_truncated_frac"] == 0.5
     assert m["reward/mean"] == 0.375 and m["reward/accuracy"] == 0.5 and m["reward/failed"] == 1
