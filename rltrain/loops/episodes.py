@@ -20,7 +20,6 @@ from rltrain.config import RunConfig
 from rltrain.engine.dist import Dist
 from rltrain.engine.model import eos_token_ids
 from rltrain.rewards.base import score_safely
-from rltrain.rewards.code import CodeReward
 from rltrain.rollout import SamplingParams, generate
 from rltrain.types import RewardOutput, Sample
 
@@ -152,18 +151,17 @@ def rollout_and_score(actor_module, tokenizer, samples: list[Sample], prompt_ids
 
 def logged_info_keys(reward_fn) -> tuple[str, ...]:
     """The per-completion info whose batch means a step logs, fixed by the reward config (so the
-    ranks know the names without asking each other): ``reward=combined``'s components
-    (``reward/<label>``) and each code reward's capped output (``code/output_truncated``, inside
-    combined ``<label>/code/output_truncated``, as ``CombinedReward`` names a component's info)."""
-    def truncated(reward, label: str | None) -> list[str]:
-        if not isinstance(reward, CodeReward):
-            return []
-        return ["code/output_truncated" if label in (None, "code") else f"{label}/code/output_truncated"]
-
+    ranks know the names without asking each other): what each reward declares in its
+    ``logged_info`` (the code reward: ``code/output_truncated``) and ``reward=combined``'s
+    components (``reward/<label>``), a component's info named as ``CombinedReward`` names it
+    (``<label>/<key>``, a key already starting with ``<label>/`` kept)."""
     parts = getattr(reward_fn, "components", None)
     if parts is None:
-        return tuple(truncated(reward_fn, None))
-    return tuple(sorted(k for label, _, r in parts for k in [f"reward/{label}", *truncated(r, label)]))
+        return tuple(getattr(reward_fn, "logged_info", ()))
+    keys = [f"reward/{label}" for label, _, _ in parts]
+    keys += [k if k.startswith(f"{label}/") else f"{label}/{k}"
+             for label, _, r in parts for k in getattr(r, "logged_info", ())]
+    return tuple(sorted(keys))
 
 
 def _floats(values, n: int) -> list[float]:

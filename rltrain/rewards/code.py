@@ -345,6 +345,9 @@ class CodeReward:
             stderr). See :func:`preflight`.
     """
 
+    logged_info = ("code/output_truncated",)  # per-completion info a training step logs the mean of
+
+
     def __init__(
         self,
         mode: str = "all_pass",

@@ -50,3 +50,19 @@ def test_mismatch_summary_uses_only_steps_that_measured_tokens(tmp_path):
     assert got[0][1:] == ("2.00e-03", "1.00e-03") and got[1][1:] == ("1.200", "1.100")
     (tmp_path / "metrics.jsonl").write_text(json.dumps(rows[0]))
     assert mismatch_rows(str(tmp_path)) == [("rollout↔trainer mismatch", "-", "no token measured")]
+
+
+def test_logged_info_keys_follow_the_reward_config():
+    """The names every rank logs come from the reward config: the code reward's declared info, and
+    inside reward=combined each component's score and its info as CombinedReward names it."""
+    from rltrain.loops.episodes import logged_info_keys
+    from rltrain.rewards.code import CodeReward
+    from rltrain.rewards.math import MathReward
+
+    class Combined:
+        components = [("code", 1.0, CodeReward()), ("run", 0.5, CodeReward()), ("math", 1.0, MathReward())]
+
+    assert logged_info_keys(CodeReward()) == ("code/output_truncated",)
+    assert logged_info_keys(MathReward()) == ()
+    assert logged_info_keys(Combined()) == ("code/output_truncated", "reward/code", "reward/math", "reward/run",
+                                            "run/code/output_truncated")
