@@ -87,12 +87,39 @@ def set_threads(cfg: RunConfig, world_size: int) -> None:
     torch.set_num_threads(n)
 
 
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of returning it to the OS.
+
+    Every forward allocates and frees tensors of hundreds of MB (logits ``[B, T, V]``, activations);
+    by default glibc serves each with a fresh ``mmap`` and unmaps it on free, so the next step
+    faults the same pages in again, zero-filled by the kernel: on a 2-core CPU that was a third of
+    an update's CPU time (1.1 M minor faults and 15 s of system time in a 16-row SmolLM2 micro-batch).
+    With mmap off and trimming off, freed blocks stay in the heap and are reused; the process keeps
+    its peak memory until it exits. Returns whether it applied (glibc only; a no-op elsewhere).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # glibc only: the mallopt parameters below are glibc's
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
+    ok = libc.mallopt(M_MMAP_MAX, 0) == 1
+    ok &= libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(2 ** 31 - 1)) == 1
+    ok &= libc.mallopt(M_TOP_PAD, ctypes.c_int(256 << 20)) == 1
+    return bool(ok)
+
+
 def run_worker(cfg: RunConfig, rank: int = 0, world_size: int = 1, *, master_addr: str = "127.0.0.1",
                master_port: int = 29500):
     """Run the algorithm's loop in this process as ``rank`` of ``world_size``."""
     from rltrain.engine.dist import init_dist
 
     set_threads(cfg, world_size)
+    if cfg.launch.keep_freed_memory:
+        keep_freed_memory()
     dist = init_dist(rank, world_size, master_addr=master_addr, master_port=master_port,
                      timeout_s=cfg.launch.timeout_s)
     # Rank 0's config is the run's config (Slurm tasks each composed their own; run_dir may differ).

@@ -50,7 +50,10 @@ def save_hf(module: torch.nn.Module, tokenizer, out_dir: Path, state_dict: dict 
     """Save a standard HF directory (config.json, safetensors, tokenizer) in fp32."""
     out_dir.mkdir(parents=True, exist_ok=True)
     sd = state_dict if state_dict is not None else {k: v.float() for k, v in module.state_dict().items()}
-    module.save_pretrained(out_dir, state_dict=sd, safe_serialization=True)
+    from rltrain.engine.model import no_hf_progress_bars
+
+    with no_hf_progress_bars():  # a "Writing model shards" bar per checkpoint
+        module.save_pretrained(out_dir, state_dict=sd, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
 

@@ -8,6 +8,8 @@ conversion never leaves a half-written model that a later run would pick up.
 """
 from __future__ import annotations
 
+import contextlib
+
 import importlib.util
 import logging
 import os
@@ -363,6 +365,21 @@ def resolve_path(name: str, path: str | None) -> str | None:
     raise ValueError(f"unknown model name {name!r}; valid: smollm2_135m, tiny, hf")
 
 
+@contextlib.contextmanager
+def no_hf_progress_bars():
+    """transformers' progress bars off inside (a sub-second "Loading weights" or "Writing model
+    shards" bar per load and checkpoint reports nothing a user waits for)."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(name: str = "smollm2_135m", path: str | None = None, *, dtype: str = "fp32", seed: int = 0,
                fp32_head: bool = True, **tiny_kwargs):
     """Load ``(model, tokenizer)`` for a model option.
@@ -382,16 +399,9 @@ def load_model(name: str = "smollm2_135m", path: str | None = None, *, dtype: st
         model, tok = build_tiny_model(seed=seed, **tiny_kwargs)
         model = model.to(torch_dtype)
     else:
-        from transformers.utils import logging as hf_logging
-
         tok = AutoTokenizer.from_pretrained(src)
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # a "Loading weights" bar per load (policy, reference, ...)
-        try:
+        with no_hf_progress_bars():  # a "Loading weights" bar per load (policy, reference, ...)
             model = AutoModelForCausalLM.from_pretrained(src, dtype=torch_dtype)
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"

@@ -67,17 +67,53 @@ def _packed(keep: torch.Tensor, families: torch.Tensor | None, size: int) -> lis
     return out
 
 
-def micro_batches(rows: torch.Tensor, skip: torch.Tensor, size: int, dist, families=None) -> list:
+def _forward_tokens(chunk: list[int], lens: list[int], prompt_ids: list[list[int]]) -> int:
+    """Tokens one micro-batch puts through the model (``response_logits``): its distinct prompts
+    left-padded to the longest, plus every row padded to the longest response."""
+    unique = {tuple(prompt_ids[i]) for i in chunk}
+    return len(unique) * max(map(len, unique)) + len(chunk) * max(1, max(lens[i] for i in chunk))
+
+
+def _by_length(keep: torch.Tensor, lens: torch.Tensor, prompt_ids: list[list[int]], size: int) -> list[torch.Tensor]:
+    """Chunks of ``keep`` of at most ``size`` rows, in the order of three candidates that puts the
+    fewest tokens through the model: rows as given (a group's rows share one prompt encoding),
+    groups by their longest response with rows by length inside, or all rows by length (least
+    padding, more prompts per chunk). A micro-batch runs to its longest row, so one rambling sample
+    among short ones pads them all; which rows share a micro-batch changes no gradient, only the
+    order in which float sums are taken."""
+    ln = lens.tolist()
+    rows = keep.tolist()
+    longest: dict[tuple[int, ...], int] = {}
+    for i in rows:
+        key = tuple(prompt_ids[i])
+        longest[key] = max(longest.get(key, 0), ln[i])
+    orders = [rows,
+              sorted(rows, key=lambda i: (-longest[tuple(prompt_ids[i])], tuple(prompt_ids[i]), -ln[i])),
+              sorted(rows, key=lambda i: -ln[i])]
+
+    def split(order):
+        return [order[s:s + size] for s in range(0, len(order), size)]
+
+    best = min((split(o) for o in orders), key=lambda ch: sum(_forward_tokens(c, ln, prompt_ids) for c in ch))
+    return [torch.tensor(c, dtype=torch.long) for c in best]
+
+
+def micro_batches(rows: torch.Tensor, skip: torch.Tensor, size: int, dist, families=None, lens=None,
+                  prompt_ids=None) -> list:
     """This rank's micro-batches of minibatch ``rows``: ``(row indices, real)``; ``real`` False
     for a stand-in (its loss is multiplied by 0).
 
-    Skipped rows are left out. At least one micro-batch always runs (a stand-in when nothing is
+    With ``lens`` (response lengths) and ``prompt_ids`` and no ``families``, rows are grouped to
+    put the fewest tokens through the model (``_by_length``). Skipped rows are left out. At least one micro-batch always runs (a stand-in when nothing is
     left) so that every parameter gets a gradient, zero or not, and the optimizer step is the same
     as without skipping. ``dist`` (the actor's ``collective``: DeepSpeed on several ranks, whose
     forward and backward are collectives): every rank runs as many micro-batches as the busiest one.
     """
     keep = rows[~skip[rows]]
-    out = [(mb, True) for mb in _packed(keep, families, size)]
+    if families is None and lens is not None and len(keep):
+        out = [(mb, True) for mb in _by_length(keep, lens, prompt_ids, size)]
+    else:
+        out = [(mb, True) for mb in _packed(keep, families, size)]
     want = max(1, len(out))
     if dist is not None:
         want = int(dist.max(torch.tensor([float(want)])).item())
@@ -210,6 +246,7 @@ class PolicyUpdate:
         pairs = [] if batch.rollout_logp is None else (
             [(batch.rollout_logp, old_logp, mask)] if old_logp is not None else [])
         M = self.minibatches
+        row_lens = mask.sum(1)
         for epoch in range(self.epochs):
             for k in range(M):
                 # step 3: this minibatch's global denominators
@@ -219,7 +256,8 @@ class PolicyUpdate:
                 skipped_tokens = mask[rows][skip[rows]].sum().item()
                 if skipped_tokens:  # their loss is exactly 0: keep the logged mean over all tokens
                     m.add("actor/pg_loss", 0.0, skipped_tokens)
-                for idx, real in micro_batches(rows, skip, self.micro, actor.collective, batch.families):
+                for idx, real in micro_batches(rows, skip, self.micro, actor.collective, batch.families,
+                                               lens=row_lens, prompt_ids=batch.prompt_ids):
                     # step 4: forward and objective of one micro-batch
                     lens = batch.tree_lengths[idx] if batch.tree_lengths is not None else mask[idx].sum(1)
                     width = max(1, int(lens.max()))  # this micro-batch's longest response
@@ -234,6 +272,10 @@ class PolicyUpdate:
                     else:
                         logp, ent = response_logprobs(actor.module, p_ids, batch.response_ids[idx, :width],
                                                       pad_id=pad_id, temperature=self.temp, with_entropy=want_ent)
+                        if real:
+                            unique = unique_prompts(p_ids)[0]
+                            tokens["tokens"] = tokens.get("tokens", 0) + len(unique) * max(map(len, unique)) \
+                                + len(p_ids) * width
                     if real and batch.tree_levels > 1:  # what the plain forward of these edges would take
                         tokens["plain"] = tokens.get("plain", 0) + sum(map(len, unique_prompts(p_ids)[0])) \
                             + int(lens.sum())
@@ -276,9 +318,10 @@ class PolicyUpdate:
         out["actor/pg_loss"] = out.get("actor/pg_loss", 0.0)
         if batch.rollout_logp is not None:
             out.update(self.mismatch(pairs, dist))
+        n = dist.sum(torch.tensor([float(tokens.get("tokens", 0)), float(tokens.get("plain", 0))]))
+        out["perf/update_tokens"] = n[0].item()  # through the model, padding included, all epochs
         if batch.tree_levels > 1:
-            n = dist.sum(torch.tensor([float(tokens.get("tokens", 0)), float(tokens.get("plain", 0))]))
-            out["perf/update_tokens"], out["perf/update_tokens_plain"] = n[0].item(), n[1].item()
+            out["perf/update_tokens_plain"] = n[1].item()
         if log_ent is not None:
             out.update(entropy_stats(log_ent, mask, dist))
         elif all_ent:

@@ -1,6 +1,5 @@
 """The update's shortcuts change no gradient: a prompt shared by several rows encoded once, and
 rows whose advantages are all zero left out of the forward and backward."""
-import copy
 
 import pytest
 import torch
@@ -137,3 +136,55 @@ def test_clip_cov_warns_once_when_its_ratio_selects_a_handful_of_tokens(caplog):
         pg.PolicyUpdate(_cfg(policy_loss="kl_cov"))._warn_small_selection(100_000)  # 20 tokens: fine
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "select_ratio=0.0002" in warnings[0] and "selects 1 token" in warnings[0]
+
+
+def test_length_grouped_micro_batches_cover_each_row_once_and_cut_padding():
+    # group 0: one rambling row (64) among short ones; group 1: all short
+    prompts = [[BOS] + [40] * 50, [BOS] + [50] * 50]
+    rows = [prompts[0]] * 4 + [prompts[1]] * 4
+    lens = torch.tensor([64, 5, 6, 5, 7, 6, 5, 64])
+    keep = torch.arange(8)
+    chunks = pg._by_length(keep, lens, rows, 4)
+    assert sorted(torch.cat(chunks).tolist()) == list(range(8))
+    assert all(len(c) <= 4 for c in chunks)
+    cost = lambda ch: sum(pg._forward_tokens(c.tolist(), lens.tolist(), rows) for c in ch)  # noqa: E731
+    in_order = [keep[:4], keep[4:]]
+    # all rows by length: [64, 64, 7, 6] and [6, 5, 5, 5], two prompts each: 2×51 + 4×64 + 2×51 + 4×6
+    assert cost(chunks) == 484 < cost(in_order) == 2 * (51 + 4 * 64)
+
+
+class _GradActor(_Actor):
+    """Records the summed gradient at the optimizer step instead of stepping (Adam would magnify
+    float-order noise in near-zero gradients into lr-sized moves)."""
+
+    def step(self):
+        self.grad = _grads(self.module).clone()
+        self.opt.zero_grad(set_to_none=True)
+        return 0.0
+
+
+def test_length_grouped_micro_batches_change_no_gradient(monkeypatch):
+    """The same update with micro-batches in row order and grouped by length: same gradient."""
+    from rltrain.engine.dist import Dist
+
+    cfg = _cfg()
+    g = torch.Generator().manual_seed(3)
+    prompts = [[BOS, 40 + i, 41] for i in range(4)]
+    rows = [p for p in prompts for _ in range(2)]
+    resp = torch.randint(3, 90, (8, 7), generator=g)
+    mask = torch.ones(8, 7)
+    for i, n in enumerate((7, 1, 2, 1, 7, 2, 1, 1)):  # long rows in different groups: the orders differ
+        mask[i, n:] = 0
+    batch = pg.PGBatch(rows, resp, mask, torch.randn(8, 7, generator=g) * mask)
+    assert pg._by_length(torch.arange(8), mask.sum(1), rows, 2)[0].tolist() != [0, 1]
+    grads = []
+    for grouped in (False, True):
+        if not grouped:
+            monkeypatch.setattr(pg, "_by_length", lambda keep, lens, p, size: [keep[s:s + size]
+                                                                               for s in range(0, len(keep), size)])
+        actor = _GradActor(_tiny())
+        pg.policy_update(actor, batch, cfg, Dist(), pad_id=PAD, step=0, generator=torch.Generator().manual_seed(0))
+        monkeypatch.undo()
+        grads.append(actor.grad)
+    assert grads[0].abs().max() > 1e-3
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
