@@ -162,3 +162,40 @@ def test_auto_dtype_reason_and_probe_cache(tmp_path, monkeypatch):
     assert cpu_bf16_probe() == probe  # cached: not re-measured
     dtype, why = choose_dtype("auto")
     assert dtype in ("fp32", "bf16") and why.startswith("auto:")
+
+
+def test_bf16_linear_layers_carry_the_master_to_16_bits_and_see_sub_ulp_updates():
+    """Every trainable linear layer computes with bf16 hi + lo = its fp32 master to ~2⁻¹⁶
+    relative, before and after a step; an update far below one bf16 ulp changes the layer's output
+    (a single bf16 copy rounded to nearest would keep it exactly unchanged)."""
+    from rltrain.engine.model import SplitLinear
+
+    actor = _bf16_actor(load_model("tiny", dtype="fp32")[0])
+    master_of = {id(p): m for p, m in zip(actor.params, actor.master)}
+    layers = [m for m in actor.module.modules() if isinstance(m, SplitLinear)]
+    assert layers and all(id(layer.weight) in master_of for layer in layers)
+
+    def check():
+        for layer in layers:
+            hi, lo = layer.weight, layer.__dict__["_rltrain_lo"][1]
+            m = master_of[id(hi)]
+            assert hi.dtype == lo.dtype == torch.bfloat16
+            assert ((hi.float() + lo.float() - m).abs() <= m.abs() * 2.0 ** -15 + 1e-30).all()
+
+    check()
+    layer = layers[0]
+    m = master_of[id(layer.weight)]
+    x = torch.randn(3, layer.in_features, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    with torch.no_grad():
+        before = layer(x).float()
+        m.add_(m.abs() * 2.0 ** -12)  # 1/16 of a bf16 ulp: round to nearest drops it
+        actor._refresh_compute_copy()
+        after = layer(x).float()
+    check()
+    assert torch.equal(layer.weight.float(), m.to(torch.bfloat16).float())  # hi alone did not move...
+    assert not torch.equal(before, after)  # ...the output did
+    optimizer_step = actor.step  # and the regular path: a step refreshes hi and lo from the masters
+    for p in actor.master:
+        p.grad = torch.ones_like(p) * 1e-3
+    optimizer_step()
+    check()
