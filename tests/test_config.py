@@ -73,9 +73,11 @@ def test_batch_sizes_that_do_not_divide_are_named():
     with pytest.raises(ConfigError) as e:
         validate(cfg)
     assert "minibatches_per_step=2" in str(e.value) and "15" in str(e.value)
-    cfg = to_run_config(compose_or_explain(["train.prompts_per_step=3"]))
-    with pytest.raises(ConfigError, match="prompts_per_step=3 must divide evenly over 2 ranks"):
-        validate(cfg, world_size=2)
+    for algo in ("grpo", "opd"):  # on-policy distillation samples groups like GRPO
+        extra = ["algo.teacher_path=teacher"] if algo == "opd" else []
+        cfg = to_run_config(compose_or_explain([f"algo={algo}", "train.prompts_per_step=3", *extra]))
+        with pytest.raises(ConfigError, match="prompts_per_step=3 must divide evenly over 2 ranks"):
+            validate(cfg, world_size=2)
     cfg = to_run_config(compose_or_explain(["train.micro_batch_size=5"]))
     with pytest.raises(ConfigError, match="micro_batch_size=5"):
         validate(cfg)

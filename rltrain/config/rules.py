@@ -64,7 +64,7 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
     if any(k < 1 or k > ev.n for k in ev.k):
         raise ConfigError(f"eval.k={list(ev.k)}: every k must satisfy 1 ≤ k ≤ eval.n={ev.n}")
 
-    if a.name in ("grpo", "ppo", "spo_chain"):
+    if a.name in ("grpo", "opd", "ppo", "spo_chain"):
         seqs = t.prompts_per_step * t.samples_per_prompt
         if t.prompts_per_step % world_size:
             raise ConfigError(

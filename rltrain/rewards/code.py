@@ -68,7 +68,6 @@ from rltrain.rewards.sandbox import (
     NamespaceUnavailable,
     ProgramRun,
     Sandbox,
-    SandboxError,
 )
 from rltrain.types import RewardOutput, Sample
 
