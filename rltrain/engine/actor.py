@@ -82,17 +82,10 @@ class LocalActor:
         self.params = self.master if self.compute_dtype == torch.float32 else [
             p for p in model.parameters() if p.requires_grad]
         self.module = model
-        # Same seed on every rank: the compute copies stay identical across ranks.
-        self._round_gen = torch.Generator().manual_seed(0x5EED)
-        self._split: dict[int, torch.nn.Module] = {}  # id(compute param) → its SplitLinear
         if self.master is not self.params:
             self._mixed_precision_hooks(model)
-            if self.compute_dtype == torch.bfloat16:
-                from rltrain.engine.model import split_linears
-
-                self._split = {id(layer.weight): layer for layer in split_linears(model)
-                               if layer.weight.requires_grad}
-            self._refresh_compute_copy(initial=True)
+        # Same seed on every rank: the compute copies stay identical across ranks.
+        self._round_gen = torch.Generator().manual_seed(0x5EED)
         self.optimizer = torch.optim.AdamW(
             self.master, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay
         )
@@ -149,28 +142,13 @@ class LocalActor:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.master is not self.params:
-            self._refresh_compute_copy()
+            with torch.no_grad():
+                for m, p in zip(self.master, self.params):
+                    if p.dtype == torch.bfloat16:
+                        p.copy_(stochastic_round_bf16(m, self._round_gen))
+                    else:
+                        p.copy_(m)
         return float(grad_norm)
-
-    @torch.no_grad()
-    def _refresh_compute_copy(self, initial: bool = False) -> None:
-        """Write the fp32 masters into the compute module: a linear layer's weight as bf16 hi + lo
-        (``engine.model.SplitLinear``: ~16 bits of the master, deterministic), other bf16
-        parameters (norms, the embedding rows) by stochastic rounding, anything else as is.
-        ``initial``: only the residuals (the module was just rounded to nearest from the masters)."""
-        from rltrain.engine.model import set_split_residual
-
-        for m, p in zip(self.master, self.params):
-            layer = self._split.get(id(p))
-            if layer is not None:
-                p.copy_(m)  # round to nearest
-                set_split_residual(layer, (m - p.float()).to(torch.bfloat16))
-            elif initial:
-                continue
-            elif p.dtype == torch.bfloat16:
-                p.copy_(stochastic_round_bf16(m, self._round_gen))
-            else:
-                p.copy_(m)
 
     @property
     def lr(self) -> float:
@@ -210,8 +188,9 @@ class LocalActor:
         with torch.no_grad():
             for m, saved in zip(self.master, state["master"]):
                 m.copy_(saved)
-        if self.master is not self.params:
-            self._refresh_compute_copy()
+            if self.master is not self.params:
+                for m, p in zip(self.master, self.params):
+                    p.copy_(m)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 

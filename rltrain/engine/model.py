@@ -202,45 +202,6 @@ class FP32Head(torch.nn.Linear):
         return torch.nn.functional.linear(x.float(), self._weight_fp32(), bias)
 
 
-class SplitLinear(torch.nn.Linear):
-    """A bf16 linear layer whose weight is the sum of two bf16 tensors: ``y = x·hiᵀ + x·loᵀ``.
-
-    ``hi`` (the parameter) is the fp32 master rounded to nearest and ``lo`` the rounding residual
-    rounded again, so ``hi + lo`` carries ~16 significant bits of the master: an update smaller
-    than a bf16 ulp of the weight (lr 4e-5 on |w| ≈ 0.05, whose ulp is 2.4e-4) reaches the output
-    instead of vanishing or flipping whole ulps at random. Only ``hi`` takes a gradient: ∂L/∂W is
-    the same for both terms, so one weight-gradient matmul serves both. Two bf16 matmuls forward
-    and for the input gradient, against three fp32 ones. ``set_split_residual`` installs ``lo``;
-    it is used only while the layer's weight is the parameter it was computed for (a deep copy of
-    the model falls back to ``hi`` alone).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.nn.functional.linear(x, self.weight, self.bias)
-        lo = self.__dict__.get("_rltrain_lo")
-        if lo is not None and lo[0]() is self.weight:
-            y = y + torch.nn.functional.linear(x, lo[1])
-        return y
-
-
-def split_linears(model) -> list[torch.nn.Linear]:
-    """Make every plain ``nn.Linear`` of ``model`` a ``SplitLinear`` (the fp32 head excluded); in
-    place, returns them."""
-    out = []
-    for mod in model.modules():
-        if type(mod) is torch.nn.Linear:
-            mod.__class__ = SplitLinear
-            out.append(mod)
-    return out
-
-
-def set_split_residual(layer: SplitLinear, lo: torch.Tensor) -> None:
-    """Install ``lo`` (the bf16 residual of the layer's fp32 master) for ``layer.weight``."""
-    import weakref
-
-    layer.__dict__["_rltrain_lo"] = (weakref.ref(layer.weight), lo)
-
-
 def _upcast_input(module, args):
     return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
