@@ -395,7 +395,8 @@ class LaunchConfig:
     keep_freed_memory: bool = True
     """Keep freed memory in each worker for reuse instead of returning it to the OS (glibc malloc
     settings, ``launch.keep_freed_memory``): re-faulting the pages of each step's large tensors
-    cost ~25% of an update on a 2-core CPU. A worker then holds its peak memory until it exits."""
+    cost 5–10% of an update's wall time on a 2-core CPU. A worker then holds its peak memory until
+    it exits."""
 
 
 @dataclass

@@ -9,7 +9,6 @@ conversion never leaves a half-written model that a later run would pick up.
 from __future__ import annotations
 
 import contextlib
-
 import importlib.util
 import logging
 import os
