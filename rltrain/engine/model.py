@@ -289,7 +289,8 @@ def smollm2_dir() -> Path:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        model.save_pretrained(tmp, safe_serialization=True)
+        with no_hf_progress_bars():  # the conversion's own bar above reports the progress
+            model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         try:
             tmp.rename(target)
