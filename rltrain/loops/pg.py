@@ -67,11 +67,11 @@ def _packed(keep: torch.Tensor, families: torch.Tensor | None, size: int) -> lis
     return out
 
 
-def _forward_tokens(chunk: list[int], lens: list[int], prompt_ids: list[list[int]]) -> int:
-    """Tokens one micro-batch puts through the model (``response_logits``): its distinct prompts
-    left-padded to the longest, plus every row padded to the longest response."""
-    unique = {tuple(prompt_ids[i]) for i in chunk}
-    return len(unique) * max(map(len, unique)) + len(chunk) * max(1, max(lens[i] for i in chunk))
+def _forward_tokens(prompts: list[list[int]], width: int) -> int:
+    """Tokens one micro-batch of these rows' prompts puts through the model (``response_logits``):
+    its distinct prompts left-padded to the longest, plus every row padded to ``width``."""
+    unique = {tuple(p) for p in prompts}
+    return len(unique) * max(map(len, unique)) + len(prompts) * width
 
 
 def _by_length(keep: torch.Tensor, lens: torch.Tensor, prompt_ids: list[list[int]], size: int) -> list[torch.Tensor]:
@@ -94,7 +94,10 @@ def _by_length(keep: torch.Tensor, lens: torch.Tensor, prompt_ids: list[list[int
     def split(order):
         return [order[s:s + size] for s in range(0, len(order), size)]
 
-    best = min((split(o) for o in orders), key=lambda ch: sum(_forward_tokens(c, ln, prompt_ids) for c in ch))
+    def cost(chunks):
+        return sum(_forward_tokens([prompt_ids[i] for i in c], max(1, max(ln[i] for i in c))) for c in chunks)
+
+    best = min((split(o) for o in orders), key=cost)
     return [torch.tensor(c, dtype=torch.long) for c in best]
 
 
@@ -104,9 +107,9 @@ def micro_batches(rows: torch.Tensor, skip: torch.Tensor, size: int, dist, famil
     for a stand-in (its loss is multiplied by 0).
 
     With ``lens`` (response lengths) and ``prompt_ids`` and no ``families``, rows are grouped to
-    put the fewest tokens through the model (``_by_length``). Skipped rows are left out. At least one micro-batch always runs (a stand-in when nothing is
-    left) so that every parameter gets a gradient, zero or not, and the optimizer step is the same
-    as without skipping. ``dist`` (the actor's ``collective``: DeepSpeed on several ranks, whose
+    put the fewest tokens through the model (``_by_length``). Skipped rows are left out. At least
+    one micro-batch always runs (a stand-in when nothing is left) so that every parameter gets a
+    gradient, zero or not, and the optimizer step is the same as without skipping. ``dist`` (the actor's ``collective``: DeepSpeed on several ranks, whose
     forward and backward are collectives): every rank runs as many micro-batches as the busiest one.
     """
     keep = rows[~skip[rows]]
@@ -273,9 +276,7 @@ class PolicyUpdate:
                         logp, ent = response_logprobs(actor.module, p_ids, batch.response_ids[idx, :width],
                                                       pad_id=pad_id, temperature=self.temp, with_entropy=want_ent)
                         if real:
-                            unique = unique_prompts(p_ids)[0]
-                            tokens["tokens"] = tokens.get("tokens", 0) + len(unique) * max(map(len, unique)) \
-                                + len(p_ids) * width
+                            tokens["tokens"] = tokens.get("tokens", 0) + _forward_tokens(p_ids, width)
                     if real and batch.tree_levels > 1:  # what the plain forward of these edges would take
                         tokens["plain"] = tokens.get("plain", 0) + sum(map(len, unique_prompts(p_ids)[0])) \
                             + int(lens.sum())

@@ -147,7 +147,7 @@ def test_length_grouped_micro_batches_cover_each_row_once_and_cut_padding():
     chunks = pg._by_length(keep, lens, rows, 4)
     assert sorted(torch.cat(chunks).tolist()) == list(range(8))
     assert all(len(c) <= 4 for c in chunks)
-    cost = lambda ch: sum(pg._forward_tokens(c.tolist(), lens.tolist(), rows) for c in ch)  # noqa: E731
+    cost = lambda ch: sum(pg._forward_tokens([rows[i] for i in c], int(lens[c].max())) for c in ch)  # noqa: E731
     in_order = [keep[:4], keep[4:]]
     # all rows by length: [64, 64, 7, 6] and [6, 5, 5, 5], two prompts each: 2×51 + 4×64 + 2×51 + 4×6
     assert cost(chunks) == 484 < cost(in_order) == 2 * (51 + 4 * 64)
