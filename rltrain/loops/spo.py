@@ -115,12 +115,13 @@ def chain_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
         # Each cut state's continuations get only the budget left after it: nothing is generated past
         # the response cap (the tokens are the same as generating further and cutting, see generate()).
         caps = [max(budget - (c + 1), 1) for _, c in state_rows]
-        with progress.phase("mc_values", total=len(state_rows), unit="cut states") as bar:
+        # one generate call for every cut state (shared batching); the bar counts decoded positions
+        with progress.phase("mc_values", total=budget, unit="positions") as bar:
             ro = generate(ctx.actor.module, prefixes, _params(cfg, a.mc_rollouts, budget),
                           eos_token_ids=eos_token_ids(ctx.actor.module, ctx.tok), pad_token_id=pad, tokenizer=ctx.tok,
                           generator=episodes.rollout_generator(cfg.seed + 13, step), first_prompt_index=first_state,
-                          max_new_per_prompt=caps)
-            bar.advance(len(state_rows))
+                          max_new_per_prompt=caps, on_position=bar.update)
+            bar.update(budget)  # an early stop ends the phase
         texts, seq_samples = [], []
         for j in range(len(ro.lengths)):
             row, c = state_rows[int(ro.prompt_index[j])]
@@ -198,10 +199,13 @@ def tree_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
     samples, prompt_ids = [ctx.train[i] for i in idx], [ctx.train_ids[i] for i in idx]
     t0 = time.time()
     ctx.actor.module.eval()
-    trees = sample_tree(ctx.actor.module, prompt_ids, list(a.branching), a.segment_len, cfg.rollout.max_new_tokens,
-                        _params(cfg, 1, cfg.rollout.max_new_tokens), eos_token_ids=eos_token_ids(ctx.actor.module, ctx.tok),
-                        pad_token_id=ctx.tok.pad_token_id, tokenizer=ctx.tok,
-                        generator=episodes.rollout_generator(cfg.seed, step), first_prompt_index=first)
+    with progress.phase("rollout", unit="positions") as bar:  # the bar counts decoded positions
+        trees = sample_tree(ctx.actor.module, prompt_ids, list(a.branching), a.segment_len, cfg.rollout.max_new_tokens,
+                            _params(cfg, 1, cfg.rollout.max_new_tokens),
+                            eos_token_ids=eos_token_ids(ctx.actor.module, ctx.tok), pad_token_id=ctx.tok.pad_token_id,
+                            tokenizer=ctx.tok, generator=episodes.rollout_generator(cfg.seed, step),
+                            first_prompt_index=first, on_position=bar.update)
+        bar.update(bar.total or bar.done)
     ctx.actor.module.train()
     t1 = time.time()
     leaf_refs, texts, leaf_samples = [], [], []

@@ -61,6 +61,13 @@ class Phase:
         self.total = total
         self.owner._update(self)
 
+    def update(self, done: int, total: int | None = None) -> None:
+        """``done`` items of ``total`` (kept if None) so far: the form of a progress callback."""
+        self.done = done
+        if total is not None:
+            self.total = total
+        self.owner._update(self)
+
     @property
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0

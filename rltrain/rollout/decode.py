@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -84,6 +85,8 @@ class DecodeConfig:
     kv_cache: str = "static"
     compact_fraction: float = 0.125
     prompt_budgets: list[int] | None = None  # per-prompt cap on new tokens (one-level trees only)
+    # progress: called after each decoded position as on_position(done, max_new_tokens)
+    on_position: Callable[[int, int], None] | None = None
 
 
 class _Timer:
@@ -291,6 +294,8 @@ def decode_tree(
                 if bool(capped.any()):
                     alive &= ~capped
                     n_alive = int(alive.sum())
+            if cfg.on_position is not None:
+                cfg.on_position(generated + t + 1, cfg.max_new_tokens)
             if n_alive == 0 or t == budget - 1:
                 break
             # Stopped rows stay in the batch (computed, ignored) until they are a fraction of it:

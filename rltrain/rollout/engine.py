@@ -23,6 +23,7 @@ log-probs returned are those of the untruncated ``softmax(logits / T)`` (what th
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -107,6 +108,7 @@ def generate(
     stats: dict[str, float] | None = None,
     first_prompt_index: int = 0,
     max_new_per_prompt: list[int] | None = None,
+    on_position: Callable[[int, int], None] | None = None,
 ) -> Rollout:
     """Sample ``params.n`` responses to each prompt.
 
@@ -131,6 +133,8 @@ def generate(
             a response that reaches its prompt's cap ends there (finish "length"), and its tokens
             equal the first tokens of the uncapped response (SPO-chain's Monte-Carlo continuations
             get the budget left after their cut state and generate nothing past it).
+        on_position: optional progress callback, called after each decoded position as
+            ``on_position(positions done, params.max_new_tokens)`` (the call may end early).
 
     Returns:
         A ``Rollout`` with plain (non-inference) tensors on the CPU.
@@ -155,6 +159,7 @@ def generate(
         kv_cache=kv_cache,
         prompt_budgets=None if max_new_per_prompt is None else
         [min(int(b), params.max_new_tokens) for b in max_new_per_prompt],
+        on_position=on_position,
     )
     was_training = model.training
     model.eval()

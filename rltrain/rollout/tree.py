@@ -15,6 +15,7 @@ Tree values and advantages are computed by ``rltrain.algos.spo`` from ``parent``
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -115,6 +116,7 @@ def sample_tree(
     generator: torch.Generator | None = None,
     max_batch_rows: int = 512,
     first_prompt_index: int = 0,
+    on_position: Callable[[int, int], None] | None = None,
 ) -> list[TokenTree]:
     """Sample one ``TokenTree`` per prompt (see the module docstring for the shape).
 
@@ -130,6 +132,8 @@ def sample_tree(
             ``max(1, max_batch_rows // prod(branching))``. Chunking does not change the samples.
         first_prompt_index: position of ``prompts[0]`` in the caller's whole prompt list, as in
             ``generate``: a rank sampling its slice of a global batch gets the single-process trees.
+        on_position: optional progress callback ``on_position(done, total)`` in decoded positions,
+            ``total`` = chunks × ``max_new_tokens`` (a chunk may end early).
     """
     _check(prompts, branching, segment_len, max_new_tokens)
     cfg = _decode_config(branching, segment_len, max_new_tokens, params, eos_token_ids, pad_token_id,
@@ -138,12 +142,16 @@ def sample_tree(
     for b in branching:
         leaves_per_prompt *= b
     chunk = max(1, max_batch_rows // leaves_per_prompt)
+    starts = range(0, len(prompts), chunk)
     trees: list[TokenTree] = []
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(prompts), chunk):
+        for k, start in enumerate(starts):
             part = prompts[start : start + chunk]
+            if on_position is not None:
+                total = len(starts) * max_new_tokens
+                cfg.on_position = lambda done, _, base=k * max_new_tokens: on_position(base + done, total)
             with torch.inference_mode():
                 levels = decode_tree(model, part, cfg, prompt_offset=first_prompt_index + start)
                 levels = [_to_cpu(lv) for lv in levels]

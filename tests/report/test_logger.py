@@ -118,3 +118,18 @@ def test_live_display_shows_a_steps_bar_and_a_bar_per_open_phase(tmp_path):
     assert "steps" in text and "0/4" in text
     assert "eval" in text and "50/200" in text and "eta" in text
     log.close()
+
+
+def test_phase_update_is_a_progress_callback(capsys):
+    """Phase.update(done, total) sets the count (the rollout engine's on_position callback form)."""
+    from rltrain.report.progress import Progress
+
+    prog = Progress(interval_s=0.0)
+    with prog.phase("mc_values", unit="positions") as p:
+        p.update(16, 64)
+        assert (p.done, p.total) == (16, 64)
+        p.update(32)
+        assert (p.done, p.total) == (32, 64)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("[mc_values] 16/64 (25%) positions") and "eta" in lines[0]
+    assert lines[1].startswith("[mc_values] 32/64 (50%) positions")

@@ -51,3 +51,16 @@ def test_bad_budgets_fail_clearly(tiny_model, prompts):
         _gen(tiny_model, prompts, params, eos_token_ids=[EOS], max_new_per_prompt=[0] * len(prompts))
     with pytest.raises(ValueError, match="prompt_budgets"):
         _gen(tiny_model, prompts, params, eos_token_ids=[EOS], max_new_per_prompt=[3])
+
+
+def test_progress_callback_ends_at_the_last_decoded_position(tiny_model, prompts):
+    """on_position(done, max_new_tokens) after each decoded position, up to the longest capped row;
+    the samples are unchanged by it (progress display for SPO-chain's MC phase)."""
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, n=2)
+    caps = [3, 6] + [4] * max(0, len(prompts) - 2)
+    calls = []
+    seen = _gen(tiny_model, prompts, params, eos_token_ids=[], max_new_per_prompt=caps,
+                on_position=lambda done, total: calls.append((done, total)))
+    plain = _gen(tiny_model, prompts, params, eos_token_ids=[], max_new_per_prompt=caps)
+    assert torch.equal(seen.response_ids, plain.response_ids)
+    assert calls == [(d, 16) for d in range(1, max(caps) + 1)]

@@ -139,3 +139,18 @@ def test_first_prompt_index_places_a_slice_in_the_whole_batch(tiny_model, prompt
     assert [t.token_ids for t in tail] == [t.token_ids for t in whole[1:]]
     unshifted = _tree(tiny_model, prompts[1:], [2, 2], 3, 8, params, [], seed=7)
     assert [t.token_ids for t in unshifted] != [t.token_ids for t in whole[1:]]
+
+
+def test_progress_callback_counts_positions_without_changing_the_trees(tiny_model, prompts):
+    """on_position reports every decoded position, increasing, across prompt chunks; the trees are
+    the ones sampled without it (progress display for SPO-tree's rollout)."""
+    params = SamplingParams(max_new_tokens=8, temperature=1.0)
+    calls = []
+    seen = _tree(tiny_model, prompts, [2, 2], 3, 8, params, [], seed=7, max_batch_rows=4,
+                 on_position=lambda done, total: calls.append((done, total)))
+    plain = _tree(tiny_model, prompts, [2, 2], 3, 8, params, [], seed=7, max_batch_rows=4)
+    assert [t.token_ids for t in seen] == [t.token_ids for t in plain]
+    chunks = len(prompts)  # 4 rows per chunk, 4 leaves per prompt: one prompt per chunk
+    assert {total for _, total in calls} == {chunks * 8}
+    # no EOS: every chunk decodes all 8 positions, so the count runs 1..total without a gap
+    assert [done for done, _ in calls] == list(range(1, chunks * 8 + 1))
