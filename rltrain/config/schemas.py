@@ -158,7 +158,8 @@ class ArithDataConfig(DataConfig):
 
     name: str = "arith"
     difficulty: int = 1
-    """1 = two-digit addition; 2 = 3-digit ±; 3 = three terms; 4 = with a product; 5 = word problems."""
+    """0 = addition up to 20 + 20 (400 questions: lower n_train); 1 = two-digit addition; 2 = 3-digit ±;
+    3 = three terms; 4 = with a product; 5 = word problems."""
     n_train: int = 2000
     n_test: int = 200
     seed: int = 0

@@ -2,6 +2,7 @@
 
 Difficulty levels (``data.difficulty``):
 
+    0  addition of two numbers from 1 to 20   "What is 7 + 16?"    (400 questions in all)
     1  two-digit addition                     "What is 37 + 48?"   (the default task)
     2  three-digit addition or subtraction    "What is 352 - 178?"
     3  three terms, + and -, up to 3 digits   "What is 45 + 378 - 23?"
@@ -38,7 +39,10 @@ class _Level:
     words: bool  # word problem instead of an expression
 
 
+# Level 0 is where the untrained SmolLM2-135M-Instruct samples about a quarter right (T = 0.7; 0.26 over
+# 32 questions × 8 samples, against 0.11 at level 1): issue 17's denser-signal SPO comparison.
 LEVELS: dict[int, _Level] = {
+    0: _Level(n_terms=2, lo=1, hi=20, ops="+", product=False, words=False),
     1: _Level(n_terms=2, lo=10, hi=99, ops="+", product=False, words=False),
     2: _Level(n_terms=2, lo=100, hi=999, ops="+-", product=False, words=False),
     3: _Level(n_terms=3, lo=10, hi=999, ops="+-", product=False, words=False),

@@ -64,6 +64,20 @@ def test_difficulty_1_is_the_two_digit_addition_task():
         assert sample.solution.endswith(f"\\boxed{{{sample.answer}}}.")
 
 
+def test_difficulty_0_is_addition_up_to_20_with_all_400_questions_reachable():
+    splits = arith(difficulty=0, n_train=200, n_test=200, seed=0)
+    pairs = set()
+    for sample in splits.train + splits.test:
+        m = re.fullmatch(r"What is (\d+) \+ (\d+)\? Give the final answer as \\boxed\{N\}\.", sample.question)
+        assert m, sample.question
+        a, b = int(m.group(1)), int(m.group(2))
+        assert 1 <= a <= 20 and 1 <= b <= 20 and sample.answer == str(a + b)
+        pairs.add((a, b))
+    assert len(pairs) == 400  # train and test disjoint, together every question
+    with pytest.raises(ValueError, match="lower data.n_train"):
+        arith(difficulty=0, n_train=2000, n_test=200, seed=0)
+
+
 @pytest.mark.parametrize("difficulty", sorted(LEVELS))
 def test_answers_match_an_independent_reading_of_the_question(difficulty):
     splits = arith(difficulty=difficulty, n_train=200, n_test=20, seed=1)
