@@ -52,10 +52,16 @@ class Phase:
         self.t0 = time.perf_counter()
         self._task = None  # rich task id, on a terminal
         self._next_line = self.t0 + owner.interval_s
+        self._first: tuple[float, int] | None = None  # (time, count) of the first progress reported
 
     def advance(self, k: int = 1) -> None:
         self.done += k
+        self._moved()
         self.owner._update(self)
+
+    def _moved(self) -> None:
+        if self._first is None and self.done > 0:
+            self._first = (time.perf_counter(), self.done)
 
     def set_total(self, total: int | None) -> None:
         self.total = total
@@ -66,6 +72,7 @@ class Phase:
         self.done = done
         if total is not None:
             self.total = total
+        self._moved()
         self.owner._update(self)
 
     @property
@@ -73,10 +80,17 @@ class Phase:
         return time.perf_counter() - self.t0
 
     def eta(self) -> float | None:
-        """Seconds left at the rate so far (None without a total or before the first item)."""
+        """Seconds left at the rate since the first item was reported, once a later one has been,
+        so a start-up cost paid before the first item (a prefill before the first decoded
+        position) does not inflate the estimate; until then the rate since the phase began. None
+        without a total or before the first item."""
         if not self.total or self.done <= 0:
             return None
-        return self.elapsed / self.done * max(0, self.total - self.done)
+        left = max(0, self.total - self.done)
+        t_first, n_first = self._first or (self.t0, 0)
+        if self.done > n_first:
+            return (time.perf_counter() - t_first) / (self.done - n_first) * left
+        return self.elapsed / self.done * left
 
     def line(self) -> str:
         """The plain progress line of this phase."""

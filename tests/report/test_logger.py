@@ -133,3 +133,20 @@ def test_phase_update_is_a_progress_callback(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("[mc_values] 16/64 (25%) positions") and "eta" in lines[0]
     assert lines[1].startswith("[mc_values] 32/64 (50%) positions")
+
+
+def test_eta_uses_the_rate_after_the_first_item(monkeypatch):
+    """A phase that pays 100 s before its first item (a prefill) and then does an item a second
+    estimates the rest at one second per item, not at (100 + k) / k."""
+    from rltrain.report import progress as prog_mod
+
+    now = [0.0]
+    monkeypatch.setattr(prog_mod.time, "perf_counter", lambda: now[0])
+    p = prog_mod.Progress(quiet=True)
+    with p.phase("mc_values", total=64, unit="positions") as ph:
+        now[0] = 100.0
+        ph.update(1)
+        assert ph.eta() == 100.0 / 1 * 63  # one item seen: the only rate there is
+        now[0] = 110.0
+        ph.update(11)
+        assert ph.eta() == 53.0  # 10 items in 10 s since the first: 53 left
