@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rltrain.engine.model import final_norm
 from rltrain.rollout.kv_cache import PreallocatedCache
 from rltrain.rollout.sampling import node_seed, sample_next, segment_uniforms
 from rltrain.rollout.stops import StopStrings
@@ -87,6 +88,10 @@ class DecodeConfig:
     prompt_budgets: list[int] | None = None  # per-prompt cap on new tokens (one-level trees only)
     # progress: called after each decoded position as on_position(done, max_new_tokens)
     on_position: Callable[[int, int], None] | None = None
+    # shared prefill: prompt i is a prefix of sources[source_of[i]]; the sources are encoded once and
+    # each prompt's KV is its source's first len(prompt) positions (SPO-chain's cut states of a row)
+    sources: list[list[int]] | None = None
+    source_of: list[int] | None = None
 
 
 class _Timer:
@@ -189,48 +194,22 @@ def decode_tree(
     if cfg.prompt_budgets is not None and (depth_count != 1 or len(cfg.prompt_budgets) != len(prompts)
                                            or min(cfg.prompt_budgets) < 1):
         raise ValueError("decode_tree: prompt_budgets needs one level and one budget >= 1 per prompt")
+    if cfg.sources is not None:
+        if cfg.source_of is None or len(cfg.source_of) != len(prompts) or any(
+                not 0 <= r < len(cfg.sources) or cfg.sources[r][: len(p)] != list(p) or len(p) > len(cfg.sources[r])
+                for p, r in zip(prompts, cfg.source_of)):
+            raise ValueError("decode_tree: every prompt must be a prefix of its source (sources[source_of[i]])")
     keep_arg = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     cache_key = cache_kwarg(model)
     eos = torch.tensor(sorted(set(cfg.eos_token_ids)), dtype=torch.long, device=device)
 
-    # ---- prefill: every prompt once, left-padded -------------------------------------------------
     n_prompts = len(prompts)
     prompt_lens = torch.tensor([len(p) for p in prompts], dtype=torch.long)  # [P]
-    width = int(prompt_lens.max())
-    capacity = width + cfg.max_new_tokens
-    _check_sliding_window(model, capacity)
-    ids = torch.full((n_prompts, width), cfg.pad_token_id, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-    col = torch.arange(width)
-    valid = col.unsqueeze(0) >= (width - prompt_lens).unsqueeze(1)  # [P, W] bool
-    positions = (col.unsqueeze(0) - (width - prompt_lens).unsqueeze(1)).clamp_(min=0)  # [P, W]
-    bias = torch.zeros((n_prompts, 1, 1, capacity), dtype=dtype)  # [P, 1, 1, C] additive mask
-    bias[:, 0, 0, :width].masked_fill_(~valid, neg)
-    causal = col.unsqueeze(0) <= col.unsqueeze(1)  # [W(query), W(key)]
-    prefill_mask = bias[:, :, :, :width].expand(n_prompts, 1, width, width).masked_fill(~causal, neg)  # [P,1,W,W]
-
-    cache = PreallocatedCache(capacity) if cfg.kv_cache == "static" else _dynamic_cache(model)
-    with timer("prefill"):
-        out = model(
-            input_ids=ids.to(device),
-            attention_mask=prefill_mask.to(device),
-            position_ids=positions.to(device),
-            use_cache=True,
-            **{cache_key: cache},
-            **keep_arg,
-        )
-    returned = output_cache(out)
-    batch = _Batch(
-        cache=returned if returned is not None else cache,
-        logits=out.logits[:, -1].float(),
-        bias=bias.to(device),
-        next_pos=prompt_lens.to(device),
-        history=torch.zeros((n_prompts, cfg.max_new_tokens), dtype=torch.long, device=device) if cfg.stop else None,
-        cache_len=width,
-        cache_key=cache_key,
-    )
-    del out
+    if cfg.sources is not None:
+        with timer("prefill"):
+            batch = _prefill_shared(model, prompts, prompt_lens, cfg, dtype, neg, device, cache_key, keep_arg)
+    else:
+        batch = _prefill(model, prompts, prompt_lens, cfg, dtype, neg, device, cache_key, keep_arg, timer)
     paths: list[tuple[int, ...]] = [(prompt_offset + i,) for i in range(n_prompts)]  # seed path of each row
     row_parent = torch.arange(n_prompts)  # [rows] node index (previous level) of each batch row
     generated = 0  # response tokens so far, identical for every live row
@@ -334,6 +313,100 @@ def decode_tree(
         paths = [paths[i] for i in row_parent.tolist()]
     return levels
 
+
+def _prefill(model, prompts, prompt_lens, cfg: DecodeConfig, dtype, neg, device, cache_key: str, keep_arg: dict,
+             timer) -> "_Batch":
+    """Every prompt encoded once, left-padded: the decoding state at the prompts' last tokens."""
+    n_prompts = len(prompts)
+    width = int(prompt_lens.max())
+    capacity = width + cfg.max_new_tokens
+    _check_sliding_window(model, capacity)
+    ids = torch.full((n_prompts, width), cfg.pad_token_id, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+    col = torch.arange(width)
+    valid = col.unsqueeze(0) >= (width - prompt_lens).unsqueeze(1)  # [P, W] bool
+    positions = (col.unsqueeze(0) - (width - prompt_lens).unsqueeze(1)).clamp_(min=0)  # [P, W]
+    bias = torch.zeros((n_prompts, 1, 1, capacity), dtype=dtype)  # [P, 1, 1, C] additive mask
+    bias[:, 0, 0, :width].masked_fill_(~valid, neg)
+    causal = col.unsqueeze(0) <= col.unsqueeze(1)  # [W(query), W(key)]
+    prefill_mask = bias[:, :, :, :width].expand(n_prompts, 1, width, width).masked_fill(~causal, neg)  # [P,1,W,W]
+
+    cache = PreallocatedCache(capacity) if cfg.kv_cache == "static" else _dynamic_cache(model)
+    with timer("prefill"):
+        out = model(
+            input_ids=ids.to(device),
+            attention_mask=prefill_mask.to(device),
+            position_ids=positions.to(device),
+            use_cache=True,
+            **{cache_key: cache},
+            **keep_arg,
+        )
+    returned = output_cache(out)
+    batch = _Batch(
+        cache=returned if returned is not None else cache,
+        logits=out.logits[:, -1].float(),
+        bias=bias.to(device),
+        next_pos=prompt_lens.to(device),
+        history=torch.zeros((n_prompts, cfg.max_new_tokens), dtype=torch.long, device=device) if cfg.stop else None,
+        cache_len=width,
+        cache_key=cache_key,
+    )
+    return batch
+
+
+def _prefill_shared(model, prompts, prompt_lens, cfg: DecodeConfig, dtype, neg, device, cache_key: str,
+                    keep_arg: dict) -> "_Batch":
+    """``cfg.sources`` encoded once, left-padded; prompt ``i`` is given the cache row of its source
+    with the columns past its own length masked out, its position ids continue at ``len(prompt)``
+    and its first logits are the head at its last token (from the final hidden states). The keys
+    and values of a token depend only on the tokens up to it, so this is the per-prompt prefill
+    without re-encoding shared prefixes (up to float rounding)."""
+    sources, source_of = cfg.sources, torch.tensor(cfg.source_of, dtype=torch.long)
+    src_lens = torch.tensor([len(x) for x in sources], dtype=torch.long)  # [R]
+    width = int(src_lens.max())
+    capacity = width + cfg.max_new_tokens
+    _check_sliding_window(model, capacity)
+    n_src = len(sources)
+    ids = torch.full((n_src, width), cfg.pad_token_id, dtype=torch.long)
+    for r, x in enumerate(sources):
+        ids[r, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+    col = torch.arange(width)
+    first = width - src_lens  # [R] column of each source's first token
+    valid = col.unsqueeze(0) >= first.unsqueeze(1)  # [R, W]
+    positions = (col.unsqueeze(0) - first.unsqueeze(1)).clamp_(min=0)
+    src_bias = torch.zeros((n_src, 1, 1, width), dtype=dtype).masked_fill_(~valid[:, None, None], neg)
+    causal = col.unsqueeze(0) <= col.unsqueeze(1)
+    prefill_mask = src_bias.expand(n_src, 1, width, width).masked_fill(~causal, neg)
+    cache = PreallocatedCache(capacity) if cfg.kv_cache == "static" else _dynamic_cache(model)
+    norm, head = final_norm(model), model.get_output_embeddings()
+    if norm is None or head is None:
+        raise ValueError("decode_tree: shared prefixes need a model with a final norm and an LM head")
+    seen = {}
+    hook = norm.register_forward_hook(lambda mod, args, output: seen.__setitem__("hidden", output))
+    try:
+        out = model(input_ids=ids.to(device), attention_mask=prefill_mask.to(device),
+                    position_ids=positions.to(device), use_cache=True, **{cache_key: cache}, **keep_arg)
+    finally:
+        hook.remove()
+    last = first[source_of] + prompt_lens - 1  # [P] column of each prompt's last token
+    # the head at each prompt's last token (the model itself ran it on the sources' last tokens only)
+    logits = head(seen["hidden"][source_of.to(device), last.to(device)].unsqueeze(1))[:, -1].float()
+    returned = output_cache(out)
+    cache = returned if returned is not None else cache
+    cache.batch_select_indices(source_of.to(device))  # one cache row per prompt (filled columns copied)
+    own = (col.unsqueeze(0) >= first[source_of].unsqueeze(1)) & (col.unsqueeze(0) <= last.unsqueeze(1))  # [P, W]
+    bias = torch.zeros((len(prompts), 1, 1, capacity), dtype=dtype)
+    bias[:, 0, 0, :width].masked_fill_(~own, neg)
+    return _Batch(
+        cache=cache,
+        logits=logits,
+        bias=bias.to(device),
+        next_pos=prompt_lens.to(device),
+        history=torch.zeros((len(prompts), cfg.max_new_tokens), dtype=torch.long, device=device) if cfg.stop else None,
+        cache_len=width,
+        cache_key=cache_key,
+    )
 
 @dataclass
 class _Batch:

@@ -109,6 +109,7 @@ def generate(
     first_prompt_index: int = 0,
     max_new_per_prompt: list[int] | None = None,
     on_position: Callable[[int, int], None] | None = None,
+    shared_prefixes: tuple[list[list[int]], list[int]] | None = None,
 ) -> Rollout:
     """Sample ``params.n`` responses to each prompt.
 
@@ -135,6 +136,10 @@ def generate(
             get the budget left after their cut state and generate nothing past it).
         on_position: optional progress callback, called after each decoded position as
             ``on_position(positions done, params.max_new_tokens)`` (the call may end early).
+        shared_prefixes: optional ``(sources, source_of)``: ``prompts[i]`` is a prefix of
+            ``sources[source_of[i]]``. The sources are encoded once and each prompt starts from its
+            source's cached keys and values, so prompts that share a prefix (SPO-chain's cut states
+            of one response) do not each re-encode it; same samples up to float rounding.
 
     Returns:
         A ``Rollout`` with plain (non-inference) tensors on the CPU.
@@ -160,6 +165,8 @@ def generate(
         prompt_budgets=None if max_new_per_prompt is None else
         [min(int(b), params.max_new_tokens) for b in max_new_per_prompt],
         on_position=on_position,
+        sources=None if shared_prefixes is None else [list(x) for x in shared_prefixes[0]],
+        source_of=None if shared_prefixes is None else [int(r) for r in shared_prefixes[1]],
     )
     was_training = model.training
     model.eval()

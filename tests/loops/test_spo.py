@@ -87,6 +87,9 @@ def test_spo_chain_learns_toy_reward(tmp_path):
     assert all(r["spo/cut_states"] > 0 for r in steps)
     # MC continuations stop at the budget left after their cut state: nothing generated is thrown away.
     assert all(r["spo/mc_tokens"] <= 1.05 * r["spo/mc_tokens_used"] for r in steps)
+    # Each response with cut states is encoded once for its MC continuations, not once per state.
+    assert all(r["spo/mc_prefill_tokens"] < r["spo/mc_prefill_tokens_unshared"] for r in steps if r["spo/cut_states"] > 16)
+    assert any(r["spo/cut_states"] > 16 for r in steps)
     assert all("mismatch/abs_dlogp_mean" in r and r["mismatch/abs_dlogp_mean"] < 1e-3 for r in steps)  # fp32 tiny
     first = sum(r["reward/mean"] for r in steps[:2]) / 2
     last = sum(r["reward/mean"] for r in steps[-2:]) / 2

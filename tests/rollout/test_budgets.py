@@ -64,3 +64,24 @@ def test_progress_callback_ends_at_the_last_decoded_position(tiny_model, prompts
     plain = _gen(tiny_model, prompts, params, eos_token_ids=[], max_new_per_prompt=caps)
     assert torch.equal(seen.response_ids, plain.response_ids)
     assert calls == [(d, 16) for d in range(1, max(caps) + 1)]
+
+
+@pytest.mark.parametrize("kv_cache", ["static", "dynamic"])
+def test_shared_prefixes_sample_what_separate_prefills_sample(tiny_model, prompts, kv_cache):
+    """Prompts that are prefixes of a few sources (SPO-chain's cut states of one response), started
+    from their source's cached keys and values, give the samples of encoding each prompt alone, with
+    the same log-probs up to float rounding, and with per-prompt caps too."""
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, n=3)
+    sources = [p + [7, 8, 9, 10, 11, 12][: 3 + i] for i, p in enumerate(prompts[:3])]
+    cuts = [(0, len(prompts[0]) + 1), (0, len(sources[0])), (1, len(prompts[1])), (2, len(prompts[2]) + 2),
+            (1, len(sources[1]) - 1), (2, len(sources[2]))]  # (source, prefix length), nested and whole
+    states = [sources[r][:n] for r, n in cuts]
+    caps = [4, 10, 7, 1, 10, 3]
+    alone = _gen(tiny_model, states, params, eos_token_ids=[], kv_cache=kv_cache, max_new_per_prompt=caps)
+    shared = _gen(tiny_model, states, params, eos_token_ids=[], kv_cache=kv_cache, max_new_per_prompt=caps,
+                  shared_prefixes=(sources, [r for r, _ in cuts]))
+    assert torch.equal(shared.response_ids, alone.response_ids)
+    assert torch.equal(shared.lengths, alone.lengths)
+    torch.testing.assert_close(shared.logprobs, alone.logprobs, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="prefix of its source"):
+        _gen(tiny_model, [prompts[0] + [99]], params, eos_token_ids=[], shared_prefixes=([prompts[0] + [98]], [0]))
