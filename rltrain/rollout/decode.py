@@ -314,70 +314,68 @@ def decode_tree(
     return levels
 
 
-def _prefill(model, prompts, prompt_lens, cfg: DecodeConfig, dtype, neg, device, cache_key: str, keep_arg: dict,
-             timer) -> "_Batch":
-    """Every prompt encoded once, left-padded: the decoding state at the prompts' last tokens."""
-    n_prompts = len(prompts)
-    width = int(prompt_lens.max())
-    capacity = width + cfg.max_new_tokens
-    _check_sliding_window(model, capacity)
-    ids = torch.full((n_prompts, width), cfg.pad_token_id, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+def _left_padded(seqs: list[list[int]], pad_id: int, dtype, neg):
+    """``seqs`` left-padded into one batch: ``ids [N, W]``, each row's first column ``[N]``, position
+    ids ``[N, W]``, the padding bias ``[N, 1, 1, W]`` (additive) and the causal prefill mask
+    ``[N, 1, W, W]``."""
+    lens = torch.tensor([len(x) for x in seqs], dtype=torch.long)
+    width = int(lens.max())
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    for i, x in enumerate(seqs):
+        ids[i, width - len(x) :] = torch.tensor(x, dtype=torch.long)
     col = torch.arange(width)
-    valid = col.unsqueeze(0) >= (width - prompt_lens).unsqueeze(1)  # [P, W] bool
-    positions = (col.unsqueeze(0) - (width - prompt_lens).unsqueeze(1)).clamp_(min=0)  # [P, W]
-    bias = torch.zeros((n_prompts, 1, 1, capacity), dtype=dtype)  # [P, 1, 1, C] additive mask
-    bias[:, 0, 0, :width].masked_fill_(~valid, neg)
+    first = width - lens
+    valid = col.unsqueeze(0) >= first.unsqueeze(1)  # [N, W] bool
+    positions = (col.unsqueeze(0) - first.unsqueeze(1)).clamp_(min=0)  # [N, W]
+    pad_bias = torch.zeros((len(seqs), 1, 1, width), dtype=dtype).masked_fill_(~valid[:, None, None], neg)
     causal = col.unsqueeze(0) <= col.unsqueeze(1)  # [W(query), W(key)]
-    prefill_mask = bias[:, :, :, :width].expand(n_prompts, 1, width, width).masked_fill(~causal, neg)  # [P,1,W,W]
+    prefill_mask = pad_bias.expand(len(seqs), 1, width, width).masked_fill(~causal, neg)
+    return ids, first, positions, pad_bias, prefill_mask
 
-    cache = PreallocatedCache(capacity) if cfg.kv_cache == "static" else _dynamic_cache(model)
-    with timer("prefill"):
-        out = model(
-            input_ids=ids.to(device),
-            attention_mask=prefill_mask.to(device),
-            position_ids=positions.to(device),
-            use_cache=True,
-            **{cache_key: cache},
-            **keep_arg,
-        )
-    returned = output_cache(out)
-    batch = _Batch(
-        cache=returned if returned is not None else cache,
-        logits=out.logits[:, -1].float(),
+
+def _new_batch(cache, logits, bias, prompt_lens, cfg: DecodeConfig, width: int, device, cache_key: str) -> "_Batch":
+    return _Batch(
+        cache=cache,
+        logits=logits,
         bias=bias.to(device),
         next_pos=prompt_lens.to(device),
-        history=torch.zeros((n_prompts, cfg.max_new_tokens), dtype=torch.long, device=device) if cfg.stop else None,
+        history=torch.zeros((len(prompt_lens), cfg.max_new_tokens), dtype=torch.long, device=device)
+        if cfg.stop else None,
         cache_len=width,
         cache_key=cache_key,
     )
-    return batch
+
+
+def _prefill(model, prompts, prompt_lens, cfg: DecodeConfig, dtype, neg, device, cache_key: str, keep_arg: dict,
+             timer) -> "_Batch":
+    """Every prompt encoded once, left-padded: the decoding state at the prompts' last tokens."""
+    ids, _, positions, pad_bias, prefill_mask = _left_padded(prompts, cfg.pad_token_id, dtype, neg)
+    width = ids.shape[1]
+    capacity = width + cfg.max_new_tokens
+    _check_sliding_window(model, capacity)
+    bias = torch.zeros((len(prompts), 1, 1, capacity), dtype=dtype)  # [P, 1, 1, C] additive mask
+    bias[:, :, :, :width] = pad_bias
+    cache = PreallocatedCache(capacity) if cfg.kv_cache == "static" else _dynamic_cache(model)
+    with timer("prefill"):
+        out = model(input_ids=ids.to(device), attention_mask=prefill_mask.to(device),
+                    position_ids=positions.to(device), use_cache=True, **{cache_key: cache}, **keep_arg)
+    returned = output_cache(out)
+    return _new_batch(returned if returned is not None else cache, out.logits[:, -1].float(), bias, prompt_lens,
+                      cfg, width, device, cache_key)
 
 
 def _prefill_shared(model, prompts, prompt_lens, cfg: DecodeConfig, dtype, neg, device, cache_key: str,
                     keep_arg: dict) -> "_Batch":
     """``cfg.sources`` encoded once, left-padded; prompt ``i`` is given the cache row of its source
     with the columns past its own length masked out, its position ids continue at ``len(prompt)``
-    and its first logits are the head at its last token (from the final hidden states). The keys
+    and its first logits are the head at its last token (from the final norm's output). The keys
     and values of a token depend only on the tokens up to it, so this is the per-prompt prefill
     without re-encoding shared prefixes (up to float rounding)."""
-    sources, source_of = cfg.sources, torch.tensor(cfg.source_of, dtype=torch.long)
-    src_lens = torch.tensor([len(x) for x in sources], dtype=torch.long)  # [R]
-    width = int(src_lens.max())
+    source_of = torch.tensor(cfg.source_of, dtype=torch.long)
+    ids, first, positions, _, prefill_mask = _left_padded(cfg.sources, cfg.pad_token_id, dtype, neg)
+    width = ids.shape[1]
     capacity = width + cfg.max_new_tokens
     _check_sliding_window(model, capacity)
-    n_src = len(sources)
-    ids = torch.full((n_src, width), cfg.pad_token_id, dtype=torch.long)
-    for r, x in enumerate(sources):
-        ids[r, width - len(x) :] = torch.tensor(x, dtype=torch.long)
-    col = torch.arange(width)
-    first = width - src_lens  # [R] column of each source's first token
-    valid = col.unsqueeze(0) >= first.unsqueeze(1)  # [R, W]
-    positions = (col.unsqueeze(0) - first.unsqueeze(1)).clamp_(min=0)
-    src_bias = torch.zeros((n_src, 1, 1, width), dtype=dtype).masked_fill_(~valid[:, None, None], neg)
-    causal = col.unsqueeze(0) <= col.unsqueeze(1)
-    prefill_mask = src_bias.expand(n_src, 1, width, width).masked_fill(~causal, neg)
     cache = PreallocatedCache(capacity) if cfg.kv_cache == "static" else _dynamic_cache(model)
     norm, head = final_norm(model), model.get_output_embeddings()
     if norm is None or head is None:
@@ -395,18 +393,11 @@ def _prefill_shared(model, prompts, prompt_lens, cfg: DecodeConfig, dtype, neg, 
     returned = output_cache(out)
     cache = returned if returned is not None else cache
     cache.batch_select_indices(source_of.to(device))  # one cache row per prompt (filled columns copied)
+    col = torch.arange(width)
     own = (col.unsqueeze(0) >= first[source_of].unsqueeze(1)) & (col.unsqueeze(0) <= last.unsqueeze(1))  # [P, W]
     bias = torch.zeros((len(prompts), 1, 1, capacity), dtype=dtype)
     bias[:, 0, 0, :width].masked_fill_(~own, neg)
-    return _Batch(
-        cache=cache,
-        logits=logits,
-        bias=bias.to(device),
-        next_pos=prompt_lens.to(device),
-        history=torch.zeros((len(prompts), cfg.max_new_tokens), dtype=torch.long, device=device) if cfg.stop else None,
-        cache_len=width,
-        cache_key=cache_key,
-    )
+    return _new_batch(cache, logits, bias, prompt_lens, cfg, width, device, cache_key)
 
 @dataclass
 class _Batch:
