@@ -205,9 +205,12 @@ def decode_tree(
 
     n_prompts = len(prompts)
     prompt_lens = torch.tensor([len(p) for p in prompts], dtype=torch.long)  # [P]
-    if cfg.sources is not None:
+    # shared prefixes need the final norm's output (the first logits of each prompt); a model whose
+    # norm is not found gets the plain prefill: the same samples, each prefix encoded again
+    norm = final_norm(model) if cfg.sources is not None else None
+    if norm is not None and model.get_output_embeddings() is not None:
         with timer("prefill"):
-            batch = _prefill_shared(model, prompts, prompt_lens, cfg, dtype, neg, device, cache_key, keep_arg)
+            batch = _prefill_shared(model, norm, prompts, prompt_lens, cfg, dtype, neg, device, cache_key, keep_arg)
     else:
         batch = _prefill(model, prompts, prompt_lens, cfg, dtype, neg, device, cache_key, keep_arg, timer)
     paths: list[tuple[int, ...]] = [(prompt_offset + i,) for i in range(n_prompts)]  # seed path of each row
@@ -364,7 +367,7 @@ def _prefill(model, prompts, prompt_lens, cfg: DecodeConfig, dtype, neg, device,
                       cfg, width, device, cache_key)
 
 
-def _prefill_shared(model, prompts, prompt_lens, cfg: DecodeConfig, dtype, neg, device, cache_key: str,
+def _prefill_shared(model, norm, prompts, prompt_lens, cfg: DecodeConfig, dtype, neg, device, cache_key: str,
                     keep_arg: dict) -> "_Batch":
     """``cfg.sources`` encoded once, left-padded; prompt ``i`` is given the cache row of its source
     with the columns past its own length masked out, its position ids continue at ``len(prompt)``
@@ -377,9 +380,7 @@ def _prefill_shared(model, prompts, prompt_lens, cfg: DecodeConfig, dtype, neg, 
     capacity = width + cfg.max_new_tokens
     _check_sliding_window(model, capacity)
     cache = PreallocatedCache(capacity) if cfg.kv_cache == "static" else _dynamic_cache(model)
-    norm, head = final_norm(model), model.get_output_embeddings()
-    if norm is None or head is None:
-        raise ValueError("decode_tree: shared prefixes need a model with a final norm and an LM head")
+    head = model.get_output_embeddings()
     seen = {}
     hook = norm.register_forward_hook(lambda mod, args, output: seen.__setitem__("hidden", output))
     try:

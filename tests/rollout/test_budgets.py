@@ -83,5 +83,15 @@ def test_shared_prefixes_sample_what_separate_prefills_sample(tiny_model, prompt
     assert torch.equal(shared.response_ids, alone.response_ids)
     assert torch.equal(shared.lengths, alone.lengths)
     torch.testing.assert_close(shared.logprobs, alone.logprobs, atol=1e-5, rtol=0)
+    # a model whose final norm is not found falls back to the plain prefill: the same samples
+    import rltrain.rollout.decode as decode
+    orig = decode.final_norm
+    decode.final_norm = lambda model: None
+    try:
+        plain = _gen(tiny_model, states, params, eos_token_ids=[], kv_cache=kv_cache, max_new_per_prompt=caps,
+                     shared_prefixes=(sources, [r for r, _ in cuts]))
+    finally:
+        decode.final_norm = orig
+    assert torch.equal(plain.response_ids, alone.response_ids) and torch.equal(plain.logprobs, alone.logprobs)
     with pytest.raises(ValueError, match="prefix of its source"):
         _gen(tiny_model, [prompts[0] + [99]], params, eos_token_ids=[], shared_prefixes=([prompts[0] + [98]], [0]))
