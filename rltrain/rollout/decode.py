@@ -196,7 +196,7 @@ def decode_tree(
         raise ValueError("decode_tree: prompt_budgets needs one level and one budget >= 1 per prompt")
     if cfg.sources is not None:
         if cfg.source_of is None or len(cfg.source_of) != len(prompts) or any(
-                not 0 <= r < len(cfg.sources) or cfg.sources[r][: len(p)] != list(p) or len(p) > len(cfg.sources[r])
+                not 0 <= r < len(cfg.sources) or cfg.sources[r][: len(p)] != list(p)
                 for p, r in zip(prompts, cfg.source_of)):
             raise ValueError("decode_tree: every prompt must be a prefix of its source (sources[source_of[i]])")
     keep_arg = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}

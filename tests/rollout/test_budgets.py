@@ -67,7 +67,7 @@ def test_progress_callback_ends_at_the_last_decoded_position(tiny_model, prompts
 
 
 @pytest.mark.parametrize("kv_cache", ["static", "dynamic"])
-def test_shared_prefixes_sample_what_separate_prefills_sample(tiny_model, prompts, kv_cache):
+def test_shared_prefixes_sample_what_separate_prefills_sample(tiny_model, prompts, kv_cache, monkeypatch):
     """Prompts that are prefixes of a few sources (SPO-chain's cut states of one response), started
     from their source's cached keys and values, give the samples of encoding each prompt alone, with
     the same log-probs up to float rounding, and with per-prompt caps too."""
@@ -84,14 +84,10 @@ def test_shared_prefixes_sample_what_separate_prefills_sample(tiny_model, prompt
     assert torch.equal(shared.lengths, alone.lengths)
     torch.testing.assert_close(shared.logprobs, alone.logprobs, atol=1e-5, rtol=0)
     # a model whose final norm is not found falls back to the plain prefill: the same samples
-    import rltrain.rollout.decode as decode
-    orig = decode.final_norm
-    decode.final_norm = lambda model: None
-    try:
+    with monkeypatch.context() as m:
+        m.setattr("rltrain.rollout.decode.final_norm", lambda model: None)
         plain = _gen(tiny_model, states, params, eos_token_ids=[], kv_cache=kv_cache, max_new_per_prompt=caps,
                      shared_prefixes=(sources, [r for r, _ in cuts]))
-    finally:
-        decode.final_norm = orig
     assert torch.equal(plain.response_ids, alone.response_ids) and torch.equal(plain.logprobs, alone.logprobs)
     with pytest.raises(ValueError, match="prefix of its source"):
         _gen(tiny_model, [prompts[0] + [99]], params, eos_token_ids=[], shared_prefixes=([prompts[0] + [98]], [0]))
