@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 # Words of the one-line message, by what the user has to fix.
-KINDS = ("config", "data", "reward", "model", "launch")
+KINDS = ("config", "data", "reward", "model", "launch", "disk")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "name" or "org/name"
 
@@ -61,9 +61,11 @@ class PreflightError(Exception):
 
 def user_error_kind(exc: BaseException) -> str | None:
     """The kind word of a user error (``PreflightError``, ``ConfigError``, the data and reward
-    setup errors), or None for anything else (a bug, or a failure during training)."""
+    setup errors, a checkpoint that does not fit on the disk), or None for anything else (a bug,
+    or a failure during training)."""
     from rltrain.config import ConfigError
     from rltrain.data.base import DataError
+    from rltrain.engine.checkpoint import CheckpointSpaceError
 
     if isinstance(exc, PreflightError):
         return exc.kind
@@ -73,6 +75,8 @@ def user_error_kind(exc: BaseException) -> str | None:
         return "data"
     if isinstance(exc, _reward_setup_error()):
         return "reward"
+    if isinstance(exc, CheckpointSpaceError):
+        return "disk"
     return None
 
 

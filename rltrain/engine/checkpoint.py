@@ -15,9 +15,15 @@ Layout of a run directory::
 A checkpoint is written into ``step_N.tmp-<pid>`` and renamed into place only after every file is
 flushed and ``COMPLETE`` exists, so a process killed mid-write leaves only a ``.tmp`` directory,
 which ``latest_checkpoint`` never picks (and the next save removes).
+
+A checkpoint that does not fit on the disk is not started: ``save_checkpoint`` compares the free
+space with the bytes it is about to write and raises :class:`CheckpointSpaceError` (also when the
+disk fills up while writing), after removing its staging directory; the checkpoints already on
+disk are untouched, so the run resumes from the last of them once space is freed.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -27,6 +33,22 @@ import numpy as np
 import torch
 
 COMPLETE = "COMPLETE"
+_MARGIN = 32 << 20  # bytes kept free beyond a checkpoint's tensors (file headers, tokenizer, metadata)
+
+
+class CheckpointSpaceError(OSError):
+    """A checkpoint does not fit in the free space of its disk (the CLI prints it as one line)."""
+
+
+def tensor_bytes(obj) -> int:
+    """Bytes of every tensor in a nested dict / list / tuple (what ``torch.save`` writes, give or take headers)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def _fsync_tree(path: Path) -> None:
@@ -74,20 +96,38 @@ def staging_dir(run_dir: str | Path, step: int) -> Path:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, *, trainer_state: dict, policy_writer=None, keep: int = 2,
-                    staging: Path | None = None) -> Path:
+                    staging: Path | None = None, policy_bytes: int = 0) -> Path:
     """Write checkpoint ``step`` atomically; ``policy_writer(dir)`` writes the HF policy into dir.
 
     Only rank 0 calls this. ``staging``: a directory from ``staging_dir`` that other ranks have
-    already written their shards into; None = make a fresh one.
+    already written their shards into; None = make a fresh one. ``policy_bytes``: what
+    ``policy_writer`` will write, for the free-space check (trainer.pt's size is counted here).
+
+    Raises:
+        CheckpointSpaceError: the disk has less free space than the checkpoint needs, or filled up
+            while it was written; the staging directory is removed and older checkpoints are kept.
     """
     root = Path(run_dir) / "checkpoints"
     tmp = staging if staging is not None else staging_dir(run_dir, step)
     final = root / f"step_{step:06d}"
-    if policy_writer is not None:
-        policy_writer(tmp / "policy")
-    torch.save({"step": step, "rng": rng_state(), **trainer_state}, tmp / "trainer.pt")
-    _fsync_tree(tmp)
-    (tmp / COMPLETE).write_text(str(step))
+    need = policy_bytes + tensor_bytes(trainer_state) + _MARGIN
+    free = shutil.disk_usage(tmp).free
+    if free < need:
+        _abandon(tmp, root, step, f"it needs about {need >> 20} MB and {free >> 20} MB are free")
+    try:
+        if policy_writer is not None:
+            policy_writer(tmp / "policy")
+        with open(tmp / "trainer.pt", "wb") as f:  # a Python file: a full disk raises OSError(ENOSPC)
+            torch.save({"step": step, "rng": rng_state(), **trainer_state}, f)
+        _fsync_tree(tmp)
+        (tmp / COMPLETE).write_text(str(step))
+    except (OSError, RuntimeError) as err:
+        # torch's writer reports a failed write as RuntimeError ("unexpected pos ..."), so a full
+        # disk is recognised by its errno where there is one, else by the space left.
+        full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or shutil.disk_usage(tmp).free < _MARGIN
+        if not full:
+            raise
+        _abandon(tmp, root, step, f"the disk filled up while writing it ({need >> 20} MB expected)", err)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
@@ -95,6 +135,18 @@ def save_checkpoint(run_dir: str | Path, step: int, *, trainer_state: dict, poli
     for old in complete[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _abandon(tmp: Path, root: Path, step: int, why: str, cause: BaseException | None = None) -> None:
+    """Remove the staging directory of checkpoint ``step`` and raise CheckpointSpaceError."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    last = latest_checkpoint(root.parent)
+    kept = (f"the last complete checkpoint ({last.name}) is intact and resume=auto continues from it"
+            if last is not None else "no earlier checkpoint exists")
+    err = CheckpointSpaceError(f"no space for checkpoint step {step} in {root}: {why}; {kept}. Free space on "
+                               f"that disk, lower checkpoint.keep, or set hydra.run.dir to a larger disk")
+    err.errno = errno.ENOSPC
+    raise err from cause
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -14,7 +14,8 @@ import torch
 
 from rltrain.algos import passk
 from rltrain.config import EvalConfig, RunConfig
-from rltrain.engine.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, save_hf, staging_dir
+from rltrain.engine.checkpoint import (latest_checkpoint, load_trainer_state, save_checkpoint, save_hf, staging_dir,
+                                      tensor_bytes)
 from rltrain.engine.dist import Dist
 from rltrain.engine.lora import is_lora, merged_state_dict
 from rltrain.loops import eval_cache, setup
@@ -178,7 +179,8 @@ def save(cfg: RunConfig, dist: Dist, ts: TrainState, actor, tokenizer, engines: 
         full = merged_state_dict(full, actor.module.rltrain_lora_scaling)
     if dist.is_main:
         save_checkpoint(cfg.run_dir, ts.step, trainer_state=state, keep=cfg.checkpoint.keep, staging=staging,
-                        policy_writer=lambda d: save_hf(actor.module, tokenizer, d, state_dict=full))
+                        policy_writer=lambda d: save_hf(actor.module, tokenizer, d, state_dict=full),
+                        policy_bytes=tensor_bytes(full))
     dist.barrier()
 
 
