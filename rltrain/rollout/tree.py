@@ -16,7 +16,7 @@ Tree values and advantages are computed by ``rltrain.algos.spo`` from ``parent``
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -143,17 +143,17 @@ def sample_tree(
         leaves_per_prompt *= b
     chunk = max(1, max_batch_rows // leaves_per_prompt)
     starts = range(0, len(prompts), chunk)
+    total_positions = len(starts) * max_new_tokens
     trees: list[TokenTree] = []
     was_training = model.training
     model.eval()
     try:
         for k, start in enumerate(starts):
             part = prompts[start : start + chunk]
-            if on_position is not None:
-                total = len(starts) * max_new_tokens
-                cfg.on_position = lambda done, _, base=k * max_new_tokens: on_position(base + done, total)
+            chunk_cfg = cfg if on_position is None else replace(  # positions counted over all chunks
+                cfg, on_position=lambda done, _, base=k * max_new_tokens: on_position(base + done, total_positions))
             with torch.inference_mode():
-                levels = decode_tree(model, part, cfg, prompt_offset=first_prompt_index + start)
+                levels = decode_tree(model, part, chunk_cfg, prompt_offset=first_prompt_index + start)
                 levels = [_to_cpu(lv) for lv in levels]
             trees.extend(_build_trees(part, levels))
     finally:

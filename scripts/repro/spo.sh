@@ -38,6 +38,9 @@ declare -A CELLS=(
   [E3_chain]="algo=spo_chain algo.kl_coef=0 train.epochs=2 train.minibatches_per_step=2 train.steps=1000 train.time_budget_s=$BUDGET_S"
   [E3_tree]="algo=spo_tree algo.kl_coef=0 algo.branching=[4,2] train.steps=1000 train.time_budget_s=$BUDGET_S"
 )
+# A cell whose settings are another's defaults reuses that run (a symlink) once it is finished:
+# E2's batch × mask cell is E1's chain (adv_whiten=batch and prob_mask=true are the chain's defaults).
+declare -A SAME_AS=([E2_chain_batch_mask]=E1_chain)
 for s in $SEEDS; do
   for d in $DIFFS; do
     extra=()
@@ -46,6 +49,10 @@ for s in $SEEDS; do
       for cell in $(printf '%s\n' "${!CELLS[@]}" | grep "^${exp}_" | sort); do
         dir="$OUT/${cell}_d${d}_s${s}"
         if finished "$dir"; then echo "== $dir: finished, skipped"; continue; fi
+        same=${SAME_AS[$cell]:-}
+        if [ -n "$same" ] && [ ! -e "$dir" ] && finished "$OUT/${same}_d${d}_s${s}"; then
+          ln -s "${same}_d${d}_s${s}" "$dir"; echo "== $dir: the same run as ${same}_d${d}_s${s}, linked"; continue
+        fi
         # shellcheck disable=SC2086  # a cell's overrides are words
         echo "== $dir: ${CELLS[$cell]} data.difficulty=$d seed=$s ${extra[*]}"
         $RL ${CELLS[$cell]} "data.difficulty=$d" "seed=$s" "${extra[@]}" "${common[@]}" "hydra.run.dir=$dir"
