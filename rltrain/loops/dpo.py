@@ -23,7 +23,7 @@ prompts (so one pass over the round's pairs). The reference is the initial polic
 
 Reference log-probs: offline with ``algo.cache_ref_logps=true`` (default) they are computed once
 by the initial policy before training, for every pair the run will use, and cached on disk
-(``algo.ref_cache_dir``, default the run directory, keyed by model, data and lengths); the
+(``algo.ref_cache_dir``, default the run directory, keyed by model and its weight files, data and lengths); the
 reference model is loaded only to fill the cache and not kept. Otherwise a frozen reference model
 (``setup.build_reference``) forwards each batch.
 ``algo.reference_free=true`` uses a uniform reference (log-ratio 0) and loads none.
@@ -57,6 +57,7 @@ from rltrain.algos.dpo import dpo_loss
 from rltrain.config import ConfigError, RunConfig
 from rltrain.data import PREFERENCE_DATASETS
 from rltrain.engine.dist import Dist
+from rltrain.engine.model import resolve_path
 from rltrain.loops import episodes, lifecycle, setup
 from rltrain.config import option_kwargs
 from rltrain.rollout import forward
@@ -104,10 +105,25 @@ def build_context(cfg: RunConfig, dist: Dist) -> tuple[setup.Context, ReferenceL
                                     ctx.pad, "test"))
 
 
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt")
+
+
+def weight_files_stamp(directory: str | None) -> list[tuple[str, int, int]]:
+    """(name, size, mtime_ns) of a local model directory's weight files; [] for a hub id or None.
+    Weights rewritten in place under the same path change the stamp, so a shared
+    ``algo.ref_cache_dir`` never serves the old model's log-probs."""
+    if not directory or not Path(directory).is_dir():
+        return []
+    files = sorted({f for pat in WEIGHT_FILES for f in Path(directory).glob(pat)})
+    return [(f.name, (st := f.stat()).st_size, st.st_mtime_ns) for f in files]
+
+
 def cache_key(cfg: RunConfig, split: str) -> str:
-    """What the reference log-probs of a split depend on: model, data, rendering, lengths."""
+    """What the reference log-probs of a split depend on: model (and its weight files), data,
+    rendering, lengths."""
     m, a = cfg.model, cfg.algo
-    model = {"name": m.name, "path": m.path, "dtype": m.dtype}
+    model = {"name": m.name, "path": m.path, "dtype": m.dtype,
+             "weights": weight_files_stamp(resolve_path(m.name, m.path))}
     if m.name == "tiny":
         model.update(seed=cfg.seed, hidden=m.tiny_hidden_size, layers=m.tiny_layers)
     key = {"model": model, "data": {"name": cfg.data.name, **option_kwargs(cfg.data)},

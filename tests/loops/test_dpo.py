@@ -111,6 +111,19 @@ def test_reference_cache_is_computed_once_and_keyed_by_the_lengths(tmp_path, mon
         dpo.cached_reference_logps(cfg, Dist(), lambda: model, pairs, [0, 2], 0, "train")
 
 
+def test_reference_cache_key_changes_when_the_weights_at_the_same_path_are_rewritten(tmp_path):
+    model, tok = load_model("tiny", seed=0)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    cfg = to_run_config(compose_or_explain(["algo=dpo", "model=tiny", f"model.path={tmp_path / 'm'}",
+                                            "data=synthetic_prefs"]))
+    before = dpo.cache_key(cfg, "train")
+    assert dpo.cache_key(cfg, "train") == before  # stable while nothing changes
+    load_model("tiny", seed=1)[0].save_pretrained(tmp_path / "m")  # other weights, same path
+    assert dpo.cache_key(cfg, "train") != before
+    assert dpo.weight_files_stamp("HuggingFaceTB/SmolLM2-135M-Instruct") == []  # a hub id: no local files
+
+
 # --------------------------------------------------------------------------- offline DPO, real CLI
 
 
