@@ -86,6 +86,7 @@ class LocalActor:
             self._mixed_precision_hooks(model)
         # Same seed on every rank: the compute copies stay identical across ranks.
         self._round_gen = torch.Generator().manual_seed(0x5EED)
+        self._round_state = self._round_gen.get_state()
         self.optimizer = torch.optim.AdamW(
             self.master, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay
         )
@@ -142,13 +143,19 @@ class LocalActor:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.master is not self.params:
-            with torch.no_grad():
-                for m, p in zip(self.master, self.params):
-                    if p.dtype == torch.bfloat16:
-                        p.copy_(stochastic_round_bf16(m, self._round_gen))
-                    else:
-                        p.copy_(m)
+            self._refresh_compute_copy()
         return float(grad_norm)
+
+    def _refresh_compute_copy(self) -> None:
+        """Round the masters into the compute module (stochastically into bf16). The generator's
+        state before the rounding is kept so that a checkpoint can rebuild this exact copy."""
+        self._round_state = self._round_gen.get_state()
+        with torch.no_grad():
+            for m, p in zip(self.master, self.params):
+                if p.dtype == torch.bfloat16:
+                    p.copy_(stochastic_round_bf16(m, self._round_gen))
+                else:
+                    p.copy_(m)
 
     @property
     def lr(self) -> float:
@@ -175,11 +182,14 @@ class LocalActor:
         return sd
 
     def state_dict(self) -> dict:
-        return {
+        state = {
             "master": [m.detach() for m in self.master],
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
         }
+        if self.master is not self.params:  # the rounding that made the compute copy, to redo on load
+            state["round_state"] = self._round_state
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if "master" not in state:
@@ -188,9 +198,12 @@ class LocalActor:
         with torch.no_grad():
             for m, saved in zip(self.master, state["master"]):
                 m.copy_(saved)
-            if self.master is not self.params:
-                for m, p in zip(self.master, self.params):
-                    p.copy_(m)
+        if self.master is not self.params:
+            # the same stochastic rounding as the saved run's last step: the same bf16 weights, and
+            # the generator continues where that run's did (resume is exact in bf16 too)
+            if "round_state" in state:
+                self._round_gen.set_state(state["round_state"])
+            self._refresh_compute_copy()
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
