@@ -35,7 +35,7 @@ class PGBatch:
 
     prompt_ids: list[list[int]]
     response_ids: torch.Tensor  # [N, T]
-    mask: torch.Tensor  # [N, T] float, valid response tokens
+    mask: torch.Tensor  # [N, T] float, the tokens the loss is taken over (valid response tokens unless masked)
     advantages: torch.Tensor  # [N, T]
     ref_logp: torch.Tensor | None = None  # [N, T], only when algo.kl_coef > 0 (KL loss)
     old_logp: torch.Tensor | None = None  # [N, T] π_old, when the caller already computed it (PPO)
@@ -46,6 +46,8 @@ class PGBatch:
     families: torch.Tensor | None = None  # [N] long: rows to keep in one micro-batch where they fit (a tree's edges)
     tree_lengths: torch.Tensor | None = None  # [N] segment lengths for the tree forward; a row with length > 0 and
     # no valid token is a carrier: it runs (its KV serves the rows below it) but has no loss
+    log_mask: torch.Tensor | None = None  # [N, T] the valid response tokens the logged entropy is taken over,
+    # where ``mask`` is a subset of them (SPO's probability mask with the kept-token denominator); None: ``mask``
 
 
 def _packed(keep: torch.Tensor, families: torch.Tensor | None, size: int) -> list[torch.Tensor]:
@@ -323,8 +325,8 @@ class PolicyUpdate:
         out["perf/update_tokens"] = n[0].item()  # through the model, padding included, all epochs
         if batch.tree_levels > 1:
             out["perf/update_tokens_plain"] = n[1].item()
-        if log_ent is not None:
-            out.update(entropy_stats(log_ent, mask, dist))
+        if log_ent is not None:  # over every response token, whichever of them the loss is taken over
+            out.update(entropy_stats(log_ent, mask if batch.log_mask is None else batch.log_mask.bool(), dist))
         elif all_ent:
             T = batch.response_ids.shape[1]
             e = torch.cat([torch.nn.functional.pad(x, (0, T - x.shape[1])) for x, _ in all_ent])

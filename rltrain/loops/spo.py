@@ -422,7 +422,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         stats["spo/zero_adv_token_frac"] = float(((adv == 0) & keep).sum()) / max(float(keep.sum()), 1.0)
         # step 4: the shared policy update
         batch = PGBatch(b.prompt_ids, b.response_ids, mask, adv, ref_logp, old_logp=b.old_logp,
-                        old_entropy=b.old_entropy, **b.layout)
+                        old_entropy=b.old_entropy, log_mask=valid, **b.layout)
         metrics = update.run(ctx.actor, batch, dist, pad_id=pad, step=step,
                              generator=episodes.step_generator(cfg.seed + 7, step, 0))
         metrics.update(stats)

@@ -188,3 +188,27 @@ def test_length_grouped_micro_batches_change_no_gradient(monkeypatch):
         grads.append(actor.grad)
     assert grads[0].abs().max() > 1e-3
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
+
+
+def test_logged_entropy_covers_every_response_token_when_the_loss_takes_a_subset():
+    """SPO's probability mask with the kept-token denominator hands the update a loss mask that
+    drops confident (low-entropy) tokens; ``actor/entropy`` must still be the mean over all response
+    tokens, as for GRPO, so entropy curves of different algorithms compare."""
+    from rltrain.engine.dist import Dist
+
+    cfg = _cfg()
+    g = torch.Generator().manual_seed(3)
+    rows = [[BOS, 40 + i, 41] for i in range(4)]
+    resp = torch.randint(3, 90, (4, 5), generator=g)
+    valid = torch.ones(4, 5)
+    valid[1, 3:] = 0
+    kept = valid.clone()
+    kept[:, :2] = 0  # the loss's subset
+    ent = torch.rand(4, 5, generator=g)
+    ent[:, :2] = 0.0  # the dropped tokens are the confident ones
+    batch = pg.PGBatch(rows, resp, kept, torch.randn(4, 5, generator=g) * kept, old_logp=torch.zeros(4, 5),
+                       old_entropy=ent, log_mask=valid)
+    metrics = pg.policy_update(_Actor(_tiny()), batch, cfg, Dist(), pad_id=PAD, step=0,
+                               generator=torch.Generator().manual_seed(0))
+    assert metrics["actor/entropy"] == pytest.approx(ent[valid.bool()].mean().item(), rel=1e-6)
+    assert metrics["actor/entropy"] < ent[kept.bool()].mean().item()
