@@ -34,6 +34,18 @@ def test_every_option_composes_and_validates(group, option):
         assert getattr(cfg, group).name == option
 
 
+def test_spo_chain_raw_recipe_is_the_e2_cell_it_cites():
+    """+experiment=spo_chain_raw is the E2 cell whose numbers its comment and the README quote:
+    SPO-chain, raw MC advantages on every token, β = 0, 8 prompts x 8 samples."""
+    cfg = to_run_config(compose_or_explain(["+experiment=spo_chain_raw"]))
+    validate(cfg)
+    assert cfg.algo.name == "spo_chain"
+    assert (cfg.algo.adv_whiten, cfg.algo.prob_mask, cfg.algo.kl_coef) == ("none", False, 0.0)
+    assert (cfg.train.prompts_per_step, cfg.train.samples_per_prompt) == (8, 8)
+    plain = to_run_config(compose_or_explain(["algo=spo_chain"]))
+    assert (plain.algo.adv_whiten, plain.algo.prob_mask) == ("batch", True)  # the official recipe stays the default
+
+
 def test_default_is_grpo_smollm_arith():
     cfg = to_run_config(compose_or_explain([]))
     assert (cfg.algo.name, cfg.model.name, cfg.data.name, cfg.reward.name) == ("grpo", "smollm2_135m", "arith", "math")

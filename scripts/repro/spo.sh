@@ -12,7 +12,8 @@
 #   E3  equal wall time (BUDGET_S of training steps, default 300): grpo, chain with 2 epochs ×
 #       2 minibatches, tree with 8 prompts per step
 # Then: python scripts/repro/spo_table.py outputs/spo (mean and spread per cell) and rltrain-report.
-# Usage: scripts/repro/spo.sh [E1|E2|E3 ...]   (default: all three)
+# Usage: scripts/repro/spo.sh [E1|E2|E3|CELL ...]   (default: all three; a CELL such as
+# E2_chain_none_nomask runs that cell alone)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/repro/lib.sh
@@ -46,7 +47,7 @@ for s in $SEEDS; do
     extra=()
     [ "$d" = 0 ] && extra=(data.n_train=200)  # level 0 has 400 questions; 200 are held out
     for exp in "${EXPS[@]}"; do
-      for cell in $(printf '%s\n' "${!CELLS[@]}" | grep "^${exp}_" | sort); do
+      for cell in $(printf '%s\n' "${!CELLS[@]}" | grep -E "^${exp}(_|\$)" | sort); do
         dir="$OUT/${cell}_d${d}_s${s}"
         if finished "$dir"; then echo "== $dir: finished, skipped"; continue; fi
         same=${SAME_AS[$cell]:-}
