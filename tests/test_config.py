@@ -191,7 +191,9 @@ def test_one_option_table_feeds_the_store_the_loops_and_the_registries():
 
 
 def test_rollout_correction_is_checked_with_the_key():
-    for over, key in [(["rollout.correction=is"], "rollout.correction"), (["rollout.correction_c=1"], "rollout.correction_c")]:
+    for over, key in [(["rollout.correction=is"], "rollout.correction"), (["rollout.correction_c=1"], "rollout.correction_c"),
+                      (["rollout.correction_icepop_low=1.2"], "rollout.correction_icepop_low"),
+                      (["rollout.correction_icepop_high=0.9"], "rollout.correction_icepop_low/high")]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             validate(to_run_config(compose_or_explain(over)))
 

@@ -9,7 +9,9 @@ computations of the same policy; "on-policy" holds only as far as they agree. Wi
   samples drawn from the rollout policy), max ρ and its 99th percentile.
 - ``correction_weights``: per-token weights for the policy-gradient loss.
   ``tis`` truncated importance sampling, w = min(ρ, C) (Yao et al. 2025, C = 2);
-  ``icepop`` masked IS, w = 1 where ρ ∈ [1/C, C], else 0 (the token is dropped);
+  ``icepop`` masked importance sampling (IcePop), w = ρ where ``icepop_low`` ≤ ρ ≤ ``icepop_high``,
+  else 0 (the token is dropped); the band is 0.5 … 5 by default, the reference value (OpenRLHF's
+  ``is_correction_threshold``, verl's preset);
   ``seq_mask`` drop whole sequences whose geometric-mean ρ leaves [seq_low, seq_high].
   Weights are detached: they rescale (or drop) a token's gradient, they carry none.
 """
@@ -60,6 +62,8 @@ def correction_weights(
     *,
     mode: str = "none",
     c: float = 2.0,
+    icepop_low: float = 0.5,
+    icepop_high: float = 5.0,
     seq_low: float = 0.5,
     seq_high: float = 2.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -68,13 +72,17 @@ def correction_weights(
     Args:
         trainer_logp: ``[B, T]`` the trainer's log-probs of the sampled tokens under the policy that
             sampled them (the old log-probs); rollout_logp: the sampler's.
-        mode: one of ``CORRECTION_MODES``. c: the TIS cap / IcePop band [1/c, c] (> 1).
+        mode: one of ``CORRECTION_MODES``. c: the TIS cap (> 1).
+        icepop_low, icepop_high: IcePop's band: a token keeps weight ρ inside it and gets 0 outside
+            (0 < low < 1 < high). Example: ρ = 1.5 in [0.5, 5] → weight 1.5; ρ = 6 → 0.
         seq_low, seq_high: the band for a sequence's geometric-mean ratio (``seq_mask``).
     """
     if mode not in CORRECTION_MODES:
         raise ValueError(f"unknown rollout correction {mode!r}; valid: {', '.join(CORRECTION_MODES)}")
     if c <= 1.0:
         raise ValueError(f"rollout correction cap c must be > 1, got {c}")
+    if not 0.0 < icepop_low < 1.0 < icepop_high:
+        raise ValueError(f"icepop band must satisfy 0 < icepop_low < 1 < icepop_high, got [{icepop_low}, {icepop_high}]")
     if not 0.0 < seq_low < 1.0 < seq_high:
         raise ValueError(f"seq_mask band must satisfy 0 < seq_low < 1 < seq_high, got [{seq_low}, {seq_high}]")
     m = _bool(mask)
@@ -86,7 +94,7 @@ def correction_weights(
     elif mode == "tis":
         w = ratio.clamp(max=c)
     elif mode == "icepop":
-        w = ((ratio >= 1.0 / c) & (ratio <= c)).to(ratio.dtype)
+        w = torch.where((ratio >= icepop_low) & (ratio <= icepop_high), ratio, torch.zeros_like(ratio))
     else:  # seq_mask: geometric mean of ρ over each sequence's valid tokens
         n = m.sum(-1).clamp(min=1)  # [B]
         geo = (torch.where(m, log_ratio, torch.zeros_like(log_ratio)).sum(-1) / n).exp()  # [B]

@@ -46,6 +46,9 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
     if isinstance(pl, ClipCovConfig) and pl.cov_low > pl.cov_high:
         raise ConfigError(f"policy_loss.cov_low={pl.cov_low} must be ≤ policy_loss.cov_high={pl.cov_high}")
     r = cfg.rollout
+    if not 0 < r.correction_icepop_low < 1 < r.correction_icepop_high:
+        raise ConfigError(f"rollout.correction_icepop_low/high=[{r.correction_icepop_low}, {r.correction_icepop_high}] "
+                          "must satisfy 0 < low < 1 < high")
     if not 0 < r.correction_seq_low < 1 < r.correction_seq_high:
         raise ConfigError(f"rollout.correction_seq_low/high=[{r.correction_seq_low}, {r.correction_seq_high}] must "
                           "satisfy 0 < low < 1 < high")

@@ -86,6 +86,9 @@ class CodeRewardConfig(RewardConfig):
     """Programs run in parallel (None = number of cores)."""
     isolation: str = "auto"
     """auto | namespace (pid/net/mount namespaces, chroot, unprivileged uid) | process (limits only)."""
+    judge_timeout: float = 5.0
+    """Seconds the trainer may spend comparing one program's output with the expected one; past it
+    the program scores 0 and ``code/judge_timeout`` counts it (program output is hostile input)."""
 
 
 @dataclass
@@ -339,11 +342,16 @@ class RolloutConfig:
     stop_strings: list[str] = field(default_factory=list)
     correction: str = one_of(CORRECTION_MODES, "none")
     """Rollout↔trainer mismatch correction of the policy-gradient loss (ALGORITHMS.md §10): none |
-    tis (token weight min(ρ, C)) | icepop (drop tokens with ρ outside [1/C, C]) | seq_mask (drop
-    sequences whose geometric-mean ρ leaves [correction_seq_low, correction_seq_high]); ρ =
-    π_trainer/π_rollout of the sampled token. Off by default: both are fp32 computations on a CPU."""
+    tis (token weight min(ρ, C)) | icepop (masked importance sampling: token weight ρ inside
+    [correction_icepop_low, correction_icepop_high], 0 outside) | seq_mask (drop sequences whose
+    geometric-mean ρ leaves [correction_seq_low, correction_seq_high]); ρ = π_trainer/π_rollout of the
+    sampled token. Off by default: both are fp32 computations on a CPU."""
     correction_c: float = bounded(2.0, "> 1")
-    """C of tis / icepop (> 1)."""
+    """C of tis (> 1)."""
+    correction_icepop_low: float = 0.5
+    """icepop: tokens with ρ below this get weight 0 (the reference band 0.5 … 5; 0 < low < 1)."""
+    correction_icepop_high: float = 5.0
+    """icepop: tokens with ρ above this get weight 0 (> 1)."""
     correction_seq_low: float = 0.5
     correction_seq_high: float = 2.0
 

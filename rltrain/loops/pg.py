@@ -150,7 +150,8 @@ class PolicyUpdate:
         self.kl_coef, self.kl_estimator, self.entropy_coef = a.kl_coef, a.kl_estimator, a.entropy_coef
         self.warned = False
         r = cfg.rollout
-        self.correction = dict(mode=r.correction, c=r.correction_c, seq_low=r.correction_seq_low,
+        self.correction = dict(mode=r.correction, c=r.correction_c, icepop_low=r.correction_icepop_low,
+                               icepop_high=r.correction_icepop_high, seq_low=r.correction_seq_low,
                                seq_high=r.correction_seq_high)
 
     def needs_old_pass(self) -> bool:
