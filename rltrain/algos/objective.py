@@ -9,10 +9,18 @@ new policy loss or a rollout-correction weight (``token_weight``, e.g. truncated
 sampling) plugs in without touching the loop.
 
 Full loss of a micro-batch (L the per-token policy loss, w the token weight, s the selection
-mask, c the count mask, m the response mask, agg = ``core.aggregate``):
+mask, c the count mask, agg = ``core.aggregate``):
 
-    loss = agg(w·L·s, c; N_tok, N_seq) + β·agg(KL(π‖π_ref), m; N_tok^m, N_seq^m) − c_H·agg(H, m; N_tok, N_seq)
+    loss = agg(w·L·s, c; N_tok, N_seq) + β·agg(KL(π‖π_ref), c; N_tok, N_seq) − c_H·agg(H, c; N_tok, N_seq)
     loss = 0·loss if early_stop_ratio > 0 and mean ratio > early_stop_ratio   (ReaLHF early stop)
+
+One set of tokens and one denominator for every term: each term is a sum over the count mask c
+divided by the same global counts (N_tok, N_seq) of c. With ``normalize=all`` c is the response
+mask: the KL and the entropy bonus act on every response token while the policy loss keeps only
+the selected ones. With ``normalize=selected`` c is the selection: the whole objective is an
+average over the selected tokens, and an unselected token gets no gradient from any term (as in
+the 80/20 paper, whose objective has no KL or entropy term). Before issue 31 the entropy bonus
+was summed over all tokens but divided by the selected count, and the KL took its own counts.
 
 Summed over micro-batches and ranks this is the full-batch loss for every aggregation mode
 (``core.aggregate``'s invariance contract), because the denominators are global.
@@ -48,8 +56,6 @@ def pg_objective(
     ref_logp: Tensor | None = None,
     kl_coef: float = 0.0,
     kl_estimator: str = "k3",
-    kl_num_tokens: float | Tensor | None = None,
-    kl_num_seqs: float | Tensor | None = None,
     entropy: Tensor | None = None,
     entropy_coef: float = 0.0,
     early_stop_ratio: float = 0.0,
@@ -65,10 +71,11 @@ def pg_objective(
             generator, **options) -> (loss_mat [B, T], metrics)``.
         loss_options: that loss's keyword options (the ``policy_loss`` config minus ``name``).
         loss_mask: ``[B, T]`` bool, tokens that get policy gradient (token selection).
-        count_mask: ``[B, T]`` bool, tokens counted in the denominators.
+        count_mask: ``[B, T]`` bool, the tokens every term is taken over and counted in the
+            denominators (⊆ ``mask``, ⊇ ``loss_mask``).
         agg_mode, agg_constant: ``core.aggregate``'s mode and C.
         num_tokens, num_seqs: global counts of ``count_mask`` (``core.aggregate_counts`` summed
-            over the optimizer step's micro-batches and ranks).
+            over the optimizer step's micro-batches and ranks): the one denominator of every term.
         selected: ``[B, T]`` bool, this micro-batch's slice of a batch-wide policy-loss selection
             (Clip-Cov / KL-Cov with ``scope=batch``), else None.
         generator: passed to the policy loss (random tie-breaking).
@@ -76,7 +83,6 @@ def pg_objective(
             correction), None = 1.
         ref_logp: ``[B, T]`` reference log-probs; None = no KL term.
         kl_coef, kl_estimator: β and the estimator of the KL term (``core.kl_estimate``).
-        kl_num_tokens, kl_num_seqs: global counts of ``mask`` for the KL term's aggregation.
         entropy: ``[B, T]`` differentiable entropy (needed when ``entropy_coef`` ≠ 0).
         entropy_coef: c_H of the entropy bonus (the loss decreases with entropy).
         early_stop_ratio: > 0: the loss is multiplied by 0 when the mean ratio exceeds it.
@@ -96,13 +102,13 @@ def pg_objective(
     loss = aggregate(loss_mat, count_mask, agg_mode, agg_constant, num_tokens=num_tokens, num_seqs=num_seqs)
     if ref_logp is not None:
         kl_mat = kl_estimate(logp, ref_logp, kl_estimator)  # [B, T]
-        kl = aggregate(kl_mat, mask, agg_mode, agg_constant, num_tokens=kl_num_tokens, num_seqs=kl_num_seqs)
+        kl = aggregate(kl_mat, count_mask, agg_mode, agg_constant, num_tokens=num_tokens, num_seqs=num_seqs)
         loss = loss + kl_coef * kl
         metrics["kl"] = masked_mean(kl_mat.detach(), mask)
     if entropy_coef != 0:
         if entropy is None:
             raise ValueError("pg_objective: entropy_coef != 0 needs a differentiable `entropy`")
-        loss = loss - entropy_coef * aggregate(entropy, mask, agg_mode, agg_constant, num_tokens=num_tokens,
+        loss = loss - entropy_coef * aggregate(entropy, count_mask, agg_mode, agg_constant, num_tokens=num_tokens,
                                                num_seqs=num_seqs)
     if early_stop_ratio > 0:
         stop = float(metrics["ratio_mean"]) > early_stop_ratio

@@ -257,8 +257,7 @@ class PolicyUpdate:
             for k in range(M):
                 # step 3: this minibatch's global denominators
                 rows = torch.arange(k, N, M)  # interleaved: the same global minibatch for any rank count
-                counts = dist.sum(core.aggregate_counts(count_mask[rows]))
-                kl_counts = dist.sum(core.aggregate_counts(mask[rows])) if batch.ref_logp is not None else (None, None)
+                counts = dist.sum(core.aggregate_counts(count_mask[rows]))  # every term's denominator
                 skipped_tokens = mask[rows][skip[rows]].sum().item()
                 if skipped_tokens:  # their loss is exactly 0: keep the logged mean over all tokens
                     m.add("actor/pg_loss", 0.0, skipped_tokens)
@@ -298,8 +297,8 @@ class PolicyUpdate:
                         agg_constant=self.constant, num_tokens=counts[0], num_seqs=counts[1],
                         selected=None if loss_selected is None else loss_selected[idx, :width], generator=generator,
                         ref_logp=None if batch.ref_logp is None else batch.ref_logp[idx, :width],
-                        kl_coef=self.kl_coef, kl_estimator=self.kl_estimator, kl_num_tokens=kl_counts[0],
-                        kl_num_seqs=kl_counts[1], entropy=ent, entropy_coef=self.entropy_coef,
+                        kl_coef=self.kl_coef, kl_estimator=self.kl_estimator, entropy=ent,
+                        entropy_coef=self.entropy_coef,
                         early_stop_ratio=early_stop_ratio, token_weight=weight)
                     finite_or_raise(loss, step)
                     if batch.rollout_logp is not None and old_logp is None and epoch == 0 and k == 0:

@@ -45,7 +45,7 @@ def test_selection_weight_kl_entropy_and_early_stop_by_hand():
     loss, _ = _call(token_weight=w)
     assert loss.item() == pytest.approx((-2 - 0.5 + 1) / 3, abs=1e-6)
     # k1 KL to a reference equal to old: log π − log π_ref = 0, log 0.5, log 2 → mean over 3 tokens
-    loss, m = _call(ref_logp=old, kl_coef=0.5, kl_estimator="k1", kl_num_tokens=3.0, kl_num_seqs=2.0)
+    loss, m = _call(ref_logp=old, kl_coef=0.5, kl_estimator="k1")
     kl = (0 + math.log(0.5) + math.log(2)) / 3
     assert loss.item() == pytest.approx(1 / 6 + 0.5 * kl, abs=1e-6) and m["kl"].item() == pytest.approx(kl, abs=1e-6)
     ent = torch.tensor([[1.0, 2.0], [3.0, 9.0]])
@@ -65,3 +65,42 @@ def test_gradient_only_through_selected_tokens():
     loss.backward()
     # d/dlogp of −r·A at r = 1, A = 1 is −1, divided by 3 tokens; elsewhere 0
     torch.testing.assert_close(logp.grad, torch.tensor([[-1 / 3, 0.0], [0.0, 0.0]]))
+
+
+def test_every_term_shares_the_selection_denominator_by_hand():
+    """``normalize=selected`` (count mask = selection): the policy loss, the KL and the entropy bonus
+    are each a sum over the selected tokens divided by the same count (issue 31).
+
+    The issue's constructed check: one response of 4 tokens, each with entropy 0.1, one selected,
+    no advantage, c_H = 1. The bonus is the mean entropy of the counted tokens, 0.1; summing it
+    over all 4 tokens and dividing by the 1 selected gave 0.4.
+
+    The full objective on ``_inputs`` with the selection {(0, 0), (1, 0)} (N_tok = 2, N_seq = 2):
+      policy loss: tokens (r = 1, A = 1) → −1 and (r = 2, A = −1) → 2: (−1 + 2) / 2 = 0.5
+      k1 KL to π_ref = π_old: δ = log 0.5 − log 0.5 = 0 and log 0.5 − log 0.25 = ln 2: (0 + ln 2) / 2
+      entropy [[1, 2], [3, 9]] on the selected tokens: (1 + 3) / 2 = 2
+      loss = 0.5 + 0.5 · ln2 / 2 − 0.1 · 2 = 0.4733
+    (before: the KL averaged over all 3 response tokens, (0 − ln 2 + ln 2) / 3 = 0, and the bonus was
+    (1 + 2 + 3) / 2 = 3: loss 0.5 − 0.3 = 0.2).
+    """
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    sel = torch.tensor([[False, True, False, False]])
+    zero = torch.zeros(1, 4)
+    loss, _ = pg_objective(zero.clone().requires_grad_(), zero, zero, mask, policy_loss=CLIP, loss_options=OPTS,
+                           loss_mask=sel, count_mask=sel, agg_mode="token-mean", agg_constant=None, num_tokens=1.0,
+                           num_seqs=1.0, entropy=torch.full((1, 4), 0.1), entropy_coef=1.0)
+    assert loss.item() == pytest.approx(-0.1, abs=1e-6)
+
+    logp, old, adv, mask = _inputs()
+    sel = torch.tensor([[True, False], [True, False]])
+    ent = torch.tensor([[1.0, 2.0], [3.0, 9.0]], requires_grad=True)
+    loss, m = _call(loss_mask=sel, count_mask=sel, num_tokens=2.0, num_seqs=2.0, ref_logp=old, kl_coef=0.5,
+                    kl_estimator="k1", entropy=ent, entropy_coef=0.1)
+    assert loss.item() == pytest.approx(0.5 + 0.5 * math.log(2) / 2 - 0.1 * 2, abs=1e-6)
+    assert m["kl"].item() == pytest.approx(0.0, abs=1e-6)  # the logged KL: all 3 response tokens, (0 − ln2 + ln2)/3
+    loss.backward()
+    torch.testing.assert_close(ent.grad, torch.tensor([[-0.05, 0.0], [-0.05, 0.0]]))  # unselected: no gradient
+    # seq-mean-token-mean: one selected token per row, so each row's mean is that token: the same numbers
+    loss, _ = _call(loss_mask=sel, count_mask=sel, num_tokens=2.0, num_seqs=2.0, agg_mode="seq-mean-token-mean",
+                    ref_logp=old, kl_coef=0.5, kl_estimator="k1", entropy=ent.detach(), entropy_coef=0.1)
+    assert loss.item() == pytest.approx(0.5 + 0.5 * math.log(2) / 2 - 0.1 * 2, abs=1e-6)
