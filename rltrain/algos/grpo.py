@@ -1,4 +1,4 @@
-"""GRPO group advantages, DAPO dynamic sampling and overlong shaping (ALGORITHMS §3).
+"""GRPO group advantages, DAPO dynamic sampling and overlong shaping (docs/algorithms.md §3).
 
 Papers: Shao et al. 2024, "DeepSeekMath" (GRPO); Yu et al. 2025, "DAPO"; Liu et al. 2025,
 "Understanding R1-Zero-Like Training" (Dr. GRPO). Behaviour as in verl ``core_algos.py``
@@ -8,7 +8,7 @@ Layout: ``scores`` ``[N]`` holds ``N = num_groups · group_size`` rewards with e
 responses contiguous: rows ``[g·G, (g+1)·G)`` form group g.
 
 Decisions:
-- ``std_ddof`` (decision 4): 1 = ``torch.std`` (verl, default); 0 = ``np.std`` (SPO's GRPO).
+- ``std_ddof`` (decision 4 in docs/algorithms.md): 1 = ``torch.std`` (verl, default); 0 = ``np.std`` (SPO's GRPO).
 - A group of size 1 uses mean 0 and std 1, as verl does (so its advantage is r/(1+eps)).
 - Dr. GRPO is ``scale="none"`` (no std division) plus ``seq-mean-token-sum-norm`` aggregation.
 - ``dynamic_sampling_keep`` keeps groups of size 1, as verl does (``std > 0 or len == 1``).
@@ -115,7 +115,7 @@ def group_advantages(
     adv = g - mean
     if scale == "std":
         adv = adv / (std + eps)
-    # Decision 11: a group with zero spread gets exactly 0. Its std is exactly 0 while its mean can
+    # Decision 11 (docs/algorithms.md): a group with zero spread gets exactly 0. Its std is exactly 0 while its mean can
     # be 1 ulp off (all 0.7: g − mean = ±6e-8, then / eps = 0.06 with eps 1e-6, 5.96 with 1e-8).
     # (A group of one keeps verl's mean 0 / std 1: there is no spread to measure.)
     if group_size > 1:
@@ -141,7 +141,7 @@ def rloo_advantages(scores: Tensor, group_size: int) -> Tensor:
         scores: ``[N]`` rewards, groups contiguous; group_size: G ≥ 2.
 
     Returns:
-        ``[N]``; every group sums to 0, and a group with zero spread is exactly 0 (decision 11).
+        ``[N]``; every group sums to 0, and a group with zero spread is exactly 0 (decision 11 in docs/algorithms.md).
     """
     if group_size < 2:
         raise ValueError(f"rloo needs group_size >= 2 (a leave-one-out baseline), got {group_size}")
@@ -168,17 +168,18 @@ def reinforce_pp_returns(
     kl_coef: float = 0.0,
     group_size: int | None = None,
 ) -> Tensor:
-    """REINFORCE++ token returns (Hu 2025, ALGORITHMS §10), before the batch whitening.
+    """REINFORCE++ token returns (Hu 2025, docs/algorithms.md §10), before the batch whitening.
 
         r_t = o_i·1[t = last valid token] − β·kl_t,    G_t = Σ_{t' ≥ t} r_t'   (γ = 1)
 
     with o_i the outcome score, or, for REINFORCE++-baseline (``group_size`` given), the outcome
-    minus its group's mean (a group with zero spread gives exactly 0, decision 11). The caller
+    minus its group's mean (a group with zero spread gives exactly 0, decision 11 in docs/algorithms.md). The caller
     whitens G over all valid tokens of the global batch (``core.masked_whiten`` with moments summed
     across ranks): that is the estimator's normalisation, so it is not left to the loop to forget.
 
-    Convention: verl's baseline variant sums the KL into one sequence score and broadcasts it;
-    here both variants keep the per-token return-to-go of the KL penalty (identical when β = 0).
+    The registered REINFORCE++-baseline entry calls this without a KL: by the paper its advantage is
+    the centred outcome alone and β weights a KL loss (docs/decisions_issue31.md); the per-token KL
+    here serves plain REINFORCE++.
 
     Args:
         scores: ``[N]`` outcome rewards (groups contiguous for the baseline variant).
@@ -216,11 +217,15 @@ def reinforce_pp_advantages(scores: Tensor, mask: Tensor, *, group_size: int, kl
     return reinforce_pp_returns(scores, mask, kl=kl, kl_coef=kl_coef)
 
 
-@_estimator("reinforce_pp_baseline", kl_in_reward=True, whiten=True)
+@_estimator("reinforce_pp_baseline", whiten=True)
 def reinforce_pp_baseline_advantages(scores: Tensor, mask: Tensor, *, group_size: int, kl: Tensor | None,
                                      kl_coef: float, scale: str, eps: float, std_ddof: int) -> Tensor:
-    """REINFORCE++-baseline: ``reinforce_pp_returns`` of the outcome minus its group mean."""
-    return reinforce_pp_returns(scores, mask, kl=kl, kl_coef=kl_coef, group_size=group_size)
+    """REINFORCE++-baseline (Hu et al., REINFORCE++ w/ baseline): the outcome minus its group mean on
+    every token of the response (whitened by the caller). The KL is not in the reward: β = ``kl_coef``
+    weights a KL loss to the reference (``algo.kl_estimator``; the authors' recipe uses k2), so ``kl``
+    is ignored. verl instead centres the score with the summed KL penalty in it; rltrain before
+    issue 31 kept the KL as per-token returns (docs/decisions_issue31.md)."""
+    return reinforce_pp_returns(scores, mask, group_size=group_size)
 
 
 ADV_ESTIMATORS = tuple(ESTIMATORS)  # the valid algo.adv_estimator names, in registration order

@@ -30,7 +30,7 @@ class AlgoConfig:
     """Algorithm family: sft | dpo | ppo | grpo | opd | spo_chain | spo_tree."""
     loss_agg_mode: str = one_of(AGGREGATION_MODES, "token-mean")
     """How per-token losses are reduced: token-mean | seq-mean-token-mean | seq-mean-token-sum |
-    seq-mean-token-sum-norm (ALGORITHMS.md §0)."""
+    seq-mean-token-sum-norm (docs/algorithms.md §0)."""
     loss_agg_constant: Optional[float] = None
     """Divisor C of seq-mean-token-sum-norm; None = rollout.max_new_tokens."""
     kl_coef: float = 0.0
@@ -43,15 +43,16 @@ class AlgoConfig:
 
 @dataclass
 class GRPOConfig(AlgoConfig):
-    """GRPO and its DAPO / Dr. GRPO variants (ALGORITHMS.md §3)."""
+    """GRPO and its DAPO / Dr. GRPO variants (docs/algorithms.md §3)."""
 
     name: str = "grpo"
     adv_estimator: str = one_of(ADV_ESTIMATORS, "grpo")
     """grpo (group mean/std, ``adv_scale``) | rloo (leave-one-out baseline, no std scaling) |
     reinforce_pp (REINFORCE++: outcome at the last token − β·k1 KL per token, returns-to-go whitened
-    over the global batch) | reinforce_pp_baseline (the group mean outcome subtracted first). With
-    the reinforce_pp estimators ``kl_coef`` is the β of the KL penalty in the token rewards (no KL
-    loss term), and the batch whitening is always on (it is the estimator's normalisation)."""
+    over the global batch; ``kl_coef`` is that β, no KL loss term) | reinforce_pp_baseline (the outcome
+    minus its group mean on every token, whitened over the global batch; ``kl_coef`` weights a KL loss
+    with ``kl_estimator``, k2 in the authors' recipe). The batch whitening of both is always on (it is
+    the estimator's normalisation)."""
     adv_scale: str = one_of(GROUP_SCALES, "std")
     """Group advantage scaling: std (GRPO) | none (Dr. GRPO)."""
     std_ddof: int = one_of((0, 1), 1)
@@ -75,7 +76,7 @@ class GRPOConfig(AlgoConfig):
 class OPDConfig(GRPOConfig):
     """On-policy distillation: the student samples and each response token's advantage is the
     negative reverse-KL estimate to a teacher, −(log π_student(y_t) − log π_teacher(y_t)), discount 0
-    (ALGORITHMS.md §10); optionally plus ``reward_weight`` × the task-reward advantage of the GRPO
+    (docs/algorithms.md §10); optionally plus ``reward_weight`` × the task-reward advantage of the GRPO
     fields below (``adv_estimator`` etc.). The teacher must share the student's tokenizer."""
 
     name: str = "opd"
@@ -89,7 +90,7 @@ class OPDConfig(GRPOConfig):
 
 @dataclass
 class PPOConfig(AlgoConfig):
-    """PPO with a critic, with the three tricks of Xu et al. (ALGORITHMS.md §2)."""
+    """PPO with a critic, with the three tricks of Xu et al. (docs/algorithms.md §2)."""
 
     name: str = "ppo"
     kl_coef: float = 0.1
@@ -131,7 +132,7 @@ class PPOConfig(AlgoConfig):
 
 @dataclass
 class SPOConfig(AlgoConfig):
-    """Fields shared by SPO chain and tree (Segment Policy Optimization, ALGORITHMS.md §4)."""
+    """Fields shared by SPO chain and tree (Segment Policy Optimization, docs/algorithms.md §4)."""
 
     name: str = MISSING
     kl_coef: float = 1e-4
@@ -140,7 +141,7 @@ class SPOConfig(AlgoConfig):
     adv_whiten: str = one_of(("batch", "per_minibatch", "none"), "batch")
     """batch (across ranks) | per_minibatch (SPO code) | none."""
     prob_mask: bool = True
-    """SPO's probability mask (§4.4), its one mechanism here: zero the advantage of tokens sampled with
+    """SPO's probability mask (docs/algorithms.md §4.4), its one mechanism here: zero the advantage of tokens sampled with
     probability ≥ cut_threshold before the whitening (whose statistics then cover the kept tokens only).
     ``token_selection=prob_mask`` (the same mask as a selection, for the other loops) is refused with SPO."""
     mask_denominator: str = one_of(("kept", "all"), "kept")
@@ -184,7 +185,7 @@ class SPOTreeConfig(SPOConfig):
 
 @dataclass
 class DPOConfig(AlgoConfig):
-    """DPO, IPO, conservative DPO and iterative DPO (ALGORITHMS.md §1).
+    """DPO, IPO, conservative DPO and iterative DPO (docs/algorithms.md §1).
 
     Offline: ``train.prompts_per_step`` pairs per optimizer step (global). Iterative: ``algo.rounds``
     rounds of ``train.steps / algo.rounds`` steps; each round samples ``train.samples_per_prompt``
@@ -249,7 +250,7 @@ class TokenSelectionConfig:
 
 @dataclass
 class HighEntropyConfig(TokenSelectionConfig):
-    """Top-ρ highest-entropy ("forking") tokens (Beyond the 80/20 rule, ALGORITHMS.md §5)."""
+    """Top-ρ highest-entropy ("forking") tokens (Beyond the 80/20 rule, docs/algorithms.md §5)."""
 
     name: str = "high_entropy"
     top_ratio: float = bounded(0.2, "in (0, 1]")
@@ -295,7 +296,7 @@ class ClipLossConfig(PolicyLossConfig):
 
 @dataclass
 class GSPOConfig(PolicyLossConfig):
-    """GSPO (Zheng et al. 2025): sequence-level importance ratio (ALGORITHMS.md §10)."""
+    """GSPO (Zheng et al. 2025): sequence-level importance ratio (docs/algorithms.md §10)."""
 
     name: str = "gspo"
     clip_low: float = bounded(3e-4, "≥ 0")
@@ -330,7 +331,7 @@ class SAPOConfig(PolicyLossConfig):
 
 @dataclass
 class ClipCovConfig(PolicyLossConfig):
-    """Clip-Cov (Cui et al. 2025, ALGORITHMS.md §6)."""
+    """Clip-Cov (Cui et al. 2025, docs/algorithms.md §6)."""
 
     name: str = "clip_cov"
     clip_low: float = bounded(1.0, "≥ 0")
@@ -348,7 +349,7 @@ class ClipCovConfig(PolicyLossConfig):
 
 @dataclass
 class KLCovConfig(PolicyLossConfig):
-    """KL-Cov (Cui et al. 2025, ALGORITHMS.md §6)."""
+    """KL-Cov (Cui et al. 2025, docs/algorithms.md §6)."""
 
     name: str = "kl_cov"
     select_ratio: float = bounded(2e-4, "in (0, 1]")

@@ -14,10 +14,11 @@ Departures from the paper, all deliberate and configurable:
 - DAPO dynamic sampling (``algo.dynamic_sampling=true``) keeps sampling prompt batches until the
   step has ``prompts_per_step`` groups with mixed rewards, then trims to exactly that many.
 
-Other estimators (``algo.adv_estimator``): rloo (leave-one-out baseline), reinforce_pp and
-reinforce_pp_baseline (REINFORCE++: the KL to the reference in the token rewards, returns whitened
-over the global batch). ``reward=combined reward.normalize=then_sum`` is GDPO: each reward
-component normalised within its group before the weighted sum.
+Other estimators (``algo.adv_estimator``): rloo (leave-one-out baseline), reinforce_pp (REINFORCE++:
+the KL to the reference in the token rewards, returns whitened over the global batch) and
+reinforce_pp_baseline (the group-centred outcome whitened over the global batch, the KL a loss
+term). ``reward=combined reward.normalize=then_sum`` is GDPO: each reward component normalised within
+its group before the weighted sum.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from rltrain.engine.dist import Dist
 from rltrain.loops import episodes, lifecycle, setup
 from rltrain.rollout import forward
 from rltrain.loops.pg import PGBatch, PolicyUpdate
-from rltrain.report.logger import RunLogger
+from rltrain.report.samples import rollout_rows
 
 
 def collect(step: int, ctx, cfg: RunConfig, dist: Dist) -> tuple[episodes.Scored, dict]:
@@ -79,8 +80,8 @@ def advantages(ctx, cfg: RunConfig, dist: Dist, s: episodes.Scored, times: dict,
     KL loss (None without one, or when the KL is in the reward) and π_old's log-probs and entropies
     (those given, or computed here when the estimator needed them; else None).
 
-    grpo / rloo: one outcome advantage per response, broadcast to its tokens; the KL (β > 0) is a
-    loss term. reinforce_pp(_baseline) (``kl_in_reward``): β is the k1 penalty folded into the
+    grpo / rloo / reinforce_pp_baseline: one outcome advantage per response, broadcast to its tokens;
+    the KL (β > 0) is a loss term. reinforce_pp (``kl_in_reward``): β is the k1 penalty folded into the
     token rewards, with π_old's log-probs from the training forward (so the update reuses them;
     pass ``old_logp``/``old_entropy`` when the caller already has them), then returns-to-go
     whitened over the global batch (``whiten``: the estimator's own normalisation).
@@ -114,8 +115,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                         with_reference=cfg.algo.kl_coef > 0)
     update = PolicyUpdate(cfg)
     ts = lifecycle.resume(cfg, ctx.actor)
-    logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
-                       start_step=ts.step, title=f"rltrain {cfg.algo.name}") if dist.is_main else None
+    logger = lifecycle.run_logger(cfg, dist, ts, title=f"rltrain {cfg.algo.name}")
     before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts)
     pad = ctx.tok.pad_token_id
     clock = lifecycle.StepClock(cfg, dist, ts, logger)
@@ -133,6 +133,8 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         gen_tokens = lifecycle.global_count(float(s.lengths.sum()), dist)
         metrics["perf/tokens_per_s"] = gen_tokens / max(times["time/rollout"], 1e-9)
         metrics["time/step"] = time.time() - t0
+        if logger:  # samples.jsonl: the first rollouts of rank 0's batch
+            logger.samples(step + 1, "train", rollout_rows(s, adv_tok, limit=cfg.log.samples_per_step))
         if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
                       save=lambda: lifecycle.save(cfg, dist, ts, ctx.actor, ctx.tok)):
             break

@@ -98,12 +98,13 @@ _KW = dict(scale="std", eps=0.0, std_ddof=1)
 
 
 def test_estimator_table_names_and_what_each_needs():
-    """The valid algo.adv_estimator names come from the table; the REINFORCE++ pair puts the KL in the
-    reward (needs π_old and the reference) and whitens over the batch, grpo/rloo do neither."""
+    """The valid algo.adv_estimator names come from the table; REINFORCE++ puts the KL in the reward
+    (needs π_old and the reference), the REINFORCE++ pair whitens over the batch, grpo/rloo do neither.
+    REINFORCE++-baseline's β weights a KL loss, as grpo's and rloo's does (issue 31)."""
     assert ADV_ESTIMATORS == ("grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline") == tuple(ESTIMATORS)
     assert {n: (e.kl_in_reward, e.whiten) for n, e in ESTIMATORS.items()} == {
         "grpo": (False, False), "rloo": (False, False),
-        "reinforce_pp": (True, True), "reinforce_pp_baseline": (True, True)}
+        "reinforce_pp": (True, True), "reinforce_pp_baseline": (False, True)}
     with pytest.raises(ValueError, match="'reinforce'; valid: grpo, rloo, reinforce_pp, reinforce_pp_baseline"):
         get_estimator("reinforce")
 
@@ -121,14 +122,35 @@ def test_grpo_and_rloo_entries_broadcast_their_sequence_advantage_and_ignore_kl(
     assert torch.equal(r[:, 0], r[:, 2])
 
 
-def test_reinforce_pp_entries_fold_the_kl_into_the_token_returns():
+def test_reinforce_pp_entry_folds_the_kl_into_the_token_returns():
     """scores [1, 0], β = 0.5, kl row 0 [0.1, 0.2, ·], row 1 [0.3, ·, ·]:
-    row 0 rewards [−0.05, 1 − 0.1] → returns [0.85, 0.9, 0]; row 1 [−0.15] → [−0.15, 0, 0].
-    Baseline (G = 2): outcomes centred to [½, −½] → row 0 [0.35, 0.4, 0], row 1 [−0.65, 0, 0]."""
+    row 0 rewards [−0.05, 1 − 0.1] → returns [0.85, 0.9, 0]; row 1 [−0.15] → [−0.15, 0, 0]."""
     scores = torch.tensor([1.0, 0.0])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     kl = torch.tensor([[0.1, 0.2, 9.0], [0.3, 9.0, 9.0]])
     plain = get_estimator("reinforce_pp").fn(scores, mask, group_size=2, kl=kl, kl_coef=0.5, **_KW)
     assert torch.allclose(plain, torch.tensor([[0.85, 0.9, 0.0], [-0.15, 0.0, 0.0]]), atol=1e-6)
-    base = get_estimator("reinforce_pp_baseline").fn(scores, mask, group_size=2, kl=kl, kl_coef=0.5, **_KW)
-    assert torch.allclose(base, torch.tensor([[0.35, 0.4, 0.0], [-0.65, 0.0, 0.0]]), atol=1e-6)
+
+
+def test_reinforce_pp_baseline_advantage_is_the_centred_outcome_and_the_kl_a_loss():
+    """REINFORCE++-baseline by the paper (docs/decisions_issue31.md): A = outcome − group mean on every
+    token, whitened over the batch's tokens; β weights a KL loss, the advantage holds no KL.
+
+    Same inputs as above (G = 2, β = 0.5): outcomes centred to [½, −½] → row 0 [0.5, 0.5, ·], row 1
+    [−0.5, ·, ·]. Whitened over the 3 valid tokens [0.5, 0.5, −0.5]: mean 1/6, Bessel variance
+    (2·(1/3)² + (2/3)²)/2 = 1/3 → (0.5 − 1/6)·√3 = 0.5774 and (−0.5 − 1/6)·√3 = −1.1547.
+    Before issue 31 the per-token KL returns were kept: row 0 [0.35, 0.4], row 1 [−0.65]; verl centres
+    the score with the summed KL (row 0: 1 − 0.15 = 0.85, row 1: −0.15 → ±0.5 on every token)."""
+    from rltrain.algos.core import masked_whiten
+
+    scores = torch.tensor([1.0, 0.0])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    kl = torch.tensor([[0.1, 0.2, 9.0], [0.3, 9.0, 9.0]])
+    entry = get_estimator("reinforce_pp_baseline")
+    assert not entry.kl_in_reward and entry.whiten  # the loop gives β to the KL loss, with the reference
+    base = entry.fn(scores, mask, group_size=2, kl=kl, kl_coef=0.5, **_KW)
+    valid = mask.bool()
+    assert torch.allclose(base[valid], torch.tensor([0.5, 0.5, -0.5]), atol=1e-6)
+    adv = masked_whiten(base, valid, eps=0.0)
+    r3 = math.sqrt(3)
+    assert torch.allclose(adv[valid], torch.tensor([r3 / 3, r3 / 3, -2 * r3 / 3]), atol=1e-6)
