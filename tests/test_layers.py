@@ -1,4 +1,4 @@
-"""The layering rule of ARCHITECTURE.md: ``report/`` and ``data/`` import nothing above them
+"""The layering rule of docs/architecture.md: ``report/`` and ``data/`` import nothing above them
 (no engine, rollout, loops, analysis, cli or launch; rewards/ sits on their row), not even inside a function."""
 import ast
 from pathlib import Path

@@ -6,8 +6,8 @@ Everything here is a pure function of tensors and plain scalars (no config objec
 garbage: every function here selects with ``torch.where`` (not ``x * mask``), so padding never
 changes a result and never receives gradient.
 
-Sources (see ALGORITHMS.md §0):
-- Aggregation modes follow verl ``core_algos.agg_loss``. Decision 5: ``seq-mean-token-sum-norm``
+Sources (see docs/algorithms.md §0):
+- Aggregation modes follow verl ``core_algos.agg_loss``. Decision 5 (docs/algorithms.md): ``seq-mean-token-sum-norm``
   is Σ m·L / (num_seqs × C) (TRL's Dr. GRPO form; verl omits the 1/num_seqs).
 - KL estimators k1/k2/k3/abs follow verl ``kl_penalty_forward`` and SPO
   ``_compute_kl_penalty``. Clamps (verl): for k3 the negated log-ratio is clamped to [-20, 20]
@@ -24,7 +24,7 @@ Deliberate choices:
   possible; the population variance of one element is 0).
 - ``masked_whiten`` computes its statistics in float64 from (count, Σx, Σx²) moments so that
   the loop can all-reduce the moments across micro-batches and ranks and whiten every part
-  with the statistics of the whole batch (decision 3); the formula is
+  with the statistics of the whole batch (decision 3 in docs/algorithms.md); the formula is
   ``(x - mean) * rsqrt(var + eps)`` (SPO/TRL). ReaLHF's ``(x - mean) / (std + 1e-5)`` differs
   by O(eps/std).
 
@@ -147,7 +147,7 @@ def masked_whiten(
         ``[B, T]`` in ``x.dtype``; all zeros when the batch has no valid position. A set with zero
         spread (every valid value equal; its variance from the moments is then only rounding,
         ≤ 64 ulp of E[x²]) gets exactly 0 (μ with ``shift_mean=False``): rsqrt(eps) would
-        otherwise blow its rounding up to ~1e-3 (decision 11).
+        otherwise blow its rounding up to ~1e-3 (decision 11 in docs/algorithms.md).
     """
     m = _bool(mask)
     if moments is None:
@@ -233,7 +233,7 @@ def aggregate(
         token-mean:               Σ_{i,t} m·L / N_tok
         seq-mean-token-mean:      Σ_i [Σ_t m·L / Σ_t m] / N_seq          (original GRPO)
         seq-mean-token-sum:       Σ_i Σ_t m·L / N_seq
-        seq-mean-token-sum-norm:  Σ_{i,t} m·L / (N_seq · C)               (Dr. GRPO, decision 5)
+        seq-mean-token-sum-norm:  Σ_{i,t} m·L / (N_seq · C)   (Dr. GRPO; decision 5, docs/algorithms.md)
 
     N_tok and N_seq default to this call's valid-token count and number of sequences with at
     least one valid token. Pass the *global* values (``aggregate_counts`` summed over
@@ -423,7 +423,7 @@ def logprobs_from_logits(logits: Tensor, labels: Tensor, temperature: float = 1.
 
     Args:
         logits: ``[B, T, V]``, already aligned so that ``logits[:, t]`` predicts ``labels[:, t]``
-            (drop the last logit and shift labels left by one beforehand; ALGORITHMS §0).
+            (drop the last logit and shift labels left by one beforehand; docs/algorithms.md §0).
         labels: ``[B, T]`` token ids; negative ids (e.g. −100 for prompt/padding) give 0.
         temperature: the sampling temperature (> 0).
 

@@ -1,5 +1,5 @@
 """Rollout ↔ trainer mismatch: how far the sampler's log-probs are from the trainer's, and the
-corrections for it (ALGORITHMS.md §10, "Rollout correction").
+corrections for it (docs/algorithms.md §10, "Rollout correction").
 
 The sampler (KV-cached decode, possibly bf16) and the trainer (the training forward) are two
 computations of the same policy; "on-policy" holds only as far as they agree. With

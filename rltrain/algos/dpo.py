@@ -1,4 +1,4 @@
-"""DPO, IPO and conservative DPO losses (ALGORITHMS §1).
+"""DPO, IPO and conservative DPO losses (docs/algorithms.md §1).
 
 Papers: Rafailov et al. 2023, "Direct Preference Optimization" (DPO); Azar et al. 2023,
 "A General Theoretical Paradigm to Understand Learning from Human Preferences" (IPO);
@@ -16,7 +16,7 @@ Deviations / decisions:
 - ``label_smoothing`` with ``loss_type="ipo"`` is rejected (the reference code silently ignores
   it).
 - IPO uses summed log-probs, as the reference code does; some implementations length-normalise
-  (ALGORITHMS §1 [FLAG]).
+  (the sources disagree: docs/algorithms.md §1).
 - ``reference_free=True`` zeroes the reference log-ratio in the loss; the reported rewards are
   still β·(policy − reference) log-ratios, as in the reference code.
 """

@@ -1,4 +1,4 @@
-"""Covariance-based entropy control: Clip-Cov and KL-Cov policy losses (ALGORITHMS §6).
+"""Covariance-based entropy control: Clip-Cov and KL-Cov policy losses (docs/algorithms.md §6).
 
 Paper: Cui et al. 2025, "The Entropy Mechanism of Reinforcement Learning for Reasoning Language
 Models" (arXiv 2505.22617); behaviour as in PRIME-RL/Entropy-Mechanism-of-RL and verl's
@@ -15,11 +15,11 @@ Clip-Cov (defaults r = 2e-4, ω_low = 1, ω_high = 5; the official scripts clip 
     3. draw n = max(⌊r·N⌋, 1) candidates uniformly at random (all of them if fewer).
     4. their loss max(L1, L2) is multiplied by 0: no gradient, but they stay in the denominator.
     Every other token keeps the clipped-PPO loss max(L1, L2).
-KL-Cov (verl: ratio k = 2e-4 as a FRACTION — decision 7 —, β = 1):
+KL-Cov (verl: ratio k = 2e-4 as a FRACTION, decision 7 in docs/algorithms.md; β = 1):
     the top k = max(1, ⌊N·ratio⌋) tokens by Cov get L = −A·ρ + β·|log π_θ − log π_old| (a penalty
     towards the *rollout* policy, not the reference); all others get −A·ρ, UNCLIPPED.
 
-Selection protocol (decision 7: over the whole step's batch across ranks by default; the
+Selection protocol (decision 7 in docs/algorithms.md: over the whole step's batch across ranks by default; the
 official per-micro-batch selection as an option). Each loss takes ``selected``:
 - ``selected=None``: the selection is computed from this call's tensors (per-micro-batch,
   official behaviour; Clip-Cov then needs ``generator``).

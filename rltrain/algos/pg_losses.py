@@ -1,4 +1,4 @@
-"""Policy losses of the 2026 menu (ALGORITHMS.md §10): GSPO, CISPO, SAPO.
+"""Policy losses of the 2026 menu (docs/algorithms.md §10): GSPO, CISPO, SAPO.
 
 All take ``(logp, old_logp, advantages, mask)`` ``[B, T]`` and return the per-token loss ``[B, T]``
 (0 on padding); aggregation, selection and the KL term are the objective's (``algos.objective``).

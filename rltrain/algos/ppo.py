@@ -1,4 +1,4 @@
-"""PPO for LLMs: token rewards, GAE, clipped surrogate, clipped value loss (ALGORITHMS §2).
+"""PPO for LLMs: token rewards, GAE, clipped surrogate, clipped value loss (docs/algorithms.md §2).
 
 Papers: Schulman et al. 2017, "Proximal Policy Optimization Algorithms"; Schulman et al. 2016,
 "High-Dimensional Continuous Control Using Generalized Advantage Estimation"; Xu et al. 2024,
@@ -67,7 +67,7 @@ def token_rewards(
     kl_coef: float,
     score_clip: float | None = None,
 ) -> Tensor:
-    """PPO token rewards (ALGORITHMS §2 step 4): r_t = −kl_coef·kl_t, plus the score at the last
+    """PPO token rewards (docs/algorithms.md §2 step 3): r_t = −kl_coef·kl_t, plus the score at the last
     valid token of sequences that finished with EOS (truncated sequences get no score).
 
     Args:

@@ -39,7 +39,7 @@ name; what differs between entries is described by data on the entry (``select``
        prob_mask     options: threshold, normalize             requires: old_logp
    ``requires`` names the per-token tensors the loop must compute and pass.
 
-Batch-wide selection protocol (decisions 1 and 7), identical for both registries. The pool is
+Batch-wide selection protocol (decisions 1 and 7 in docs/algorithms.md), identical for both registries. The pool is
 one optimizer step's batch: all its micro-batches on all ranks. When
 ``spec.needs_pool(options)`` is True (``scope="batch"``), before the backward passes of that
 optimizer step the loop:

@@ -1,4 +1,4 @@
-"""Token selection: which response tokens carry policy gradient (ALGORITHMS §4.4, §5).
+"""Token selection: which response tokens carry policy gradient (docs/algorithms.md §4.4, §5).
 
 Papers: Wang et al. 2025, "Beyond the 80/20 Rule: High-Entropy Minority Tokens Drive Effective
 Reinforcement Learning for LLM Reasoning" (high-entropy "forking" tokens); Guo et al. 2025,
@@ -9,7 +9,7 @@ Reinforcement Learning for LLM Reasoning" (high-entropy "forking" tokens); Guo e
   without float artefacts (ρ·N within 1e-9 of an integer counts as that integer).
 - ``prob_mask``: valid ∧ exp(old_logp) < threshold (0.9), SPO's ``use_prob_mask``.
 
-Decision 1 (batch scope): the threshold is taken over ALL valid response tokens of the step's
+Decision 1 in docs/algorithms.md (batch scope): the threshold is taken over ALL valid response tokens of the step's
 batch across ranks. A pure function cannot see other micro-batches or ranks, so the loop either
   (a) exact: gathers every micro-batch's ``core.flatten_valid(entropy, mask)`` across ranks into
       one pool ``[N]``, calls ``high_entropy_mask(pool[None], ones)`` and hands each micro-batch
@@ -19,7 +19,7 @@ batch across ranks. A pure function cannot see other micro-batches or ranks, so 
       threshold=τ)`` per micro-batch (exact unless entropies tie at τ; ties are all kept).
 In one process with one micro-batch the local tensors are the pool and both equal the default.
 
-Normalisation (decision 1): ``normalize="all"`` (default; paper) keeps every valid token in the
+Normalisation (decision 1 in docs/algorithms.md): ``normalize="all"`` (default; paper) keeps every valid token in the
 loss denominators and zeroes the loss of unselected ones; ``"selected"`` (official 80/20 code and
 SPO's probability mask) counts only selected tokens. ``TokenSelection`` carries both masks:
     loss = aggregate(loss_mat.masked_fill(~sel.loss_mask, 0), sel.count_mask, mode, ...)

@@ -1,4 +1,4 @@
-"""Segment Policy Optimization: partitions, chain advantages, tree values (ALGORITHMS §4).
+"""Segment Policy Optimization: partitions, chain advantages, tree values (docs/algorithms.md §4).
 
 Paper: Guo et al. 2025, "Segment Policy Optimization: Effective Segment-Level Credit Assignment
 in RL for Large Language Models" (arXiv 2505.23564); behaviour as in AIFrameResearch/SPO
@@ -13,7 +13,7 @@ ends at the final reward r, and a first segment [0, c_0] when c_0 ≥ 0.
 
 SPO-chain advantages (``chain_advantages``): every token of segment (c_{j−1}, c_j] gets
 V(c_j) − V(c_{j−1}); the last segment gets r − V(c_last); the first segment [0, c_0] gets
-    first_segment_value="group_mean" (decision 2, default): V(c_0) − V(prompt), V(prompt) given
+    first_segment_value="group_mean" (decision 2 in docs/algorithms.md, default): V(c_0) − V(prompt), V(prompt) given
         as ``prompt_values`` (the mean reward of the prompt's own sampled responses,
         ``grpo.group_means``);
     first_segment_value="zero": 0, as the official code does (unless c_0 = −1, in which case

@@ -141,9 +141,10 @@ class SPOConfig(AlgoConfig):
     adv_whiten: str = one_of(("batch", "per_minibatch", "none"), "batch")
     """batch (across ranks) | per_minibatch (SPO code) | none."""
     prob_mask: bool = True
-    """SPO's probability mask (docs/algorithms.md §4.4), its one mechanism here: zero the advantage of tokens sampled with
-    probability ≥ cut_threshold before the whitening (whose statistics then cover the kept tokens only).
-    ``token_selection=prob_mask`` (the same mask as a selection, for the other loops) is refused with SPO."""
+    """SPO's probability mask (docs/algorithms.md §4.4), its one mechanism here: zero the advantage
+    of tokens sampled with probability ≥ cut_threshold before the whitening (whose statistics then
+    cover the kept tokens only). ``token_selection=prob_mask`` (the same mask as a selection, for the
+    other loops) is refused with SPO."""
     mask_denominator: str = one_of(("kept", "all"), "kept")
     """With the probability mask: the loss (and KL) averages over the kept tokens (kept, the official
     code's denominator) or over all valid response tokens (all; a per-step scale of ~0.55-0.6 here)."""

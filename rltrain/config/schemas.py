@@ -67,7 +67,7 @@ class PythonRewardConfig(RewardConfig):
 
 @dataclass
 class CodeRewardConfig(RewardConfig):
-    """Programs run against test cases in a sandbox (ALGORITHMS.md §8)."""
+    """Programs run against test cases in a sandbox (docs/algorithms.md §8)."""
 
     name: str = "code"
     mode: str = "all_pass"
@@ -93,7 +93,7 @@ class CodeRewardConfig(RewardConfig):
 
 @dataclass
 class JudgeRewardConfig(RewardConfig):
-    """A generative judge model: soft reward P(YES) from one forward pass (ALGORITHMS.md §7)."""
+    """A generative judge model: soft reward P(YES) from one forward pass (docs/algorithms.md §7)."""
 
     name: str = "judge"
     model_path: Optional[str] = "smollm2_135m"
@@ -306,7 +306,7 @@ class DeepSpeedConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and global batch semantics (DESIGN.md: per iteration, across all ranks)."""
+    """Optimisation and global batch semantics (docs/architecture.md: per iteration, across all ranks)."""
 
     steps: int = bounded(10, "≥ 1")
     """Optimizer iterations (rollout batches)."""
@@ -341,7 +341,7 @@ class RolloutConfig:
     top_k: int = 0
     stop_strings: list[str] = field(default_factory=list)
     correction: str = one_of(CORRECTION_MODES, "none")
-    """Rollout↔trainer mismatch correction of the policy-gradient loss (ALGORITHMS.md §10): none |
+    """Rollout↔trainer mismatch correction of the policy-gradient loss (docs/algorithms.md §10): none |
     tis (token weight min(ρ, C)) | icepop (masked importance sampling: token weight ρ inside
     [correction_icepop_low, correction_icepop_high], 0 outside) | seq_mask (drop sequences whose
     geometric-mean ρ leaves [correction_seq_low, correction_seq_high]); ρ = π_trainer/π_rollout of the

@@ -2,7 +2,7 @@
 
 Any dataset with a question column and a reference-answer column (names configurable), from
 the hub or local files: the multi-subject RLVR setting of "Crossing the Reward Bridge"
-(ALGORITHMS.md §7): medicine, chemistry, economics and so on, where no rule-based verifier
+(docs/algorithms.md §7): medicine, chemistry, economics and so on, where no rule-based verifier
 exists and a generative judge compares the response with the reference.
 
 A reference stored as a list of acceptable answers is joined with " OR " into

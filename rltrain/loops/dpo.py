@@ -3,7 +3,7 @@ from the policy's own samples), as one explicit loop.
 
 Papers: Rafailov et al. 2023 (DPO); Azar et al. 2023 (IPO); Mitchell 2023 (cDPO); Xu et al. 2024
 ("Is DPO Superior to PPO", DPO-Iter). Reference implementation: eric-mitchell/
-direct-preference-optimization (ALGORITHMS.md §1). The loss is ``rltrain.algos.dpo.dpo_loss``.
+direct-preference-optimization (docs/algorithms.md §1). The loss is ``rltrain.algos.dpo.dpo_loss``.
 
 Offline, per step: ``train.prompts_per_step`` pairs (global; each rank takes its slice of a seeded
 per-epoch permutation) → for every micro-batch one concatenated forward of its chosen and

@@ -1,6 +1,6 @@
 """On-policy distillation (``algo=opd``): the student samples, a frozen teacher scores every token.
 
-Per step (ALGORITHMS.md §10):
+Per step (docs/algorithms.md §10):
   1. sample and score ``samples_per_prompt`` responses per prompt with the student (GRPO's
      ``collect``: the task reward is computed and logged whatever ``reward_weight``);
   2. the student's π_old and the teacher's log-probs of the sampled tokens, both with the training

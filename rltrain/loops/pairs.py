@@ -1,7 +1,7 @@
 """Tokenised (prompt, response) examples for the offline loops (SFT, DPO): rendering, EOS,
 truncation, padding, and summed response log-probs.
 
-Conventions (ALGORITHMS.md §1, eric-mitchell/direct-preference-optimization):
+Conventions (docs/algorithms.md §1, eric-mitchell/direct-preference-optimization):
 - Prompt and responses are tokenised separately and concatenated, so the response tokens are
   exactly what the policy would generate after the prompt the rollout engine sees.
 - Every response ends with an end-of-sequence token that counts in the loss: a chat template's

@@ -1,5 +1,5 @@
 """PPO with a critic for LLMs, with the three tricks of Xu et al. 2024, "Is DPO Superior to PPO for
-LLM Alignment?" (official system: ReaLHF; ALGORITHMS.md §2). Math: ``rltrain.algos.ppo``.
+LLM Alignment?" (official system: ReaLHF; docs/algorithms.md §2). Math: ``rltrain.algos.ppo``.
 
 Per step:
   1. sample ``samples_per_prompt`` responses for each of ``prompts_per_step`` prompts, score them;
@@ -16,7 +16,7 @@ Per step:
   6. actor: ``rltrain.loops.pg.PolicyUpdate`` — ``epochs`` × ``minibatches_per_step`` optimizer
      steps of the configured policy loss (clipped surrogate by default) with token selection, and
      a micro-batch whose mean ratio exceeds ``early_stop_ratio`` contributing nothing. Trick 2 (large
-     batches) is the batch semantics of DESIGN.md: ``prompts_per_step × samples_per_prompt``
+     batches) is the batch semantics of docs/architecture.md: ``prompts_per_step × samples_per_prompt``
      sequences split into ``minibatches_per_step`` minibatches;
   7. critic: the same minibatches, clipped value loss (token-mean) on its own optimizer and
      ``algo.critic_lr``; with ``algo.value_norm`` it learns normalised returns (running mean/std)

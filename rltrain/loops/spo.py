@@ -14,7 +14,7 @@ SPO-tree (``algo=spo_tree``), per step:
   probability mask → edge replay (edges kept up to ``replay_max_age`` steps, at most
   ``replay_per_question`` drawn per question and step) → the shared policy update.
 
-Deviations from the official code (ALGORITHMS.md decisions 2 and 3), both configurable:
+Deviations from the official code (decisions 2 and 3 in docs/algorithms.md), both configurable:
 - ``first_segment_value=group_mean`` (default): V(prompt) is the mean reward of the prompt's own
   samples, so the first segment gets V(c₀) − V(prompt); ``zero`` reproduces the code (0).
 - Whitening over the whole step's batch across ranks (``adv_whiten=batch``); ``per_minibatch``
@@ -71,7 +71,7 @@ def global_offset(n: int, dist: Dist) -> int:
 def whiten(adv: torch.Tensor, keep: torch.Tensor, dist: Dist) -> torch.Tensor:
     """Whiten advantages over the kept tokens of the whole step (all ranks); 0 elsewhere."""
     # masked_whiten zeroes the positions outside ``keep``; fewer than two kept tokens have no
-    # spread and give exactly 0, like any flat set (decision 11).
+    # spread and give exactly 0, like any flat set (decision 11 in docs/algorithms.md).
     return core.masked_whiten(adv, keep, moments=dist.sum(core.masked_moments(adv, keep)))
 
 
@@ -145,7 +145,7 @@ def chain_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
         values = torch.tensor(out.scores, dtype=torch.float32).view(len(state_rows), a.mc_rollouts).mean(-1)
     cut_values = [[float(values[states[tuple(s.prompt_ids[i]) + tuple(s.response_ids[i, : c + 1].tolist())]])
                    for c in row_cuts] for i, row_cuts in enumerate(cuts)]
-    # V(prompt) for the first segment: the mean reward of the prompt's own samples (decision 2)
+    # V(prompt) for the first segment: the mean reward of the prompt's own samples (decision 2 in docs/algorithms.md)
     prompt_values = group_means(s.scores, n) if a.first_segment_value == "group_mean" else None
     adv = spo.chain_advantages(cuts, cut_values, s.scores, mask, first_segment_value=a.first_segment_value,
                                prompt_values=prompt_values)
@@ -402,7 +402,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         # step 1: the variant's rows: chain rollouts + MC values, or tree edges
         b = collect(step, ctx, cfg, dist, update, ts)
         stats, times, mask, adv = b.stats, b.times, b.mask, b.advantages
-        # step 2: the probability mask (SPO §4.4): zero the advantage of confident tokens, then whiten
+        # step 2: the probability mask (docs/algorithms.md §4.4): zero the advantage of confident tokens, then whiten
         valid = mask.bool()
         keep = select.prob_mask(b.old_logp, valid, threshold=a.cut_threshold) if a.prob_mask else valid
         stats["spo/prob_mask_frac"] = float(keep.sum()) / max(float(valid.sum()), 1.0)

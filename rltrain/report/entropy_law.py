@@ -1,5 +1,5 @@
 """The entropy law of Cui et al. 2025 ("The Entropy Mechanism of RL for Reasoning LMs", arXiv
-2505.22617; ALGORITHMS.md §6): downstream performance R and policy entropy H obey
+2505.22617; docs/algorithms.md §6): downstream performance R and policy entropy H obey
 
     R = −a · exp(H) + b
 

@@ -1,5 +1,5 @@
 """Token-entropy analysis of a model on a dataset, as in "Beyond the 80/20 Rule" (Wang et al. 2025,
-arXiv 2506.01939; ALGORITHMS.md §5): how many response tokens are near-deterministic, where the
+arXiv 2506.01939; docs/algorithms.md §5): how many response tokens are near-deterministic, where the
 80th percentile of entropy lies, and which tokens the model emits at its high-entropy ("forking")
 positions.
 

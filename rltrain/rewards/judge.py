@@ -1,10 +1,10 @@
 """``reward=judge``: a generative reward model ("Crossing the Reward Bridge", Su et al., 2025,
-arXiv 2503.23829; ALGORITHMS.md §7).
+arXiv 2503.23829; docs/algorithms.md §7).
 
 A causal LM reads the question, the final part of the response and the reference answer and
 is asked for YES or NO. One forward pass, no sampling: at the first output position,
 
-    soft   = P(YES) / (P(YES) + P(NO))          (default; ALGORITHMS decision 8)
+    soft   = P(YES) / (P(YES) + P(NO))          (default; decision 8 in docs/algorithms.md)
     binary = 1 if P(YES) > P(NO) else 0          (argmax over the two answers)
     raw    = P(YES)                              (the paper's unnormalised form)
 

@@ -7,7 +7,7 @@ Layout: each distinct prompt (the rows of a GRPO group, the continuations of an 
 encoded once with a KV cache; the cache rows are indexed out to the rows that use it
 (differentiably: the prompt's gradient is the sum over its rows) and only the responses run on
 top. Only response positions reach the LM head (``logits_to_keep``). Token alignment follows
-ALGORITHMS.md §0: the logit at position p predicts the token at p + 1; log-probs use
+docs/algorithms.md §0: the logit at position p predicts the token at p + 1; log-probs use
 ``logits / temperature``. Logits, log-softmax and entropy are computed in fp32.
 
 Collective forwards: a module that says ``collective`` (a DeepSpeed engine on several ranks whose

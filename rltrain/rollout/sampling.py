@@ -10,7 +10,7 @@ against sampling each root-to-leaf path on its own. ``base_seed`` comes from the
 ``torch.Generator`` (one draw per call), so results are deterministic given that generator.
 
 Log-probs are always those of the full distribution ``softmax(logits / T)`` (T = 1 for greedy), not
-of the top-k/top-p truncated one: that is what the trainer recomputes (ALGORITHMS.md §0).
+of the top-k/top-p truncated one: that is what the trainer recomputes (docs/algorithms.md §0).
 """
 from __future__ import annotations
 

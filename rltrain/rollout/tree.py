@@ -1,4 +1,4 @@
-"""SPO tree sampling (ALGORITHMS.md §4.3): a tree of response segments per prompt.
+"""SPO tree sampling (docs/algorithms.md §4.3): a tree of response segments per prompt.
 
 The root is the prompt. It gets ``branching[0]`` children, each a segment of at most
 ``segment_len`` tokens; a child truncated at ``segment_len`` gets ``branching[1]`` children, and so

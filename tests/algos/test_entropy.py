@@ -133,7 +133,7 @@ def test_clip_cov_needs_generator_or_selection():
 
 @pytest.mark.parametrize("which", ["clip_cov", "kl_cov"])
 def test_batch_pool_selection_equals_full_batch(which):
-    """Decision 7 protocol: two micro-batches, selection computed once on the flattened,
+    """The protocol of decision 7 in docs/algorithms.md: two micro-batches, selection computed once on the flattened,
     concatenated pool and sliced back; the summed token-mean losses (global token count) equal the
     full-batch loss with the selection computed on the full batch."""
     g = torch.Generator().manual_seed(2)

@@ -32,7 +32,7 @@ def test_baseline_subtracts_group_mean_and_flat_groups_are_exactly_zero():
     scores = torch.tensor([1.0, 0.0, 0.5, 0.7, 0.7, 0.7])  # group 0: mean 0.5; group 1 all 0.7
     g = reinforce_pp_returns(scores, mask, group_size=3)
     assert torch.allclose(g[:3], torch.tensor([[0.5, 0.5], [-0.5, -0.5], [0.0, 0.0]]))
-    assert torch.equal(g[3:], torch.zeros(3, 2))  # not 1 ulp off: exactly 0 (decision 11)
+    assert torch.equal(g[3:], torch.zeros(3, 2))  # not 1 ulp off: exactly 0 (decision 11 in docs/algorithms.md)
 
 
 def test_whitened_reinforce_pp_advantages_have_batch_mean_0_and_std_1():

@@ -1,4 +1,4 @@
-"""Decision 11 (issue: numbers the trainer can trust): a normalisation set with zero spread gets
+"""Decision 11 in docs/algorithms.md: a normalisation set with zero spread gets
 advantage exactly 0 whatever the dtype, group size and eps; masked_whiten(shift_mean=False) keeps
 the mean ((x − μ)·rsqrt(σ²+eps) + μ, verl/TRL's meaning).
 

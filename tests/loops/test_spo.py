@@ -44,7 +44,7 @@ def test_whiten_over_kept_tokens_only():
     # unbiased variance of [1, 2, 3, 4] is 5/3; whitened values are (x - 2.5) / sqrt(5/3)
     assert torch.allclose(kept, (torch.tensor([1.0, 2.0, 3.0, 4.0]) - 2.5) / (5 / 3) ** 0.5, atol=1e-4)
     assert out[1, 1] == 0 and out[1, 2] == 0
-    # One kept token has no spread: exactly 0 (decision 11), not its raw advantage.
+    # One kept token has no spread: exactly 0 (decision 11 in docs/algorithms.md), not its raw advantage.
     one = torch.tensor([[False, True, False], [False, False, False]])
     assert torch.equal(whiten(adv, one, Dist()), torch.zeros_like(adv))
 
