@@ -35,7 +35,7 @@ def test_every_option_composes_and_validates(group, option):
 
 
 def test_spo_chain_raw_recipe_is_the_e2_cell_it_cites():
-    """+experiment=spo_chain_raw is the E2 cell whose numbers its comment and the README quote:
+    """+experiment=spo_chain_raw is the E2 cell whose numbers its comment and docs/results.md quote:
     SPO-chain, raw MC advantages on every token, β = 0, 8 prompts x 8 samples."""
     cfg = to_run_config(compose_or_explain(["+experiment=spo_chain_raw"]))
     validate(cfg)

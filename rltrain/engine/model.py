@@ -44,7 +44,7 @@ def fast_bf16() -> bool:
 # few repeats each, at the process's thread count. bf16 must beat fp32 by this factor to be chosen.
 PROBE_SHAPES = ((64, 576, 1536), (1024, 576, 1536))
 PROBE_MARGIN = 0.8
-# Set once the embedded default in bf16 gains within 5 points of fp32 (2 seeds, README
+# Set once the embedded default in bf16 gains within 5 points of fp32 (2 seeds, docs/results.md
 # "Precision"); until then auto keeps fp32 on CPUs even where the probe finds bf16 faster.
 CPU_BF16_TRAINS_LIKE_FP32 = False
 
@@ -121,7 +121,7 @@ def choose_dtype(dtype: str) -> tuple[str, str]:
     at least 1/PROBE_MARGIN times faster than fp32 (true on AMX CPUs, ~7x; on avx512_bf16-only CPUs
     it varies with the build and load), else fp32.
 
-    bf16 is safe to choose because it trains like fp32 (README "Precision"): fp32 master weights
+    bf16 is safe to choose because it trains like fp32 (docs/results.md "Precision"): fp32 master weights
     and optimizer state (engine/actor.py) and an fp32 LM head and final norm (``precise_head``), so
     logits, log-probs, entropies, greedy and sampling decisions are fp32 computations.
     """
@@ -141,7 +141,7 @@ def choose_dtype(dtype: str) -> tuple[str, str]:
            f"cached in {cache_dir() / 'dtype_probe.json'})")
     if faster and not CPU_BF16_TRAINS_LIKE_FP32:
         why += ("; bf16 is faster, but eight seeds per dtype could not show that it learns like fp32 on the "
-                "embedded default (README Precision): model.dtype=bf16 to use it")
+                "embedded default (docs/results.md, Precision): model.dtype=bf16 to use it")
     return verdict, why
 
 

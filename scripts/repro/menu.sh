@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's "The 2026 menu" table: each menu recipe (conf/experiment/menu_*.yaml) on the embedded
+# The menu table of docs/results.md ("The policy-optimisation menu"): each menu recipe (conf/experiment/menu_*.yaml) on the embedded
 # default task, seed 0, one after another in outputs/menu/<name>; a finished run is skipped and an
 # interrupted one resumes from its last checkpoint. The untrained model's evaluation is computed by
 # the first run and reused by the others from the eval cache (same weights, questions, settings).

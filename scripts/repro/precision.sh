@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's "Precision" table: the embedded default (`rltrain`: GRPO, SmolLM2-135M-Instruct,
+# The "Precision" tables of docs/results.md: the embedded default (`rltrain`: GRPO, SmolLM2-135M-Instruct,
 # two-digit addition, 6 steps, 200 held-out questions) in fp32 and in bf16 (fp32 masters,
 # stochastic rounding into the bf16 compute copy), seeds 0 and 1, in outputs/precision/<dtype>_s<seed>.
 # A finished run is skipped, an interrupted one resumes. Usage: scripts/repro/precision.sh [dtype_sN ...]

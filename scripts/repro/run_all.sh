@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's "Reproductions": every run one after another, each in outputs/repro/<name>, pinned to
+# docs/results.md "Paper claims at toy scale": every run one after another, each in outputs/repro/<name>, pinned to
 # one core with one thread (CPU=1 by default; timed runs, so keep other work off that core); a run that already finished is skipped and an
 # interrupted one resumes from its last checkpoint. Then rltrain-report writes the comparison
 # tables and plots to bench/repro/. Usage: scripts/repro/run_all.sh [name ...]  (default: all)
@@ -50,7 +50,7 @@ for name in "${ORDER[@]}"; do
   echo "== $name: ${RUNS[$name]}"
   # shellcheck disable=SC2086
   seed=seed=0; [[ "${RUNS[$name]}" == *seed=* ]] && seed=
-  # model.dtype=bf16: the README's tables were measured in bf16 (the default is now fp32 on CPUs)
+  # model.dtype=bf16: the tables in docs/results.md were measured in bf16 (the default is now fp32 on CPUs)
   taskset -c "$CPU" $RL ${RUNS[$name]} $seed resume=auto log.console=false launch.threads_per_rank=1 model.dtype=bf16 \
     "hydra.run.dir=$dir"
 done

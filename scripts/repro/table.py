@@ -1,4 +1,4 @@
-"""Markdown table of the reproduction runs (outputs/repro/<name>) for the README: held-out greedy
+"""Markdown table of the reproduction runs (outputs/repro/<name>) for docs/results.md: held-out greedy
 accuracy after training, steps, summed step time, and the entropy / response-length trajectory.
 Usage: python scripts/repro/table.py [OUT_DIR] > bench/repro/results.md
        python scripts/repro/table.py outputs/menu --menu   (scripts/repro/menu.sh's runs)"""

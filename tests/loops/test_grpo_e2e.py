@@ -11,7 +11,7 @@ from tests.cli import TINY, events, metrics, run_inprocess, start_cli
 
 def test_grpo_learns_toy_reward(tmp_path, capsys):
     run_inprocess(TINY + ["train.steps=12", "train.lr=1e-2", "reward.fn=tests.toy_rewards:contains_seven",
-                          "model.dtype=auto"], tmp_path)  # auto is fp32 on every CPU (README Precision)
+                          "model.dtype=auto"], tmp_path)  # auto is fp32 on every CPU (docs/results.md, Precision)
     out = capsys.readouterr().out
     rows = metrics(tmp_path)
     assert [r["step"] for r in rows] == list(range(1, 13))
