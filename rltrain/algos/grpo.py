@@ -242,8 +242,9 @@ def gdpo_scores(
 ) -> Tensor:
     """GDPO multi-reward normalisation (``reward.normalize=then_sum``): each reward component is
     normalised within its group, (c − mean_g c)/(std_g c + eps) with the zero-spread rule
-    (``group_advantages``), then the components are summed with their weights. The usual advantage
-    step follows on the sum.
+    (``group_advantages``), then the components are summed with their weights. Then the paper
+    normalises the sum over the batch (``batch_normalize``, ``reward.sum_normalize=batch``), or the
+    usual advantage step takes the sum as its score (``reward.sum_normalize=group``).
 
     Args:
         components: ``[K, N]`` raw component scores, groups contiguous along N.
@@ -257,6 +258,39 @@ def gdpo_scores(
                          f"{tuple(weights.shape)}")
     normed = torch.stack([group_advantages(c, group_size, eps=eps, std_ddof=std_ddof) for c in components])
     return (weights.to(normed.dtype)[:, None] * normed).sum(dim=0)
+
+
+@torch.no_grad()
+def batch_normalize(scores: Tensor, *, moments: Tensor | None = None, eps: float = 1e-6, std_ddof: int = 1) -> Tensor:
+    """GDPO's last step (``reward.sum_normalize=batch``): (s − mean_B s) / (std_B s + eps) over the
+    whole batch B, one value per response (GDPO paper and reference code; the result is the advantage).
+
+    Args:
+        scores: ``[N]`` this rank's weighted sums of group-normalised components (``gdpo_scores``).
+        moments: ``[count, Σs, Σs²]`` of the whole batch (``core.masked_moments`` summed across
+            ranks); default: those of ``scores``.
+        eps: added to the std. std_ddof: 1 (Bessel, ``torch.std``) or 0.
+
+    Returns:
+        ``[N]`` in ``scores``' float dtype; all 0 when the batch has zero spread (decision 11).
+    """
+    if std_ddof not in (0, 1):
+        raise ValueError(f"std_ddof must be 0 or 1, got {std_ddof}")
+    x = scores.to(torch.promote_types(scores.dtype, torch.float32))  # [N]
+    if moments is None:
+        x64 = x.double()
+        moments = torch.stack([torch.tensor(float(x.numel()), dtype=torch.float64), x64.sum(), (x64 * x64).sum()])
+    count, total, total_sq = moments.double().unbind()
+    if count <= 0:
+        return torch.zeros_like(x)
+    mean = total / count
+    second = total_sq / count
+    var = (second - mean * mean).clamp(min=0.0)
+    if bool(var <= 64 * torch.finfo(torch.float64).eps * second):  # zero spread up to rounding
+        return torch.zeros_like(x)
+    if std_ddof == 1 and count > 1:
+        var = var * count / (count - 1)
+    return ((x.double() - mean) / (var.sqrt() + eps)).to(x.dtype)
 
 
 @torch.no_grad()

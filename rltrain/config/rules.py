@@ -96,6 +96,10 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
         if not isinstance(a, (GRPOConfig, PPOConfig)) or t.samples_per_prompt < 2:
             raise ConfigError("reward.normalize=then_sum (GDPO) normalises each reward component within a prompt's "
                               "group of responses: it needs algo=grpo, opd or ppo with train.samples_per_prompt ≥ 2")
+        if cfg.reward.sum_normalize == "batch" and isinstance(a, GRPOConfig) and a.adv_estimator != "grpo":
+            raise ConfigError(f"reward.sum_normalize=batch (GDPO) makes the batch-normalised sum the advantage in place "
+                              f"of algo.adv_estimator=grpo's group step; with algo.adv_estimator={a.adv_estimator} set "
+                              f"reward.sum_normalize=group (the sum is then {a.adv_estimator}'s score)")
     if isinstance(a, PPOConfig):
         if a.adaptive_kl and not a.kl_in_reward:
             raise ConfigError("algo.adaptive_kl=true adapts the KL penalty in the reward; it needs "

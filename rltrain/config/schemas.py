@@ -141,6 +141,12 @@ class CombinedRewardConfig(RewardConfig):
     """none: the weighted sum of raw scores | then_sum (GDPO): each component normalised within its
     prompt's group of responses (mean/std, zero spread → 0) before the weighted sum; algo=grpo or ppo
     with train.samples_per_prompt ≥ 2. Per-component means are logged as reward/<label>."""
+    sum_normalize: str = one_of(combined.SUM_NORMALIZE, "batch")
+    """With normalize=then_sum, what normalises the weighted sum: batch (the GDPO paper) — over the
+    step's whole batch across ranks, (S − mean)/(std + algo.adv_eps) per response, and that is the
+    advantage (GRPO's group step is not applied again; needs algo.adv_estimator=grpo; with ppo it is
+    the score GAE takes) | group — the sum is the score of the usual advantage step (adv_estimator=grpo
+    normalises it again within each group; ppo takes the raw sum): rltrain before issue 31."""
 
 
 @dataclass

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from rltrain.algos.grpo import gdpo_scores
+from rltrain.algos import core
+from rltrain.algos.grpo import batch_normalize, gdpo_scores
 from rltrain.config import RunConfig
 from rltrain.engine.dist import Dist
 from rltrain.engine.model import eos_token_ids
@@ -184,6 +185,19 @@ def gdpo(s: Scored, reward_fn, cfg: RunConfig, group_size: int, *, eps: float = 
     if getattr(cfg.reward, "normalize", "none") == "then_sum":
         comps, weights = reward_components(s, reward_fn)
         s.scores = gdpo_scores(comps, weights, group_size, eps=eps, std_ddof=std_ddof)
+
+
+def gdpo_batch_scores(s: Scored, cfg: RunConfig, dist: Dist, *, eps: float = 1e-6,
+                      std_ddof: int = 1) -> torch.Tensor | None:
+    """GDPO's last step when ``reward.sum_normalize=batch`` (the paper): the weighted sums in
+    ``s.scores`` (after ``gdpo``) normalised over the step's whole batch, all ranks
+    (``algos.grpo.batch_normalize``), ``[N]``: GRPO's advantage, PPO's score. None otherwise."""
+    r = cfg.reward
+    if getattr(r, "normalize", "none") != "then_sum" or r.sum_normalize != "batch":
+        return None
+    ones = torch.ones_like(s.scores, dtype=torch.bool)
+    moments = dist.sum(core.masked_moments(s.scores, ones))  # [3] over every rank's responses
+    return batch_normalize(s.scores, moments=moments, eps=eps, std_ddof=std_ddof)
 
 
 STEP_REWARD_KEYS = ("reward/mean", "reward/failed", "reward/accuracy")  # what reward_metrics logs itself

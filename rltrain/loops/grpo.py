@@ -18,7 +18,8 @@ Other estimators (``algo.adv_estimator``): rloo (leave-one-out baseline), reinfo
 the KL to the reference in the token rewards, returns whitened over the global batch) and
 reinforce_pp_baseline (the group-centred outcome whitened over the global batch, the KL a loss
 term). ``reward=combined reward.normalize=then_sum`` is GDPO: each reward component normalised within
-its group before the weighted sum.
+its group before the weighted sum, and the sum normalised over the batch is the advantage (the group
+step is not applied again; ``reward.sum_normalize=group`` gives the sum to it instead).
 """
 from __future__ import annotations
 
@@ -100,8 +101,12 @@ def advantages(ctx, cfg: RunConfig, dist: Dist, s: episodes.Scored, times: dict,
                                                                  pad_id=pad, temperature=temp, micro_batch_size=mb,
                                                                  with_entropy=True)
             kl = core.kl_estimate(old_logp, ref_logp, "k1")  # [N, T]
-    adv_tok = est.fn(s.scores, s.mask, group_size=cfg.train.samples_per_prompt, kl=kl, kl_coef=a.kl_coef,
-                     scale=a.adv_scale, eps=a.adv_eps, std_ddof=a.std_ddof)  # [N, T]
+    gdpo_adv = episodes.gdpo_batch_scores(s, cfg, dist, eps=a.adv_eps, std_ddof=a.std_ddof)  # [N] or None
+    if gdpo_adv is not None:  # GDPO (reward.sum_normalize=batch): the batch-normalised sum, no group step after
+        adv_tok = gdpo_adv[:, None].expand_as(s.mask).contiguous()  # [N, T]
+    else:
+        adv_tok = est.fn(s.scores, s.mask, group_size=cfg.train.samples_per_prompt, kl=kl, kl_coef=a.kl_coef,
+                         scale=a.adv_scale, eps=a.adv_eps, std_ddof=a.std_ddof)  # [N, T]
     if est.whiten or a.adv_whiten == "batch":  # adv_whiten=batch: SPO's recipe, to compare both under one trainer
         valid = s.mask.bool()
         adv_tok = core.masked_whiten(adv_tok, valid, moments=dist.sum(core.masked_moments(adv_tok, valid)))

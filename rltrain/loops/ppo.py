@@ -175,6 +175,8 @@ def ppo_step(ctx: setup.Context, st: PPOState, cfg: RunConfig, dist: Dist, step:
                                        [ctx.train_ids[i] for i in idx], ctx.reward, cfg, n=n,
                                        generator=episodes.rollout_generator(cfg.seed, step), first_prompt_index=first)
     episodes.gdpo(s, ctx.reward, cfg, n)  # reward.normalize=then_sum
+    batch_sum = episodes.gdpo_batch_scores(s, cfg, dist)  # reward.sum_normalize=batch: the sum over the batch
+    scores = s.scores if batch_sum is None else batch_sum  # [N] what enters the token rewards
     mask, T = s.mask, s.response_ids.shape[1]
     mb = t.micro_batch_size
 
@@ -194,7 +196,7 @@ def ppo_step(ctx: setup.Context, st: PPOState, cfg: RunConfig, dist: Dist, step:
     kl = core.kl_estimate(old_logp, ref_logp, "k1") if ref_logp is not None else torch.zeros_like(old_logp)
     beta = st.kl_ctl.value if a.kl_in_reward else 0.0
     finished = torch.ones_like(s.finished) if a.score_truncated else s.finished  # [N] bool
-    rewards = token_rewards(s.scores, kl, mask, finished, kl_coef=beta, score_clip=a.max_reward_clip)  # [N, T]
+    rewards = token_rewards(scores, kl, mask, finished, kl_coef=beta, score_clip=a.max_reward_clip)  # [N, T]
     bootstrap = values.gather(1, s.lengths[:, None].long()).squeeze(1)  # [N] V(s_L), for truncated rows
     adv, returns = gae(rewards, values[:, :T], mask, gamma=a.gamma, lam=a.lam, finished=finished,
                        bootstrap_values=bootstrap)

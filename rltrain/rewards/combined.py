@@ -4,7 +4,8 @@ Each component is ``{name, weight, kwargs, label?}``: ``name`` and ``kwargs`` bu
 the ``REWARDS`` registry exactly as ``reward=<name>`` would, ``weight`` multiplies its score
 (default 1), and ``label`` (default: ``name``, suffixed ``_2``, ``_3`` … on repeats) names it in
 the logs. The total is ``sum_k weight_k * score_k``; with ``normalize=then_sum`` (GDPO) the
-training loop replaces it by ``sum_k weight_k * groupnorm(score_k)``.
+training loop replaces it by ``sum_k weight_k * groupnorm(score_k)``, normalised over the batch
+(``sum_normalize=batch``, the paper) or left to the advantage step (``sum_normalize=group``).
 
 Logged per completion: ``info["reward/<label>"]`` = the component's unweighted score, and each
 component's own info under ``"<label>/<key>"`` (keys already starting with ``<label>/`` are
@@ -21,6 +22,7 @@ from typing import Any, Mapping, Sequence
 from rltrain.types import RewardOutput, Sample
 
 NORMALIZE = ("none", "then_sum")
+SUM_NORMALIZE = ("batch", "group")  # GDPO's sum: normalised over the batch (paper) | by the advantage step
 
 
 def _plain(value: Any) -> Any:
@@ -43,14 +45,21 @@ class CombinedReward:
             loop normalises each component within its prompt's group before the weighted sum
             (``algos.grpo.gdpo_scores``); a reward alone does not know the groups, so the sum it
             returns is always the raw one (what evaluation uses).
+        sum_normalize: with ``then_sum``, what normalises the weighted sum (read by the loops):
+            ``batch`` (GDPO paper) or ``group`` (the usual advantage step; see the config field).
     """
 
-    def __init__(self, components: Sequence[Mapping[str, Any]], normalize: str = "none"):
+    def __init__(self, components: Sequence[Mapping[str, Any]], normalize: str = "none",
+                 sum_normalize: str = "batch"):
         from rltrain.rewards import build_reward  # here, not at import: the registry imports us
 
         if normalize not in NORMALIZE:
             raise ValueError(f"reward.normalize={normalize!r} is not valid; choose one of: {', '.join(NORMALIZE)}")
         self.normalize = normalize
+        if sum_normalize not in SUM_NORMALIZE:
+            raise ValueError(f"reward.sum_normalize={sum_normalize!r} is not valid; choose one of: "
+                             f"{', '.join(SUM_NORMALIZE)}")
+        self.sum_normalize = sum_normalize
 
         components = _plain(components)
         if not components:

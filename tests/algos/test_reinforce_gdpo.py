@@ -71,3 +71,29 @@ def test_gdpo_differs_from_normalising_the_sum():
     assert torch.allclose(out, c0 + c1, atol=1e-6)
     with pytest.raises(ValueError, match="K weights"):
         gdpo_scores(comps, torch.ones(3), 4)
+
+
+def test_gdpo_batch_normalises_the_sum_like_the_paper():
+    """GDPO's last step (Eq. of the paper; its reference code): the weighted sum of group-normalised
+    components is normalised over the whole batch, one value per response.
+
+    Two groups of 4, one component: [0, 0, 1, 0] → group-normalised (mean 0.25, std 0.5)
+    [−0.5, −0.5, 1.5, −0.5]; [1, 1, 1, 1] → 0. Over the batch of 8: mean 0, Bessel std √(3/7) = 0.6547,
+    so [−0.7638, −0.7638, 2.2913, −0.7638, 0, 0, 0, 0]. Normalising the sum again within each group
+    (rltrain before issue 31) gives back [−0.5, −0.5, 1.5, −0.5, 0, 0, 0, 0]. Moments summed over two
+    ranks' halves give the same numbers as the whole batch.
+    """
+    from rltrain.algos.core import masked_moments
+    from rltrain.algos.grpo import batch_normalize
+
+    total = gdpo_scores(torch.tensor([[0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]]), torch.ones(1), 4, eps=0.0)
+    assert torch.allclose(total, torch.tensor([-0.5, -0.5, 1.5, -0.5, 0.0, 0.0, 0.0, 0.0]))
+    s = 0.5 / math.sqrt(3 / 7)
+    expect = torch.tensor([-s, -s, 3 * s, -s, 0.0, 0.0, 0.0, 0.0])
+    assert torch.allclose(batch_normalize(total, eps=0.0), expect, atol=1e-6)
+    ones = torch.ones(4, dtype=torch.bool)
+    moments = masked_moments(total[:4], ones) + masked_moments(total[4:], ones)
+    halves = torch.cat([batch_normalize(total[:4], moments=moments, eps=0.0),
+                        batch_normalize(total[4:], moments=moments, eps=0.0)])
+    assert torch.allclose(halves, expect, atol=1e-6)
+    assert torch.equal(batch_normalize(torch.full((6,), 0.7)), torch.zeros(6))  # zero spread: exactly 0
