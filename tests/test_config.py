@@ -228,7 +228,7 @@ def test_new_menu_keys_are_checked_with_the_key():
 
 
 @pytest.mark.parametrize("algo", ["grpo", "spo_chain", "spo_tree", "ppo"])
-@pytest.mark.parametrize("option", ["policy_loss=gspo", "policy_loss=cispo", "policy_loss=sapo",
+@pytest.mark.parametrize("option", ["policy_loss=gspo", "policy_loss=cispo", "policy_loss=sapo", "policy_loss=gmpo",
                                     "rollout.correction=tis", "rollout.correction=icepop",
                                     "rollout.correction=seq_mask"])
 def test_policy_losses_and_corrections_compose_with_every_pg_loop(algo, option):

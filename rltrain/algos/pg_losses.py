@@ -1,4 +1,4 @@
-"""Policy losses of the 2026 menu (docs/algorithms.md §10): GSPO, CISPO, SAPO.
+"""Policy losses of the 2026 menu (docs/algorithms.md §10): GSPO, CISPO, SAPO, GMPO.
 
 All take ``(logp, old_logp, advantages, mask)`` ``[B, T]`` and return the per-token loss ``[B, T]``
 (0 on padding); aggregation, selection and the KL term are the objective's (``algos.objective``).
@@ -19,6 +19,14 @@ All take ``(logp, old_logp, advantages, mask)`` ``[B, T]`` and return the per-to
 - SAPO (soft adaptive policy optimization, Qwen 2025): the hard clip becomes a smooth gate
   f(ρ) = σ(τ(ρ − 1))·4/τ, loss −f(ρ_t)·Â_t, τ = τ_pos where Â > 0 and τ_neg elsewhere (TRL's
   defaults 1.0 and 1.05); f'(1) = 1, so on-policy the gradient is REINFORCE's.
+- GMPO (geometric-mean policy optimisation, Zhao et al. 2025, arXiv 2507.20673; verl's ``geo_mean``):
+  the geometric mean of the token terms instead of their arithmetic mean. Per response, each token's
+  log-ratio is clipped in log space on the side the advantage's sign makes pessimistic,
+  l̃_t = sgn(Â)·min(sgn(Â)·log ρ_t, sgn(Â)·clip(log ρ_t, −ε_low, ε_high)), and the loss is
+  −Â_i·exp(mean_t l̃_t) with one advantage per response (the masked mean of its token advantages, as
+  GSPO). Like GSPO's, the sequence loss is written on each valid token, so ``seq-mean-token-mean``
+  gives verl's mean over responses (token-mean weights responses by length). ε_low = ε_high = 0.4
+  (the paper's and verl's recipe): the token ratio is kept in [e^−0.4, e^0.4] = [0.67, 1.49].
 """
 from __future__ import annotations
 
@@ -79,3 +87,20 @@ def sapo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, 
     gate = torch.sigmoid(tau * (ratio - 1.0)) * 4.0 / tau
     loss = -gate * advantages
     return torch.where(m, loss, _zero(loss))
+
+
+def gmpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *, clip_low: float,
+              clip_high: float) -> tuple[Tensor, Tensor]:
+    """GMPO per-token loss ``[B, T]`` (−Â_i·exp(mean_t l̃_t) on each valid token, see the module doc)
+    and the tokens whose clipped log-ratio was taken (no gradient through them) ``[B, T]``."""
+    m = _bool(mask)
+    adv = masked_mean(advantages, m, dim=-1).unsqueeze(-1)  # [B, 1] one advantage per response
+    sign = torch.sign(adv)  # [B, 1]
+    log_ratio = torch.where(m, logp - old_logp, _zero(logp)).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
+    clipped = log_ratio.clamp(-clip_low, clip_high)  # [B, T] the clip, in log space
+    kept = sign * torch.minimum(sign * log_ratio, sign * clipped)  # [B, T] the pessimistic side per sign
+    n = m.sum(-1, keepdim=True).clamp(min=1)  # [B, 1]
+    seq_ratio = torch.exp(torch.where(m, kept, _zero(kept)).sum(-1, keepdim=True) / n)  # [B, 1] geometric mean
+    loss = (-adv * seq_ratio).expand_as(logp)  # [B, T]
+    took_clip = m & (kept != log_ratio)  # [B, T]
+    return torch.where(m, loss, _zero(loss)), took_clip.detach()

@@ -26,8 +26,9 @@ name; what differs between entries is described by data on the entry (``select``
        gspo       options: clip_low, clip_high, level (sequence | token)     (pg_losses)
        cispo      options: clip_low, clip_high                               (pg_losses)
        sapo       options: tau_pos, tau_neg                                  (pg_losses)
+       gmpo       options: clip_low, clip_high                               (pg_losses)
    ``mask`` is the *response* mask (all valid tokens); token selection is applied afterwards.
-   Metrics: ratio_mean, ratio_max, approx_kl (every loss), clipfrac (clip, clip_cov),
+   Metrics: ratio_mean, ratio_max, approx_kl (every loss), clipfrac (clip, clip_cov, gspo, cispo, gmpo),
    selected_frac (clip_cov, kl_cov) — over this call's valid tokens (weight by the micro-batch's
    token count when averaging over micro-batches). ReaLHF/SPO's early stop ("mean ratio > x ⇒
    loss × 0") reads ``metrics["ratio_mean"]``.
@@ -391,10 +392,22 @@ def sapo_policy_loss(logp, old_logp, advantages, mask, *, tau_pos: float, tau_ne
     return loss, ppo.ratio_metrics(logp, old_logp, mask)
 
 
+def gmpo_policy_loss(logp, old_logp, advantages, mask, *, clip_low: float, clip_high: float, selected=None,
+                     generator=None):
+    """GMPO (``pg_losses.gmpo_loss``): geometric mean of the clipped token ratios; ``clipfrac`` = fraction
+    of tokens whose clipped log-ratio was taken."""
+    _no_selection("gmpo", selected)
+    loss, took_clip = pg_losses.gmpo_loss(logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high)
+    metrics = ppo.ratio_metrics(logp, old_logp, mask)
+    metrics["clipfrac"] = masked_mean(took_clip.float(), _bool(mask))
+    return loss, metrics
+
+
 POLICY_LOSSES: dict[str, PolicyLoss] = {
     "gspo": PolicyLoss(fn=gspo_policy_loss),
     "cispo": PolicyLoss(fn=cispo_policy_loss),
     "sapo": PolicyLoss(fn=sapo_policy_loss),
+    "gmpo": PolicyLoss(fn=gmpo_policy_loss),
     "clip": PolicyLoss(fn=clip_policy_loss),
     "clip_cov": PolicyLoss(fn=clip_cov_policy_loss, select=clip_cov_pool_select),
     "kl_cov": PolicyLoss(fn=kl_cov_policy_loss, select=kl_cov_pool_select, zero_without_advantage=False),

@@ -279,7 +279,7 @@ class PolicyLossConfig:
     loss's options (rltrain/algos/registry.py)."""
 
     name: str = "clip"
-    """clip | clip_cov | kl_cov."""
+    """clip | clip_cov | kl_cov | gspo | cispo | sapo | gmpo."""
 
 
 @dataclass
@@ -328,6 +328,18 @@ class SAPOConfig(PolicyLossConfig):
     """Gate temperature for positive advantages."""
     tau_neg: float = bounded(1.05, "> 0")
     """Gate temperature for negative advantages (larger: negatives are damped faster)."""
+
+
+@dataclass
+class GMPOConfig(PolicyLossConfig):
+    """GMPO (Zhao et al. 2025): the geometric mean of the token ratios, clipped in log space
+    (rltrain/algos/pg_losses.py)."""
+
+    name: str = "gmpo"
+    clip_low: float = bounded(0.4, "≥ 0")
+    """ε_low: each token's log-ratio is clipped below at −clip_low (the paper's and verl's 0.4)."""
+    clip_high: float = bounded(0.4, "≥ 0")
+    """ε_high: each token's log-ratio is clipped above at clip_high (0.4)."""
 
 
 @dataclass

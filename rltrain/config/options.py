@@ -20,7 +20,7 @@ OPTIONS: dict[str, dict[str, type]] = {
              "dpo": DPOConfig, "sft": SFTConfig},
     "token_selection": {"all": TokenSelectionConfig, "high_entropy": HighEntropyConfig, "prob_mask": ProbMaskConfig},
     "policy_loss": {"clip": ClipLossConfig, "clip_cov": ClipCovConfig, "kl_cov": KLCovConfig, "gspo": GSPOConfig,
-                    "cispo": CISPOConfig, "sapo": SAPOConfig},
+                    "cispo": CISPOConfig, "sapo": SAPOConfig, "gmpo": GMPOConfig},
     "reward": {"math": MathRewardConfig, "python": PythonRewardConfig, "code": CodeRewardConfig,
                "judge": JudgeRewardConfig, "classifier": ClassifierRewardConfig, "combined": CombinedRewardConfig},
     "data": {"arith": ArithDataConfig, "synthetic_prefs": SyntheticPrefsConfig, "gsm8k": GSM8KDataConfig,

@@ -1,4 +1,4 @@
-"""GSPO, CISPO and SAPO against hand-derived values and the invariants of issue #16."""
+"""GSPO, CISPO, SAPO and GMPO against hand-derived values and the invariants of issue #16."""
 import math
 
 import pytest
@@ -65,9 +65,53 @@ def test_sapo_gate_hand_values_and_unit_slope_on_policy():
     assert far.item() == pytest.approx(-4.0 / (1 + math.exp(-(r - 1))))
 
 
+def test_gmpo_hand_values_clip_in_log_space_by_the_advantage_sign():
+    """GMPO (Zhao et al. 2025; verl ``geo_mean``), ε_low = ε_high = 0.4, π_old = 1 everywhere, token
+    log-ratios l = [0.1, 0.6, −0.8] (a 4th position is padding) on two responses with Â = 2 and −2.
+
+    Â = 2: clip(l) = [0.1, 0.4, −0.4]; min(l, clip(l)) = [0.1, 0.4, −0.8] (only the upside is clipped);
+      mean −0.1 → ratio e^−0.1 = 0.9048, loss −2·0.9048 = −1.8097 on each valid token; gradient of one
+      copy w.r.t. l: −2·e^−0.1/3 = −0.6032 on tokens 0 and 2, 0 on the clipped token 1.
+    Â = −2: max(l, clip(l)) = [0.1, 0.6, −0.4] (only the downside is clipped); mean 0.1 → e^0.1 = 1.1052,
+      loss 2.2103; gradient 2·e^0.1/3 = 0.7368 on tokens 0 and 1, 0 on token 2.
+    The arithmetic mean of the clipped token terms (GRPO's clip, ρ ∈ [0.8, 1.2]) would give −2·(1.1052 +
+    1.2 + 0.4493)/3 = −1.8364 for the first response.
+    """
+    from rltrain.algos.pg_losses import gmpo_loss
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]])
+    l = torch.tensor([[0.1, 0.6, -0.8, 5.0], [0.1, 0.6, -0.8, 5.0]], requires_grad=True)
+    adv = torch.tensor([[2.0], [-2.0]]).expand(2, 4)
+    loss, took_clip = gmpo_loss(l, torch.zeros(2, 4), adv, mask, clip_low=0.4, clip_high=0.4)
+    lo, hi = -2 * math.exp(-0.1), 2 * math.exp(0.1)
+    torch.testing.assert_close(loss.detach(), torch.tensor([[lo, lo, lo, 0.0], [hi, hi, hi, 0.0]]))
+    assert took_clip.tolist() == [[False, True, False, False], [False, False, True, False]]
+    (loss[0, 0] + loss[1, 0]).backward()  # one copy of each response's loss
+    g0, g1 = -2 * math.exp(-0.1) / 3, 2 * math.exp(0.1) / 3
+    torch.testing.assert_close(l.grad, torch.tensor([[g0, 0.0, g0, 0.0], [g1, g1, 0.0, 0.0]]))
+    spec = registry.get("policy_loss", "gmpo")
+    _, metrics = spec(l.detach(), torch.zeros(2, 4), adv, mask, clip_low=0.4, clip_high=0.4)
+    assert metrics["clipfrac"].item() == pytest.approx(2 / 6)
+
+
+def test_gmpo_on_policy_is_the_sequence_policy_gradient():
+    """π_θ = π_old: every ratio is 1, the loss is −Â on each token and the gradient of one response's
+    loss is −Â/|o| per token (the geometric mean's derivative)."""
+    from rltrain.algos.pg_losses import gmpo_loss
+
+    logp = torch.randn(2, 4, requires_grad=True)
+    adv = torch.tensor([[1.5], [-0.5]]).expand(2, 4)
+    loss, took_clip = gmpo_loss(logp, logp.detach(), adv, MASK, clip_low=0.4, clip_high=0.4)
+    torch.testing.assert_close(loss.detach(), -adv * MASK)
+    assert not took_clip.any()
+    (loss[0, 0] + loss[1, 0]).backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[-0.5, -0.5, -0.5, 0.0], [0.25, 0.25, 0.0, 0.0]]))
+
+
 @pytest.mark.parametrize("name,opts", [("gspo", {"clip_low": 3e-4, "clip_high": 4e-4}),
                                        ("cispo", {"clip_low": 1.0, "clip_high": 4.0}),
-                                       ("sapo", {"tau_pos": 1.0, "tau_neg": 1.05})])
+                                       ("sapo", {"tau_pos": 1.0, "tau_neg": 1.05}),
+                                       ("gmpo", {"clip_low": 0.4, "clip_high": 0.4})])
 def test_registered_with_metrics_and_zero_without_advantage(name, opts):
     spec = registry.get("policy_loss", name)
     assert spec.zero_without_advantage and spec.select is None

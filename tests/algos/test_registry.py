@@ -18,7 +18,7 @@ from .conftest import right_padded_mask
 
 
 def test_get_unknown_lists_valid_names():
-    with pytest.raises(ValueError, match="cispo, clip, clip_cov, gspo, kl_cov, sapo"):
+    with pytest.raises(ValueError, match="cispo, clip, clip_cov, gmpo, gspo, kl_cov, sapo"):
         get("policy_loss", "ppo2")
     with pytest.raises(ValueError, match="all, high_entropy, prob_mask"):
         get("token_selection", "random")

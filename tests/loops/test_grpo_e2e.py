@@ -94,7 +94,8 @@ def test_time_budget_ends_training_early_and_resume_keeps_it(tmp_path):
     assert [r["step"] for r in metrics(tmp_path)] == [1]
 
 
-@pytest.mark.parametrize("loss", ["policy_loss=gspo", "policy_loss=cispo", "policy_loss=sapo", "algo.adv_estimator=rloo",
+@pytest.mark.parametrize("loss", ["policy_loss=gspo", "policy_loss=cispo", "policy_loss=sapo", "policy_loss=gmpo",
+                                  "algo.adv_estimator=rloo",
                                   "rollout.correction=tis", "rollout.correction=icepop",
                                   "algo.adv_estimator=reinforce_pp algo.kl_coef=0.01",
                                   "algo.adv_estimator=reinforce_pp_baseline"])
