@@ -78,13 +78,17 @@ PASS, WRONG, RUNTIME, TIMEOUT, COMPILE, SKIPPED = (
     "pass", "wrong_answer", "runtime_error", "timeout", "compile_error", "skipped",
 )
 
-_FENCE_RE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_FENCE_TAG_RE = re.compile(r"[ \t]*([\w+#.-]*)")  # anchored at the fence, no backtracking
 _PYTHON_TAGS = {"python", "py", "python3", "py3"}
 ISOLATIONS = ("auto", "namespace", "process")
-_INT_RE = re.compile(r"([+-]?)0*(\d+)")
-_FLOAT_RE = re.compile(r"[+-]?(?:\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?|inf|infinity|nan)", re.IGNORECASE)
-_TOKEN_RE = re.compile(r"\S+")
+_TOKEN_RE = re.compile(rb"\S+")  # bytes: ASCII whitespace separates tokens
 _SMALL_INT_DIGITS = 4000  # below the interpreter's int <-> str conversion limit (4300)
+_SIGNS = (b"+", b"-")
+_FLOAT_WORDS = (b"inf", b"infinity", b"nan")
+
+
+class JudgeTimeout(Exception):
+    """Comparing a program's output took longer than ``judge_timeout``."""
 _PROCESS_WARNING_SHOWN = False
 
 
@@ -136,9 +140,32 @@ def preflight(isolation: str) -> str:
     return "namespace"
 
 
+def _fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """``(tag, body)`` of each fenced block, in one left-to-right pass (linear in ``text``).
+
+    A fence is three backticks; its tag is the word right after them (``[\\w+#.-]*`` after
+    blanks), the rest of that line is ignored, and the body runs to the next three backticks
+    or, for an unclosed last block, to the end. A fence with no newline after it opens nothing.
+    """
+    blocks, pos = [], 0
+    while True:
+        start = text.find("```", pos)
+        if start < 0:
+            return blocks
+        newline = text.find("\n", start + 3)
+        if newline < 0:
+            return blocks
+        tag = _FENCE_TAG_RE.match(text, start + 3, newline).group(1)
+        end = text.find("```", newline + 1)
+        blocks.append((tag.lower(), text[newline + 1:end if end >= 0 else len(text)]))
+        if end < 0:
+            return blocks
+        pos = end + 3
+
+
 def extract_code(completion: str) -> str | None:
     """The last ```python fenced block of ``completion``, else its last fenced block, else None."""
-    blocks = [(m.group(1).lower(), m.group(2)) for m in _FENCE_RE.finditer(completion)]
+    blocks = _fenced_blocks(completion)
     if not blocks:
         return None
     python = [code for tag, code in blocks if tag in _PYTHON_TAGS]
@@ -160,32 +187,57 @@ def _floats_close(x: float, y: float, tol: float) -> bool:
     return abs(x - y) <= tol * max(1.0, abs(y))
 
 
-def _int_text_equal(a: re.Match, b: re.Match) -> bool:
-    """Two ``_INT_RE`` matches as integers, compared as text (any length, no ``int()``)."""
-    if a.group(2) != b.group(2):
+# Number syntax is checked with bytes methods that scan once (``isdigit`` is ASCII-only on
+# bytes, ``lstrip``, ``partition``), never with a regex: ``0*(\d+)`` and ``\d+\.?\d*``
+# backtrack quadratically on a long token that fails at its end (40,000 zeros and an "x" cost
+# ~27 s of trainer CPU).
+
+def _integer(token: bytes) -> tuple[bool, bytes] | None:
+    """``(negative, digits without leading zeros)`` of an ASCII integer token, else None."""
+    body = token[1:] if token[:1] in _SIGNS else token
+    if not body.isdigit():
+        return None
+    digits = body.lstrip(b"0") or b"0"
+    return token[:1] == b"-" and digits != b"0", digits
+
+
+def _is_decimal(token: bytes) -> bool:
+    """``[+-]?(digits[.digits][e[+-]digits] | .digits[e[+-]digits] | inf | infinity | nan)``."""
+    body = (token[1:] if token[:1] in _SIGNS else token).lower()
+    if body in _FLOAT_WORDS:
+        return True
+    mantissa, e, exponent = body.partition(b"e")
+    if e and not (exponent[1:] if exponent[:1] in _SIGNS else exponent).isdigit():
         return False
-    return a.group(2) == "0" or (a.group(1) == "-") == (b.group(1) == "-")
+    whole, _, fraction = mantissa.partition(b".")
+    return bool(whole or fraction) and (not whole or whole.isdigit()) and (not fraction or fraction.isdigit())
 
 
-def _numbers_close(a: str, b: str, tol: float) -> bool:
+def _numbers_close(a: bytes, b: bytes, tol: float) -> bool:
     """Two output tokens: integers exactly equal, otherwise decimal numbers within ``tol``."""
-    ia, ib = _INT_RE.fullmatch(a), _INT_RE.fullmatch(b)
+    ia, ib = _integer(a), _integer(b)
     if ia and ib:
-        return _int_text_equal(ia, ib)
-    if _FLOAT_RE.fullmatch(a) and _FLOAT_RE.fullmatch(b):
+        return ia == ib  # compared as text: any length, no int()
+    if _is_decimal(a) and _is_decimal(b):
         return _floats_close(float(a), float(b), tol)  # float() has no length limit
     return False
 
 
-def stdout_matches(got: str, expected: Any, float_tol: float = 1e-6) -> bool:
+def stdout_matches(got: bytes | str, expected: Any, float_tol: float = 1e-6, deadline: float | None = None) -> bool:
     """Compare program output with the expected output, whitespace- and float-tolerant.
 
-    Tokens (split on any whitespace) must be equal, or both numeric: integers exactly equal,
-    other numbers within ``float_tol`` (absolute, relative above magnitude 1). The output's
-    tokens are streamed, so a flood costs no more memory than the expected output's tokens.
+    Tokens (split on ASCII whitespace) must be equal bytes, or both numeric: integers exactly
+    equal, other numbers within ``float_tol`` (absolute, relative above magnitude 1). The
+    output's tokens are streamed and every step is linear in the token, so the cost is bounded
+    by the output's size and the expected tokens' count; past ``deadline`` (``time.monotonic``)
+    ``JudgeTimeout`` is raised.
     """
+    if isinstance(got, str):
+        got = got.encode("utf-8", "surrogatepass")
     got_tokens = _TOKEN_RE.finditer(got)
-    for want in _as_text(expected).split():
+    for want in _as_text(expected).encode("utf-8", "surrogatepass").split():
+        if deadline is not None and time.monotonic() > deadline:
+            raise JudgeTimeout
         token = next(got_tokens, None)
         if token is None:
             return False
@@ -230,7 +282,7 @@ def _values_close(got: Any, want: Any, tol: float) -> bool:
             return False
         if isinstance(want, float):
             return _floats_close(float(got), want, tol)
-        return _int_text_equal(_INT_RE.fullmatch(got), _INT_RE.fullmatch(_int_text(want)))
+        return _integer(got.encode()) == _integer(_int_text(want).encode())
     if isinstance(got, bool) or isinstance(want, bool):
         return got == want and type(got) is type(want)
     if isinstance(got, (int, float)) and isinstance(want, (int, float)):
@@ -247,7 +299,7 @@ def _values_close(got: Any, want: Any, tol: float) -> bool:
     return got == want
 
 
-def call_result_matches(got_json: str, expected: Any, float_tol: float = 1e-6) -> bool:
+def call_result_matches(got_json: bytes | str, expected: Any, float_tol: float = 1e-6) -> bool:
     """Compare a call-based return value (JSON text from the sandbox) with the expected output.
 
     Accepts an exact (tolerant) match, or a match of the only element of a one-element
@@ -287,14 +339,21 @@ def parse_tests(meta: dict[str, Any]) -> tuple[list, list, str | None]:
     return inputs, outputs, fn_name
 
 
-def judge_run(run: ProgramRun, outputs: list, fn_name: str | None, float_tol: float) -> list[str]:
-    """Per-test outcome codes of a program run against the expected ``outputs``."""
+def judge_run(run: ProgramRun, outputs: list, fn_name: str | None, float_tol: float,
+              deadline: float | None = None) -> list[str]:
+    """Per-test outcome codes of a program run against the expected ``outputs``; past
+    ``deadline`` (``time.monotonic``) ``JudgeTimeout`` is raised."""
     if run.compile_error is not None:
         return [COMPILE] * len(outputs)
     outcomes = []
     for test, expected in zip(run.tests, outputs):
+        if deadline is not None and time.monotonic() > deadline:
+            raise JudgeTimeout
         if test.status == STATUS_OK:
-            ok = (call_result_matches if fn_name else stdout_matches)(test.output or "", expected, float_tol)
+            if fn_name:
+                ok = call_result_matches(test.output or b"", expected, float_tol)
+            else:
+                ok = stdout_matches(test.output or b"", expected, float_tol, deadline)
             outcomes.append(PASS if ok else WRONG)
         elif test.status == STATUS_TIMEOUT:
             outcomes.append(TIMEOUT)
@@ -342,9 +401,16 @@ class CodeReward:
         isolation: ``auto`` | ``namespace`` (a namespace jail, or ``RewardSetupError`` at the
             first call where none can be built) | ``process`` (uncontained, says so once on
             stderr). See :func:`preflight`.
+        judge_timeout: seconds the trainer may spend comparing one program's outputs with the
+            expected ones; past it the program scores 0 and ``code/judge_timeout`` is set.
+            Comparison is linear in the output, so only a huge expected output comes near it.
+
+    Memory: each program's run is judged in its worker as soon as it ends and then released,
+    so the trainer holds at most ``2 * file_mb`` MiB of program output per worker (the stream
+    read back and the outputs cut from it), whatever the batch size.
     """
 
-    logged_info = ("code/output_truncated",)  # per-completion info a training step logs the mean of
+    logged_info = ("code/output_truncated", "code/judge_timeout")  # per-completion info a step logs the mean of
 
 
     def __init__(
@@ -359,6 +425,7 @@ class CodeReward:
         float_tol: float = 1e-6,
         num_workers: int | None = None,
         isolation: str = "auto",
+        judge_timeout: float = 5.0,
     ):
         if mode not in MODES:
             raise ValueError(f"reward.mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -368,6 +435,9 @@ class CodeReward:
             raise ValueError(f"reward.float_tol must be >= 0, got {float_tol}")
         if isolation not in ISOLATIONS:
             raise ValueError(f"reward.isolation must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
+        if not judge_timeout > 0:
+            raise ValueError(f"reward.judge_timeout must be > 0, got {judge_timeout}")
+        self.judge_timeout = judge_timeout
         self.mode = mode
         self.max_tests = max_tests
         self.float_tol = float_tol
@@ -395,6 +465,27 @@ class CodeReward:
                 raise _setup_error(self.isolation, exc.reason) from None
         return self._sandbox
 
+    def _judge(self, run: ProgramRun, outputs: list, fn_name: str | None) -> dict:
+        """One program's verdict (in a worker thread, right after its run): what ``__call__``
+        reports of it, without its outputs. Never raises: a scoring failure is in ``failure``."""
+        verdict = {"output_bytes": run.output_bytes, "truncated": run.truncated, "judge_timeout": False,
+                   "failure": None}
+        try:
+            deadline = time.monotonic() + self.judge_timeout
+            try:
+                verdict["outcomes"] = judge_run(run, outputs, fn_name, self.float_tol, deadline)
+            except JudgeTimeout:  # the program's output is to blame: a 0, counted, not a failure
+                verdict["outcomes"] = [WRONG] * len(outputs)
+                verdict["judge_timeout"] = True
+            verdict["error"] = run.compile_error or next(
+                (t.error for t in run.tests if t.error and t.status != STATUS_SKIPPED), None
+            )
+            if verdict["judge_timeout"]:
+                verdict["error"] = f"judging took over {self.judge_timeout:g} s (reward.judge_timeout)"
+        except Exception as exc:  # noqa: BLE001 - this program scores 0 and is counted as failed
+            verdict["failure"] = f"{type(exc).__name__}: {exc}"[:300]
+        return verdict
+
     def __call__(self, samples: Sequence[Sample], completions: Sequence[str]) -> RewardOutput:
         if len(samples) != len(completions):
             raise ValueError(f"{len(samples)} samples for {len(completions)} completions")
@@ -405,29 +496,29 @@ class CodeReward:
         stop_on_error = self.mode != "pass_rate"
         sandbox = self.sandbox
         todo = [k for k, code in enumerate(codes) if code is not None]
-        # One job per program, so a sandbox failure costs that program only.
-        runs = sandbox.run_many_safely([Job(codes[k], tests[k][0], tests[k][2], stop_on_error) for k in todo])
-        by_index = dict(zip(todo, runs))
+        # One job per program, so a sandbox failure costs that program only; each run is judged
+        # in its worker as it ends and released (memory bounded by the workers, not the batch).
+        verdicts = sandbox.run_many_safely(
+            [Job(codes[k], tests[k][0], tests[k][2], stop_on_error) for k in todo],
+            judge=lambda j, run: self._judge(run, tests[todo[j]][1], tests[todo[j]][2]),
+        )
+        by_index = dict(zip(todo, verdicts))
 
         keys = ("correct", "code/status", "code/pass_rate", "code/outcomes", "code/error",
-                "code/output_bytes", "code/output_truncated", "failed", "error")
+                "code/output_bytes", "code/output_truncated", "code/judge_timeout", "failed", "error")
         scores, info = [], {key: [] for key in keys}
-        for k, (_, outputs, fn_name) in enumerate(tests):
-            run = by_index.get(k)
-            failure = None
-            try:
-                if isinstance(run, BaseException):
-                    raise run
-                if run is None:
-                    outcomes, error = [COMPILE] * len(outputs), "no fenced code block in the completion"
-                else:
-                    outcomes = judge_run(run, outputs, fn_name, self.float_tol)
-                    error = run.compile_error or next(
-                        (t.error for t in run.tests if t.error and t.status != STATUS_SKIPPED), None
-                    )
+        for k, (_, outputs, _) in enumerate(tests):
+            verdict = by_index.get(k)
+            if verdict is None:
+                verdict = {"outcomes": [COMPILE] * len(outputs), "error": "no fenced code block in the completion",
+                           "failure": None}
+            elif isinstance(verdict, BaseException):  # the sandbox failed for this program
+                verdict = {"failure": f"{type(verdict).__name__}: {verdict}"[:300]}
+            failure = verdict["failure"]
+            if failure is None:
+                outcomes, error = verdict["outcomes"], verdict["error"]
                 value = score(outcomes, self.mode)
-            except Exception as exc:  # noqa: BLE001 - this program scores 0 and is counted as failed
-                failure = f"{type(exc).__name__}: {exc}"[:300]
+            else:
                 outcomes, error, value = [RUNTIME] * len(outputs), failure, 0.0
             scores.append(value)
             info["correct"].append(failure is None and all(o == PASS for o in outcomes))
@@ -435,8 +526,9 @@ class CodeReward:
             info["code/pass_rate"].append(sum(o == PASS for o in outcomes) / len(outcomes))
             info["code/outcomes"].append(outcomes)
             info["code/error"].append(error)
-            info["code/output_bytes"].append(run.output_bytes if isinstance(run, ProgramRun) else 0)
-            info["code/output_truncated"].append(isinstance(run, ProgramRun) and run.truncated)
+            info["code/output_bytes"].append(verdict.get("output_bytes", 0))
+            info["code/output_truncated"].append(verdict.get("truncated", False))
+            info["code/judge_timeout"].append(verdict.get("judge_timeout", False))
             info["failed"].append(failure is not None)
             info["error"].append(failure)
         return RewardOutput(scores=scores, info=info)

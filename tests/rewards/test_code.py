@@ -232,14 +232,15 @@ def test_a_program_that_fails_to_score_costs_only_itself(rewards, monkeypatch):
 
     calls, judge = [], code.judge_run
 
-    def judge_once_broken(run, outputs, fn_name, tol):
+    def judge_once_broken(run, outputs, fn_name, tol, deadline=None):
         calls.append(1)
-        if len(calls) == 2:
+        if run.tests[0].output.endswith(b" \n"):  # the second program (runs are judged as they end)
             raise ValueError("Exceeds the limit (4300 digits) for integer string conversion")
-        return judge(run, outputs, fn_name, tol)
+        return judge(run, outputs, fn_name, tol, deadline)
 
     monkeypatch.setattr(code, "judge_run", judge_once_broken)
-    out = score_safely(rewards["all_pass"], [sample(ADD_IO)] * 3, [ADD] * 3, max_fail_fraction=0.5)
+    spaced = ADD.replace("print(a + b)", "print(a + b, end=' \\n')")
+    out = score_safely(rewards["all_pass"], [sample(ADD_IO)] * 3, [ADD, spaced, ADD], max_fail_fraction=0.5)
     assert out.scores == [1.0, 0.0, 1.0]
     assert out.info["failed"] == [False, True, False] and "4300" in out.info["error"][1]
     assert len(calls) == 3  # judged once each: the batch was not re-scored
@@ -272,8 +273,8 @@ def test_inside_combined_a_failed_program_still_counts(rewards, monkeypatch):
     from rltrain.rewards.combined import CombinedReward
 
     judge = code.judge_run
-    monkeypatch.setattr(code, "judge_run", lambda run, o, f, t: (_ for _ in ()).throw(RecursionError("deep")) if
-                        run.tests[0].output == "7\n" else judge(run, o, f, t))
+    monkeypatch.setattr(code, "judge_run", lambda run, o, f, t, d=None: (_ for _ in ()).throw(RecursionError("deep"))
+                        if run.tests[0].output == b"7\n" else judge(run, o, f, t, d))
     combined = CombinedReward([{"reward": rewards["all_pass"], "label": "code", "weight": 2.0}])
     io = {"inputs": ["1 2\n"], "outputs": ["3\n"]}
     wrong = "```python\nprint(7)\n```"

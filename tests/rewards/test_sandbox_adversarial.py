@@ -88,7 +88,7 @@ def stdout_of(reward, code: str) -> str:
     """What a benign-looking program prints (one test, expected output irrelevant)."""
     run = reward.sandbox.run(textwrap.dedent(code), [""])
     assert run.compile_error is None and run.tests[0].status == "ok", run
-    return run.tests[0].output
+    return run.tests[0].text
 
 
 def test_this_layout(reward):
@@ -367,7 +367,7 @@ def test_import_paths_under_home_opt_symlinks_and_nesting(sentinel):
             code = "import importlib\nprint(' '.join(importlib.import_module(m).VALUE for m in %r))" % expect
             run = sandbox.run(code, [""])
             assert run.tests[0].status == "ok", run
-            assert run.tests[0].output.split() == expect
+            assert run.tests[0].text.split() == expect
         finally:
             sandbox.close()
     finally:
@@ -377,7 +377,8 @@ def test_import_paths_under_home_opt_symlinks_and_nesting(sentinel):
 
 @pytest.mark.skipif(INNER, reason="this is the inner run")
 def test_suite_from_an_interpreter_under_tmp():
-    """The whole suite again from a venv under /tmp whose site-packages hold a copy of rltrain."""
+    """The whole suite again (this file and round two's) from a venv under /tmp whose
+    site-packages hold a copy of rltrain."""
     if NAMESPACE_UNSUPPORTED is not None:
         pytest.skip(f"namespace isolation cannot run on this machine: {NAMESPACE_UNSUPPORTED}")
     import site
@@ -400,7 +401,7 @@ def test_suite_from_an_interpreter_under_tmp():
         tests = os.path.join(tmp, "tests")
         os.makedirs(tests)
         here = os.path.dirname(os.path.abspath(__file__))
-        for name in ("test_sandbox_adversarial.py", "sandbox_support.py"):
+        for name in ("test_sandbox_adversarial.py", "test_sandbox_round2.py", "sandbox_support.py"):
             shutil.copy(os.path.join(here, name), tests)
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
         env.update(RLTRAIN_ADVERSARIAL_INNER="1", RLTRAIN_PROJECT_ROOT=PROJECT)

@@ -3,6 +3,13 @@ forked child (stdin, stdout and stderr on memfds, CPU-time and file-size rlimits
 the wall-clock limit, kill whatever it left behind, and emit one event per test with its
 output, within what is left of the program's output cap. ``HEADER`` (imports every program
 gets) and the ``process`` isolation guard are here too.
+
+What a test process can reach of the harness: it is a fork of it, so it holds the harness's
+memory; the harness therefore holds no test input (they wait in a memfd, ``inputs_fd``, and
+each is copied kernel-side into its own test's stdin) and none of the launcher's cgroup paths.
+In a namespace jail the test process then switches to the program's uid, which the harness
+keeps only as its saved uid, and stacks ``seccomp._program_filter`` (no memfds, no SysV shared
+memory).
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import time
 
 from .libc import _PR_SET_PDEATHSIG, _libc, _set_rlimit
 from .protocol import STATUS_OK, STATUS_RUNTIME_ERROR, STATUS_SKIPPED, STATUS_TIMEOUT, _emit
+from .seccomp import _install_seccomp, _program_filter
 from .types import _MB
 
 # Imports that APPS-style solutions assume (hendrycks/apps prepends a similar header). They are
@@ -59,7 +67,10 @@ del _rltrain_guard
 """
 
 
-def _run_tests(req: dict, namespace: bool) -> None:
+def _run_tests(req: dict, namespace: bool, inputs_fd: int) -> None:
+    """Run every test of ``req`` (its inputs lie in ``inputs_fd``, one after another, sized by
+    ``req["input_sizes"]``) and emit one event each. ``ready`` goes out first, once the program
+    compiled: from then on a harness that dies is the program's doing (``protocol._parse_run``)."""
     source = req["code"]
     if not namespace:
         source = _guard_source() + source
@@ -71,10 +82,14 @@ def _run_tests(req: dict, namespace: bool) -> None:
     header = compile(HEADER, "<header>", "exec")
     exec(header, {})  # import once here; the forked tests reuse sys.modules
     limits = req["limits"]
+    program_filter = _program_filter()
     deadline = time.monotonic() + float(limits["program_timeout"])
     budget = [int(float(limits["output_mb"]) * _MB)]  # output bytes left for this program
     stop = False
-    for index, test_input in enumerate(req["inputs"]):
+    offset = 0
+    _emit({"event": "ready"})
+    for index, size in enumerate(req["input_sizes"]):
+        where, offset = (offset, size), offset + size
         if stop:
             _emit({"event": "test", "index": index, "status": STATUS_SKIPPED, "error": "earlier test failed", "seconds": 0.0})
             continue
@@ -82,14 +97,33 @@ def _run_tests(req: dict, namespace: bool) -> None:
         if remaining <= 0:
             _emit({"event": "test", "index": index, "status": STATUS_TIMEOUT, "error": "program time limit", "seconds": 0.0})
             continue
-        run, payload = _run_one_test(
-            header, compiled, test_input, req["fn_name"], limits, min(float(limits["timeout"]), remaining), namespace, budget,
-        )
+        try:
+            run, payload = _run_one_test(
+                header, compiled, (inputs_fd, *where), req["fn_name"], limits, min(float(limits["timeout"]), remaining),
+                namespace, budget, req["uid"] if namespace else None, program_filter,
+            )
+        except (OSError, MemoryError) as exc:  # the harness could not run this test: the test fails
+            run, payload = {"status": STATUS_RUNTIME_ERROR, "error": f"harness: {type(exc).__name__}: {exc}"[:500],
+                            "seconds": 0.0}, b""
         run["index"] = index
         run["event"] = "test"
         _emit(run, payload)
         if req["stop_on_error"] and run["status"] != STATUS_OK:
             stop = True
+
+
+def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
+    """``size`` bytes of ``src`` from ``offset`` onto the end of ``dst``, copied by the kernel
+    (the bytes never pass through this process's memory, which every test process inherits)."""
+    while size > 0:
+        try:
+            done = os.copy_file_range(src, dst, size, offset)
+        except OSError:  # e.g. a kernel without copy_file_range between these files
+            done = os.sendfile(dst, src, offset, size)
+        if done <= 0:
+            raise OSError(f"short copy of a test input ({size} bytes left)")
+        offset += done
+        size -= done
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -116,33 +150,36 @@ def _stderr_tail(fd: int) -> str:
 
 
 def _run_one_test(header, compiled, test_input, fn_name, limits, wall: float, namespace: bool,
-                  budget: list[int]) -> tuple[dict, bytes]:
+                  budget: list[int], uid: int | None, program_filter: bytes) -> tuple[dict, bytes]:
     """Run one test in a forked child; returns its event and its output (within ``budget``,
-    the program's output bytes left, which it decreases)."""
+    the program's output bytes left, which it decreases). ``test_input`` is ``(fd, offset,
+    size)``: the stdin bytes, or the JSON of the call's arguments."""
     call_based = fn_name is not None
     in_fd = os.memfd_create("stdin")
     out_fd = os.memfd_create("stdout")
     err_fd = os.memfd_create("stderr")
     res_fd = os.memfd_create("result")
-    if not call_based:
-        _write_all(in_fd, (test_input if isinstance(test_input, str) else str(test_input)).encode())
+    args_fd = os.memfd_create("args") if call_based else -1
+    source_fd, offset, size = test_input
+    _copy_range(source_fd, args_fd if call_based else in_fd, offset, size)
     os.lseek(in_fd, 0, os.SEEK_SET)
     cpu = int(math.ceil(limits["cpu_time"] if limits["cpu_time"] is not None else limits["timeout"]))
     start = time.monotonic()
     pid = os.fork()
     if pid == 0:
-        _test_child(header, compiled, test_input, fn_name, in_fd, out_fd, err_fd, res_fd, cpu, int(limits["file_mb"]) * _MB, namespace)
+        _test_child(header, compiled, args_fd, fn_name, in_fd, out_fd, err_fd, res_fd, cpu, int(limits["file_mb"]) * _MB,
+                    namespace, uid, program_filter)
     timed_out = not _wait_exit(pid, wall)
     if timed_out:
-        _kill(pid, signal.SIGKILL, group=not namespace)
+        if namespace:
+            _kill_as(uid, pid)
+        else:
+            _kill(pid, signal.SIGKILL, group=True)
     _, status, usage = os.wait4(pid, 0)
     seconds = time.monotonic() - start
     # Kill whatever the program left behind (daemons, fork-bomb survivors) and reap them.
     if namespace and os.getpid() == 1:
-        try:
-            os.kill(-1, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _kill_as(uid, -1)  # -1: every process of the namespace but its init, the harness
         while True:
             try:
                 os.waitpid(-1, 0)
@@ -175,8 +212,23 @@ def _run_one_test(header, compiled, test_input, fn_name, limits, wall: float, na
             return {"status": STATUS_RUNTIME_ERROR, "error": error, "seconds": seconds, "truncated": True}, b""
         return {"status": STATUS_OK, "seconds": seconds}, output
     finally:
-        for fd in (in_fd, out_fd, err_fd, res_fd):
-            os.close(fd)
+        for fd in (in_fd, out_fd, err_fd, res_fd, args_fd):
+            if fd >= 0:
+                os.close(fd)
+
+
+def _kill_as(uid: int, pid: int) -> None:
+    """SIGKILL ``pid`` (-1: every process this one may signal) with the program's uid as the
+    effective uid: the harness's own uid may not signal the program's processes (that is the
+    point of it). The harness takes its own uid back before returning."""
+    own = os.geteuid()
+    os.setresuid(-1, uid, -1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.setresuid(-1, own, -1)
 
 
 def _kill(pid: int, sig: int, group: bool) -> None:
@@ -221,7 +273,8 @@ def _wait_exit(pid: int, timeout: float) -> bool:
     return False
 
 
-def _test_child(header, compiled, test_input, fn_name, in_fd, out_fd, err_fd, res_fd, cpu, fsize, namespace) -> None:
+def _test_child(header, compiled, args_fd, fn_name, in_fd, out_fd, err_fd, res_fd, cpu, fsize, namespace, uid,
+                program_filter) -> None:
     """Run the program once in this forked process and ``_exit``: 0 = finished, 1 = raised."""
     import builtins
     import traceback
@@ -232,11 +285,22 @@ def _test_child(header, compiled, test_input, fn_name, in_fd, out_fd, err_fd, re
             os.setpgid(0, 0)  # so the harness can kill everything this test starts
             libc = _libc()
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # dies with the harness
+        args = None
+        if args_fd >= 0:
+            os.lseek(args_fd, 0, os.SEEK_SET)
+            args = json.loads(_read_at_most(args_fd, os.fstat(args_fd).st_size))
+            os.close(args_fd)
+        if uid is not None:  # the program's uid: the harness keeps it as its saved uid only
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+        _install_seccomp(_libc(), program_filter)
         os.dup2(in_fd, 0)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
         for fd in (in_fd, out_fd, err_fd):
             os.close(fd)
+        os.closerange(3, res_fd)  # the test inputs' memfd among them: this test sees its own only
+        os.closerange(res_fd + 1, 1 << 16)
         sys.stdin = open(0, "r", encoding="utf-8", errors="replace", closefd=False)
         sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
         sys.stderr = open(2, "w", encoding="utf-8", closefd=False)
@@ -259,8 +323,7 @@ def _test_child(header, compiled, test_input, fn_name, in_fd, out_fd, err_fd, re
                     fn = getattr(namespace_globals["Solution"](), fn_name, None)
                 if fn is None:
                     raise NameError(f"function {fn_name!r} is not defined (neither top-level nor in class Solution)")
-                args = test_input if isinstance(test_input, list) else [test_input]
-                result = fn(*args)
+                result = fn(*(args if isinstance(args, list) else [args]))
                 _write_all(res_fd, json.dumps(result, default=repr).encode())
             code = 0
         except SystemExit as exc:

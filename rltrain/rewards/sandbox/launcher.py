@@ -154,15 +154,18 @@ def _build_jail(libc, req: dict) -> None:
     os.chdir(workdir)
 
 
-def _drop_privileges(libc, uid: int) -> None:
+def _drop_privileges(libc, harness_uid: int, program_uid: int) -> None:
+    """Become the harness's uid, keeping the program's uid as the saved one only: each test
+    process switches to it for good (``harness._test_child``), and then cannot act on the
+    harness as its owner (the harness's real and effective uid are not its own)."""
     os.setgroups([])
-    os.setresgid(uid, uid, uid)
-    os.setresuid(uid, uid, uid)
+    os.setresgid(harness_uid, harness_uid, program_uid)
+    os.setresuid(harness_uid, harness_uid, program_uid)
     # Credentials changed, which clears the parent-death signal: set it now.
     _check(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
     _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
     _check(libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0), "prctl(DUMPABLE)")
-    if os.getuid() == 0 or os.geteuid() == 0:
+    if 0 in os.getresuid() or 0 in os.getresgid():
         raise OSError("privileges were not dropped")
 
 
@@ -218,17 +221,56 @@ def _zygote_main(ctrl_fd: int) -> None:
             os.close(fd)
 
 
-def _read_request() -> dict:
-    chunks = []
-    while True:
-        chunk = os.read(0, 1 << 20)
+def _read_request() -> tuple[dict, int]:
+    """The request: the length of a JSON header (everything but the test inputs) on one line,
+    the header, then the inputs, which go
+    straight into a memfd (returned) through one reused buffer that is zeroed afterwards, so
+    no test input stays in the memory every test process inherits."""
+    size = bytearray()
+    while not size.endswith(b"\n") and len(size) < 16:  # the header's length, in decimal
+        size += os.read(0, 1) or b"!"
+    header = bytearray()
+    left = int(size) if size[:-1].isdigit() else -1
+    while left > 0:
+        chunk = os.read(0, min(left, 1 << 20))
         if not chunk:
-            return json.loads(b"".join(chunks))
-        chunks.append(chunk)
+            break
+        header += chunk
+        left -= len(chunk)
+    if left != 0:
+        raise OSError("truncated sandbox request")
+    req = json.loads(header)
+    inputs_fd = os.memfd_create("inputs")
+    buf = bytearray(1 << 16)
+    view = memoryview(buf)
+    while True:
+        n = os.readv(0, [view])
+        if not n:
+            break
+        written = 0
+        while written < n:
+            written += os.write(inputs_fd, view[written:n])
+    view[:] = bytes(len(buf))
+    view.release()
+    if os.fstat(inputs_fd).st_size != sum(req["input_sizes"]):
+        raise OSError("truncated sandbox request (test inputs)")
+    return req, inputs_fd
+
+
+def _join_cgroups(procs_files: list[str]) -> None:
+    """Move this process into each cgroup (by its ``cgroup.procs`` file). Plain fds, no Python
+    file objects: nothing naming the cgroups (and the trainer's pid in them) outlives this call
+    in the memory the test processes inherit."""
+    while procs_files:
+        fd = os.open(procs_files.pop(), os.O_WRONLY)
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        finally:
+            os.close(fd)
 
 
 def _jail_main() -> None:
-    req = _read_request()
+    req, inputs_fd = _read_request()
     limits = req["limits"]
     if req["isolation"] not in ("namespace", "process"):  # only an explicit "process" runs uncontained
         _emit({"event": "setup_error", "error": f"unknown isolation {req['isolation']!r}"})
@@ -237,9 +279,7 @@ def _jail_main() -> None:
     libc = _libc()
     if namespace:
         try:
-            for procs in req["cgroup_procs"]:
-                with open(procs, "w") as fh:
-                    fh.write(str(os.getpid()))
+            _join_cgroups(req.pop("cgroup_procs"))  # popped: test processes inherit this memory
             _check(
                 libc.unshare(_CLONE_NEWNS | _CLONE_NEWPID | _CLONE_NEWNET | _CLONE_NEWIPC | _CLONE_NEWUTS),
                 "unshare",
@@ -255,19 +295,19 @@ def _jail_main() -> None:
             os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
         try:
             _build_jail(libc, req)
-            _drop_privileges(libc, req["uid"])
+            for key in ("plan", "jail_root"):
+                req.pop(key)
+            _drop_privileges(libc, req["harness_uid"], req["uid"])
             _set_rlimit(resource.RLIMIT_NPROC, int(limits["max_processes"]))
             _install_seccomp(libc)
         except OSError as exc:
             _emit({"event": "setup_error", "error": str(exc)})
             os._exit(3)
     else:
-        for procs in req["cgroup_procs"]:
-            try:
-                with open(procs, "w") as fh:
-                    fh.write(str(os.getpid()))
-            except OSError:
-                pass
+        try:
+            _join_cgroups(req.pop("cgroup_procs"))
+        except OSError:
+            pass
         os.chdir(req["workdir"])
         os.environ["HOME"] = os.environ["TMPDIR"] = req["workdir"]
         try:
@@ -283,6 +323,6 @@ def _jail_main() -> None:
     _set_rlimit(resource.RLIMIT_AS, int(limits["memory_mb"]) * _MB)
     _set_rlimit(resource.RLIMIT_CPU, int(math.ceil(limits["program_timeout"])) + 1)
     sys.path.extend(req["sys_path"])
-    _run_tests(req, namespace)
+    _run_tests(req, namespace, inputs_fd)
     _emit({"event": "done"})
     os._exit(0)

@@ -22,7 +22,8 @@ from .types import _MB, Job, Limits, NamespaceUnavailable, ProgramRun, SandboxEr
 
 _PROBE_CACHE: dict[tuple, str | None] = {}
 _INSTANCES = itertools.count()
-_UIDS_PER_SANDBOX = 1024  # slots of one Sandbox: uid_base + block * 1024 + slot
+_UIDS_PER_SANDBOX = 1024  # uids of one Sandbox: uid_base + block * 1024 + slot (programs), + 512 (harnesses)
+_MAX_WORKERS = _UIDS_PER_SANDBOX // 2
 _UID_BLOCKS = 250_000  # 1_880_000_000 + 250_000 * 1024 stays below 2**31
 _ENTRY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__main__.py")  # what the zygote runs
 
@@ -40,8 +41,9 @@ class Sandbox:
             since part of each run is waiting on the kernel, not computing).
         uid_base: start of the uid range of the jails. Each Sandbox takes its own block of
             1024 uids in it (derived from the process id and an instance counter, so
-            concurrent rewards and ranks do not share RLIMIT_NPROC accounting), and its
-            jail ``i`` runs as uid/gid ``block start + i``. The default range,
+            concurrent rewards and ranks do not share RLIMIT_NPROC accounting): the program
+            of jail ``i`` runs as uid/gid ``block start + i``, its harness as ``block start
+            + 512 + i``. The default range,
             1_880_000_000 to 2**31, is above the ranges Linux distributions and systemd
             hand out.
         allow_site_packages: make the training interpreter's site-packages (e.g. numpy)
@@ -67,8 +69,8 @@ class Sandbox:
             raise ValueError(f"isolation must be auto|namespace|process, got {isolation!r}")
         self.limits = limits
         self.num_workers = num_workers or os.cpu_count() or 1
-        if not 1 <= self.num_workers <= _UIDS_PER_SANDBOX:
-            raise ValueError(f"num_workers must be in [1, {_UIDS_PER_SANDBOX}], got {self.num_workers}")
+        if not 1 <= self.num_workers <= _MAX_WORKERS:
+            raise ValueError(f"num_workers must be in [1, {_MAX_WORKERS}], got {self.num_workers}")
         block = (os.getpid() * 7919 + next(_INSTANCES)) % _UID_BLOCKS
         self.uid_base = uid_base + block * _UIDS_PER_SANDBOX
         if import_paths is not None:
@@ -105,13 +107,14 @@ class Sandbox:
                 "pid+net+mount+ipc+uts namespaces",
                 f"chroot into read-only jail ({len(self._plan)} read-only binds) with private tmpfs "
                 f"{self._workdir} and /tmp",
-                f"unprivileged uid {self.uid_base}+slot",
+                f"unprivileged uid {self.uid_base}+slot (the harness: +{_MAX_WORKERS}+slot)",
                 "RLIMIT_NPROC",
             ]
         else:
             out += ["NOT CONTAINED: runs as this user on the host", "fresh temp dir",
                     "guard preamble (socket/fork/kill/subprocess disabled)"]
-        out += ["seccomp (keyrings, ptrace, mount/namespace calls denied)" if _seccomp_arch() else "no seccomp (unknown arch)",
+        out += ["seccomp (keyrings, ptrace, mount/namespace calls, calls on other pids, page-cache and lock "
+                "channels, non-local sockets denied)" if _seccomp_arch() else "no seccomp (unknown arch)",
                 "RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE",
                 f"output cap {self.limits.output_mb:g} MiB per program", "scrubbed environment"]
         out.append(f"cgroups: {self._cgroup_note}")
@@ -133,19 +136,26 @@ class Sandbox:
                 self._slots.put(slot)
         return list(self._pool.map(self._run_in_slot, jobs)) if jobs else []
 
-    def run_many_safely(self, jobs: list[Job]) -> list[ProgramRun | SandboxError]:
+    def run_many_safely(self, jobs: list[Job], judge=None) -> list:
         """``run_many``, except that a job whose sandbox failed gets its ``SandboxError`` in its
-        place (the other jobs still run); the isolation never changes."""
-        def one(job: Job):
+        place (the other jobs still run); the isolation never changes.
+
+        ``judge(index, run)``, when given, is called on each ``ProgramRun`` in the worker as
+        soon as it finishes, and its result takes the run's place: the run (its outputs) is
+        released at once, so the memory held is bounded by the workers, not by the batch.
+        """
+        def one(item):
+            index, job = item
             try:
-                return self._run_in_slot(job)
+                run = self._run_in_slot(job)
             except SandboxError as exc:
                 return exc
+            return run if judge is None else judge(index, run)
 
         if not jobs:
             return []
         self.run_many([])  # nothing to run: just starts the pool
-        return list(self._pool.map(one, jobs))
+        return list(self._pool.map(one, enumerate(jobs)))
 
     def close(self) -> None:
         """Stop the worker pool and remove the per-slot cgroups."""
@@ -191,14 +201,18 @@ class Sandbox:
         import tempfile
 
         workdir = tempfile.mkdtemp(prefix="rltrain-sandbox-") if isolation == "process" else None
+        # Each input as the bytes its test gets: stdin text, or the JSON of the call's arguments.
+        inputs = [json.dumps(x).encode() if job.fn_name is not None else
+                  (x if isinstance(x, str) else str(x)).encode("utf-8", "surrogatepass") for x in job.inputs]
         request = {
             "isolation": isolation,
             "code": job.code,
-            "inputs": job.inputs,
+            "input_sizes": [len(x) for x in inputs],
             "fn_name": job.fn_name,
             "stop_on_error": job.stop_on_error,
             "limits": asdict(limits),
             "uid": self.uid_base + slot,
+            "harness_uid": self.uid_base + _MAX_WORKERS + slot,
             "jail_root": self._jail_root,
             "plan": self._plan,
             "jail_workdir": self._workdir,
@@ -210,15 +224,18 @@ class Sandbox:
         pidfd = None
         killed = False
         flooded = False
-        chunks = []
-        received = 0
+        received = bytearray()
         # The harness caps the output it sends; this cap (output + per-test headers and error
         # lines) bounds what a misbehaving harness could make the training process hold.
         max_bytes = int(limits.output_mb * _MB) + (64 << 10) + 8192 * len(job.inputs)
         try:
             pidfd = self._zygote_fork(theirs)
             theirs.close()
-            ours.sendall(json.dumps(request).encode())
+            header = json.dumps(request).encode()
+            ours.sendall(b"%d\n%s" % (len(header), header))
+            for data in inputs:
+                ours.sendall(data)
+            del inputs
             ours.shutdown(socket.SHUT_WR)
             # Backstop only: the harness enforces program_timeout itself.
             deadline = time.monotonic() + limits.program_timeout + 10.0
@@ -239,13 +256,12 @@ class Sandbox:
                     continue
                 if not chunk:
                     break
-                received += len(chunk)
-                if received > max_bytes:
+                if len(received) + len(chunk) > max_bytes:
                     flooded = True
                     if pidfd is not None:
                         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                     break
-                chunks.append(chunk)
+                received += chunk
         finally:
             ours.close()
             theirs.close()
@@ -255,7 +271,7 @@ class Sandbox:
                 shutil.rmtree(workdir, ignore_errors=True)
         if flooded:
             raise SandboxError(f"the sandbox harness sent more than {max_bytes} bytes (output cap broken)")
-        return _parse_run(b"".join(chunks), len(job.inputs), killed)
+        return _parse_run(received, len(job.inputs), killed)
 
     def _zygote_fork(self, job_socket) -> int | None:
         """Have the zygote fork a launcher talking on ``job_socket``; returns its pidfd."""
@@ -329,12 +345,12 @@ class Sandbox:
                     "print(6 * 7, json.dumps(missing))"
                 )
                 probe = self._run_one(Job(code, [""]), 0, "namespace", Limits(timeout=10.0, program_timeout=20.0))
-                out = (probe.tests[0].output or "") if probe.tests else ""
+                out = (probe.tests[0].text or "") if probe.tests else ""
                 ok = probe.compile_error is None and out.startswith("42 ")
                 if ok:  # an import path missing in the jail but present on the host: a plan bug
                     ok = not [p for p in json.loads(out[3:]) if os.path.exists(p)]
                 test = probe.tests[0] if probe.tests else None
-                what = probe.compile_error or (test and (test.error or test.output))
+                what = probe.compile_error or (test and (test.error or test.text))
                 _PROBE_CACHE[key] = None if ok else f"the probe program failed in the jail: {what!r}"[:500]
             except SandboxError as exc:
                 _PROBE_CACHE[key] = " ".join(str(exc).split())[:500]

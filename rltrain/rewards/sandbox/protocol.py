@@ -13,7 +13,7 @@ import os
 
 from .types import ProgramRun, SandboxError, TestRun
 
-STATUS_OK = "ok"  # ran to completion; ``output`` holds what it produced
+STATUS_OK = "ok"  # ran to completion; ``output`` holds what it produced (bytes)
 STATUS_RUNTIME_ERROR = "runtime_error"  # exception, non-zero exit, killed by a signal or a limit
 STATUS_TIMEOUT = "timeout"  # CPU or wall-clock limit of the test (or of the program) reached
 STATUS_SKIPPED = "skipped"  # not run: an earlier test failed and ``stop_on_error`` was set
@@ -27,52 +27,64 @@ def _emit(event: dict, payload: bytes = b"") -> None:
         data = data[os.write(1, data):]
 
 
-def _parse_run(out: bytes, n_tests: int, killed: bool) -> ProgramRun:
+def _parse_run(out: bytes | bytearray, n_tests: int, killed: bool) -> ProgramRun:
     """Decode the harness's stream: JSON header lines, each followed by ``nbytes`` raw bytes of
-    output; any other line is the launcher's or harness's stderr."""
+    output; any other line is the launcher's or harness's stderr.
+
+    Outputs stay bytes (decoding is the judge's business, and costs up to 4 bytes a character).
+    Once the harness said ``ready`` (the jail is built and the program compiled), everything
+    that goes wrong is the program's doing: a test the harness never reported is a runtime
+    error of the program. Before ``ready`` it is a failure of the sandbox (``SandboxError``).
+    """
     compile_error = None
     other: list[str] = []
     tests: dict[int, TestRun] = {}
-    done = False
+    done = ready = False
     total = 0
     pos = 0
+    view = memoryview(out)
     while pos < len(out):
         end = out.find(b"\n", pos)
         if end < 0:
             end = len(out)
-        line = out[pos:end]
+        short = end - pos < 65536  # an event line is short; anything longer is not one
+        line = bytes(view[pos:min(end, pos + 65536)])
         pos = end + 1
         try:
-            event = json.loads(line) if line.startswith(b"{") and len(line) < 65536 else None
+            event = json.loads(line) if short and line.startswith(b"{") else None
         except (ValueError, RecursionError):
             event = None
         if not isinstance(event, dict) or not isinstance(event.get("nbytes", 0), int):
             other.append(line[:300].decode("utf-8", "replace"))  # stderr text, or a partial last line
             continue
         nbytes = max(0, event.get("nbytes", 0))
-        payload = out[pos:pos + nbytes]
+        payload = bytes(view[pos:pos + nbytes])
         pos += nbytes
         kind = event.get("event")
         if kind == "setup_error":
             raise SandboxError(f"sandbox setup failed: {event.get('error')}")
         if kind == "compile_error":
             compile_error = str(event.get("error"))
+        elif kind == "ready":
+            ready = True
         elif kind == "test" and isinstance(event.get("index"), int) and len(payload) == nbytes:
             status = event.get("status")
             total += nbytes
-            output = payload.decode("utf-8", "replace") if status == STATUS_OK else None
             tests[event["index"]] = TestRun(
-                status, output, event.get("error"), float(event.get("seconds", 0.0)), bool(event.get("truncated")),
+                status, payload if status == STATUS_OK else None, event.get("error"),
+                float(event.get("seconds", 0.0)), bool(event.get("truncated")),
             )
         elif kind == "done":
             done = True
+    view.release()
     if compile_error is not None:
         return ProgramRun(compile_error, [])
-    if not done and not killed and not tests and other:
-        # The launcher or harness failed before running any test and said why: a sandbox failure.
-        raise SandboxError("sandbox harness failed: " + " | ".join(other[-3:]))
+    if not ready and not killed and (other or not done):
+        # The launcher or harness failed before the program ran: a sandbox failure.
+        raise SandboxError("sandbox harness failed: " + (" | ".join(other[-3:]) or "no output"))
     if killed:
         missing = TestRun(STATUS_TIMEOUT, error="program time limit")
     else:
-        missing = TestRun(STATUS_RUNTIME_ERROR, error="harness died before reporting this test")
+        reason = next((line for line in reversed(other) if line.strip()), "")
+        missing = TestRun(STATUS_RUNTIME_ERROR, error=("harness died before reporting this test: " + reason)[:300])
     return ProgramRun(None, [tests.get(i, missing) for i in range(n_tests)], total)

@@ -63,18 +63,25 @@ class TestRun:
 
     Attributes:
         status: one of ``ok``, ``runtime_error``, ``timeout``, ``skipped``.
-        output: stdout (stdin/stdout programs) or the JSON text of the return value
-            (call-based programs); ``None`` unless ``status == "ok"``.
+        output: stdout (stdin/stdout programs) or the JSON of the return value (call-based
+            programs), as the raw bytes the program wrote; ``None`` unless ``status == "ok"``.
+            ``text`` decodes it (UTF-8, invalid bytes replaced): 4 bytes a character once one
+            wide character is in it, so judges compare the bytes.
         error: a one-line reason for a non-ok status.
         seconds: wall-clock time of the test.
         truncated: the output went past what was left of the program's ``output_mb``.
     """
 
     status: str
-    output: str | None = None
+    output: bytes | None = None
     error: str | None = None
     seconds: float = 0.0
     truncated: bool = False
+
+    @property
+    def text(self) -> str | None:
+        """``output`` decoded as UTF-8 (invalid bytes replaced), or None."""
+        return None if self.output is None else self.output.decode("utf-8", "replace")
 
 
 
