@@ -272,7 +272,7 @@ def batch_normalize(scores: Tensor, *, moments: Tensor | None = None, eps: float
         eps: added to the std. std_ddof: 1 (Bessel, ``torch.std``) or 0.
 
     Returns:
-        ``[N]`` in ``scores``' float dtype; all 0 when the batch has zero spread (decision 11).
+        ``[N]`` in ``scores``' float dtype; all 0 when the batch has zero spread (decision 11 in docs/algorithms.md).
     """
     if std_ddof not in (0, 1):
         raise ValueError(f"std_ddof must be 0 or 1, got {std_ddof}")
