@@ -9,6 +9,7 @@ from rltrain.config.errors import ConfigError
 from rltrain.config.fields import check_choice, check_fields
 from rltrain.config.options import OPTIONS, _check_registries
 from rltrain.config.schemas import *  # noqa: F403
+from rltrain.report.trackers import TRACKERS
 from rltrain.rollout.engine import SamplingParams
 
 
@@ -66,6 +67,10 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
                           f"{ev.n} times)")
     if any(k < 1 or k > ev.n for k in ev.k):
         raise ConfigError(f"eval.k={list(ev.k)}: every k must satisfy 1 ≤ k ≤ eval.n={ev.n}")
+    for name in cfg.log.trackers:  # the registry's names (a tracker's package is imported only when it starts)
+        check_choice("log.trackers", name, sorted(TRACKERS))
+    if len(set(cfg.log.trackers)) < len(cfg.log.trackers):
+        raise ConfigError(f"log.trackers={list(cfg.log.trackers)} names a tracker twice")
 
     if a.name in ("grpo", "opd", "ppo", "spo_chain"):
         seqs = t.prompts_per_step * t.samples_per_prompt

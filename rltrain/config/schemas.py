@@ -416,9 +416,31 @@ class LaunchConfig:
 
 @dataclass
 class LogConfig:
+    """What a run records besides metrics.jsonl (always written): experiment trackers and
+    samples.jsonl (docs/logging.md)."""
+
     console: bool = True
     """Rich live display (falls back to plain lines when not a terminal)."""
-    tensorboard: bool = False
+    trackers: list[str] = field(default_factory=list)
+    """Experiment trackers fed alongside metrics.jsonl: any of tensorboard, wandb, trackio, mlflow
+    (``rltrain.report.trackers``), each installed with its extra (``pip install 'rltrain[wandb]'``). They
+    get the resolved config, every step's metrics, the evaluation events, the samples (as tables) and
+    the summary. A tracker that fails (not installed, unreachable, raising) is dropped with one warning
+    line; the run goes on."""
+    project: str = "rltrain"
+    """The W&B and Trackio project, the MLflow experiment."""
+    run_name: Optional[str] = None
+    """The run's name in the trackers; None = the run directory."""
+    samples_per_step: int = bounded(16, "≥ 0", "(0 = none)")
+    """Rollouts per training step written to samples.jsonl (prompt, completion, reward and its info,
+    advantage, length): the first of rank 0's batch, so whole groups when a multiple of
+    train.samples_per_prompt (the prompts are in random order)."""
+    eval_samples: int = bounded(32, "≥ 0", "(0 = none)")
+    """Answers per held-out evaluation written to samples.jsonl (question, reference, answer, verdict);
+    an initial evaluation read from the cache (eval.cache_base) has none."""
+    samples_max_mb: float = bounded(100.0, "> 0")
+    """samples.jsonl stops growing at this size (a warning says when); any text longer than 8,000
+    characters in it is cut."""
 
 
 @dataclass

@@ -48,7 +48,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -63,7 +63,7 @@ from rltrain.config import option_kwargs
 from rltrain.rollout import forward
 from rltrain.loops.pairs import Encoded, batched_pair_logps, pair_logps, stand_in_pair
 from rltrain.loops.lifecycle import Metrics
-from rltrain.report.logger import RunLogger
+from rltrain.report.samples import rollout_rows
 
 
 # --------------------------------------------------------------------------- setup
@@ -238,6 +238,7 @@ class Round:
     ref_logps: torch.Tensor  # [n, 2]
     step_of: list[int]
     metrics: dict
+    samples: dict = field(default_factory=dict)  # step in the round → samples.jsonl rows (not saved with the round)
 
 
 def build_round(ctx: setup.Context, cfg: RunConfig, dist: Dist, r: int) -> Round:
@@ -249,7 +250,7 @@ def build_round(ctx: setup.Context, cfg: RunConfig, dist: Dist, r: int) -> Round
                      saved["metrics"])
     a, t = cfg.algo, cfg.train
     K, spr = t.samples_per_prompt, t.steps // a.rounds
-    pairs, step_of, sums, t0 = [], [], {}, time.time()
+    pairs, step_of, sums, samples, t0 = [], [], {}, {}, time.time()
     for j in range(spr):
         step = r * spr + j
         idx, first = episodes.rank_slice(ctx.order, step, t.prompts_per_step, dist)
@@ -257,14 +258,19 @@ def build_round(ctx: setup.Context, cfg: RunConfig, dist: Dist, r: int) -> Round
             s, _ = episodes.rollout_and_score(ctx.actor.module, ctx.tok, [ctx.train[i] for i in idx],
                                        [ctx.train_ids[i] for i in idx], ctx.reward, cfg, n=K,
                                        generator=episodes.rollout_generator(cfg.seed, step), first_prompt_index=first)
+        rows = rollout_rows(s, None, limit=cfg.log.samples_per_step)  # samples.jsonl, marked chosen / rejected
         for g in range(len(idx)):
             scores = s.scores[g * K:(g + 1) * K]  # [K]
             if scores.max() == scores.min():
                 continue  # a tie: no preference
             best, worst = g * K + int(scores.argmax()), g * K + int(scores.argmin())
+            for i, role in ((best, "chosen"), (worst, "rejected")):
+                if i < len(rows):
+                    rows[i]["pair"] = role
             tokens = lambda i: s.response_ids[i, : int(s.lengths[i])].tolist()  # noqa: E731
             pairs.append(Encoded(s.prompt_ids[g * K], [tokens(best), tokens(worst)]))
             step_of.append(j)
+        samples[j] = rows
         for k, v in episodes.reward_metrics(s, dist).items():
             sums[k] = sums.get(k, 0.0) + v / spr
     sums["round/pairs"] = lifecycle.global_count(float(len(pairs)), dist)
@@ -281,7 +287,7 @@ def build_round(ctx: setup.Context, cfg: RunConfig, dist: Dist, r: int) -> Round
     torch.save({"pairs": [(p.prompt, p.responses) for p in pairs], "ref_logps": ref, "step_of": step_of,
                 "metrics": sums}, tmp)
     tmp.rename(path)
-    return Round(r, pairs, ref, step_of, sums)
+    return Round(r, pairs, ref, step_of, sums, samples)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -317,9 +323,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     ctx, cached = build_context(cfg, dist)
     evaluate_now = lambda: evaluate(ctx, cfg, dist, cached.test)  # noqa: E731
     ts = lifecycle.resume(cfg, ctx.actor)
-    logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
-                       start_step=ts.step, title="rltrain dpo" + (" (iterative)" if a.iterative else "")) \
-        if dist.is_main else None
+    logger = lifecycle.run_logger(cfg, dist, ts, title="rltrain dpo" + (" (iterative)" if a.iterative else ""))
     before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts, evaluate=evaluate_now)
     rnd = None
     clock = lifecycle.StepClock(cfg, dist, ts, logger)
@@ -333,6 +337,8 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                 if j == 0:
                     metrics.update(rnd.metrics)
             metrics["round"] = r
+            if logger:  # the step's sampled rollouts (a round loaded back from disk has none)
+                logger.samples(step + 1, "train", rnd.samples.get(j, []))
         pairs, ref_logps = step_batch(ctx, cfg, dist, step, rnd, cached.train)
         t1 = time.time()
         metrics.update(dpo_step(ctx, cfg, dist, step, pairs, ref_logps))

@@ -3,6 +3,7 @@ checkpoints and resume, the step clock, the end-of-step tail, and token-weighted
 across ranks."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -21,6 +22,8 @@ from rltrain.engine.lora import is_lora, merged_state_dict
 from rltrain.loops import eval_cache, setup
 from rltrain.loops.episodes import rollout_and_score
 from rltrain.report import progress
+from rltrain.report.logger import RunLogger
+from rltrain.report.samples import eval_rows
 from rltrain.report.runs import sampled_eval_keys
 from rltrain.rollout import SamplingParams
 from rltrain.types import Sample
@@ -75,7 +78,7 @@ class TrainState:
 
 @torch.no_grad()
 def evaluate(module, tokenizer, samples: list[Sample], prompt_ids, reward_fn, cfg: RunConfig, dist: Dist,
-             batch_size: int = 64) -> dict:
+             batch_size: int = 64, keep: list | None = None) -> dict:
     """Held-out evaluation on (this rank's share of) the test split, reduced across ranks.
 
     ``eval.n`` answers per question at ``eval.temperature`` / ``eval.top_p`` (default: one greedy
@@ -91,6 +94,9 @@ def evaluate(module, tokenizer, samples: list[Sample], prompt_ids, reward_fn, cf
     same every time it runs and on any number of ranks; that needs each batch to hold consecutive
     questions, hence contiguous blocks per rank. Greedy keeps its strided split (what the cached
     base-model results were computed with). ``batch_size``: sequences per generate call.
+
+    ``keep``: on rank 0, the first ``log.eval_samples`` answers are appended to it as samples.jsonl
+    rows (``report.samples.eval_rows``).
     """
     e = cfg.eval
     ks = sorted(set(e.k)) if e.n > 1 else []
@@ -112,6 +118,8 @@ def evaluate(module, tokenizer, samples: list[Sample], prompt_ids, reward_fn, cf
             c = sc.reward.info.get("correct")
             ok = [bool(x) for x in c] if c is not None else (sc.scores > 0).tolist()  # [len(idx) * n]
             answers = sc.reward.info.get("extracted")
+            if keep is not None and dist.is_main and len(keep) < cfg.log.eval_samples:
+                keep += eval_rows(sc, ok, e.n, limit=cfg.log.eval_samples - len(keep))
             totals[:4] += torch.tensor([sum(ok), float(sc.scores.sum()), float(sc.lengths.sum()), len(idx)],
                                        dtype=torch.float64)
             if e.n > 1:
@@ -212,6 +220,17 @@ def _older_checkpoint(cfg: RunConfig, state: dict) -> TrainState:
     return TrainState(step=step, spent_s=spent, eval_before=before, loop=loop)
 
 
+def run_logger(cfg: RunConfig, dist: Dist, ts: TrainState, title: str) -> RunLogger | None:
+    """Rank 0's RunLogger of the run (``log.*``: console, trackers, samples), resuming at ``ts.step``;
+    None on the other ranks."""
+    if not dist.is_main:
+        return None
+    lg = cfg.log
+    return RunLogger(cfg.run_dir, cfg.train.steps, console=lg.console, trackers=lg.trackers,
+                     config=dataclasses.asdict(cfg), project=lg.project, run_name=lg.run_name,
+                     samples_max_mb=lg.samples_max_mb, start_step=ts.step, title=title)
+
+
 def should_save(cfg: RunConfig, step: int, last: bool = False) -> bool:
     """After finishing step ``step`` (1-based count of completed steps); ``last``: training ends here."""
     every = cfg.checkpoint.every
@@ -261,20 +280,23 @@ def end_step(cfg: RunConfig, ctx, dist: Dist, clock: StepClock, done: int, metri
     ``evaluate()`` returns held-out metrics (default: ``policy_eval``); both are
     collective. Returns True after the last step."""
     last = clock.finish(done, metrics["time/step"])
+    answers: list = []
     if cfg.eval.every and done % cfg.eval.every == 0 and not last:
-        ev = evaluate() if evaluate else policy_eval(ctx, cfg, dist)
+        ev = evaluate() if evaluate else policy_eval(ctx, cfg, dist, keep=answers)
         metrics.update({f"eval/{k}": v for k, v in ev.items()})
     if logger:
         logger.log(done, metrics)
+        logger.samples(done, "eval", answers)
     if should_save(cfg, done, last):
         save()
     return last
 
 
-def policy_eval(ctx, cfg: RunConfig, dist: Dist) -> dict:
-    """Held-out evaluation of the actor (``evaluate``; parameters gathered once under ZeRO-3)."""
+def policy_eval(ctx, cfg: RunConfig, dist: Dist, keep: list | None = None) -> dict:
+    """Held-out evaluation of the actor (``evaluate``; parameters gathered once under ZeRO-3);
+    ``keep`` collects answers for samples.jsonl."""
     with ctx.actor.gathered():
-        return evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist)
+        return evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist, keep=keep)
 
 
 def entropy_stats(ent: torch.Tensor, mask: torch.Tensor, dist: Dist) -> dict:
@@ -305,18 +327,21 @@ def initial_eval(cfg: RunConfig, ctx, dist: Dist, logger, ts: TrainState, evalua
     ``evaluate()``: the loop's own evaluation (default: the untrained policy's, through the cache)."""
     if ts.step > 0 or not cfg.eval.at_start:
         return ts.eval_before
-    ts.eval_before = evaluate() if evaluate else cached_base_eval(ctx, cfg, dist)
+    answers: list = []
+    ts.eval_before = evaluate() if evaluate else cached_base_eval(ctx, cfg, dist, keep=answers)
     if logger:
         logger.event(0, "eval", ts.eval_before)
+        logger.samples(0, "eval", answers)
     return ts.eval_before
 
 
-def cached_base_eval(ctx, cfg: RunConfig, dist: Dist) -> dict:
+def cached_base_eval(ctx, cfg: RunConfig, dist: Dist, keep: list | None = None) -> dict:
     """``policy_eval`` of the untrained policy through ``loops.eval_cache`` (``eval.cache_base``):
     every rank must hit for the cached result to be used (a rank that misses would evaluate, and
-    its collectives would wait for the others). ZeRO-3 shards the weights: not cached there."""
+    its collectives would wait for the others). ZeRO-3 shards the weights: not cached there. A
+    cached result has no answers for ``keep`` (samples.jsonl)."""
     if not cfg.eval.cache_base or cfg.deepspeed.stage >= 3:
-        return policy_eval(ctx, cfg, dist)
+        return policy_eval(ctx, cfg, dist, keep=keep)
     settings = {"eval": cfg.eval, "stop_strings": list(cfg.rollout.stop_strings), "reward": cfg.reward,
                 "world_size": dist.world_size, "threads": torch.get_num_threads(), "dtype": cfg.model.dtype}
     key = eval_cache.eval_key(ctx.actor.module, ctx.test, ctx.test_ids, settings=settings)
@@ -325,7 +350,7 @@ def cached_base_eval(ctx, cfg: RunConfig, dist: Dist) -> dict:
         log.info("initial evaluation: the untrained model's result on these %d questions is cached (eval_cache "
                  "key %s; eval.cache_base=false recomputes it)", hit.get("n", 0), key[:12])
         return {**hit, "cached": 1}
-    before = policy_eval(ctx, cfg, dist)
+    before = policy_eval(ctx, cfg, dist, keep=keep)
     if dist.is_main:
         eval_cache.store(key, before, source=str(cfg.run_dir))
     return before
@@ -361,9 +386,11 @@ def eval_summary_rows(e: EvalConfig, before: dict | None, after: dict) -> list[t
 def final_eval(cfg: RunConfig, ctx, dist: Dist, logger, before: dict | None, step: int | None = None) -> dict:
     """Held-out evaluation after training (after ``step``; default ``train.steps``), the summary
     table, and the run's result."""
-    after = policy_eval(ctx, cfg, dist)
+    answers: list = []
+    after = policy_eval(ctx, cfg, dist, keep=answers)
     if logger:
         logger.event(cfg.train.steps if step is None else step, "eval", after)
+        logger.samples(cfg.train.steps if step is None else step, "eval", answers)
         fmt = lambda d, k, f: f.format(d[k]) if d else "-"  # noqa: E731
         logger.summary(eval_summary_rows(cfg.eval, before, after)
                        + [("mean response length", fmt(before, "length", "{:.1f}"), f"{after['length']:.1f}")]

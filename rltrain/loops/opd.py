@@ -26,7 +26,7 @@ from rltrain.config import RunConfig
 from rltrain.engine.dist import Dist
 from rltrain.loops import episodes, grpo, lifecycle, setup
 from rltrain.loops.pg import PGBatch, PolicyUpdate
-from rltrain.report.logger import RunLogger
+from rltrain.report.samples import rollout_rows
 from rltrain.rollout import forward
 
 
@@ -42,8 +42,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                         with_reference=a.kl_coef > 0, with_teacher=True)
     update = PolicyUpdate(cfg)
     ts = lifecycle.resume(cfg, ctx.actor)
-    logger = RunLogger(cfg.run_dir, t.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
-                       start_step=ts.step, title="rltrain opd") if dist.is_main else None
+    logger = lifecycle.run_logger(cfg, dist, ts, title="rltrain opd")
     before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts)
     pad, temp, mb = ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0, t.micro_batch_size
     clock = lifecycle.StepClock(cfg, dist, ts, logger)
@@ -81,6 +80,8 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         metrics["perf/tokens_per_s"] = lifecycle.global_count(float(s.lengths.sum()), dist) / max(
             times["time/rollout"], 1e-9)
         metrics["time/step"] = time.time() - t0
+        if logger:  # samples.jsonl: the first rollouts of rank 0's batch
+            logger.samples(step + 1, "train", rollout_rows(s, adv, limit=cfg.log.samples_per_step))
         if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
                               save=lambda: lifecycle.save(cfg, dist, ts, ctx.actor, ctx.tok)):
             break

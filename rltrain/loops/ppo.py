@@ -55,7 +55,7 @@ from rltrain.loops import episodes, lifecycle, setup
 from rltrain.rollout import forward
 from rltrain.loops.lifecycle import Metrics
 from rltrain.loops.pg import PGBatch, PolicyUpdate
-from rltrain.report.logger import RunLogger
+from rltrain.report.samples import rollout_rows
 
 
 # --------------------------------------------------------------------------- setup
@@ -166,7 +166,10 @@ def critic_update(ctx: setup.Context, cfg: RunConfig, dist: Dist, prompt_ids, re
 # --------------------------------------------------------------------------- the loop
 
 
-def ppo_step(ctx: setup.Context, st: PPOState, cfg: RunConfig, dist: Dist, step: int) -> dict:
+def ppo_step(ctx: setup.Context, st: PPOState, cfg: RunConfig, dist: Dist, step: int,
+             samples: list | None = None) -> dict:
+    """One PPO step (the module docstring's 1-8); returns its metrics. ``samples``: the first
+    rollouts with their advantages are appended to it as samples.jsonl rows."""
     a, t = cfg.algo, cfg.train
     pad, temp, n = ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0, t.samples_per_prompt
     idx, first = episodes.rank_slice(ctx.order, step, t.prompts_per_step, dist)
@@ -205,6 +208,8 @@ def ppo_step(ctx: setup.Context, st: PPOState, cfg: RunConfig, dist: Dist, step:
                "critic/returns_mean": batch_mean(returns, mask, dist)}
     if a.adv_norm:
         adv = whiten_advantages(adv, mask, a.adv_norm_scope, t.minibatches_per_step, dist)
+    if samples is not None:
+        samples += rollout_rows(s, adv, limit=cfg.log.samples_per_step)
     if st.value_norm is not None:
         st.value_norm.update_from_moments(dist.sum(core.masked_moments(returns, mask)))
         targets = st.value_norm.normalize(returns)
@@ -239,14 +244,16 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     ts = lifecycle.resume(cfg, ctx.actor, st.engines)
     if ts.step:
         st.load_state_dict(ts.loop)
-    logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
-                       start_step=ts.step, title="rltrain ppo") if dist.is_main else None
+    logger = lifecycle.run_logger(cfg, dist, ts, title="rltrain ppo")
     before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts)
     clock = lifecycle.StepClock(cfg, dist, ts, logger)
     for step in clock.steps():
         t0 = time.time()
-        metrics = ppo_step(ctx, st, cfg, dist, step)
+        rows = [] if logger else None
+        metrics = ppo_step(ctx, st, cfg, dist, step, samples=rows)
         metrics["time/step"] = time.time() - t0
+        if logger:
+            logger.samples(step + 1, "train", rows)
         ts.loop = st.state_dict()  # the KL coefficient and value normaliser after this step
         if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
                       save=lambda: lifecycle.save(cfg, dist, ts, ctx.actor, ctx.tok, engines=st.engines)):

@@ -23,7 +23,6 @@ from rltrain.engine.dist import Dist
 from rltrain.loops import lifecycle, setup
 from rltrain.loops.pairs import token_logps
 from rltrain.loops.lifecycle import Metrics
-from rltrain.report.logger import RunLogger
 
 
 def build_context(cfg: RunConfig, dist: Dist) -> setup.Context:
@@ -62,8 +61,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
     ctx = build_context(cfg, dist)
     ts = lifecycle.resume(cfg, ctx.actor)
-    logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
-                       start_step=ts.step, title="rltrain sft") if dist.is_main else None
+    logger = lifecycle.run_logger(cfg, dist, ts, title="rltrain sft")
     before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts)
     clock = lifecycle.StepClock(cfg, dist, ts, logger)
     for step in clock.steps():

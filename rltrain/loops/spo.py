@@ -44,7 +44,7 @@ from rltrain.loops import episodes, lifecycle, setup
 from rltrain.rollout import forward
 from rltrain.loops.pg import PGBatch, PolicyUpdate
 from rltrain.report import progress
-from rltrain.report.logger import RunLogger
+from rltrain.report.samples import rollout_rows
 from rltrain.rewards.base import score_safely
 from rltrain.rollout import SamplingParams, generate
 from rltrain.rollout.tree import sample_tree
@@ -318,6 +318,7 @@ class StepBatch:
     times: dict
     stats: dict
     layout: dict  # the variant's own PGBatch fields (rollout log-probs; the tree forward's layout)
+    rollout: episodes.Scored | None = None  # chain: the step's rollouts (row i ↔ training row i), for samples.jsonl
 
 
 def chain_step(step: int, ctx, cfg: RunConfig, dist: Dist, update: PolicyUpdate, ts) -> StepBatch:
@@ -327,7 +328,7 @@ def chain_step(step: int, ctx, cfg: RunConfig, dist: Dist, update: PolicyUpdate,
     stats.update(episodes.reward_metrics(s, dist))
     stats["perf/tokens_per_s"] = lifecycle.global_count(float(s.lengths.sum()), dist) / max(times["time/rollout"], 1e-9)
     return StepBatch(s.prompt_ids, s.response_ids, s.mask, adv, old_logp, old_ent, times, stats,
-                     layout=dict(rollout_logp=s.logprobs))
+                     layout=dict(rollout_logp=s.logprobs), rollout=s)
 
 
 def tree_step(step: int, ctx, cfg: RunConfig, dist: Dist, update: PolicyUpdate, ts) -> StepBatch:
@@ -392,8 +393,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     update = PolicyUpdate(cfg)
     collect = STEPS[type(a)]
     ts = lifecycle.resume(cfg, ctx.actor)
-    logger = RunLogger(cfg.run_dir, cfg.train.steps, console=cfg.log.console, tensorboard=cfg.log.tensorboard,
-                       start_step=ts.step, title=f"rltrain {a.name}") if dist.is_main else None
+    logger = lifecycle.run_logger(cfg, dist, ts, title=f"rltrain {a.name}")
     before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts)
     pad, temp = ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0
     clock = lifecycle.StepClock(cfg, dist, ts, logger)
@@ -428,7 +428,9 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         metrics.update(stats)
         metrics.update(times)
         metrics["time/step"] = time.time() - t0
-        # step 5: evaluation, logging, checkpoint
+        # step 5: samples, evaluation, logging, checkpoint
+        if logger and b.rollout is not None:  # chain: the first rollouts with the advantages trained on
+            logger.samples(step + 1, "train", rollout_rows(b.rollout, adv, limit=cfg.log.samples_per_step))
         if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
                               save=lambda: lifecycle.save(cfg, dist, ts, ctx.actor, ctx.tok)):
             break

@@ -4,6 +4,7 @@ runs, and a token-entropy analysis of a model on a dataset.
     rltrain-report outputs/2026-*/*                       # plots + comparison table
     rltrain-report multirun/2026-05-01/10-00-00 --out cmp # every run of a sweep
     rltrain-report RUN --entropy-law --fit-fraction 0.3   # fit R = −a·e^H + b, forecast the rest
+    rltrain-report RUN --samples [--step N] [--kind eval] # what the model wrote (samples.jsonl)
     rltrain-report --token-entropy --model smollm2_135m --data arith --n 64
 
 Outputs go to ``--out`` (default: ``<run>/report`` for one run, ``./report`` for several, and
@@ -30,6 +31,7 @@ from rich.table import Table
 from rltrain.report import entropy_law as EL
 from rltrain.report.plots import plot_entropy_law, plot_runs, slug
 from rltrain.report.runs import Run, load_runs, markdown_table, rich_table, sampled_eval_table, summarize
+from rltrain.report.samples import show_samples
 
 MIN_LAW_POINTS = 3  # two points always fit exactly
 
@@ -44,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.add_argument("--dir-labels", action="store_true",
                    help="label runs by their directory names (default: by the config keys that differ)")
+    sm = p.add_argument_group("samples (samples.jsonl): what the model wrote")
+    sm.add_argument("--samples", action="store_true",
+                    help="print one step's rollouts: the best and worst by reward and a random one (one RUN_DIR)")
+    sm.add_argument("--step", type=int, default=None, help="which step (default: the last with samples)")
+    sm.add_argument("--kind", choices=["train", "eval"], default="train",
+                    help="training rollouts, or a held-out evaluation's answers (wrong and right)")
+    sm.add_argument("--count", type=int, default=1, help="rollouts of each of best / worst / random (or wrong / right)")
     law = p.add_argument_group("entropy law (Cui et al. 2025): R = −a·exp(H) + b")
     law.add_argument("--entropy-law", action="store_true", help="fit the law to each run")
     law.add_argument("--fit-fraction", type=float, default=None,
@@ -203,6 +212,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.entropy_law = True
     if args.token_entropy and args.runs:
         raise SystemExit("--token-entropy analyses a model, not run directories; give no RUN_DIR")
+    if args.samples and len(args.runs) != 1:
+        raise SystemExit(f"--samples shows one run: give exactly one RUN_DIR (got {len(args.runs)})")
+    if args.count < 1:
+        raise SystemExit(f"--count must be >= 1, got {args.count}")
     return args
 
 
@@ -219,6 +232,8 @@ def report(args: argparse.Namespace) -> int:
         build_parser().print_usage(sys.stderr)
         raise SystemExit("rltrain-report: give one or more RUN_DIRs (or --token-entropy)")
     try:
+        if args.samples:
+            return show_samples(args.runs[0], console(), kind=args.kind, step=args.step, count=args.count)
         return report_runs(args, console())
     except FileNotFoundError as err:
         raise SystemExit(f"rltrain-report: {err}") from err

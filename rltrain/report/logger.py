@@ -1,11 +1,13 @@
-"""Run logging: ``metrics.jsonl`` (one JSON object per step), optional TensorBoard, and a rich
-live display (a steps bar with ETA, a bar per open phase, the headline metrics, time per phase).
+"""Run logging: ``metrics.jsonl`` (one JSON object per step), ``samples.jsonl`` (what the model
+wrote: ``report.samples``), the experiment trackers of ``log.trackers`` (``report.trackers``: they
+get the config, every step's metrics, the evaluation events, the samples and the summary, and can
+never stop or slow the run), and a rich live display (a steps bar with ETA, a bar per open phase, the headline metrics, time per phase).
 When stdout is not a terminal the display falls back to one plain line per step (and periodic
 lines for long phases, ``rltrain.report.progress``), which is what CI logs show. The summary ends
 with where the time went: seconds per step by phase, and the evaluations.
 
-On resume, ``metrics.jsonl`` is truncated to the checkpoint's step so that an interrupted and
-resumed run has exactly one line per step, identical to an uninterrupted run.
+On resume, ``metrics.jsonl`` (and ``samples.jsonl``) is truncated to the checkpoint's step so that
+an interrupted and resumed run has exactly one line per step, identical to an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from rich.live import Live
 from rich.table import Table
 
 from rltrain.report import progress as progress_mod
+from rltrain.report.samples import SamplesFile
+from rltrain.report.trackers import RunInfo, start_trackers
 
 # The step's headline, where the loop logs it (PG loops: reward..tok/s; PPO adds the critic;
 # DPO and SFT their losses). Metrics a loop does not log are left out of its line and table.
@@ -66,8 +70,11 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 class RunLogger:
     """Writes metrics and drives the console. Only rank 0 creates one."""
 
-    def __init__(self, run_dir: str | Path, total_steps: int, *, console: bool = True,
-                 tensorboard: bool = False, start_step: int = 0, title: str = "rltrain"):
+    def __init__(self, run_dir: str | Path, total_steps: int, *, console: bool = True, trackers=(),
+                 config: dict | None = None, project: str = "rltrain", run_name: str | None = None,
+                 samples_max_mb: float = 100.0, start_step: int = 0, title: str = "rltrain"):
+        """``trackers``: names of ``report.trackers.TRACKERS``, given ``config`` (the resolved config
+        as nested dicts), ``project`` and ``run_name`` (default: the run directory)."""
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "metrics.jsonl"
         truncate_metrics(self.path, start_step)
@@ -92,11 +99,11 @@ class RunLogger:
             self.live.start()
         self.progress = progress_mod.Progress(bars=self.bars)
         progress_mod.set_active(self.progress)
-        self.tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self.samples_file = SamplesFile(self.run_dir / "samples.jsonl", max_mb=samples_max_mb, start_step=start_step)
+        self._last_step = start_step
+        self._last_eval: dict = {}
+        self.trackers = start_trackers(trackers, RunInfo(self.run_dir, project, run_name or str(run_dir),
+                                                         config or {}))
 
     def _eta(self, step: int) -> str:
         done = step - self.start_step
@@ -131,10 +138,8 @@ class RunLogger:
         self._steps_logged += 1
         row = {"step": step, "wall_time": round(time.time() - self.t0, 3), **metrics}
         self.file.write(json.dumps(row, default=float) + "\n")
-        if self.tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, step)
+        self._last_step = step
+        self._to_trackers("log", step, _numbers(metrics))
         if self.live is not None:
             self._table_now = self._table(metrics, step)
             self.bars.update(self._steps_task, completed=step, eta=f"eta {self._eta(step)}")
@@ -147,10 +152,9 @@ class RunLogger:
     def event(self, step: int, kind: str, metrics: dict) -> None:
         """A non-step record (evaluation, summary) in metrics.jsonl."""
         self.file.write(json.dumps({"step": step, "event": kind, **metrics}, default=float) + "\n")
-        if self.tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"{kind}/{k}", v, step)
+        self._to_trackers("log", step, _numbers({f"{kind}/{k}": v for k, v in metrics.items()}))
+        if kind == "eval":
+            self._last_eval = _numbers(metrics)
         if kind == "eval" and "time_s" in metrics:
             self._evals.append(float(metrics["time_s"]))
         if step == self.start_step and self._steps_logged == 0:
@@ -159,8 +163,26 @@ class RunLogger:
         msg = " ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
         (self.live.console if self.live else self.console).print(f"[bold]{kind}[/] step {step}: {msg}")
 
+    def samples(self, step: int, kind: str, rows: list[dict]) -> None:
+        """Rows of ``report.samples`` (``kind``: train | eval) into samples.jsonl and the trackers' tables."""
+        if rows:
+            written = self.samples_file.write(step, rows)
+            if written:
+                self._to_trackers("samples", step, kind, written)
+
+    def _to_trackers(self, method: str, *args) -> None:
+        for t in self.trackers:
+            t.call(method, *args)
+
     def summary(self, rows: list[tuple[str, str, str]]) -> None:
-        """Final table: (metric, before, after)."""
+        """Final table: (metric, before, after). The trackers get it with the last evaluation's
+        numbers (``final_eval/<key>``), the steps done, the run time and the mean time per step by phase."""
+        values = {f"final_eval/{k}": v for k, v in self._last_eval.items()}
+        values.update({"steps": float(self._last_step), "run_time_s": time.time() - self.t0})
+        if self._steps_logged:
+            values.update({f"time_per_step/{k.split('/', 1)[1]}": v / self._steps_logged
+                           for k, v in self._phase_sums.items()})
+        self._to_trackers("summary", self._last_step, values, list(rows))
         self.close_live()
         t = Table(title=f"{self.title}: summary")
         for c in ("metric", "before", "after"):
@@ -206,5 +228,11 @@ class RunLogger:
         if progress_mod.active() is self.progress:
             progress_mod.set_active(None)
         self.file.close()
-        if self.tb is not None:
-            self.tb.close()
+        self.samples_file.close()
+        for t in self.trackers:
+            t.close()
+
+
+def _numbers(metrics: dict) -> dict[str, float]:
+    """The numeric entries (what trackers plot); bools as 0/1."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
