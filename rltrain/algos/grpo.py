@@ -178,7 +178,7 @@ def reinforce_pp_returns(
     across ranks): that is the estimator's normalisation, so it is not left to the loop to forget.
 
     The registered REINFORCE++-baseline entry calls this without a KL: by the paper its advantage is
-    the centred outcome alone and β weights a KL loss (docs/decisions_issue31.md); the per-token KL
+    the centred outcome alone and β weights a KL loss (decision 14 in docs/algorithms.md); the per-token KL
     here serves plain REINFORCE++.
 
     Args:
@@ -224,7 +224,7 @@ def reinforce_pp_baseline_advantages(scores: Tensor, mask: Tensor, *, group_size
     every token of the response (whitened by the caller). The KL is not in the reward: β = ``kl_coef``
     weights a KL loss to the reference (``algo.kl_estimator``; the authors' recipe uses k2), so ``kl``
     is ignored. verl instead centres the score with the summed KL penalty in it; rltrain before
-    issue 31 kept the KL as per-token returns (docs/decisions_issue31.md)."""
+    issue 31 kept the KL as per-token returns (decision 14 in docs/algorithms.md)."""
     return reinforce_pp_returns(scores, mask, group_size=group_size)
 
 

@@ -133,7 +133,7 @@ def test_reinforce_pp_entry_folds_the_kl_into_the_token_returns():
 
 
 def test_reinforce_pp_baseline_advantage_is_the_centred_outcome_and_the_kl_a_loss():
-    """REINFORCE++-baseline by the paper (docs/decisions_issue31.md): A = outcome − group mean on every
+    """REINFORCE++-baseline by the paper (decision 14 in docs/algorithms.md): A = outcome − group mean on every
     token, whitened over the batch's tokens; β weights a KL loss, the advantage holds no KL.
 
     Same inputs as above (G = 2, β = 0.5): outcomes centred to [½, −½] → row 0 [0.5, 0.5, ·], row 1
