@@ -10,7 +10,11 @@ or, with ``per_item=true``::
 
 ``samples[i]`` is the prompt that produced ``completions[i]`` (see ``rltrain.rewards``). The
 function is imported when the reward is built, so a wrong path fails at start-up with a
-message naming ``reward.fn``. Exceptions raised inside the function are not caught here: the
+message naming ``reward.fn``. Like uvicorn, gunicorn, celery and flask, the module is looked up in
+the working directory first (``import_callable``): ``reward.fn=my_rewards:score`` finds a
+``my_rewards.py`` where ``rltrain`` was started, in the launching process, in every local worker
+(they inherit the working directory) and in every Slurm task, without PYTHONPATH.
+Exceptions raised inside the function are not caught here: the
 loops score through ``rltrain.rewards.base.score_safely``, which isolates the failing
 completions (score 0, ``info["failed"]``) and stops the run when too many fail.
 """
@@ -18,13 +22,31 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 from typing import Any, Callable, Sequence
 
 from rltrain.types import RewardOutput, Sample
 
 
+def working_dir_on_path() -> str:
+    """Put the working directory first on ``sys.path`` unless it is there already; return it.
+
+    ``python -m`` and ``python script.py`` search the working directory (or the script's); a console
+    script such as ``rltrain`` searches its own bin directory instead, so a user's ``my_rewards.py``
+    next to the command was not found. CLIs that take ``module:attr`` (uvicorn, gunicorn, celery,
+    flask) put the working directory first; so does this.
+    """
+    cwd = os.getcwd()
+    if cwd not in {os.path.abspath(p or os.curdir) for p in sys.path}:
+        sys.path.insert(0, cwd)
+        importlib.invalidate_caches()
+    return cwd
+
+
 def import_callable(path: str, *, option: str = "reward.fn") -> Callable:
-    """Import ``package.module:attr`` (``attr`` may be dotted, e.g. ``Class.method``).
+    """Import ``package.module:attr`` (``attr`` may be dotted, e.g. ``Class.method``), looking in the
+    working directory first (``working_dir_on_path``), then on the rest of ``sys.path``.
 
     Raises:
         ValueError: malformed path; ImportError: the module cannot be imported;
@@ -33,12 +55,13 @@ def import_callable(path: str, *, option: str = "reward.fn") -> Callable:
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"{option} must look like 'package.module:function', got {path!r}")
+    cwd = working_dir_on_path()
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ImportError(
             f"{option}={path!r}: cannot import module {module_name!r} ({type(exc).__name__}: {exc}); "
-            "is its directory on PYTHONPATH?"
+            f"it is looked up in the working directory {cwd} and on PYTHONPATH"
         ) from exc
     obj: Any = module
     for part in attr.split("."):
