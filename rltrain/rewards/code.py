@@ -1,10 +1,11 @@
 """``reward=code``: run the completion's program on the problem's tests, in a sandbox.
 
-APPS format (ALGORITHMS.md §8; hendrycks/apps ``eval/testing_util.py``): ``sample.meta
+APPS format (docs/algorithms.md §8; hendrycks/apps ``eval/testing_util.py``): ``sample.meta
 ["input_output"]`` holds ``inputs``, ``outputs`` and an optional ``fn_name``.
 
 - stdin/stdout problems: each input is fed on stdin and stdout is compared with the expected
-  output, ignoring whitespace (token by token), with integers compared exactly and other
+  output, ignoring whitespace (token by token, split on ASCII whitespace, compared as bytes:
+  the output is never decoded), with integers compared exactly and other
   numbers within ``float_tol`` (absolute, or relative for magnitudes above 1).
 - call-based problems (``fn_name``): the module's function, or ``Solution().<fn_name>``, is
   called with each input's argument list; the return value (tuples become lists) must equal
@@ -24,15 +25,20 @@ a program that does not compile. Reward modes:
 - ``shaped`` (CodeRL): −1 compile error, −0.6 runtime error or timeout, −0.3 some test wrong,
   +1 all pass. Precedence as CodeRL's ``get_error_type``: compile > runtime > wrong.
 
-Every byte of program output is hostile input: integers compare as digit strings (no
-``int()`` conversion limit; a 10**6-digit number is just a wrong answer), floats only in
-plain decimal syntax, tokens are streamed against the expected ones (no list of a flood's
-tokens), the JSON of a return value is decoded with big integers kept as text and its depth
-bounded by the expected value's, and the sandbox reads back at most ``output_mb`` per program
-over all its tests (``code/output_truncated``, ``code/output_bytes`` in the info). A program
-whose scoring raises anyway, or whose sandbox run fails, scores 0 and is marked
-``info["failed"]`` (counted against ``reward.max_fail_fraction`` by ``score_safely``); the
-rest of the batch is not re-run.
+Every byte of program output is hostile input (docs/sandbox.md, "Judging"): integers compare
+as digit strings (no ``int()`` conversion limit; a 10**6-digit number is just a wrong answer),
+floats only in plain decimal syntax, and every parse scans once (no backtracking regex: a
+16 MiB token costs ~0.1 s); tokens are streamed against the expected ones (no list of a
+flood's tokens); the JSON of a return value is decoded only when it is not far longer than
+the expected value's, with big integers kept as text and its depth bounded by the expected
+value's; the sandbox reads back at most ``output_mb`` per program over all its tests
+(``code/output_truncated``, ``code/output_bytes`` in the info); each run is judged in its
+worker as soon as it ends and then released; judging one program takes at most
+``judge_timeout`` seconds, past which it scores as wrong on every test (``code/judge_timeout``).
+A program whose scoring raises anyway, or whose sandbox run fails before the program started,
+scores 0 and is marked ``info["failed"]`` (counted against ``reward.max_fail_fraction`` by
+``score_safely``); the rest of the batch is not re-run. Once the program started, whatever
+breaks is the program's: a test its harness never reported is a runtime error.
 
 Isolation (``reward.isolation``) fails closed: ``auto`` and ``namespace`` run every program
 in a namespace jail or refuse to start (:func:`preflight`, ``RewardSetupError``); only an
@@ -84,6 +90,7 @@ ISOLATIONS = ("auto", "namespace", "process")
 _TOKEN_RE = re.compile(rb"\S+")  # bytes: ASCII whitespace separates tokens
 _SMALL_INT_DIGITS = 4000  # below the interpreter's int <-> str conversion limit (4300)
 _SIGNS = (b"+", b"-")
+_JSON_SLACK = 32  # a return value's JSON may be this many times the expected value's (floats' digits)
 _FLOAT_WORDS = (b"inf", b"infinity", b"nan")
 
 
@@ -305,9 +312,15 @@ def call_result_matches(got_json: bytes | str, expected: Any, float_tol: float =
     Accepts an exact (tolerant) match, or a match of the only element of a one-element
     expected list (APPS wraps most expected return values that way). Hostile text is a
     mismatch, never an exception: integers too long for ``int()`` stay text, decoding stops
-    at the interpreter's recursion limit, and a value nested deeper than the expected one is
-    not compared at all.
+    at the interpreter's recursion limit, a value nested deeper than the expected one is
+    not compared at all, and text longer than ``_JSON_SLACK`` times the expected value's JSON
+    (plus 4 KiB) is a mismatch without being parsed: decoding builds Python objects of up to
+    ~60 bytes per character of hostile text (``[[],[],...]``), so the trainer's memory for it
+    is bounded by the expected value, not by the output cap. The slack covers what the same
+    value can look like (a float's repr is at most 24 characters, the smallest JSON value 1).
     """
+    if len(got_json) > _JSON_SLACK * len(json.dumps(expected, default=repr)) + 4096:
+        return False
     try:
         got = json.loads(got_json, parse_int=_json_int)
     except (ValueError, RecursionError):  # JSONDecodeError is a ValueError

@@ -445,3 +445,22 @@ def test_a_test_sees_only_its_own_input(reward):
     run = reward.sandbox.run(textwrap.dedent(code), ["mine\n", secret_other + "\n"])
     assert run.tests[0].status == "ok", run
     assert run.tests[0].text == "True False False\n"
+
+
+def test_hostile_json_costs_memory_bounded_by_the_expected_value():
+    """Before: a return value of 2 MiB of ``[[],[],...]`` was decoded whole (~40 MiB of lists in
+    the trainer) before being compared with ``[1]``. Now text far longer than any JSON the
+    expected value could have is a mismatch without being decoded; a long right answer passes."""
+    from rltrain.rewards.code import call_result_matches
+
+    hostile = b"[" + b"[]," * (2 * 2**20 // 3) + b"[]]"
+    tracemalloc.start()
+    try:
+        assert call_result_matches(hostile, [1]) is False
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, f"{peak / 2**20:.1f} MiB"
+    floats = [0.1 * i for i in range(1, 2000)]
+    assert call_result_matches(json.dumps([x + 1e-12 for x in floats]).encode(), floats)
+    assert call_result_matches(json.dumps([1.0000000000000002] * 1000).encode(), [1] * 1000)

@@ -13,10 +13,13 @@ zygote, which forks one launcher per program) and sends the launcher a JSON requ
                                           site-packages, /usr and /lib only (the *mount plan*),
                                           and one private size-limited tmpfs behind both the
                                           program's cwd ``/sandbox`` and a sticky ``/tmp``;
-                                          drops to an unprivileged per-slot uid; rlimits;
-                                          a seccomp filter; compiles the program once, then for
-                                          each test:
-                                            fork ─► test child: stdin/stdout/stderr on memfds,
+                                          drops to the slot's harness uid (keeping the
+                                          program's uid as its saved uid); rlimits; a seccomp
+                                          filter; compiles the program once, says ``ready``,
+                                          then for each test:
+                                            fork ─► test child: its own input copied into its
+                                                    stdin memfd, stdout/stderr on memfds, the
+                                                    program's uid, a stacked seccomp filter,
                                                     CPU-time and file-size rlimits, runs the code
                                           kills the child at the wall-clock limit, kills every
                                           other process left in the namespace, and streams
@@ -36,14 +39,20 @@ What each mechanism buys (``Sandbox.mechanisms`` lists the ones active):
   (``mount_setattr`` with ``AT_RECURSIVE``, else a remount of each; a jail with a writable
   mount left is refused), and the one writable tmpfs disappears with the namespace.
 - ipc namespace: SysV queues, semaphores and shared memory die with the program.
-- unprivileged uid (``uid_base + slot``, one per concurrent jail): no capabilities, so the
-  chroot cannot be left and RLIMIT_NPROC applies (it is ignored for root), counted per jail.
+- unprivileged uids, two per concurrent jail (the program's ``uid_base + slot``, the
+  harness's ``uid_base + 512 + slot``): no capabilities, so the chroot cannot be left and
+  RLIMIT_NPROC applies (it is ignored for root), counted per jail; the program cannot act on
+  its harness as its owner.
 - seccomp filter (x86_64, aarch64): keyring calls (``add_key``, ``keyctl``, ``request_key``:
   keyrings are per uid, not per namespace, so they would carry data to the next program of
   the slot), ``ptrace``, ``process_vm_*``, ``pidfd_getfd``, ``kcmp``, ``process_madvise``,
   mount and namespace calls (the new mount API too: ``open_tree``, ``move_mount``, ``fsopen``,
   ``fsconfig``, ``fsmount``, ``fspick``, ``mount_setattr``), ``bpf``, ``perf_event_open``,
-  ``userfaultfd``, ``io_uring``, ``reboot``, ``kexec_*`` and module loading fail with EPERM.
+  ``userfaultfd``, ``io_uring``, ``reboot``, ``kexec_*`` and module loading fail with EPERM;
+  resource and scheduling calls work on the caller only (the harness is out of reach); the
+  page-cache and lock channels between jails (fadvise, mincore, cachestat, RWF_NOWAIT reads,
+  AIO, MADV_COLD/PAGEOUT, flock, fcntl locks) and non-local socket families (AF_VSOCK...) are
+  refused; test processes get no memfds and no SysV shared memory (docs/sandbox.md).
 - rlimits: address space (RLIMIT_AS), CPU seconds per test, file size (bounds stdout too:
   outputs go to memfds), process count, open files, no core dumps.
 - cgroups (v1 or v2, when writable): ``pids.max`` per jail bounds a fork bomb even across
@@ -52,7 +61,11 @@ What each mechanism buys (``Sandbox.mechanisms`` lists the ones active):
   read back (a test past it is a runtime error with ``truncated``); the training process reads
   at most that much from the launcher, so its memory per program is bounded by the cap.
 - comparison happens in the training process (``code.py``): the jail receives test inputs
-  only, never expected outputs, so a program can neither read nor forge its verdict.
+  only, never expected outputs, so a program can neither read nor forge its verdict. Outputs
+  come back as bytes; ``Sandbox.run_many_safely(jobs, judge=...)`` judges each run in its
+  worker and releases it, so the training process holds output for the running programs only.
+- ``ready``: once the harness has built the jail and compiled the program it says so; a
+  harness that dies after that is the program's runtime error, before it the sandbox's.
 
 The mount plan (``mount_plan``) exposes every needed host path at its own path *and* at its
 resolved path, so any layout works: an interpreter, venv or project under /tmp, /home, /opt,
