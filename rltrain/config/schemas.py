@@ -10,7 +10,7 @@ from omegaconf import MISSING
 from rltrain.algos.correction import CORRECTION_MODES
 from rltrain.config.algo import AlgoConfig, PolicyLossConfig, TokenSelectionConfig
 from rltrain.config.fields import bounded, one_of
-from rltrain.rewards import classifier, combined
+from rltrain.rewards import classifier, code, combined
 
 
 # --------------------------------------------------------------------------- reward / data / model
@@ -70,25 +70,30 @@ class CodeRewardConfig(RewardConfig):
     """Programs run against test cases in a sandbox (docs/algorithms.md §8)."""
 
     name: str = "code"
-    mode: str = "all_pass"
+    mode: str = one_of(code.MODES, "all_pass")
     """all_pass (1 if every test passes) | pass_rate | shaped (CodeRL-style −1/−0.6/−0.3/+1)."""
-    timeout: float = 4.0
-    """Seconds per test case."""
-    program_timeout: float = 30.0
+    timeout: float = bounded(4.0, "> 0")
+    """Seconds per test case (wall clock; CPU seconds too, rounded up)."""
+    program_timeout: float = bounded(30.0, "> 0")
     """Seconds for all tests of one program."""
-    memory_mb: int = 1024
-    file_mb: int = 16
-    max_processes: int = 16
-    max_tests: Optional[int] = None
+    memory_mb: int = bounded(1024, "≥ 1")
+    """Address space of each process of a program, MiB."""
+    file_mb: int = bounded(16, "≥ 1")
+    """Largest file or stdout one test may write, and the most output read back per program, MiB.
+    The trainer holds at most 2 × this per worker (docs/sandbox.md)."""
+    max_processes: int = bounded(16, "≥ 2")
+    """Processes and threads of one program, the test process included."""
+    max_tests: Optional[int] = bounded(None, "≥ 1", "(null = all)")
     """Run at most this many tests per problem (None = all)."""
-    float_tol: float = 1e-6
-    num_workers: Optional[int] = None
+    float_tol: float = bounded(1e-6, "≥ 0")
+    num_workers: Optional[int] = bounded(None, "≥ 1", "(null = number of cores)")
     """Programs run in parallel (None = number of cores)."""
-    isolation: str = "auto"
-    """auto | namespace (pid/net/mount namespaces, chroot, unprivileged uid) | process (limits only)."""
-    judge_timeout: float = 5.0
+    isolation: str = one_of(code.ISOLATIONS, "auto")
+    """auto | namespace (pid/net/mount namespaces, chroot, unprivileged uids) | process (NOT contained:
+    rlimits and seccomp only). docs/sandbox.md says what a program can reach in each."""
+    judge_timeout: float = bounded(5.0, "> 0")
     """Seconds the trainer may spend comparing one program's output with the expected one; past it
-    the program scores 0 and ``code/judge_timeout`` counts it (program output is hostile input)."""
+    the program scores as wrong on every test and ``code/judge_timeout`` counts it."""
 
 
 @dataclass

@@ -39,7 +39,8 @@ def _checked_fields():
             if "choices" in f.metadata:
                 bad = 7 if isinstance(f.metadata["choices"][0], int) else "not_a_choice"
             elif "range" in f.metadata:
-                bad = _violation(f.metadata["range"], type(f.default) if f.default is not None else float)
+                kind = type(f.default) if f.default is not None else (int if "int" in str(f.type) else float)
+                bad = _violation(f.metadata["range"], kind)
             else:
                 continue
             yield pytest.param(base, f"{group}.{f.name}", bad, id=f"{group}.{name or ''}.{f.name}")

@@ -62,7 +62,7 @@ def test_logged_info_keys_follow_the_reward_config():
     class Combined:
         components = [("code", 1.0, CodeReward()), ("run", 0.5, CodeReward()), ("math", 1.0, MathReward())]
 
-    assert logged_info_keys(CodeReward()) == ("code/output_truncated",)
+    assert logged_info_keys(CodeReward()) == ("code/output_truncated", "code/judge_timeout")
     assert logged_info_keys(MathReward()) == ()
-    assert logged_info_keys(Combined()) == ("code/output_truncated", "reward/code", "reward/math", "reward/run",
-                                            "run/code/output_truncated")
+    assert logged_info_keys(Combined()) == ("code/judge_timeout", "code/output_truncated", "reward/code", "reward/math",
+                                            "reward/run", "run/code/judge_timeout", "run/code/output_truncated")
