@@ -44,7 +44,7 @@ from rltrain.loops import episodes, lifecycle, setup
 from rltrain.rollout import forward
 from rltrain.loops.pg import PGBatch, PolicyUpdate
 from rltrain.report import progress
-from rltrain.report.samples import rollout_rows
+from rltrain.report.samples import completion_rows, rollout_rows
 from rltrain.rewards.base import score_safely
 from rltrain.rollout import SamplingParams, generate
 from rltrain.rollout.tree import sample_tree
@@ -203,7 +203,8 @@ class EdgeReplay:
 
 
 def tree_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
-    """Trees for this rank's prompts, leaf rewards, node values and the kept edges."""
+    """Trees for this rank's prompts, leaf rewards, node values and the kept edges; and the first
+    leaves (whole responses) as samples.jsonl rows."""
     a, t = cfg.algo, cfg.train
     idx, first = episodes.rank_slice(ctx.order, step, t.prompts_per_step, dist)
     samples, prompt_ids = [ctx.train[i] for i in idx], [ctx.train_ids[i] for i in idx]
@@ -254,7 +255,10 @@ def tree_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
              "reward/failed": sum(bool(f) for f in out.info.get("failed", []))}
     if correct is not None:
         stats["reward/accuracy"] = sum(bool(c) for c in correct) / max(len(correct), 1)
-    return new_edges, {"time/rollout": t1 - t0, "time/reward": t2 - t1}, stats
+    rows = completion_rows(leaf_samples, texts, out.scores, out.info,
+                           [len(trees[ti].response_ids(leaf)) for ti, leaf in leaf_refs[:cfg.log.samples_per_step]],
+                           limit=cfg.log.samples_per_step)
+    return new_edges, {"time/rollout": t1 - t0, "time/reward": t2 - t1}, stats, rows
 
 
 def with_carriers(edges: list[Edge]) -> list[Edge]:
@@ -319,6 +323,7 @@ class StepBatch:
     stats: dict
     layout: dict  # the variant's own PGBatch fields (rollout log-probs; the tree forward's layout)
     rollout: episodes.Scored | None = None  # chain: the step's rollouts (row i ↔ training row i), for samples.jsonl
+    samples: list | None = None  # tree: samples.jsonl rows of the first leaves (whole responses; edges hold the advantages)
 
 
 def chain_step(step: int, ctx, cfg: RunConfig, dist: Dist, update: PolicyUpdate, ts) -> StepBatch:
@@ -339,7 +344,7 @@ def tree_step(step: int, ctx, cfg: RunConfig, dist: Dist, update: PolicyUpdate, 
     # ZeRO-3: one gather for the trees and the new edges' old log-probs (their count, and so the
     # number of forwards, differs between ranks: per-layer gathers would not pair up)
     with ctx.actor.gathered():
-        new, times, stats = tree_batch(step, ctx, cfg, dist)
+        new, times, stats, rows = tree_batch(step, ctx, cfg, dist)
         edges = [e for e in new if e.old_logp is None]
         if edges:  # old log-probs of new edges, from the trainer's own forward
             lp, _ = forward.batched_logprobs(ctx.actor.module, [e.prompt_ids for e in edges],
@@ -378,7 +383,7 @@ def tree_step(step: int, ctx, cfg: RunConfig, dist: Dist, update: PolicyUpdate, 
                                           else (e.question, e.step, e.branch), len(family)) for e in drawn])
     stats["perf/tree_unique_tokens"] = lifecycle.global_count(float(unique_tokens(prompt_ids, resp, tree_lengths)), dist)
     return StepBatch(prompt_ids, resp, mask, adv, old_logp, old_ent, times, stats,
-                     layout=dict(tree_levels=len(a.branching), families=fam, tree_lengths=tree_lengths))
+                     layout=dict(tree_levels=len(a.branching), families=fam, tree_lengths=tree_lengths), samples=rows)
 
 
 # Each variant's half of a step, by its schema (chosen once, in ``train``).
@@ -429,8 +434,9 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         metrics.update(times)
         metrics["time/step"] = time.time() - t0
         # step 5: samples, evaluation, logging, checkpoint
-        if logger and b.rollout is not None:  # chain: the first rollouts with the advantages trained on
-            logger.samples(step + 1, "train", rollout_rows(b.rollout, adv, limit=cfg.log.samples_per_step))
+        if logger:  # chain: the first rollouts with the advantages trained on; tree: the first leaves
+            logger.samples(step + 1, "train", b.samples if b.rollout is None else
+                           rollout_rows(b.rollout, adv, limit=cfg.log.samples_per_step))
         if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
                               save=lambda: lifecycle.save(cfg, dist, ts, ctx.actor, ctx.tok)):
             break

@@ -5,8 +5,9 @@
   prompts are in random order): ``step``, ``id`` (the prompt's dataset id), ``prompt`` (the question
   before the chat template), ``answer`` (the reference), ``completion``, ``reward`` (the score the
   advantage was computed from), ``advantage`` (its mean over the response's tokens; GRPO's is the
-  same on every token; absent where the loop has none, e.g. iterative DPO), ``length`` (tokens),
-  ``finished`` (ended by EOS or a stop string, not cut at ``rollout.max_new_tokens``) and ``info``
+  same on every token; absent where the loop has none: iterative DPO, SPO-tree's leaves), ``length``
+  (tokens), ``finished`` (ended by EOS or a stop string, not cut at ``rollout.max_new_tokens``; absent
+  for SPO-tree's leaves) and ``info``
   (the reward's per-completion details: ``correct``, ``extracted``, a combined reward's components
   ``reward/<label>``, errors).
 - ``kind: "eval"``, one per answer of a held-out evaluation (the first ``log.eval_samples`` of rank
@@ -64,16 +65,25 @@ def rollout_rows(scored, advantages=None, *, limit: int) -> list[dict]:
     if advantages is not None:
         T = min(mask.shape[1], advantages.shape[1])
         adv = ((advantages[:k, :T].float() * mask[:, :T]).sum(1) / mask[:, :T].sum(1).clamp(min=1)).tolist()
-    info = scored.reward.info
+    return completion_rows(scored.samples, scored.completions, scored.scores.tolist(), scored.reward.info,
+                           scored.lengths.tolist(), limit=k, finished=scored.finished.tolist(), advantages=adv)
+
+
+def completion_rows(samples, completions: list[str], scores: list[float], info: dict, lengths: list[int], *,
+                    limit: int, finished: list[bool] | None = None, advantages: list[float] | None = None) -> list[dict]:
+    """The first ``limit`` scored completions as ``train`` rows (``rollout_rows`` without a ``Scored``:
+    SPO-tree's leaves). ``info``: the reward's per-completion lists."""
     rows = []
-    for i in range(k):
-        s = scored.samples[i]
-        row = {"kind": "train", "id": s.id, "prompt": s.question, "answer": s.answer,
-               "completion": scored.completions[i], "reward": float(scored.scores[i])}
-        if adv is not None:
-            row["advantage"] = adv[i]
-        row.update({"length": int(scored.lengths[i]), "finished": bool(scored.finished[i]),
-                    "info": {key: _jsonable(v[i]) for key, v in info.items()}})
+    for i in range(min(limit, len(completions))):
+        s = samples[i]
+        row = {"kind": "train", "id": s.id, "prompt": s.question, "answer": s.answer, "completion": completions[i],
+               "reward": float(scores[i])}
+        if advantages is not None:
+            row["advantage"] = advantages[i]
+        row["length"] = int(lengths[i])
+        if finished is not None:
+            row["finished"] = bool(finished[i])
+        row["info"] = {key: _jsonable(v[i]) for key, v in info.items()}
         rows.append(row)
     return rows
 

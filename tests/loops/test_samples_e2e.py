@@ -1,7 +1,7 @@
 """samples.jsonl from the sampling loops on model=tiny: each step's first rollouts with the reward
 the reward function gives their completion and (GRPO) the group-normalised advantage computed by
 hand from those rewards; the held-out evaluation's answers with their verdicts; and PPO, SPO-chain,
-OPD and iterative DPO write theirs too."""
+SPO-tree (its leaves), OPD and iterative DPO write theirs too."""
 import json
 from pathlib import Path
 
@@ -50,12 +50,13 @@ def test_grpo_writes_the_evaluations_answers_with_their_verdicts(grpo_run):
         assert r["answer"] and r["sample"] == 0
 
 
-@pytest.mark.parametrize("loop", ["ppo", "spo_chain", "opd", "iterative_dpo"])
+@pytest.mark.parametrize("loop", ["ppo", "spo_chain", "spo_tree", "opd", "iterative_dpo"])
 def test_the_other_sampling_loops_write_samples(loop, grpo_run, tmp_path):
     base = TINY + ["train.steps=2", "eval.at_start=false", "log.samples_per_step=8", "log.eval_samples=0",
                    "reward.fn=tests.toy_rewards:contains_seven"]
     extra = {"ppo": ["algo=ppo"],
              "spo_chain": ["algo=spo_chain", "algo.mc_rollouts=2", "algo.cut_interval=3"],
+             "spo_tree": ["algo=spo_tree", "algo.branching=[4,2]", "algo.segment_len=4"],  # 8 leaves per prompt
              "opd": ["algo=opd", f"algo.teacher_path={grpo_run}"],
              "iterative_dpo": ["algo=dpo", "algo.iterative=true", "algo.rounds=1", "train.micro_batch_size=8"]}[loop]
     run_inprocess(base + extra, tmp_path)
@@ -63,10 +64,32 @@ def test_the_other_sampling_loops_write_samples(loop, grpo_run, tmp_path):
     assert [r["step"] for r in rows] == [1] * 8 + [2] * 8 and {r["kind"] for r in rows} == {"train"}
     for r in rows:
         assert r["reward"] == contains_seven(None, [r["completion"]])[0]
-        assert ("advantage" in r) == (loop != "iterative_dpo")
+        assert ("advantage" in r) == (loop not in ("iterative_dpo", "spo_tree"))  # tree: edges hold advantages
+        assert 0 < r["length"] <= 8
     for step in (1, 2):
         group = [r for r in rows if r["step"] == step]  # one prompt's 8 responses
         assert len({r["id"] for r in group}) == 1
         if loop == "iterative_dpo":  # the pair trained on, where the group's rewards differ: best vs worst
             roles = {r.get("pair"): r["reward"] for r in group if r.get("pair")}
             assert roles == ({"chosen": 1.0, "rejected": 0.0} if len({r["reward"] for r in group}) > 1 else {})
+
+
+def test_a_resumed_run_writes_the_same_samples_as_an_uninterrupted_one(tmp_path):
+    """Killed after step 3 (its last checkpoint: step 2) and resumed: samples.jsonl is cut back to step 2
+    and the replayed steps write exactly what the uninterrupted run wrote, once."""
+    import shutil
+
+    args = TINY + ["train.steps=4", "checkpoint.every=2", "eval.every=2", "eval.cache_base=false",
+                   "log.samples_per_step=4", "log.eval_samples=3"]
+    run_inprocess(args, tmp_path / "whole")
+    shutil.copytree(tmp_path / "whole", tmp_path / "cut")
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step_000004")
+    with open(tmp_path / "cut" / "samples.jsonl") as f:  # as written when the kill came after step 3
+        kept = [line for line in f if json.loads(line)["step"] <= 3]
+    (tmp_path / "cut" / "samples.jsonl").write_text("".join(kept))
+    run_inprocess(args, tmp_path / "cut")  # resume=auto: from step 2
+    whole, cut = samples(tmp_path / "whole"), samples(tmp_path / "cut")
+    assert [(r["step"], r["kind"]) for r in whole] == (
+        [(0, "eval")] * 3 + [(1, "train")] * 4 + [(2, "train")] * 4 + [(2, "eval")] * 3 + [(3, "train")] * 4
+        + [(4, "train")] * 4 + [(4, "eval")] * 3)
+    assert cut == whole
