@@ -70,7 +70,8 @@ def rollout_rows(scored, advantages=None, *, limit: int) -> list[dict]:
 
 
 def completion_rows(samples, completions: list[str], scores: list[float], info: dict, lengths: list[int], *,
-                    limit: int, finished: list[bool] | None = None, advantages: list[float] | None = None) -> list[dict]:
+                    limit: int, finished: list[bool] | None = None,
+                    advantages: list[float] | None = None) -> list[dict]:
     """The first ``limit`` scored completions as ``train`` rows (``rollout_rows`` without a ``Scored``:
     SPO-tree's leaves). ``info``: the reward's per-completion lists."""
     rows = []
