@@ -2,9 +2,10 @@
 wrote: ``report.samples``), the experiment trackers of ``log.trackers`` (``report.trackers``: they
 get the config, every step's metrics, the evaluation events, the samples and the summary, and can
 never stop or slow the run), and a rich live display (a steps bar with ETA, a bar per open phase,
-the headline metrics, time per phase). When stdout is not a terminal the display falls back to one plain line per step (and periodic
-lines for long phases, ``rltrain.report.progress``), which is what CI logs show. The summary ends
-with where the time went: seconds per step by phase, and the evaluations.
+the headline metrics, time per phase). When stdout is not a terminal the display falls back to one
+plain line per step (and periodic lines for long phases, ``rltrain.report.progress``), which is what
+CI logs show. The summary ends with where the time went: seconds per step by phase, and the
+evaluations.
 
 On resume, ``metrics.jsonl`` (and ``samples.jsonl``) is truncated to the checkpoint's step so that
 an interrupted and resumed run has exactly one line per step, identical to an uninterrupted run.
