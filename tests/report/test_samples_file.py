@@ -15,10 +15,12 @@ from rltrain.types import RewardOutput, Sample
 
 def scored() -> Scored:
     """Two prompts × two responses; lengths 3, 1, 2, 0 tokens (T = 3)."""
-    q = [Sample(id="train-7", question="What is 3 + 4?", answer="7"), Sample(id="train-2", question="1 + 1?", answer="2")]
+    q = [Sample(id="train-7", question="What is 3 + 4?", answer="7"),
+         Sample(id="train-2", question="1 + 1?", answer="2")]
     mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [0, 0, 0]], dtype=torch.float32)
     return Scored(prompt_ids=[[1], [1], [2], [2]], response_ids=torch.zeros(4, 3, dtype=torch.long), mask=mask,
-                  logprobs=torch.zeros(4, 3), lengths=mask.sum(1).long(), finished=torch.tensor([True, False, True, False]),
+                  logprobs=torch.zeros(4, 3), lengths=mask.sum(1).long(),
+                  finished=torch.tensor([True, False, True, False]),
                   samples=[q[0], q[0], q[1], q[1]], completions=["\\boxed{7}", "8", "2\x1b[31m", ""],
                   scores=torch.tensor([1.0, 0.0, 1.0, 0.0]),
                   reward=RewardOutput([1.0, 0.0, 1.0, 0.0], {"correct": [True, False, True, False],
@@ -27,7 +29,8 @@ def scored() -> Scored:
 
 
 def test_rollout_rows_carry_each_rollouts_reward_info_and_mean_token_advantage():
-    adv = torch.tensor([[1.0, 2.0, 3.0], [-4.0, 9.0, 9.0], [0.5, 1.5, 7.0], [5.0, 5.0, 5.0]])  # [4, 3]; 9s and 7 are padding
+    # [4, 3]; the 9s and the 7 sit on padding
+    adv = torch.tensor([[1.0, 2.0, 3.0], [-4.0, 9.0, 9.0], [0.5, 1.5, 7.0], [5.0, 5.0, 5.0]])
     rows = S.rollout_rows(scored(), adv, limit=3)
     assert len(rows) == 3  # limit
     assert [r["advantage"] for r in rows] == [2.0, -4.0, 1.0]  # (1+2+3)/3, −4/1, (0.5+1.5)/2
@@ -44,7 +47,8 @@ def test_rollout_rows_carry_each_rollouts_reward_info_and_mean_token_advantage()
 
 def test_eval_rows_carry_the_verdict_and_which_sample():
     rows = S.eval_rows(scored(), [True, False, True, False], 2, limit=3)
-    assert [(r["correct"], r["sample"], r["extracted"]) for r in rows] == [(True, 0, "7"), (False, 1, "8"), (True, 0, "2")]
+    assert [(r["correct"], r["sample"], r["extracted"]) for r in rows] == [(True, 0, "7"), (False, 1, "8"),
+                                                                           (True, 0, "2")]
     assert rows[1]["kind"] == "eval" and rows[1]["reward"] == 0.0 and rows[1]["answer"] == "7"
 
 
@@ -91,7 +95,8 @@ def _run_dir(tmp_path):
              "reward": 0.0, "correct": False, "length": 1, "finished": True, "sample": 0}]
     for step in (1, 2):
         for i, r in enumerate([0.0, 1.0, 0.25, 0.5]):
-            rows.append({"step": step, "kind": "train", "id": f"train-{step}", "prompt": "What is 3 + 4?", "answer": "7",
+            rows.append({"step": step, "kind": "train", "id": f"train-{step}", "prompt": "What is 3 + 4?",
+                         "answer": "7",
                          "completion": f"step {step} reward {r} [bold]markup[/bold]\x1b[2J\rgone",
                          "reward": r, "advantage": r - 0.4375, "length": 9, "finished": i != 0,
                          "info": {"correct": r == 1.0}})
