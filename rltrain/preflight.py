@@ -35,6 +35,7 @@ import inspect
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -128,6 +129,10 @@ def check_launch(cfg, *, slurm_tasks: int | None = None) -> None:
         raise PreflightError("launch", "deepspeed.offload_optimizer=true uses DeepSpeed's CPU Adam, which is not "
                                        "built here and needs a C++ compiler (c++) to build; install one (apt-get "
                                        "install g++) or set deepspeed.offload_optimizer=false")
+    if cfg.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise PreflightError("launch", f"rollout.engine=vllm needs vLLM, which this Python ({sys.executable}) cannot "
+                                       "import: run `make vllm` and start rltrain as .venv-vllm/bin/rltrain "
+                                       "(docs/vllm.md), or use rollout.engine=rltrain")
     if launch.threads_per_rank < 0:
         raise PreflightError("launch", f"launch.threads_per_rank={launch.threads_per_rank} must be ≥ 0 "
                                        "(0 = this machine's cores shared by the ranks)")

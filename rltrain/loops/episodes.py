@@ -123,18 +123,25 @@ class Scored:
 
 def rollout_and_score(actor_module, tokenizer, samples: list[Sample], prompt_ids, reward_fn, cfg: RunConfig,
                       *, n: int, generator: torch.Generator, params: SamplingParams | None = None,
-                      first_prompt_index: int = 0):
+                      first_prompt_index: int = 0, sampler=None):
     """Sample ``n`` responses per prompt and score them; returns (Scored, timings).
-    ``first_prompt_index``: the global position of ``samples[0]`` (see ``rollout_generator``)."""
+    ``first_prompt_index``: the global position of ``samples[0]`` (see ``rollout_generator``).
+    ``sampler``: the engine to sample with instead of rltrain's own (``rollout.engine=vllm``: a
+    ``rollout.vllm_engine.VLLMEngine`` holding ``actor_module``'s pushed weights)."""
     t0 = time.time()
     params = params or SamplingParams(
         max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
         top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, n=n, stop_strings=tuple(cfg.rollout.stop_strings))
-    actor_module.eval()
-    ro = generate(actor_module, prompt_ids, params, eos_token_ids=eos_token_ids(actor_module, tokenizer),
-                  pad_token_id=tokenizer.pad_token_id, tokenizer=tokenizer, generator=generator,
-                  first_prompt_index=first_prompt_index)
-    actor_module.train()
+    if sampler is not None:  # rollout.engine=vllm (rollout/vllm_engine.py), holding the actor's pushed weights
+        ro = sampler.generate(prompt_ids, params, eos_token_ids=eos_token_ids(actor_module, tokenizer),
+                              pad_token_id=tokenizer.pad_token_id, generator=generator,
+                              first_prompt_index=first_prompt_index)
+    else:
+        actor_module.eval()
+        ro = generate(actor_module, prompt_ids, params, eos_token_ids=eos_token_ids(actor_module, tokenizer),
+                      pad_token_id=tokenizer.pad_token_id, tokenizer=tokenizer, generator=generator,
+                      first_prompt_index=first_prompt_index)
+        actor_module.train()
     t1 = time.time()
     seq_samples = [samples[int(i)] for i in ro.prompt_index]
     completions = [tokenizer.decode(r[: int(l)], skip_special_tokens=True)

@@ -50,7 +50,8 @@ def collect(step: int, ctx, cfg: RunConfig, dist: Dist) -> tuple[episodes.Scored
         samples = [ctx.train[i] for i in idx]
         prompt_ids = [ctx.train_ids[i] for i in idx]
         s, tm = episodes.rollout_and_score(ctx.actor.module, ctx.tok, samples, prompt_ids, ctx.reward, cfg, n=n,
-                                    generator=episodes.rollout_generator(cfg.seed, draw), first_prompt_index=first)
+                                    generator=episodes.rollout_generator(cfg.seed, draw), first_prompt_index=first,
+                                    sampler=ctx.sampler)
         for k in times:
             times[k] += tm[k]
         batches += 1
@@ -122,6 +123,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     ts = lifecycle.resume(cfg, ctx.actor)
     logger = lifecycle.run_logger(cfg, dist, ts, title=f"rltrain {cfg.algo.name}")
     before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts)
+    setup.start_sampler(cfg, ctx)  # rollout.engine=vllm: started with the (resumed) policy's weights
     pad = ctx.tok.pad_token_id
     clock = lifecycle.StepClock(cfg, dist, ts, logger)
     for step in clock.steps():
@@ -133,6 +135,8 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                         rollout_logp=s.logprobs, old_logp=old_logp, old_entropy=old_ent)
         metrics = update.run(ctx.actor, batch, dist, pad_id=pad, step=step,
                                 generator=episodes.step_generator(cfg.seed + 7, step, 0))  # same on every rank
+        if ctx.sampler is not None:  # the next rollout samples with the updated weights
+            metrics["time/weight_sync"] = ctx.sampler.push(ctx.actor.module)
         metrics.update(episodes.reward_metrics(s, dist))
         metrics.update(times)
         gen_tokens = lifecycle.global_count(float(s.lengths.sum()), dist)

@@ -181,6 +181,7 @@ class Context:
             self.train = self._encode(cfg, pair_examples(splits.train))
             self.test_pairs = self._encode(cfg, pair_examples(splits.test[: cfg.eval.size]))
         self.order = PromptOrder(len(self.train), cfg.seed)
+        self.sampler = None  # rollout.engine=vllm: the colocated vLLM engine (``start_sampler``)
 
     def _encode(self, cfg: RunConfig, examples: list[tuple]):
         """Tokenised examples with EOS and ``algo.max_length``/``max_prompt_length``/``truncation``."""
@@ -191,10 +192,22 @@ class Context:
                                truncation=a.truncation)
 
 
+def start_sampler(cfg: RunConfig, ctx) -> None:
+    """``rollout.engine=vllm``: start the colocated vLLM engine as ``ctx.sampler`` with the policy's
+    current weights (call after resuming); the loop pushes the weights after each update."""
+    if cfg.rollout.engine == "vllm":
+        from rltrain.rollout.vllm_engine import colocated
+
+        ctx.sampler = colocated(cfg, ctx.actor.module, ctx.tok, [len(p) for p in ctx.train_ids])
+
+
 def close(ctx) -> None:
     """End of a run: stop what its reward started (math-verify's worker pool, the code sandbox's
     workers) now, not in the interpreter's exit, where a process pool's exit hook can find its
-    pipe already closed and print a traceback (seen on the default path under load)."""
+    pipe already closed and print a traceback (seen on the default path under load); shut the vLLM
+    engine down."""
+    if getattr(ctx, "sampler", None) is not None:
+        ctx.sampler.close()
     close_reward = getattr(getattr(ctx, "reward", None), "close", None)
     if close_reward is not None:
         close_reward()
