@@ -24,6 +24,8 @@ def test_every_option_composes_and_validates(group, option):
         overrides.append("model.path=some/model")
     if group == "reward" and option == "python":
         overrides.append("reward.fn=tests.toy_rewards:sevens")
+    if group == "env" and option == "python":
+        overrides.append("env.cls=tests.envs.toy_envs:Echo")
     if group == "reward" and option == "classifier":
         overrides.append("reward.model_path=some/reward-model")
     if option in ("opd", "menu_opd"):
@@ -133,7 +135,7 @@ def test_option_schemas_match_builder_signatures():
 
     from rltrain.config import OPTION_SCHEMAS
     from rltrain.data import DATASETS
-    from rltrain.loops.common import option_kwargs
+    from rltrain.config import option_kwargs
     from rltrain.rewards import reward_class
 
     for name, schema in OPTION_SCHEMAS["data"].items():
