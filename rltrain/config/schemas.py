@@ -341,22 +341,10 @@ class TrainConfig:
     """constant | linear | cosine (after warmup)."""
     max_grad_norm: float = 1.0
 
-    @property
-    def total_optimizer_steps(self) -> int:
-        """Optimizer steps of a policy-gradient run: one per minibatch per epoch of every step (the
-        learning-rate schedule's length)."""
-        return self.steps * self.minibatches_per_step * self.epochs
-
 
 @dataclass
 class RolloutConfig:
     """Sampling."""
-
-    @property
-    def scoring_temperature(self) -> float:
-        """The temperature the trainer takes log-probs at: the sampling temperature, or 1 when sampling
-        is greedy (temperature 0), so the log-probs are the policy's own."""
-        return self.temperature or 1.0
 
     max_new_tokens: int = 64
     temperature: float = 1.0
@@ -467,6 +455,45 @@ class LogConfig:
     characters in it is cut."""
 
 
+# --------------------------------------------------------------------------- env
+
+
+@dataclass
+class EnvConfig:
+    """Environment (``env=...``, docs/environments.md): ``single_turn`` is one prompt → one response;
+    any other option plays multi-turn episodes with tools (``rltrain.envs``, ``rltrain.rollout.multiturn``)."""
+
+    name: str = "single_turn"
+    """single_turn | calculator | python (a class of yours: env.cls)."""
+    max_turns: int = bounded(4, "≥ 1")
+    """Assistant turns per episode."""
+    max_episode_tokens: int = bounded(512, "≥ 1")
+    """Tokens per episode after the first prompt, the model's and the environment's together."""
+    max_tool_output_tokens: int = bounded(256, "≥ 8")
+    """An environment message longer than this is cut in the middle, and says so."""
+    max_tool_output_chars: int = bounded(20000, "≥ 100")
+    """A tool's printed text and return value are cut in the middle to this many characters in the tool's
+    process, before anything is tokenised (a tool that prints 10 MB sends back at most this)."""
+    max_invalid_tool_calls: int = bounded(2, "≥ 0")
+    """The episode ends after more malformed or unknown tool calls than this."""
+    tool_timeout_s: float = bounded(5.0, "> 0")
+    """A tool call running longer is stopped and the model told so."""
+
+
+@dataclass
+class CalculatorEnvConfig(EnvConfig):
+    name: str = "calculator"
+
+
+@dataclass
+class PythonEnvConfig(EnvConfig):
+    """A class of yours (``rltrain.envs.base`` describes it)."""
+
+    name: str = "python"
+    cls: str = MISSING
+    """Import path ``module:Class``, looked up in the directory rltrain was started in first."""
+
+
 @dataclass
 class RunConfig:
     """The whole run."""
@@ -478,6 +505,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -10,7 +10,6 @@ needs only the model, optimizer, scheduler and step; a killed-and-resumed run re
 from __future__ import annotations
 
 import dataclasses
-import enum
 import time
 from dataclasses import dataclass
 
@@ -41,37 +40,18 @@ class PromptOrder:
         return out
 
 
-class Stream(enum.IntEnum):
-    """The run's named seed streams: stream X of a run draws from seed ``cfg.seed + X``. The offsets
-    are fixed numbers (changing one changes every run's results), distinct so no two uses share draws."""
-
-    ROLLOUT = 0
-    """The training rollouts' sampling (``rollout_generator``)."""
-    UPDATE = 7
-    """The policy update's random choices (Clip-Cov's tie-breaking), the same on every rank."""
-    MC_VALUES = 13
-    """SPO-chain's Monte-Carlo continuations from the cut states."""
-    EDGE_REPLAY = 29
-    """SPO-tree's draw of replayed edges (per rank)."""
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """A generator for ``step``'s random choices: pass rank 0 on every rank for choices the ranks
+    share (minibatch sampling), ``dist.rank`` for per-rank ones (SPO's edge replay)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
 
 
-def step_generator(seed: int, step: int, rank: int, stream: Stream = Stream.ROLLOUT) -> torch.Generator:
-    """A generator for ``step``'s random choices of ``stream``: pass rank 0 on every rank for choices
-    the ranks share (minibatch sampling), ``dist.rank`` for per-rank ones (SPO's edge replay)."""
-    return torch.Generator().manual_seed(((seed + stream) * 1_000_003 + step) * 1009 + rank)
-
-
-def update_generator(seed: int, step: int) -> torch.Generator:
-    """The policy update's generator of ``step`` (``Stream.UPDATE``), the same on every rank."""
-    return step_generator(seed, step, 0, Stream.UPDATE)
-
-
-def rollout_generator(seed: int, step: int, stream: Stream = Stream.ROLLOUT) -> torch.Generator:
+def rollout_generator(seed: int, step: int) -> torch.Generator:
     """The sampling generator of ``step``, the same on every rank. Pass the rank's first global
     prompt position as ``first_prompt_index`` with it: each sequence's random stream then depends on
     (seed, step, global prompt position, sample index) only, so a 2-rank run samples exactly what a
     1-rank run with the same global batch samples."""
-    return step_generator(seed, step, 0, stream)
+    return step_generator(seed, step, 0)
 
 
 def rank_slice(order: PromptOrder, step: int, prompts_per_step: int, dist: Dist) -> tuple[list[int], int]:
@@ -147,11 +127,18 @@ def rollout_and_score(actor_module, tokenizer, samples: list[Sample], prompt_ids
     """Sample ``n`` responses per prompt and score them; returns (Scored, timings).
     ``first_prompt_index``: the global position of ``samples[0]`` (see ``rollout_generator``).
     ``sampler``: the engine to sample with instead of rltrain's own (``rollout.engine=vllm``: a
-    ``rollout.vllm_engine.VLLMEngine`` holding ``actor_module``'s pushed weights)."""
+    ``rollout.vllm_engine.VLLMEngine`` holding ``actor_module``'s pushed weights).
+    With an environment (``env`` other than single_turn) the responses are multi-turn episodes
+    (``loops.env_episodes``; ``prompt_ids`` are then the environment's reset)."""
     t0 = time.time()
     params = params or SamplingParams(
         max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
         top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, n=n, stop_strings=tuple(cfg.rollout.stop_strings))
+    if cfg.env.name != "single_turn":
+        from rltrain.loops.env_episodes import play_and_score
+
+        return play_and_score(actor_module, tokenizer, samples, reward_fn, cfg, params=params, generator=generator,
+                              first_prompt_index=first_prompt_index)
     if sampler is not None:  # rollout.engine=vllm (rollout/vllm_engine.py), holding the actor's pushed weights
         ro = sampler.generate(prompt_ids, params, eos_token_ids=eos_token_ids(actor_module, tokenizer),
                               pad_token_id=tokenizer.pad_token_id, generator=generator,

@@ -231,17 +231,6 @@ def run_logger(cfg: RunConfig, dist: Dist, ts: TrainState, title: str) -> RunLog
                      samples_max_mb=lg.samples_max_mb, start_step=ts.step, title=title)
 
 
-def start(cfg: RunConfig, ctx, dist: Dist, title: str, *, engines: dict | None = None,
-          evaluate=None) -> tuple[TrainState, RunLogger | None, dict | None, StepClock]:
-    """The preamble every loop runs before its ``for step in clock.steps()``: resume (the TrainState;
-    ``engines`` are checkpointed besides the actor), rank 0's RunLogger, the held-out evaluation before
-    training (``initial_eval``; ``evaluate``: the loop's own) and the step clock."""
-    ts = resume(cfg, ctx.actor, engines)
-    logger = run_logger(cfg, dist, ts, title)
-    before = initial_eval(cfg, ctx, dist, logger, ts, evaluate=evaluate)
-    return ts, logger, before, StepClock(cfg, dist, ts, logger)
-
-
 def should_save(cfg: RunConfig, step: int, last: bool = False) -> bool:
     """After finishing step ``step`` (1-based count of completed steps); ``last``: training ends here."""
     every = cfg.checkpoint.every
@@ -355,6 +344,8 @@ def cached_base_eval(ctx, cfg: RunConfig, dist: Dist, keep: list | None = None) 
         return policy_eval(ctx, cfg, dist, keep=keep)
     settings = {"eval": cfg.eval, "stop_strings": list(cfg.rollout.stop_strings), "reward": cfg.reward,
                 "world_size": dist.world_size, "threads": torch.get_num_threads(), "dtype": cfg.model.dtype}
+    if cfg.env.name != "single_turn":  # multi-turn evaluation: the environment decides what is played
+        settings["env"] = cfg.env
     key = eval_cache.eval_key(ctx.actor.module, ctx.test, ctx.test_ids, settings=settings)
     hit = eval_cache.load(key)
     if dist.sum(torch.tensor([float(hit is not None)])).item() == dist.world_size:

@@ -131,3 +131,15 @@ def test_calculator_tool_through_the_env():
     r = env.step('<tool_call>{"name": "calculate", "arguments": {"expression": "123 + 456"}}</tool_call>')
     assert r.message["content"] == "579"
     assert env.step('<tool>calculate("1/0")</tool>').message["content"] == "Error: ZeroDivisionError: division by zero"
+
+
+def test_env_options_are_checked_with_the_config():
+    from rltrain.cli import compose_or_explain, to_run_config
+    from rltrain.config import ConfigError, register_configs, validate
+
+    register_configs()
+    with pytest.raises(ConfigError, match="env.max_turns=0 must be ≥ 1"):
+        validate(to_run_config(compose_or_explain(["model=tiny", "env=calculator", "env.max_turns=0"])))
+    with pytest.raises(Exception, match="unknown option env=nope; valid options for 'env': calculator, python, single_turn"):
+        compose_or_explain(["env=nope"])
+    assert to_run_config(compose_or_explain(["model=tiny"])).env.name == "single_turn"
