@@ -173,7 +173,7 @@ def _cpu_adam_built() -> bool:
 
 def option_kwargs(option) -> dict:
     """An option's fields minus those of its group's base schema: the builder's keyword
-    arguments (as ``rltrain.loops.common.option_kwargs``, without importing the loops)."""
+    arguments (as ``rltrain.config.option_kwargs``, without importing the loops)."""
     from rltrain.config import DataConfig, RewardConfig
 
     base = DataConfig if isinstance(option, DataConfig) else RewardConfig

@@ -135,7 +135,7 @@ def test_option_schemas_match_builder_signatures():
 
     from rltrain.config import OPTION_SCHEMAS
     from rltrain.data import DATASETS
-    from rltrain.loops.common import option_kwargs
+    from rltrain.config import option_kwargs
     from rltrain.rewards import reward_class
 
     for name, schema in OPTION_SCHEMAS["data"].items():

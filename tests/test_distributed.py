@@ -12,7 +12,7 @@
   the ZeRO-3 checkpoint to the same result as the uninterrupted run.
 
 Rollouts are sampled at temperature 1: every sequence's random stream is keyed by (seed, step,
-global prompt position, sample index), not by rank (``loops.common.rollout_generator``), so 1 and 2
+global prompt position, sample index), not by rank (``loops.episodes.rollout_generator``), so 1 and 2
 ranks draw the same responses. A stop string ("7") gives responses of different lengths, so even
 the first minibatch's token-mean surrogate (ratio 1) is non-zero.
 """

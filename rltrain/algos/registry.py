@@ -447,7 +447,7 @@ def select_all(
     if selected is not None:
         raise ValueError("token selection 'all' takes no `selected`")
     m = _bool(mask)
-    return select.TokenSelection(loss_mask=m, count_mask=m)
+    return select.TokenSelection(loss_mask=m, count_mask=m, mask=m)
 
 
 def select_high_entropy(

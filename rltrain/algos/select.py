@@ -38,16 +38,22 @@ NORMALIZE_MODES = ("all", "selected")
 
 @dataclass(frozen=True)
 class TokenSelection:
-    """Result of a token selector.
+    """Result of a token selector: the masks the objective takes (``mask ⊇ count_mask ⊇ loss_mask``).
 
     Attributes:
         loss_mask: bool ``[B, T]``, tokens whose per-token loss is kept (⊆ the response mask).
         count_mask: bool ``[B, T]``, tokens counted in ``aggregate``'s denominators: the
             response mask (``normalize="all"``) or ``loss_mask`` (``"selected"``).
+        mask: bool ``[B, T]``, the response mask the selection was made from (valid tokens).
     """
 
     loss_mask: Tensor
     count_mask: Tensor
+    mask: Tensor
+
+    def __getitem__(self, key) -> TokenSelection:
+        """The same rows/positions of all three masks (``sel[idx, :width]``: a micro-batch's)."""
+        return TokenSelection(loss_mask=self.loss_mask[key], count_mask=self.count_mask[key], mask=self.mask[key])
 
 
 def make_selection(mask: Tensor, selected: Tensor, normalize: str) -> TokenSelection:
@@ -56,7 +62,7 @@ def make_selection(mask: Tensor, selected: Tensor, normalize: str) -> TokenSelec
         raise ValueError(f"unknown normalize {normalize!r}; valid: {', '.join(NORMALIZE_MODES)}")
     m = _bool(mask)
     loss_mask = m & _bool(selected)
-    return TokenSelection(loss_mask=loss_mask, count_mask=m if normalize == "all" else loss_mask)
+    return TokenSelection(loss_mask=loss_mask, count_mask=m if normalize == "all" else loss_mask, mask=m)
 
 
 def top_ratio_count(n: int, top_ratio: float) -> int:

@@ -341,10 +341,22 @@ class TrainConfig:
     """constant | linear | cosine (after warmup)."""
     max_grad_norm: float = 1.0
 
+    @property
+    def total_optimizer_steps(self) -> int:
+        """Optimizer steps of a policy-gradient run: one per minibatch per epoch of every step (the
+        learning-rate schedule's length)."""
+        return self.steps * self.minibatches_per_step * self.epochs
+
 
 @dataclass
 class RolloutConfig:
     """Sampling."""
+
+    @property
+    def scoring_temperature(self) -> float:
+        """The temperature the trainer takes log-probs at: the sampling temperature, or 1 when sampling
+        is greedy (temperature 0), so the log-probs are the policy's own."""
+        return self.temperature or 1.0
 
     max_new_tokens: int = 64
     temperature: float = 1.0

@@ -10,7 +10,7 @@ in fp32 whatever the backbone's compute dtype: values feed GAE and bf16 would ro
 three significant digits.
 
 Alignment (rltrain.algos.ppo): for a packed batch whose responses start at column P
-(``rltrain.loops.common.pack``), V(s_t), the value of prompt + y_<t, is read at column P − 1 + t;
+(``rltrain.rollout.forward.pack``), V(s_t), the value of prompt + y_<t, is read at column P − 1 + t;
 asking for the last T + 1 positions gives V(s_0) … V(s_T), the last one being the value after the
 final response token, which bootstraps truncated responses.
 """

@@ -106,7 +106,7 @@ class ShardedEma:
 
 
 def ema_reference(reference, actor, *, stage: int, rank: int, world_size: int):
-    """The holder for ``reference`` (from ``loops.common.build_reference``) and ``actor``."""
+    """The holder for ``reference`` (from ``loops.setup.build_reference``) and ``actor``."""
     if stage == 3:
         return ShardedEma(reference, actor, rank, world_size)
     return FullEma(reference, actor)

@@ -322,14 +322,13 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     a = cfg.algo
     ctx, cached = build_context(cfg, dist)
     evaluate_now = lambda: evaluate(ctx, cfg, dist, cached.test)  # noqa: E731
-    ts = lifecycle.resume(cfg, ctx.actor)
-    logger = lifecycle.run_logger(cfg, dist, ts, title="rltrain dpo" + (" (iterative)" if a.iterative else ""))
-    before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts, evaluate=evaluate_now)
+    ts, logger, before, clock = lifecycle.start(cfg, ctx, dist, "rltrain dpo" + (" (iterative)" if a.iterative else ""),
+                                                evaluate=evaluate_now)
     rnd = None
-    clock = lifecycle.StepClock(cfg, dist, ts, logger)
     for step in clock.steps():
         t0 = time.time()
         metrics = {}
+        # step 1 (iterative DPO): a new round's pairs from the policy's own samples at its first step
         if a.iterative:
             r, j = divmod(step, cfg.train.steps // a.rounds)
             if rnd is None or rnd.index != r:
@@ -339,11 +338,13 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
             metrics["round"] = r
             if logger:  # the step's sampled rollouts (a round loaded back from disk has none)
                 logger.samples(step + 1, "train", rnd.samples.get(j, []))
+        # step 2: this step's pairs (and cached reference log-probs) and one optimizer step on them
         pairs, ref_logps = step_batch(ctx, cfg, dist, step, rnd, cached.train)
         t1 = time.time()
         metrics.update(dpo_step(ctx, cfg, dist, step, pairs, ref_logps))
         metrics["time/update"] = time.time() - t1
         metrics["time/step"] = time.time() - t0
+        # step 3: evaluation, logging, checkpoint
         if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
                       save=lambda: lifecycle.save(cfg, dist, ts, ctx.actor, ctx.tok), evaluate=evaluate_now):
             break

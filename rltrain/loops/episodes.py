@@ -10,6 +10,7 @@ needs only the model, optimizer, scheduler and step; a killed-and-resumed run re
 from __future__ import annotations
 
 import dataclasses
+import enum
 import time
 from dataclasses import dataclass
 
@@ -40,18 +41,37 @@ class PromptOrder:
         return out
 
 
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """A generator for ``step``'s random choices: pass rank 0 on every rank for choices the ranks
-    share (minibatch sampling), ``dist.rank`` for per-rank ones (SPO's edge replay)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1009 + rank)
+class Stream(enum.IntEnum):
+    """The run's named seed streams: stream X of a run draws from seed ``cfg.seed + X``. The offsets
+    are fixed numbers (changing one changes every run's results), distinct so no two uses share draws."""
+
+    ROLLOUT = 0
+    """The training rollouts' sampling (``rollout_generator``)."""
+    UPDATE = 7
+    """The policy update's random choices (Clip-Cov's tie-breaking), the same on every rank."""
+    MC_VALUES = 13
+    """SPO-chain's Monte-Carlo continuations from the cut states."""
+    EDGE_REPLAY = 29
+    """SPO-tree's draw of replayed edges (per rank)."""
 
 
-def rollout_generator(seed: int, step: int) -> torch.Generator:
+def step_generator(seed: int, step: int, rank: int, stream: Stream = Stream.ROLLOUT) -> torch.Generator:
+    """A generator for ``step``'s random choices of ``stream``: pass rank 0 on every rank for choices
+    the ranks share (minibatch sampling), ``dist.rank`` for per-rank ones (SPO's edge replay)."""
+    return torch.Generator().manual_seed(((seed + stream) * 1_000_003 + step) * 1009 + rank)
+
+
+def update_generator(seed: int, step: int) -> torch.Generator:
+    """The policy update's generator of ``step`` (``Stream.UPDATE``), the same on every rank."""
+    return step_generator(seed, step, 0, Stream.UPDATE)
+
+
+def rollout_generator(seed: int, step: int, stream: Stream = Stream.ROLLOUT) -> torch.Generator:
     """The sampling generator of ``step``, the same on every rank. Pass the rank's first global
     prompt position as ``first_prompt_index`` with it: each sequence's random stream then depends on
     (seed, step, global prompt position, sample index) only, so a 2-rank run samples exactly what a
     1-rank run with the same global batch samples."""
-    return step_generator(seed, step, 0)
+    return step_generator(seed, step, 0, stream)
 
 
 def rank_slice(order: PromptOrder, step: int, prompts_per_step: int, dist: Dist) -> tuple[list[int], int]:

@@ -2,7 +2,7 @@
 
 Per step: sample ``samples_per_prompt`` responses for each of ``prompts_per_step`` prompts →
 score them → group-normalised advantages broadcast to every response token → (reference
-log-probs, only when ``algo.kl_coef > 0``) → ``policy_update`` (clipped surrogate or the
+log-probs, only when ``algo.kl_coef > 0``) → ``PolicyUpdate`` (clipped surrogate or the
 configured policy loss, token selection, aggregation) → metrics → checkpoint.
 
 Departures from the paper, all deliberate and configurable:
@@ -88,7 +88,7 @@ def advantages(ctx, cfg: RunConfig, dist: Dist, s: episodes.Scored, times: dict,
     pass ``old_logp``/``old_entropy`` when the caller already has them), then returns-to-go
     whitened over the global batch (``whiten``: the estimator's own normalisation).
     """
-    a, pad, temp, mb = cfg.algo, ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0, cfg.train.micro_batch_size
+    a, pad, temp, mb = cfg.algo, ctx.tok.pad_token_id, cfg.rollout.scoring_temperature, cfg.train.micro_batch_size
     est = get_estimator(a.adv_estimator)
     ref_logp = kl = None
     if ctx.ref is not None:
@@ -116,25 +116,25 @@ def advantages(ctx, cfg: RunConfig, dist: Dist, s: episodes.Scored, times: dict,
 
 def train(cfg: RunConfig, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
-    t = cfg.train
-    ctx = setup.Context(cfg, dist, total_optimizer_steps=t.steps * t.minibatches_per_step * t.epochs,
+    ctx = setup.Context(cfg, dist, total_optimizer_steps=cfg.train.total_optimizer_steps,
                         with_reference=cfg.algo.kl_coef > 0)
     update = PolicyUpdate(cfg)
-    ts = lifecycle.resume(cfg, ctx.actor)
-    logger = lifecycle.run_logger(cfg, dist, ts, title=f"rltrain {cfg.algo.name}")
-    before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts)
+    ts, logger, before, clock = lifecycle.start(cfg, ctx, dist, f"rltrain {cfg.algo.name}")
     setup.start_sampler(cfg, ctx)  # rollout.engine=vllm: started with the (resumed) policy's weights
     pad = ctx.tok.pad_token_id
-    clock = lifecycle.StepClock(cfg, dist, ts, logger)
     for step in clock.steps():
         t0 = time.time()
+        # step 1: sample and score this rank's prompts (DAPO refills when enabled)
         with ctx.actor.gathered():  # ZeRO-3: the actor's parameters gathered once for the rollout phase
             s, times = collect(step, ctx, cfg, dist)
-        adv_tok, ref_logp, old_logp, old_ent = advantages(ctx, cfg, dist, s, times)  # [N, T]
+        # step 2: advantages [N, T], with the reference's log-probs for a KL loss
+        adv_tok, ref_logp, old_logp, old_ent = advantages(ctx, cfg, dist, s, times)
+        # step 3: the policy update
         batch = PGBatch(s.prompt_ids, s.response_ids, s.mask, adv_tok, ref_logp, rollout_entropy=s.entropies,
                         rollout_logp=s.logprobs, old_logp=old_logp, old_entropy=old_ent)
         metrics = update.run(ctx.actor, batch, dist, pad_id=pad, step=step,
-                                generator=episodes.step_generator(cfg.seed + 7, step, 0))  # same on every rank
+                             generator=episodes.update_generator(cfg.seed, step))
+        # step 4: metrics, samples, evaluation, logging, checkpoint
         if ctx.sampler is not None:  # the next rollout samples with the updated weights
             metrics["time/weight_sync"] = ctx.sampler.push(ctx.actor.module)
         metrics.update(episodes.reward_metrics(s, dist))

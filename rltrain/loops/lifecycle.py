@@ -231,6 +231,17 @@ def run_logger(cfg: RunConfig, dist: Dist, ts: TrainState, title: str) -> RunLog
                      samples_max_mb=lg.samples_max_mb, start_step=ts.step, title=title)
 
 
+def start(cfg: RunConfig, ctx, dist: Dist, title: str, *, engines: dict | None = None,
+          evaluate=None) -> tuple[TrainState, RunLogger | None, dict | None, StepClock]:
+    """The preamble every loop runs before its ``for step in clock.steps()``: resume (the TrainState;
+    ``engines`` are checkpointed besides the actor), rank 0's RunLogger, the held-out evaluation before
+    training (``initial_eval``; ``evaluate``: the loop's own) and the step clock."""
+    ts = resume(cfg, ctx.actor, engines)
+    logger = run_logger(cfg, dist, ts, title)
+    before = initial_eval(cfg, ctx, dist, logger, ts, evaluate=evaluate)
+    return ts, logger, before, StepClock(cfg, dist, ts, logger)
+
+
 def should_save(cfg: RunConfig, step: int, last: bool = False) -> bool:
     """After finishing step ``step`` (1-based count of completed steps); ``last``: training ends here."""
     every = cfg.checkpoint.every

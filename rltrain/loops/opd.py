@@ -38,14 +38,11 @@ def distill_advantages(student_logp: torch.Tensor, teacher_logp: torch.Tensor, m
 def train(cfg: RunConfig, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
     a, t = cfg.algo, cfg.train
-    ctx = setup.Context(cfg, dist, total_optimizer_steps=t.steps * t.minibatches_per_step * t.epochs,
-                        with_reference=a.kl_coef > 0, with_teacher=True)
+    ctx = setup.Context(cfg, dist, total_optimizer_steps=t.total_optimizer_steps, with_reference=a.kl_coef > 0,
+                        with_teacher=True)
     update = PolicyUpdate(cfg)
-    ts = lifecycle.resume(cfg, ctx.actor)
-    logger = lifecycle.run_logger(cfg, dist, ts, title="rltrain opd")
-    before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts)
-    pad, temp, mb = ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0, t.micro_batch_size
-    clock = lifecycle.StepClock(cfg, dist, ts, logger)
+    ts, logger, before, clock = lifecycle.start(cfg, ctx, dist, "rltrain opd")
+    pad, temp, mb = ctx.tok.pad_token_id, cfg.rollout.scoring_temperature, t.micro_batch_size
     for step in clock.steps():
         t0 = time.time()
         # step 1: sample and score
@@ -70,7 +67,8 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         batch = PGBatch(s.prompt_ids, s.response_ids, s.mask, adv, ref_logp, old_logp=old_logp, old_entropy=old_ent,
                         rollout_entropy=s.entropies, rollout_logp=s.logprobs)
         metrics = update.run(ctx.actor, batch, dist, pad_id=pad, step=step,
-                             generator=episodes.step_generator(cfg.seed + 7, step, 0))
+                             generator=episodes.update_generator(cfg.seed, step))
+        # step 5: metrics, samples, evaluation, logging, checkpoint
         valid = s.mask.bool()
         kl = dist.sum(torch.stack([core.masked_sum(old_logp - teacher_logp, valid).double(),
                                    valid.sum().double()]))

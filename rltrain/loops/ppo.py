@@ -64,7 +64,7 @@ from rltrain.report.samples import rollout_rows
 def build_context(cfg: RunConfig, dist: Dist) -> tuple[setup.Context, PPOState]:
     """The shared context (actor, critic, the reference when β > 0, prompts) and PPO's own state."""
     t = cfg.train
-    ctx = setup.Context(cfg, dist, total_optimizer_steps=t.steps * t.minibatches_per_step * t.epochs,
+    ctx = setup.Context(cfg, dist, total_optimizer_steps=t.total_optimizer_steps,
                         with_reference=cfg.algo.kl_coef > 0, with_critic=True)
     return ctx, PPOState(cfg, ctx, dist)
 
@@ -82,7 +82,7 @@ class PPOState:
         self.value_norm = RunningValueNorm() if a.value_norm else None
         self.kl_ctl = (AdaptiveKLController(a.kl_coef, a.kl_target, a.kl_horizon) if a.adaptive_kl
                        else FixedKLController(a.kl_coef))
-        self.update = PolicyUpdate(cfg)
+        self.update = PolicyUpdate(cfg, early_stop_ratio=a.early_stop_ratio)
         # Trained state checkpointed like the actor (trainer.pt entry + per-rank shards).
         self.engines = {"critic": ctx.critic, **({"reference": self.moving_ref} if self.moving_ref is not None else {})}
 
@@ -171,7 +171,7 @@ def ppo_step(ctx: setup.Context, st: PPOState, cfg: RunConfig, dist: Dist, step:
     """One PPO step (the module docstring's 1-8); returns its metrics. ``samples``: the first
     rollouts with their advantages are appended to it as samples.jsonl rows."""
     a, t = cfg.algo, cfg.train
-    pad, temp, n = ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0, t.samples_per_prompt
+    pad, temp, n = ctx.tok.pad_token_id, cfg.rollout.scoring_temperature, t.samples_per_prompt
     idx, first = episodes.rank_slice(ctx.order, step, t.prompts_per_step, dist)
     with ctx.actor.gathered():  # ZeRO-3: the actor's parameters gathered once for the rollout
         s, times = episodes.rollout_and_score(ctx.actor.module, ctx.tok, [ctx.train[i] for i in idx],
@@ -221,8 +221,7 @@ def ppo_step(ctx: setup.Context, st: PPOState, cfg: RunConfig, dist: Dist, step:
         batch = PGBatch(s.prompt_ids, s.response_ids, mask, adv, None if a.kl_in_reward else ref_logp,
                         old_logp=old_logp, old_entropy=old_ent, rollout_logp=s.logprobs)
         metrics.update(st.update.run(ctx.actor, batch, dist, pad_id=pad, step=step,
-                                     generator=episodes.step_generator(cfg.seed + 7, step, 0),
-                                     early_stop_ratio=a.early_stop_ratio))
+                                     generator=episodes.update_generator(cfg.seed, step)))
         if st.moving_ref is not None:  # trick 3
             st.moving_ref.update(ctx.actor, a.ref_ema)
     t1 = time.time()
@@ -241,17 +240,16 @@ def ppo_step(ctx: setup.Context, st: PPOState, cfg: RunConfig, dist: Dist, step:
 def train(cfg: RunConfig, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
     ctx, st = build_context(cfg, dist)
-    ts = lifecycle.resume(cfg, ctx.actor, st.engines)
+    ts, logger, before, clock = lifecycle.start(cfg, ctx, dist, "rltrain ppo", engines=st.engines)
     if ts.step:
         st.load_state_dict(ts.loop)
-    logger = lifecycle.run_logger(cfg, dist, ts, title="rltrain ppo")
-    before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts)
-    clock = lifecycle.StepClock(cfg, dist, ts, logger)
     for step in clock.steps():
         t0 = time.time()
         rows = [] if logger else None
+        # step 1: rollout, token rewards, GAE, actor and critic updates (``ppo_step``: the module docstring's 1-8)
         metrics = ppo_step(ctx, st, cfg, dist, step, samples=rows)
         metrics["time/step"] = time.time() - t0
+        # step 2: samples, the loop's state, evaluation, logging, checkpoint
         if logger:
             logger.samples(step + 1, "train", rows)
         ts.loop = st.state_dict()  # the KL coefficient and value normaliser after this step

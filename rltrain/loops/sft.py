@@ -60,14 +60,13 @@ def sft_step(ctx: setup.Context, cfg: RunConfig, dist: Dist, step: int) -> dict:
 def train(cfg: RunConfig, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
     ctx = build_context(cfg, dist)
-    ts = lifecycle.resume(cfg, ctx.actor)
-    logger = lifecycle.run_logger(cfg, dist, ts, title="rltrain sft")
-    before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts)
-    clock = lifecycle.StepClock(cfg, dist, ts, logger)
+    ts, logger, before, clock = lifecycle.start(cfg, ctx, dist, "rltrain sft")
     for step in clock.steps():
         t0 = time.time()
+        # step 1: one optimizer step on this step's examples
         metrics = sft_step(ctx, cfg, dist, step)
         metrics["time/update"] = metrics["time/step"] = time.time() - t0
+        # step 2: evaluation, logging, checkpoint
         if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,
                       save=lambda: lifecycle.save(cfg, dist, ts, ctx.actor, ctx.tok)):
             break

@@ -87,7 +87,7 @@ def chain_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
     samples, prompt_ids = [ctx.train[i] for i in idx], [ctx.train_ids[i] for i in idx]
     s, times = episodes.rollout_and_score(ctx.actor.module, ctx.tok, samples, prompt_ids, ctx.reward, cfg, n=n,
                                    generator=episodes.rollout_generator(cfg.seed, step), first_prompt_index=first)
-    temp = cfg.rollout.temperature or 1.0
+    temp = cfg.rollout.scoring_temperature
     pad = ctx.tok.pad_token_id
     t0 = time.time()
     old_logp, old_ent = forward.batched_logprobs(ctx.actor.module, s.prompt_ids, s.response_ids, pad_id=pad,
@@ -128,8 +128,9 @@ def chain_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
         with progress.phase("mc_values", total=budget, unit="positions") as bar:
             ro = generate(ctx.actor.module, prefixes, _params(cfg, a.mc_rollouts, budget),
                           eos_token_ids=eos_token_ids(ctx.actor.module, ctx.tok), pad_token_id=pad, tokenizer=ctx.tok,
-                          generator=episodes.rollout_generator(cfg.seed + 13, step), first_prompt_index=first_state,
-                          max_new_per_prompt=caps, on_position=bar.update, shared_prefixes=(sources, source_of))
+                          generator=episodes.rollout_generator(cfg.seed, step, episodes.Stream.MC_VALUES),
+                          first_prompt_index=first_state, max_new_per_prompt=caps, on_position=bar.update,
+                          shared_prefixes=(sources, source_of))
             bar.update(budget)  # an early stop ends the phase
         texts, seq_samples = [], []
         for j in range(len(ro.lengths)):
@@ -340,7 +341,7 @@ def tree_step(step: int, ctx, cfg: RunConfig, dist: Dist, update: PolicyUpdate, 
     """SPO-tree's half of a step: new edges into the replay buffer (``ts.loop["replay"]``, kept in
     checkpoints), the drawn edges laid out for the tree forward."""
     a, t = cfg.algo, cfg.train
-    pad, temp = ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0
+    pad, temp = ctx.tok.pad_token_id, cfg.rollout.scoring_temperature
     # ZeRO-3: one gather for the trees and the new edges' old log-probs (their count, and so the
     # number of forwards, differs between ranks: per-layer gathers would not pair up)
     with ctx.actor.gathered():
@@ -353,7 +354,7 @@ def tree_step(step: int, ctx, cfg: RunConfig, dist: Dist, update: PolicyUpdate, 
             for e, row in zip(edges, lp):
                 e.old_logp = row[: len(e.response_ids)].clone()
     replay = EdgeReplay(a.replay_max_age, a.replay_per_question, edges=ts.loop.get("replay", []))
-    drawn = replay.draw(new, step, episodes.step_generator(cfg.seed + 29, step, dist.rank))
+    drawn = replay.draw(new, step, episodes.step_generator(cfg.seed, step, dist.rank, episodes.Stream.EDGE_REPLAY))
     ts.loop["replay"] = replay.edges  # the buffer after this step, for a checkpoint
     # A depth-1 edge and the edges below it run on one KV cache: keep them together (stable order).
     drawn = sorted(drawn, key=lambda e: (e.question, e.step, e.branch))
@@ -393,15 +394,11 @@ STEPS = {SPOChainConfig: chain_step, SPOTreeConfig: tree_step}
 def train(cfg: RunConfig, dist: Dist) -> dict:
     torch.manual_seed(cfg.seed)
     t, a = cfg.train, cfg.algo
-    ctx = setup.Context(cfg, dist, total_optimizer_steps=t.steps * t.minibatches_per_step * t.epochs,
-                        with_reference=a.kl_coef > 0)
+    ctx = setup.Context(cfg, dist, total_optimizer_steps=t.total_optimizer_steps, with_reference=a.kl_coef > 0)
     update = PolicyUpdate(cfg)
     collect = STEPS[type(a)]
-    ts = lifecycle.resume(cfg, ctx.actor)
-    logger = lifecycle.run_logger(cfg, dist, ts, title=f"rltrain {a.name}")
-    before = lifecycle.initial_eval(cfg, ctx, dist, logger, ts)
-    pad, temp = ctx.tok.pad_token_id, cfg.rollout.temperature or 1.0
-    clock = lifecycle.StepClock(cfg, dist, ts, logger)
+    ts, logger, before, clock = lifecycle.start(cfg, ctx, dist, f"rltrain {a.name}")
+    pad, temp = ctx.tok.pad_token_id, cfg.rollout.scoring_temperature
     for step in clock.steps():
         t0 = time.time()
         # step 1: the variant's rows: chain rollouts + MC values, or tree edges
@@ -429,7 +426,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         batch = PGBatch(b.prompt_ids, b.response_ids, mask, adv, ref_logp, old_logp=b.old_logp,
                         old_entropy=b.old_entropy, log_mask=valid, **b.layout)
         metrics = update.run(ctx.actor, batch, dist, pad_id=pad, step=step,
-                             generator=episodes.step_generator(cfg.seed + 7, step, 0))
+                             generator=episodes.update_generator(cfg.seed, step))
         metrics.update(stats)
         metrics.update(times)
         metrics["time/step"] = time.time() - t0

@@ -81,7 +81,7 @@ class RunLogger:
         truncate_metrics(self.path, start_step)
         self.file = open(self.path, "a", buffering=1)
         self.total = total_steps
-        self.clock = None  # loops.common.StepClock, set by it: with train.time_budget_s the ETA is at most what is left
+        self.clock = None  # loops.lifecycle.StepClock, set by it: with train.time_budget_s the ETA is at most what is left
         self.start_step = start_step
         self.t0 = time.time()
         self.steps_t0 = self.t0  # the ETA counts from here: after the initial evaluation when there is one

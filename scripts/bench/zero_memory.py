@@ -5,7 +5,7 @@ not a test).
     python scripts/bench/zero_memory.py --out bench/zero_memory.md --steps 2 --seq-len 64 --batch 4
 
 For each configuration, 2 worker processes (gloo, one thread each) build the actor exactly as a run
-does (``loops.common.build_actor``) and take ``--steps`` optimizer steps on random token batches
+does (``loops.setup.build_actor``) and take ``--steps`` optimizer steps on random token batches
 (``--batch`` sequences of ``--seq-len`` tokens per rank, HF LM loss). Configurations:
 
 - ``none``: rltrain's plain actor (``deepspeed=none``): bf16 module, fp32 masters and AdamW state
@@ -92,7 +92,7 @@ def worker(name: str, rank: int, world: int, port: int, steps: int, batch: int, 
     torch.set_num_threads(1)
     from rltrain.config import DeepSpeedConfig, GRPOConfig, ModelConfig, RunConfig
     from rltrain.engine.dist import init_dist
-    from rltrain.loops import common as C
+    from rltrain.loops import setup
 
     dist = init_dist(rank, world, master_addr="127.0.0.1", master_port=port, timeout_s=600)
     stage = {"none": 0, "zero0": 0, "zero2": 2, "zero3": 3}[name]
@@ -105,14 +105,14 @@ def worker(name: str, rank: int, world: int, port: int, steps: int, batch: int, 
         from rltrain.engine.actor import OptimConfig
         from rltrain.engine.deepspeed import DeepSpeedActor
 
-        model, _ = C.load_policy_model(cfg)
+        model, _ = setup.load_policy_model(cfg)
         t = cfg.train
         optim = OptimConfig(lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), warmup_steps=0,
                             schedule="constant", total_steps=steps + 1, max_grad_norm=t.max_grad_norm)
         actor = DeepSpeedActor(model, optim, cfg=cfg, dist=dist)
         del model
     else:
-        actor, _ = C.build_actor(cfg, dist, total_optimizer_steps=steps + 1)
+        actor, _ = setup.build_actor(cfg, dist, total_optimizer_steps=steps + 1)
     trim()
     after_build = rss_bytes()
     g = torch.Generator().manual_seed(rank)

@@ -1,11 +1,12 @@
-"""pg_objective against numbers derived by hand (the docstring's formula, term by term)."""
+"""PGObjective against numbers derived by hand (the docstring's formula, term by term)."""
 import math
 
 import pytest
 import torch
 
 from rltrain.algos import registry
-from rltrain.algos.objective import pg_objective
+from rltrain.algos.objective import PGObjective
+from rltrain.algos.select import TokenSelection
 
 CLIP = registry.get("policy_loss", "clip")
 OPTS = {"clip_low": 0.2, "clip_high": 0.2, "dual_clip": None}
@@ -20,12 +21,22 @@ def _inputs():
     return logp, old, adv, mask
 
 
+RUN_CONSTANTS = ("agg_mode", "agg_constant", "kl_coef", "kl_estimator", "entropy_coef", "early_stop_ratio")
+
+
+def _objective(logp, old, adv, mask, *, loss_mask, count_mask, num_tokens, num_seqs, **kw):
+    """``PGObjective`` of the clip loss built from the run-constant keywords, called with the rest."""
+    run = {"agg_mode": "token-mean", **{k: kw.pop(k) for k in RUN_CONSTANTS if k in kw}}
+    tokens = TokenSelection(loss_mask=loss_mask, count_mask=count_mask, mask=mask)
+    counts = torch.tensor([num_tokens, num_seqs], dtype=torch.float64)
+    return PGObjective(CLIP, OPTS, **run)(logp, old, adv, tokens, counts, **kw)
+
+
 def _call(**kw):
     logp, old, adv, mask = _inputs()
-    base = dict(policy_loss=CLIP, loss_options=OPTS, loss_mask=mask, count_mask=mask, agg_mode="token-mean",
-                agg_constant=None, num_tokens=3.0, num_seqs=2.0)
+    base = dict(loss_mask=mask, count_mask=mask, num_tokens=3.0, num_seqs=2.0)
     base.update(kw)
-    return pg_objective(logp, old, adv, mask, **base)
+    return _objective(logp, old, adv, mask, **base)
 
 
 def test_clipped_surrogate_token_mean_by_hand():
@@ -60,8 +71,7 @@ def test_selection_weight_kl_entropy_and_early_stop_by_hand():
 def test_gradient_only_through_selected_tokens():
     logp, old, adv, mask = _inputs()
     sel = torch.tensor([[True, False], [False, False]])
-    loss, _ = pg_objective(logp, old, adv, mask, policy_loss=CLIP, loss_options=OPTS, loss_mask=sel,
-                           count_mask=mask, agg_mode="token-mean", agg_constant=None, num_tokens=3.0, num_seqs=2.0)
+    loss, _ = _objective(logp, old, adv, mask, loss_mask=sel, count_mask=mask, num_tokens=3.0, num_seqs=2.0)
     loss.backward()
     # d/dlogp of −r·A at r = 1, A = 1 is −1, divided by 3 tokens; elsewhere 0
     torch.testing.assert_close(logp.grad, torch.tensor([[-1 / 3, 0.0], [0.0, 0.0]]))
@@ -86,9 +96,8 @@ def test_every_term_shares_the_selection_denominator_by_hand():
     mask = torch.ones(1, 4, dtype=torch.bool)
     sel = torch.tensor([[False, True, False, False]])
     zero = torch.zeros(1, 4)
-    loss, _ = pg_objective(zero.clone().requires_grad_(), zero, zero, mask, policy_loss=CLIP, loss_options=OPTS,
-                           loss_mask=sel, count_mask=sel, agg_mode="token-mean", agg_constant=None, num_tokens=1.0,
-                           num_seqs=1.0, entropy=torch.full((1, 4), 0.1), entropy_coef=1.0)
+    loss, _ = _objective(zero.clone().requires_grad_(), zero, zero, mask, loss_mask=sel, count_mask=sel, num_tokens=1.0,
+                         num_seqs=1.0, entropy=torch.full((1, 4), 0.1), entropy_coef=1.0)
     assert loss.item() == pytest.approx(-0.1, abs=1e-6)
 
     logp, old, adv, mask = _inputs()

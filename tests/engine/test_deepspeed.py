@@ -69,8 +69,8 @@ def worker(out: str, stage: int, offload: bool, rank: int, world: int, port: int
     (continue from RUN_DIR's checkpoint instead of starting).
     """
     from rltrain.engine.dist import init_dist
-    from rltrain.loops import common as C
-    from rltrain.loops.pg import PGBatch, policy_update
+    from rltrain.loops import lifecycle, setup
+    from rltrain.loops.pg import PGBatch, PolicyUpdate
 
     torch.set_num_threads(1)
     out_dir = Path(out)
@@ -78,23 +78,25 @@ def worker(out: str, stage: int, offload: bool, rank: int, world: int, port: int
     if mode.startswith("resume="):
         cfg.resume = mode.split("=", 1)[1]
     dist = init_dist(rank, world, master_addr="127.0.0.1", master_port=port, timeout_s=120)
-    actor, tok = C.build_actor(cfg, dist, STEPS * cfg.train.minibatches_per_step)
+    actor, tok = setup.build_actor(cfg, dist, STEPS * cfg.train.minibatches_per_step)
     prompt_ids, response, mask, adv = _global_batch(len(tok))
     per_rank = len(prompt_ids) // world
     rows = slice(rank * per_rank, (rank + 1) * per_rank)
     batch = PGBatch(prompt_ids[rows], response[rows], mask[rows], adv[rows])
 
+    policy_update = PolicyUpdate(cfg)
+
     def update(step):
-        return policy_update(actor, batch, cfg, dist, pad_id=tok.pad_token_id, step=step,
-                             generator=torch.Generator().manual_seed(step))
+        return policy_update.run(actor, batch, dist, pad_id=tok.pad_token_id, step=step,
+                                 generator=torch.Generator().manual_seed(step))
 
     record = {"steps": []}
-    start = C.resume(cfg, actor).step
+    start = lifecycle.resume(cfg, actor).step
     for step in range(start, STEPS):
         m = update(step)
         record["steps"].append({k: m[k] for k in ("actor/pg_loss", "actor/grad_norm", "actor/lr")})
         if mode == "save" and step == 0:
-            C.save(cfg, dist, C.TrainState(step=1), actor, tok)
+            lifecycle.save(cfg, dist, lifecycle.TrainState(step=1), actor, tok)
             with torch.no_grad():
                 logits = actor.module(input_ids=torch.tensor([prompt_ids[0]])).logits
             if dist.is_main:

@@ -13,7 +13,7 @@ import torch
 from rltrain.config import GRPOConfig, ModelConfig, RunConfig
 from rltrain.engine.dist import Dist
 from rltrain.engine.export import ExportError, export
-from rltrain.loops import common as C
+from rltrain.loops import lifecycle, setup
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,14 +25,14 @@ def run_dir(tmp_path_factory):
     cfg = RunConfig(algo=GRPOConfig(), model=ModelConfig(name="tiny", dtype="fp32"), run_dir=str(run))
     cfg.checkpoint.keep = 5
     dist = Dist()
-    actor, tok = C.build_actor(cfg, dist, total_optimizer_steps=2)
+    actor, tok = setup.build_actor(cfg, dist, total_optimizer_steps=2)
     ids = torch.tensor([tok("12+30=").input_ids])
     logits = {}
     for step in (1, 2):
         loss = actor.module(input_ids=ids, labels=ids).loss
         actor.backward(loss)
         actor.step()
-        C.save(cfg, dist, C.TrainState(step=step), actor, tok)
+        lifecycle.save(cfg, dist, lifecycle.TrainState(step=step), actor, tok)
         with torch.no_grad():
             logits[step] = actor.module(input_ids=ids).logits
     return run, ids, logits

@@ -10,7 +10,7 @@ from rltrain.config import ConfigError, GRPOConfig, ModelConfig, RunConfig, vali
 from rltrain.engine.dist import Dist
 from rltrain.engine.lora import apply_lora, merged_state_dict
 from rltrain.engine.model import load_model
-from rltrain.loops import common as C
+from rltrain.loops import lifecycle, setup
 
 from tests.engine.test_export import load_logits
 
@@ -56,7 +56,7 @@ def test_lora_actor_trains_adapters_and_exports_merged_hf(tmp_path):
     cfg = RunConfig(algo=GRPOConfig(), model=ModelConfig(name="tiny", dtype="fp32"), run_dir=str(tmp_path))
     cfg.model.lora.r, cfg.model.lora.alpha = 4, 16
     dist = Dist()
-    actor, tok = C.build_actor(cfg, dist, total_optimizer_steps=2)
+    actor, tok = setup.build_actor(cfg, dist, total_optimizer_steps=2)
     init = {k: v.clone() for k, v in _tiny()[0].state_dict().items()}
     ids = torch.tensor([tok("12+30=42").input_ids])
     for _ in range(2):
@@ -64,7 +64,7 @@ def test_lora_actor_trains_adapters_and_exports_merged_hf(tmp_path):
         actor.step()
     with torch.no_grad():
         want = actor.module(input_ids=ids).logits
-    C.save(cfg, dist, C.TrainState(step=2), actor, tok)
+    lifecycle.save(cfg, dist, lifecycle.TrainState(step=2), actor, tok)
     policy = tmp_path / "checkpoints" / "step_000002" / "policy"
     torch.testing.assert_close(load_logits(policy, ids), want, rtol=1e-5, atol=1e-5)
 
@@ -92,4 +92,4 @@ def test_bad_lora_settings_are_named():
         validate(cfg)
     cfg.model.lora.r, cfg.model.lora.target_modules = 4, ["no_such_proj"]
     with pytest.raises(ValueError, match="no_such_proj"):
-        C.build_actor(cfg, Dist(), total_optimizer_steps=1)
+        setup.build_actor(cfg, Dist(), total_optimizer_steps=1)

@@ -97,7 +97,7 @@ def test_skipping_zero_advantage_rows_changes_no_parameter(monkeypatch, zero_gro
         for step, b in enumerate((first, second)):
             if not skip:
                 monkeypatch.setattr(pg.PolicyUpdate, "skippable_rows", lambda *a, **k: torch.zeros(8, dtype=torch.bool))
-            metrics = pg.policy_update(actor, b, cfg, Dist(), pad_id=PAD, step=step,
+            metrics = pg.PolicyUpdate(cfg).run(actor, b, Dist(), pad_id=PAD, step=step,
                                        generator=torch.Generator().manual_seed(0))
             monkeypatch.undo()
         results.append((torch.cat([p.detach().flatten() for p in model.parameters()]), metrics))
@@ -116,14 +116,15 @@ def test_skipping_zero_advantage_rows_changes_no_parameter(monkeypatch, zero_gro
 
 def test_rows_are_not_skipped_when_the_loss_does_not_vanish():
     batch = pg.PGBatch([[1]] * 2, torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3), torch.zeros(2, 3))
-    assert pg.PolicyUpdate(_cfg()).skippable_rows(batch, torch.ones(2, 3, dtype=torch.bool), 0.0).all()
+    assert pg.PolicyUpdate(_cfg()).skippable_rows(batch, torch.ones(2, 3, dtype=torch.bool)).all()
     for over in ({"policy_loss": "kl_cov"}, {"algo.entropy_coef": 0.01}):
         cfg = _cfg(**over)
-        assert not pg.PolicyUpdate(cfg).skippable_rows(batch, torch.ones(2, 3, dtype=torch.bool), 0.0).any(), over
-    assert not pg.PolicyUpdate(_cfg()).skippable_rows(batch, torch.ones(2, 3, dtype=torch.bool), 2.0).any()
+        assert not pg.PolicyUpdate(cfg).skippable_rows(batch, torch.ones(2, 3, dtype=torch.bool)).any(), over
+    early_stop = pg.PolicyUpdate(_cfg(), early_stop_ratio=2.0)
+    assert not early_stop.skippable_rows(batch, torch.ones(2, 3, dtype=torch.bool)).any()
     with_kl = pg.PGBatch([[1]] * 2, torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3), torch.zeros(2, 3),
                          ref_logp=torch.zeros(2, 3))
-    assert not pg.PolicyUpdate(_cfg()).skippable_rows(with_kl, torch.ones(2, 3, dtype=torch.bool), 0.0).any()
+    assert not pg.PolicyUpdate(_cfg()).skippable_rows(with_kl, torch.ones(2, 3, dtype=torch.bool)).any()
 
 
 def test_clip_cov_warns_once_when_its_ratio_selects_a_handful_of_tokens(caplog):
@@ -183,7 +184,7 @@ def test_length_grouped_micro_batches_change_no_gradient(monkeypatch):
             monkeypatch.setattr(pg, "_by_length", lambda keep, lens, p, size: [keep[s:s + size]
                                                                                for s in range(0, len(keep), size)])
         actor = _GradActor(_tiny())
-        pg.policy_update(actor, batch, cfg, Dist(), pad_id=PAD, step=0, generator=torch.Generator().manual_seed(0))
+        pg.PolicyUpdate(cfg).run(actor, batch, Dist(), pad_id=PAD, step=0, generator=torch.Generator().manual_seed(0))
         monkeypatch.undo()
         grads.append(actor.grad)
     assert grads[0].abs().max() > 1e-3
@@ -208,7 +209,7 @@ def test_logged_entropy_covers_every_response_token_when_the_loss_takes_a_subset
     ent[:, :2] = 0.0  # the dropped tokens are the confident ones
     batch = pg.PGBatch(rows, resp, kept, torch.randn(4, 5, generator=g) * kept, old_logp=torch.zeros(4, 5),
                        old_entropy=ent, log_mask=valid)
-    metrics = pg.policy_update(_Actor(_tiny()), batch, cfg, Dist(), pad_id=PAD, step=0,
+    metrics = pg.PolicyUpdate(cfg).run(_Actor(_tiny()), batch, Dist(), pad_id=PAD, step=0,
                                generator=torch.Generator().manual_seed(0))
     assert metrics["actor/entropy"] == pytest.approx(ent[valid.bool()].mean().item(), rel=1e-6)
     assert metrics["actor/entropy"] < ent[kept.bool()].mean().item()

@@ -42,11 +42,11 @@ def _config():
 
 def worker(out: str, rank: int, world: int, port: int) -> None:
     from rltrain.engine.dist import init_dist
-    from rltrain.loops import common as C
+    from rltrain.loops import setup
 
     torch.set_num_threads(1)
     dist = init_dist(rank, world, master_addr="127.0.0.1", master_port=port, timeout_s=120)
-    reward = C.build_reward_fn(_config(), dist)
+    reward = setup.build_reward_fn(_config(), dist)
     held = sum(getattr(p, "ds_tensor", p).numel() for p in reward._model.parameters())
     total = sum(getattr(p, "ds_numel", p.numel()) for p in reward._model.parameters())
     lo = sum(COUNTS[:rank])
@@ -65,7 +65,7 @@ def _free_port() -> int:
 
 
 def test_sharded_judge_matches_the_plain_judge(tmp_path):
-    from rltrain.loops import common as C
+    from rltrain.loops import setup
 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     port = _free_port()
@@ -77,7 +77,7 @@ def test_sharded_judge_matches_the_plain_judge(tmp_path):
         assert p.returncode == 0, text[-4000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
 
-    plain = C.build_reward_fn(_config())  # no dist: the judge as one process loads it
+    plain = setup.build_reward_fn(_config())  # no dist: the judge as one process loads it
     want = plain(_samples(), _completions()).scores
     got = ranks[0]["scores"] + ranks[1]["scores"]
     assert len(got) == len(want) == sum(COUNTS)
