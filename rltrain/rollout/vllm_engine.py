@@ -23,6 +23,7 @@ Departures from rltrain's engine (``rollout/engine.py``), all deliberate:
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import tempfile
 import time
@@ -36,6 +37,8 @@ from rltrain.rollout.sampling import draw_base_seed
 # vLLM's CPU attention kernels take these head sizes (vllm/v1/attention/backends/cpu_attn.py).
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+log = logging.getLogger(__name__)
 
 
 def sequence_seed(base: int, prompt_position: int, sample: int) -> int:
@@ -95,7 +98,9 @@ class VLLMEngine:
         self.start_s = time.time() - t0
         self._closed = False
         atexit.register(self.close)  # a run that raises still shuts the engine down
-        self.push(module)
+        push_s = self.push(module)
+        log.info("vLLM engine started in %.1f s (%s, KV cache %.2f GiB, max_model_len %d); first push %.2f s",
+                 self.start_s, dtype, kv_cache_gb, max_model_len, push_s)
 
     def push(self, module: torch.nn.Module) -> float:
         """Replace the engine's weights with ``module``'s current ones; returns the seconds it took."""
