@@ -22,10 +22,10 @@ OPTIONS: dict[str, dict[str, type]] = {
     "policy_loss": {"clip": ClipLossConfig, "clip_cov": ClipCovConfig, "kl_cov": KLCovConfig, "gspo": GSPOConfig,
                     "cispo": CISPOConfig, "sapo": SAPOConfig, "gmpo": GMPOConfig},
     "reward": {"math": MathRewardConfig, "python": PythonRewardConfig, "code": CodeRewardConfig,
-               "judge": JudgeRewardConfig, "classifier": ClassifierRewardConfig, "combined": CombinedRewardConfig},
+               "judge": JudgeRewardConfig, "classifier": ClassifierRewardConfig, "combined": CombinedRewardConfig, "reasoning_gym": ReasoningGymRewardConfig},
     "data": {"arith": ArithDataConfig, "synthetic_prefs": SyntheticPrefsConfig, "gsm8k": GSM8KDataConfig,
              "math": MathDataConfig, "preference": PreferenceDataConfig, "apps": AppsDataConfig,
-             "qa": QADataConfig},
+             "qa": QADataConfig, "reasoning_gym": ReasoningGymDataConfig},
     "env": {"single_turn": EnvConfig, "calculator": CalculatorEnvConfig, "python": PythonEnvConfig},
 }
 # Groups with one schema for every option (the option only sets values).

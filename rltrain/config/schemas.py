@@ -467,6 +467,34 @@ class LogConfig:
     characters in it is cut."""
 
 
+# --------------------------------------------------------------------------- reasoning-gym
+
+
+@dataclass
+class ReasoningGymDataConfig(DataConfig):
+    """Procedural tasks of the reasoning-gym package, offline (rltrain/data/reasoning_gym.py)."""
+
+    name: str = "reasoning_gym"
+    tasks: list[Any] = field(default_factory=lambda: ["chain_sum"])
+    """Task names, or {name, weight, config} entries (config: the task's own generator options)."""
+    size: int = 1000
+    """Training items, split over the tasks by weight."""
+    n_test: int = 100
+    """Held-out items per task (never in training)."""
+    seed: int = 0
+    instruction: str = "Put the final answer alone between <answer> and </answer>."
+    """Appended to every question; the reward reads the last <answer>…</answer>."""
+
+
+@dataclass
+class ReasoningGymRewardConfig(RewardConfig):
+    """The task's own scorer on the <answer> of a data=reasoning_gym completion."""
+
+    name: str = "reasoning_gym"
+    binarize: bool = False
+    """1 for a task score of 1, else 0; false: the task's score, partial credit included (logged either way)."""
+
+
 # --------------------------------------------------------------------------- env
 
 

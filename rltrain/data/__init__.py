@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from rltrain.data import apps, arith, competition_math, gsm8k, preference, qa
+from rltrain.data import apps, arith, competition_math, gsm8k, preference, qa, reasoning_gym
 from rltrain.data.base import DEFAULT_INSTRUCTION, DataError, DatasetSplits
 from rltrain.data.preference import PreferencePair
 from rltrain.data.prompts import render_pair, render_prompt
@@ -33,6 +33,7 @@ DATASETS: dict[str, Callable[..., DatasetSplits]] = {
     "qa": qa.qa,
     "preference": preference.preference,
     "synthetic_prefs": preference.synthetic_prefs,
+    "reasoning_gym": reasoning_gym.reasoning_gym,
 }
 PREFERENCE_DATASETS = frozenset({"preference", "synthetic_prefs"})
 

@@ -25,6 +25,7 @@ REWARDS: dict[str, str] = {
     "classifier": "rltrain.rewards.classifier:ClassifierReward",
     "python": "rltrain.rewards.python_fn:PythonReward",
     "combined": "rltrain.rewards.combined:CombinedReward",
+    "reasoning_gym": "rltrain.rewards.reasoning_gym:ReasoningGymReward",
 }
 
 
