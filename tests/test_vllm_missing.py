@@ -24,6 +24,7 @@ def test_vllm_engine_without_vllm_is_one_line_before_loading(tmp_path):
     (["algo=ppo"], "algo=grpo only, not algo=ppo"),
     (["deepspeed=zero2"], "deepspeed.stage=2"),
     (["launch.nproc_per_node=2"], "2 ranks"),
+    (["env=calculator"], "env=calculator"),
 ])
 def test_vllm_engine_rules_name_the_keys(override, words):
     register_configs()

@@ -104,6 +104,9 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
         if world_size > 1 or cfg.deepspeed.stage > 0:
             raise ConfigError(f"rollout.engine=vllm runs on one rank without ZeRO for now; got {world_size} ranks "
                               f"and deepspeed.stage={cfg.deepspeed.stage} (use rollout.engine=rltrain)")
+        if cfg.env.name != "single_turn":
+            raise ConfigError(f"rollout.engine=vllm samples single-turn responses only, not env={cfg.env.name}'s "
+                              "multi-turn episodes; use rollout.engine=rltrain")
     if isinstance(cfg.reward, CombinedRewardConfig) and cfg.reward.normalize == "then_sum":
         if not isinstance(a, (GRPOConfig, PPOConfig)) or t.samples_per_prompt < 2:
             raise ConfigError("reward.normalize=then_sum (GDPO) normalises each reward component within a prompt's "
