@@ -21,7 +21,7 @@ def test_vllm_engine_without_vllm_is_one_line_before_loading(tmp_path):
 
 
 @pytest.mark.parametrize("override, words", [
-    (["algo=ppo"], "algo=grpo only, not algo=ppo"),
+    (["algo=ppo"], "algo=grpo and algo=opd only, not algo=ppo"),
     (["deepspeed=zero2"], "deepspeed.stage=2"),
     (["launch.nproc_per_node=2"], "2 ranks"),
     (["env=calculator"], "env=calculator"),

@@ -97,9 +97,9 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
                               "from the prompt's other responses)")
         if t.samples_per_prompt < 2 and a.adv_scale == "std" and a.adv_estimator == "grpo":
             raise ConfigError(f"algo={a.name} needs train.samples_per_prompt ≥ 2 (group-normalised advantages)")
-    if cfg.rollout.engine == "vllm":  # wired so far: GRPO on one rank without ZeRO (docs/vllm.md)
-        if a.name != "grpo":
-            raise ConfigError(f"rollout.engine=vllm is wired into algo=grpo only, not algo={a.name}; "
+    if cfg.rollout.engine == "vllm":  # wired so far: GRPO and OPD on one rank without ZeRO (docs/vllm.md)
+        if a.name not in ("grpo", "opd"):
+            raise ConfigError(f"rollout.engine=vllm is wired into algo=grpo and algo=opd only, not algo={a.name}; "
                               "use rollout.engine=rltrain")
         if world_size > 1 or cfg.deepspeed.stage > 0:
             raise ConfigError(f"rollout.engine=vllm runs on one rank without ZeRO for now; got {world_size} ranks "

@@ -1,6 +1,6 @@
-"""``rollout.engine=vllm`` through the real command: a 2-step GRPO run on model=tiny with each engine, the
-weights pushed after each update (step 2 samples with step 1's update: its log-probs are the trainer's),
-and no process of a run left behind, after a normal end or a SIGKILL."""
+"""``rollout.engine=vllm`` through the real command: a 2-step GRPO run on model=tiny with each engine and an
+OPD run with vLLM, the weights pushed after each update (step 2 samples with step 1's update: its log-probs
+are the trainer's), and no process of a run left behind, after a normal end or a SIGKILL."""
 import os
 import signal
 import time
@@ -38,6 +38,13 @@ def test_grpo_two_steps_with_each_engine(tmp_path):
         # at step 2 only if the update of step 1 reached vLLM.
         assert all(r["mismatch/abs_dlogp_mean"] < 1e-4 for r in rows), [r["mismatch/abs_dlogp_mean"] for r in rows]
         assert marked_processes(mark) == []
+    # On-policy distillation samples through GRPO's collect: the student (model=tiny's initial weights) learns
+    # from the checkpoint of the vLLM run above, and its updates reach vLLM too.
+    out = run_ok([*ARGS, "algo=opd", f"algo.teacher_path={tmp_path / 'vllm'}", "rollout.engine=vllm"],
+                 tmp_path / "opd")
+    rows = metrics(tmp_path / "opd")
+    assert [r["step"] for r in rows] == [1, 2] and all("time/weight_sync" in r for r in rows), out[-3000:]
+    assert all(r["mismatch/abs_dlogp_mean"] < 1e-4 for r in rows), [r["mismatch/abs_dlogp_mean"] for r in rows]
 
 
 def test_sigkill_leaves_no_vllm_process(tmp_path):
