@@ -80,6 +80,7 @@ class Rollout:
             (temperature 1 for greedy); 0 on padding.
         entropies: ``[N, T]`` float32, entropy of softmax(logits / temperature) at each token (the
             policy's entropy at sampling time, for logging without another forward); 0 on padding.
+            None from an engine that does not return them (``rollout.vllm_engine``).
         lengths: ``[N]`` long, response lengths.
         finish_reasons: per sequence "stop" (EOS or stop string) or "length".
         prompt_index: ``[N]`` long, the prompt each sequence answers.
@@ -89,7 +90,7 @@ class Rollout:
     response_ids: torch.Tensor
     response_mask: torch.Tensor
     logprobs: torch.Tensor
-    entropies: torch.Tensor
+    entropies: torch.Tensor | None
     lengths: torch.Tensor
     finish_reasons: list[str]
     prompt_index: torch.Tensor
