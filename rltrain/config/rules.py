@@ -107,6 +107,9 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
         if cfg.env.name != "single_turn":
             raise ConfigError(f"rollout.engine=vllm samples single-turn responses only, not env={cfg.env.name}'s "
                               "multi-turn episodes; use rollout.engine=rltrain")
+    if cfg.env.name != "single_turn" and a.name not in ("grpo", "opd"):  # episodes: rollout.multiturn
+        raise ConfigError(f"env={cfg.env.name} (multi-turn episodes) is wired into algo=grpo and algo=opd only, not "
+                          f"algo={a.name}; use env=single_turn")
     if isinstance(cfg.reward, CombinedRewardConfig) and cfg.reward.normalize == "then_sum":
         if not isinstance(a, (GRPOConfig, PPOConfig)) or t.samples_per_prompt < 2:
             raise ConfigError("reward.normalize=then_sum (GDPO) normalises each reward component within a prompt's "

@@ -56,7 +56,7 @@ class Calculator:
     """Answer an arithmetic question; the ``calculate`` tool does the arithmetic."""
 
     def reset(self, sample: Sample) -> str:
-        return f"{sample.question} Use the calculator, then give the final answer as \\boxed{{N}}."
+        return f"{sample.question} Use the calculator tool for the arithmetic."
 
     def calculate(self, expression: str) -> str:
         """Evaluate an arithmetic expression such as "(123 + 456) * 7" and return its value."""

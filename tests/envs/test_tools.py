@@ -127,7 +127,8 @@ def test_calculator_refuses_anything_else(expr):
 
 def test_calculator_tool_through_the_env():
     env = _env(Calculator())
-    assert "\\boxed" in env.reset(Sample("s", "What is 123 + 456?", "579"))[-1]["content"]
+    assert env.reset(Sample("s", "What is 123 + 456?", "579"))[-1]["content"] == \
+        "What is 123 + 456? Use the calculator tool for the arithmetic."
     r = env.step('<tool_call>{"name": "calculate", "arguments": {"expression": "123 + 456"}}</tool_call>')
     assert r.message["content"] == "579"
     assert env.step('<tool>calculate("1/0")</tool>').message["content"] == "Error: ZeroDivisionError: division by zero"
@@ -143,3 +144,12 @@ def test_env_options_are_checked_with_the_config():
     with pytest.raises(Exception, match="unknown option env=nope; valid options for 'env': calculator, python, single_turn"):
         compose_or_explain(["env=nope"])
     assert to_run_config(compose_or_explain(["model=tiny"])).env.name == "single_turn"
+
+
+def test_env_needs_a_loop_that_plays_episodes():
+    from rltrain.cli import compose_or_explain, to_run_config
+    from rltrain.config import ConfigError, register_configs, validate
+
+    register_configs()
+    with pytest.raises(ConfigError, match="env=calculator .* algo=grpo and algo=opd only, not algo=ppo"):
+        validate(to_run_config(compose_or_explain(["model=tiny", "env=calculator", "algo=ppo"])))
