@@ -49,7 +49,8 @@ import torch
 from torch import Tensor
 
 from rltrain.algos.core import _bool, _ratio_count, masked_mean, masked_topk
-from rltrain.algos.ppo import importance_ratio, surrogate_terms
+from rltrain.algos.ppo import clip_fraction, importance_ratio, ratio_metrics, surrogate_terms
+from rltrain.algos.registry import SCOPES, check_scope, check_selected, register_policy_loss, selected_frac
 
 
 def _zero(x: Tensor) -> Tensor:
@@ -191,3 +192,77 @@ def kl_cov_loss(
     penalty = kl_coef * log_ratio.abs()
     loss = -adv * ratio + torch.where(_bool(selected), penalty, _zero(penalty))
     return torch.where(m, loss, _zero(loss))
+
+
+# --------------------------------------------------------------------------- the registered losses
+
+
+def clip_cov_pool_select(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *, clip_low: float,
+                         clip_high: float, cov_low: float, cov_high: float, select_ratio: float, scope: str,
+                         generator: torch.Generator | None = None) -> Tensor:
+    """``clip_cov_select`` with the Clip-Cov options (the entry's ``select``)."""
+    check_scope(scope)
+    if generator is None:
+        raise ValueError("clip_cov selection needs `generator`")
+    return clip_cov_select(logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high, cov_low=cov_low,
+                           cov_high=cov_high, select_ratio=select_ratio, generator=generator)
+
+
+def kl_cov_pool_select(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *, select_ratio: float,
+                       kl_coef: float, scope: str, generator: torch.Generator | None = None) -> Tensor:
+    """``kl_cov_select`` with the KL-Cov options (the entry's ``select``; ``kl_coef``, ``generator`` unused)."""
+    check_scope(scope)
+    return kl_cov_select(logp, advantages, mask, select_ratio=select_ratio)
+
+
+@register_policy_loss("clip_cov", select=clip_cov_pool_select,
+                      checks={"clip_low": "≥ 0", "clip_high": "≥ 0", "cov_low": "≥ 0", "cov_high": "≥ 0",
+                              "select_ratio": "in (0, 1]", "scope": SCOPES})
+def clip_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *, clip_low: float = 1.0,
+                         clip_high: float = 1.0, cov_low: float = 1.0, cov_high: float = 5.0,
+                         select_ratio: float = 2e-4, scope: str = "batch", selected: Tensor | None = None,
+                         generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """``policy_loss=clip_cov``: Clip-Cov (``clip_cov_loss``) and its metrics.
+
+    Args:
+        clip_low, clip_high: the PPO clip (the official scripts use 1, i.e. ratio in [0, 2]).
+        cov_low, cov_high: ω_low < Cov < ω_high makes a token a candidate (cov_low ≤ cov_high).
+        select_ratio: fraction r of tokens whose gradient is detached.
+        scope: the selection pool: batch (the whole step, across ranks) | micro_batch (official code).
+        selected: the batch pool's selection (``scope=batch``); generator: for ``scope=micro_batch``.
+    """
+    check_selected("clip_cov", scope, selected)
+    if selected is None:
+        if generator is None:
+            raise ValueError("clip_cov with scope='micro_batch' needs `generator`")
+        selected = clip_cov_select(logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high,
+                                   cov_low=cov_low, cov_high=cov_high, select_ratio=select_ratio, generator=generator)
+    loss = clip_cov_loss(logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high, cov_low=cov_low,
+                         cov_high=cov_high, select_ratio=select_ratio, selected=selected)
+    metrics = ratio_metrics(logp, old_logp, mask)
+    metrics["clipfrac"] = clip_fraction(logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high)
+    metrics["selected_frac"] = selected_frac(selected, mask)
+    return loss, metrics
+
+
+@register_policy_loss("kl_cov", select=kl_cov_pool_select, zero_without_advantage=False,
+                      checks={"select_ratio": "in (0, 1]", "kl_coef": "≥ 0", "scope": SCOPES})
+def kl_cov_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
+                       select_ratio: float = 2e-4, kl_coef: float = 1.0, scope: str = "batch",
+                       selected: Tensor | None = None,
+                       generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """``policy_loss=kl_cov``: KL-Cov (``kl_cov_loss``) and its metrics.
+
+    Args:
+        select_ratio: fraction of tokens (top by covariance) that get the KL penalty (2e-4 = 0.02%).
+        kl_coef: β of |log π − log π_old| on the selected tokens.
+        scope: the selection pool: batch (the whole step, across ranks) | micro_batch (official code).
+        selected: the batch pool's selection (``scope=batch``); generator: unused.
+    """
+    check_selected("kl_cov", scope, selected)
+    if selected is None:
+        selected = kl_cov_select(logp, advantages, mask, select_ratio=select_ratio)
+    loss = kl_cov_loss(logp, old_logp, advantages, mask, select_ratio=select_ratio, kl_coef=kl_coef, selected=selected)
+    metrics = ratio_metrics(logp, old_logp, mask)
+    metrics["selected_frac"] = selected_frac(selected, mask)
+    return loss, metrics

@@ -13,59 +13,23 @@ Decisions:
 - Dr. GRPO is ``scale="none"`` (no std division) plus ``seq-mean-token-sum-norm`` aggregation.
 - ``dynamic_sampling_keep`` keeps groups of size 1, as verl does (``std > 0 or len == 1``).
 
-``algo.adv_estimator`` names an entry of ``ESTIMATORS``, registered next to its function: the
-entry says what the loop must give it (π_old's and the reference's log-probs for a KL in the
-reward) and whether its advantages are whitened over the batch, so the loop never compares names.
+``algo.adv_estimator`` names an entry of ``registry.ADV_ESTIMATORS``, registered next to its function
+(``@register_adv_estimator``): the entry says what the loop must give it (π_old's and the reference's
+log-probs for a KL in the reward) and whether its advantages are whitened over the batch, so the loop
+never compares names. Every entry has one signature:
+
+    fn(scores [N], mask [N, T], *, group_size, kl, kl_coef, scale, eps, std_ddof) -> advantages [N, T]
+
+and ignores the arguments it does not use (``scale``/``eps``/``std_ddof`` are GRPO's).
 """
 from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from rltrain.algos.registry import register_adv_estimator
+
 GROUP_SCALES = ("std", "none")
-
-
-@dataclass(frozen=True)
-class AdvEstimator:
-    """An ``algo.adv_estimator`` entry. Every entry has one signature:
-
-        fn(scores [N], mask [N, T], *, group_size, kl, kl_coef, scale, eps, std_ddof) -> advantages [N, T]
-
-    and ignores the arguments it does not use (``scale``/``eps``/``std_ddof`` are GRPO's).
-
-    Attributes:
-        kl_in_reward: β = ``kl_coef`` is a k1 penalty folded into the token rewards. With a
-            reference the loop passes ``kl`` = k1(π_old, π_ref) ``[N, T]``, so it needs π_old's
-            log-probs (training forward) and the reference's, and adds no KL loss term. False: the
-            entry ignores ``kl`` and β weights a KL loss against the reference instead.
-        whiten: the advantages are whitened over the valid tokens of the global batch (moments
-            summed across ranks): the estimator's own normalisation, whatever ``algo.adv_whiten``.
-    """
-
-    fn: Callable[..., Tensor]
-    kl_in_reward: bool = False
-    whiten: bool = False
-
-
-ESTIMATORS: dict[str, AdvEstimator] = {}
-
-
-def _estimator(name: str, *, kl_in_reward: bool = False, whiten: bool = False):
-    """Register the decorated function as ``ESTIMATORS[name]``."""
-    def register(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        ESTIMATORS[name] = AdvEstimator(fn, kl_in_reward=kl_in_reward, whiten=whiten)
-        return fn
-    return register
-
-
-def get_estimator(name: str) -> AdvEstimator:
-    """The entry of ``algo.adv_estimator=name``; unknown names fail listing the valid ones."""
-    if name not in ESTIMATORS:
-        raise ValueError(f"unknown advantage estimator {name!r}; valid: {', '.join(ESTIMATORS)}")
-    return ESTIMATORS[name]
 
 
 def _groups(scores: Tensor, group_size: int) -> Tensor:
@@ -124,7 +88,7 @@ def group_advantages(
     return adv.reshape(-1)
 
 
-@_estimator("grpo")
+@register_adv_estimator("grpo")
 def grpo_token_advantages(scores: Tensor, mask: Tensor, *, group_size: int, kl: Tensor | None, kl_coef: float,
                           scale: str, eps: float, std_ddof: int) -> Tensor:
     """``group_advantages`` broadcast to every position of its response ``[N, T]`` (padding included:
@@ -152,7 +116,7 @@ def rloo_advantages(scores: Tensor, group_size: int) -> Tensor:
     return torch.where(flat, torch.zeros_like(adv), adv).reshape(-1)
 
 
-@_estimator("rloo")
+@register_adv_estimator("rloo")
 def rloo_token_advantages(scores: Tensor, mask: Tensor, *, group_size: int, kl: Tensor | None, kl_coef: float,
                           scale: str, eps: float, std_ddof: int) -> Tensor:
     """``rloo_advantages`` broadcast to every position of its response ``[N, T]``."""
@@ -210,14 +174,14 @@ def reinforce_pp_returns(
     return returns * m
 
 
-@_estimator("reinforce_pp", kl_in_reward=True, whiten=True)
+@register_adv_estimator("reinforce_pp", kl_in_reward=True, whiten=True)
 def reinforce_pp_advantages(scores: Tensor, mask: Tensor, *, group_size: int, kl: Tensor | None, kl_coef: float,
                             scale: str, eps: float, std_ddof: int) -> Tensor:
     """REINFORCE++: ``reinforce_pp_returns`` of the raw outcome (whitened by the caller)."""
     return reinforce_pp_returns(scores, mask, kl=kl, kl_coef=kl_coef)
 
 
-@_estimator("reinforce_pp_baseline", whiten=True)
+@register_adv_estimator("reinforce_pp_baseline", whiten=True)
 def reinforce_pp_baseline_advantages(scores: Tensor, mask: Tensor, *, group_size: int, kl: Tensor | None,
                                      kl_coef: float, scale: str, eps: float, std_ddof: int) -> Tensor:
     """REINFORCE++-baseline (Hu et al., REINFORCE++ w/ baseline): the outcome minus its group mean on
@@ -226,9 +190,6 @@ def reinforce_pp_baseline_advantages(scores: Tensor, mask: Tensor, *, group_size
     is ignored. verl instead centres the score with the summed KL penalty in it; rltrain before
     issue 31 kept the KL as per-token returns (decision 14 in docs/algorithms.md)."""
     return reinforce_pp_returns(scores, mask, group_size=group_size)
-
-
-ADV_ESTIMATORS = tuple(ESTIMATORS)  # the valid algo.adv_estimator names, in registration order
 
 
 @torch.no_grad()

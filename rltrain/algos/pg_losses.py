@@ -2,6 +2,8 @@
 
 All take ``(logp, old_logp, advantages, mask)`` ``[B, T]`` and return the per-token loss ``[B, T]``
 (0 on padding); aggregation, selection and the KL term are the objective's (``algos.objective``).
+Each ``*_policy_loss`` below its loss is the registered ``policy_loss=`` entry (``algos.registry``):
+the loss and its metrics, its keyword defaults the config's.
 ρ_t = π_θ(y_t)/π_old(y_t) per token; sg = stop-gradient.
 
 - GSPO (Zheng et al. 2025, arXiv 2507.18071). Sequence ratio s_i = exp(mean_t log ρ_{i,t}) over the
@@ -34,7 +36,8 @@ import torch
 from torch import Tensor
 
 from rltrain.algos.core import _bool, masked_mean
-from rltrain.algos.ppo import LOG_RATIO_CLAMP, importance_ratio, surrogate_terms
+from rltrain.algos.ppo import LOG_RATIO_CLAMP, importance_ratio, ratio_metrics, surrogate_terms
+from rltrain.algos.registry import no_selection, register_policy_loss
 
 GSPO_LEVELS = ("sequence", "token")
 
@@ -104,3 +107,74 @@ def gmpo_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, 
     loss = (-adv * seq_ratio).expand_as(logp)  # [B, T]
     took_clip = m & (kept != log_ratio)  # [B, T]
     return torch.where(m, loss, _zero(loss)), took_clip.detach()
+
+
+# --------------------------------------------------------------------------- the registered losses
+
+
+@register_policy_loss("gspo", checks={"clip_low": "≥ 0", "clip_high": "≥ 0", "level": GSPO_LEVELS})
+def gspo_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *, clip_low: float = 3e-4,
+                     clip_high: float = 4e-4, level: str = "sequence", selected: Tensor | None = None,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """``policy_loss=gspo`` (``gspo_loss``); ``clipfrac`` = fraction of clipped sequences.
+
+    Args:
+        clip_low, clip_high: ε of the sequence ratio (the paper's 3e-4 / 4e-4: sequence ratios stay near 1).
+        level: sequence (one ratio and advantage per response) | token (GSPO-token: per-token gradient).
+    """
+    no_selection("gspo", selected)
+    loss, clipped = gspo_loss(logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high, level=level)
+    metrics = ratio_metrics(logp, old_logp, mask)
+    rows = _bool(mask).any(-1)
+    metrics["clipfrac"] = clipped[rows].float().mean() if rows.any() else clipped.new_zeros((), dtype=torch.float32)
+    return loss, metrics
+
+
+@register_policy_loss("cispo", checks={"clip_low": "≥ 0", "clip_high": "≥ 0"})
+def cispo_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *, clip_low: float = 1.0,
+                      clip_high: float = 4.0, selected: Tensor | None = None,
+                      generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """``policy_loss=cispo`` (``cispo_loss``); ``clipfrac`` = fraction of tokens whose weight was clipped.
+
+    Args:
+        clip_low: the weight is clipped below at 1 − clip_low (1.0: no lower bound, as MiniMax).
+        clip_high: the weight is clipped above at 1 + clip_high.
+    """
+    no_selection("cispo", selected)
+    loss = cispo_loss(logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high)
+    metrics = ratio_metrics(logp, old_logp, mask)
+    ratio = importance_ratio(logp.detach(), old_logp, mask)
+    metrics["clipfrac"] = masked_mean(((ratio < 1 - clip_low) | (ratio > 1 + clip_high)).float(), _bool(mask))
+    return loss, metrics
+
+
+@register_policy_loss("sapo", checks={"tau_pos": "> 0", "tau_neg": "> 0"})
+def sapo_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *, tau_pos: float = 1.0,
+                     tau_neg: float = 1.05, selected: Tensor | None = None,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """``policy_loss=sapo`` (``sapo_loss``): a soft gate instead of the clip.
+
+    Args:
+        tau_pos: gate temperature for positive advantages.
+        tau_neg: gate temperature for negative advantages (larger: negatives are damped faster).
+    """
+    no_selection("sapo", selected)
+    loss = sapo_loss(logp, old_logp, advantages, mask, tau_pos=tau_pos, tau_neg=tau_neg)
+    return loss, ratio_metrics(logp, old_logp, mask)
+
+
+@register_policy_loss("gmpo", checks={"clip_low": "≥ 0", "clip_high": "≥ 0"})
+def gmpo_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *, clip_low: float = 0.4,
+                     clip_high: float = 0.4, selected: Tensor | None = None,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """``policy_loss=gmpo`` (``gmpo_loss``); ``clipfrac`` = fraction of tokens whose clipped log-ratio was taken.
+
+    Args:
+        clip_low: each token's log-ratio is clipped below at −clip_low (the paper's and verl's 0.4).
+        clip_high: each token's log-ratio is clipped above at clip_high (0.4).
+    """
+    no_selection("gmpo", selected)
+    loss, took_clip = gmpo_loss(logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high)
+    metrics = ratio_metrics(logp, old_logp, mask)
+    metrics["clipfrac"] = masked_mean(took_clip.float(), _bool(mask))
+    return loss, metrics

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from rltrain.algos.core import _bool, kl_estimate, masked_mean
+from rltrain.algos.registry import no_selection, register_policy_loss
 
 LOG_RATIO_CLAMP = 20.0
 VALUE_LOSS_TYPES = ("mse", "huber")
@@ -227,6 +228,26 @@ def ratio_metrics(logp: Tensor, old_logp: Tensor, mask: Tensor) -> dict[str, Ten
         approx_kl = masked_mean(kl_estimate(old_logp, logp, "k3"), m)
         ratio_max = torch.where(m, ratio, torch.zeros_like(ratio)).max() if m.any() else ratio.new_zeros(())
         return {"ratio_mean": masked_mean(ratio, m), "ratio_max": ratio_max, "approx_kl": approx_kl}
+
+
+@register_policy_loss("clip", checks={"clip_low": "≥ 0", "clip_high": "≥ 0", "dual_clip": "> 1"})
+def clip_policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *, clip_low: float = 0.2,
+                     clip_high: float = 0.2, dual_clip: float | None = None, selected: Tensor | None = None,
+                     generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """``policy_loss=clip``: PPO / GRPO / DAPO clipped surrogate (``clipped_surrogate``) and its metrics.
+
+    Args:
+        clip_low: ε_low, the ratio is clipped below at 1 − clip_low.
+        clip_high: ε_high, clipped above at 1 + clip_high (clip-higher, DAPO: 0.28).
+        dual_clip: dual-clip constant c (> 1) capping the loss of negative-advantage tokens; None = off.
+        selected, generator: unused (the clip selects nothing).
+    """
+    no_selection("clip", selected)
+    loss = clipped_surrogate(logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high,
+                             dual_clip=dual_clip)
+    metrics = ratio_metrics(logp, old_logp, mask)
+    metrics["clipfrac"] = clip_fraction(logp, old_logp, advantages, mask, clip_low=clip_low, clip_high=clip_high)
+    return loss, metrics
 
 
 # --------------------------------------------------------------------------------------------

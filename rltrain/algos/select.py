@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from rltrain.algos.core import _bool, _ratio_count, masked_topk
+from rltrain.algos.registry import SCOPES, check_scope, check_selected, register_token_selection
 
 NORMALIZE_MODES = ("all", "selected")
 
@@ -123,3 +124,64 @@ def prob_mask(old_logp: Tensor, mask: Tensor, *, threshold: float = 0.9) -> Tens
     """
     return _bool(mask) & (torch.exp(old_logp.detach()) < threshold)
 
+
+
+# --------------------------------------------------------------------------- the registered selectors
+
+
+@register_token_selection("all")
+def select_all(mask: Tensor, *, entropy: Tensor | None = None, old_logp: Tensor | None = None,
+               selected: Tensor | None = None) -> TokenSelection:
+    """``token_selection=all``: every valid token, counted in the denominators."""
+    if selected is not None:
+        raise ValueError("token selection 'all' takes no `selected`")
+    m = _bool(mask)
+    return TokenSelection(loss_mask=m, count_mask=m, mask=m)
+
+
+def high_entropy_pool_select(mask: Tensor, *, top_ratio: float, normalize: str, scope: str,
+                             entropy: Tensor | None = None, old_logp: Tensor | None = None) -> Tensor:
+    """``high_entropy_mask`` with the selector's options (the entry's ``select``; ``normalize`` unused)."""
+    check_scope(scope)
+    if entropy is None:
+        raise ValueError("token selection 'high_entropy' needs `entropy`")
+    return high_entropy_mask(entropy, mask, top_ratio=top_ratio)
+
+
+@register_token_selection("high_entropy", select=high_entropy_pool_select, requires=frozenset({"entropy"}),
+                          checks={"top_ratio": "in (0, 1]", "normalize": NORMALIZE_MODES, "scope": SCOPES})
+def select_high_entropy(mask: Tensor, *, top_ratio: float = 0.2, normalize: str = "all", scope: str = "batch",
+                        entropy: Tensor | None = None, old_logp: Tensor | None = None,
+                        selected: Tensor | None = None) -> TokenSelection:
+    """``token_selection=high_entropy``: the top-⌈ρN⌉ entropy ("forking") tokens (Beyond the 80/20 rule,
+    docs/algorithms.md §5).
+
+    Args:
+        top_ratio: fraction ρ of the batch's valid tokens kept (highest entropy).
+        normalize: the loss denominator: all response tokens (paper, default) | selected (official code).
+        scope: the threshold's pool: batch (the whole step, across ranks) | micro_batch (official code).
+    """
+    check_selected("high_entropy", scope, selected)
+    if selected is None:
+        selected = high_entropy_pool_select(mask, top_ratio=top_ratio, normalize=normalize, scope=scope,
+                                            entropy=entropy)
+    return make_selection(mask, selected, normalize)
+
+
+@register_token_selection("prob_mask", requires=frozenset({"old_logp"}),
+                          checks={"threshold": "in (0, 1]", "normalize": NORMALIZE_MODES})
+def select_prob_mask(mask: Tensor, *, threshold: float = 0.9, normalize: str = "all", entropy: Tensor | None = None,
+                     old_logp: Tensor | None = None, selected: Tensor | None = None) -> TokenSelection:
+    """``token_selection=prob_mask``: SPO's probability mask as a selection for the other policy-gradient
+    loops, only tokens sampled with probability below ``threshold`` (per token: no pool). SPO itself
+    masks with ``algo.prob_mask``.
+
+    Args:
+        threshold: tokens sampled with probability ≥ this get no policy gradient.
+        normalize: the loss denominator: all response tokens | selected.
+    """
+    if selected is not None:
+        raise ValueError("token selection 'prob_mask' is per-token; do not pass `selected`")
+    if old_logp is None:
+        raise ValueError("token selection 'prob_mask' needs `old_logp`")
+    return make_selection(mask, prob_mask(old_logp, mask, threshold=threshold), normalize)

@@ -12,7 +12,7 @@ live here (and in ``conf/``), never in code further down.
 """
 from rltrain.config.algo import *  # noqa: F401,F403
 from rltrain.config.errors import ConfigError  # noqa: F401
-from rltrain.config.options import (ALGO_SCHEMAS, LOOPS, OPTION_SCHEMAS, OPTIONS, SINGLE_SCHEMA,  # noqa: F401
+from rltrain.config.options import (LOOPS, OPTIONS, SINGLE_SCHEMA,  # noqa: F401
                                     option_kwargs, option_schema, register_configs)
 from rltrain.config.rules import schema_keys, validate  # noqa: F401
 from rltrain.config.schemas import *  # noqa: F401,F403

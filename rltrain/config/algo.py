@@ -1,18 +1,19 @@
-"""Schemas of the algo and policy options: algo=, token_selection=, policy_loss= (a docstring per field)."""
+"""Schemas of the algo and policy options: algo= (a docstring per field), token_selection= and
+policy_loss= (derived from the registered functions, whose docstrings document each option)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional
+import types
+import typing
+from dataclasses import dataclass, field, make_dataclass
+from typing import Optional
 
 from omegaconf import MISSING
 
 from rltrain.algos.core import AGGREGATION_MODES, KL_KINDS
 from rltrain.algos.dpo import DPO_LOSS_TYPES
-from rltrain.algos.grpo import ADV_ESTIMATORS, GROUP_SCALES
-from rltrain.algos.pg_losses import GSPO_LEVELS
+from rltrain.algos import registry
+from rltrain.algos.grpo import GROUP_SCALES
 from rltrain.algos.ppo import VALUE_LOSS_TYPES
-from rltrain.algos.registry import SCOPES
-from rltrain.algos.select import NORMALIZE_MODES
 from rltrain.algos.spo import FIRST_SEGMENT_VALUES, TREE_VARIANTS
 from rltrain.config.fields import bounded, one_of
 
@@ -46,7 +47,7 @@ class GRPOConfig(AlgoConfig):
     """GRPO and its DAPO / Dr. GRPO variants (docs/algorithms.md §3)."""
 
     name: str = "grpo"
-    adv_estimator: str = one_of(ADV_ESTIMATORS, "grpo")
+    adv_estimator: str = one_of(registry.ADV_ESTIMATORS, "grpo")
     """grpo (group mean/std, ``adv_scale``) | rloo (leave-one-out baseline, no std scaling) |
     reinforce_pp (REINFORCE++: outcome at the last token − β·k1 KL per token, returns-to-go whitened
     over the global batch; ``kl_coef`` is that β, no KL loss term) | reinforce_pp_baseline (the outcome
@@ -242,132 +243,56 @@ class SFTConfig(AlgoConfig):
 
 @dataclass
 class TokenSelectionConfig:
-    """Which response tokens receive policy gradient (``token_selection=...``). Fields other than
-    ``name`` are exactly the selector's options (rltrain/algos/registry.py)."""
+    """Which response tokens receive policy gradient (``token_selection=...``). Each option's schema is
+    derived from its registered selector (``registered_schemas``): the fields other than ``name`` are
+    exactly the selector's keyword options, documented, defaulted and checked there
+    (``@register_token_selection`` in rltrain/algos/select.py)."""
 
     name: str = "all"
-    """all | high_entropy | prob_mask."""
-
-
-@dataclass
-class HighEntropyConfig(TokenSelectionConfig):
-    """Top-ρ highest-entropy ("forking") tokens (Beyond the 80/20 rule, docs/algorithms.md §5)."""
-
-    name: str = "high_entropy"
-    top_ratio: float = bounded(0.2, "in (0, 1]")
-    """Fraction ρ of the batch's valid tokens kept (highest entropy)."""
-    normalize: str = one_of(NORMALIZE_MODES, "all")
-    """Loss denominator: all response tokens (paper, default) | selected (official code)."""
-    scope: str = one_of(SCOPES, "batch")
-    """Threshold pool: batch (whole step, across ranks) | micro_batch (official code)."""
-
-
-@dataclass
-class ProbMaskConfig(TokenSelectionConfig):
-    """SPO's probability mask as a token selection for the other policy-gradient loops: only tokens
-    sampled with probability below the threshold. SPO itself masks with ``algo.prob_mask``."""
-
-    name: str = "prob_mask"
-    threshold: float = bounded(0.9, "in (0, 1]")
-    normalize: str = one_of(NORMALIZE_MODES, "all")
-    """Loss denominator: all response tokens | selected."""
+    """A registered token selector: all | high_entropy | prob_mask."""
 
 
 @dataclass
 class PolicyLossConfig:
-    """Per-token policy loss (``policy_loss=...``). Fields other than ``name`` are exactly the
-    loss's options (rltrain/algos/registry.py)."""
+    """Per-token policy loss (``policy_loss=...``). Each option's schema is derived from its registered
+    loss (``registered_schemas``): the fields other than ``name`` are exactly the loss's keyword
+    options, documented, defaulted and checked there (``@register_policy_loss`` in
+    rltrain/algos/ppo.py, entropy.py, pg_losses.py)."""
 
     name: str = "clip"
-    """clip | clip_cov | kl_cov | gspo | cispo | sapo | gmpo."""
+    """A registered policy loss: clip | clip_cov | kl_cov | gspo | cispo | sapo | gmpo."""
 
 
-@dataclass
-class ClipLossConfig(PolicyLossConfig):
-    """PPO clipped surrogate; clip-higher (DAPO) is clip_high=0.28."""
-
-    name: str = "clip"
-    clip_low: float = bounded(0.2, "≥ 0")
-    """ε_low: the ratio is clipped below at 1 − clip_low."""
-    clip_high: float = bounded(0.2, "≥ 0")
-    """ε_high: the ratio is clipped above at 1 + clip_high."""
-    dual_clip: Optional[float] = bounded(None, "> 1", "(or null = off)")
-    """Dual-clip constant c (> 1) capping the loss of negative-advantage tokens; None = off."""
+def _field_type(hint):
+    """``X | None`` as ``Optional[X]`` (what OmegaConf reads)."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        return Optional[inner]
+    return hint
 
 
-@dataclass
-class GSPOConfig(PolicyLossConfig):
-    """GSPO (Zheng et al. 2025): sequence-level importance ratio (docs/algorithms.md §10)."""
-
-    name: str = "gspo"
-    clip_low: float = bounded(3e-4, "≥ 0")
-    """ε_low of the sequence ratio (the paper's 3e-4: sequence ratios stay near 1)."""
-    clip_high: float = bounded(4e-4, "≥ 0")
-    """ε_high of the sequence ratio (the paper's 4e-4)."""
-    level: str = one_of(GSPO_LEVELS, "sequence")
-    """sequence (one ratio and advantage per response) | token (GSPO-token: per-token gradient)."""
-
-
-@dataclass
-class CISPOConfig(PolicyLossConfig):
-    """CISPO (MiniMax-M1): REINFORCE with a clipped, stop-gradient importance weight."""
-
-    name: str = "cispo"
-    clip_low: float = bounded(1.0, "≥ 0")
-    """The weight is clipped below at 1 − clip_low (1.0: no lower bound, as MiniMax)."""
-    clip_high: float = bounded(4.0, "≥ 0")
-    """The weight is clipped above at 1 + clip_high."""
+def registered_schemas(base: type, entries) -> dict[str, type]:
+    """One schema per registered entry, ``name → dataclass``: ``base`` plus the entry's keyword
+    options as fields, with the function's defaults and the entry's ``checks`` (a range for
+    ``bounded``, a tuple of values for ``one_of``). The ConfigStore node ``<name>_schema`` that
+    ``conf/<group>/<name>.yaml`` extends is this class, so a new entry needs no schema of its own."""
+    out = {}
+    for name, entry in entries.items():
+        fields = [("name", str, field(default=name))]
+        for opt, (hint, default) in registry.options(entry.fn).items():
+            check = entry.checks.get(opt)
+            f = (one_of(check, default) if isinstance(check, tuple) else bounded(default, check) if check
+                 else field(default=default))
+            fields.append((opt, _field_type(hint), f))
+        title = "".join(w.title() for w in name.split("_")) + base.__name__
+        schema = make_dataclass(title, fields, bases=(base,))
+        schema.__module__ = __name__
+        schema.__doc__ = f"``{name}``: the keyword options of {entry.fn.__module__}.{entry.fn.__qualname__}."
+        globals()[title] = schema  # importable by name (pickling a config for the workers)
+        out[name] = schema
+    return out
 
 
-@dataclass
-class SAPOConfig(PolicyLossConfig):
-    """SAPO: a smooth temperature-controlled gate on the ratio instead of the hard clip."""
-
-    name: str = "sapo"
-    tau_pos: float = bounded(1.0, "> 0")
-    """Gate temperature for positive advantages."""
-    tau_neg: float = bounded(1.05, "> 0")
-    """Gate temperature for negative advantages (larger: negatives are damped faster)."""
-
-
-@dataclass
-class GMPOConfig(PolicyLossConfig):
-    """GMPO (Zhao et al. 2025): the geometric mean of the token ratios, clipped in log space
-    (rltrain/algos/pg_losses.py)."""
-
-    name: str = "gmpo"
-    clip_low: float = bounded(0.4, "≥ 0")
-    """ε_low: each token's log-ratio is clipped below at −clip_low (the paper's and verl's 0.4)."""
-    clip_high: float = bounded(0.4, "≥ 0")
-    """ε_high: each token's log-ratio is clipped above at clip_high (0.4)."""
-
-
-@dataclass
-class ClipCovConfig(PolicyLossConfig):
-    """Clip-Cov (Cui et al. 2025, docs/algorithms.md §6)."""
-
-    name: str = "clip_cov"
-    clip_low: float = bounded(1.0, "≥ 0")
-    """PPO clip ε_low (the official scripts use 1, i.e. ratio in [0, 2])."""
-    clip_high: float = bounded(1.0, "≥ 0")
-    cov_low: float = bounded(1.0, "≥ 0")
-    """ω_low: candidates have covariance above this."""
-    cov_high: float = bounded(5.0, "≥ 0")
-    """ω_high: candidates have covariance below this."""
-    select_ratio: float = bounded(2e-4, "in (0, 1]")
-    """Fraction r of tokens whose gradient is detached."""
-    scope: str = one_of(SCOPES, "batch")
-    """Selection pool: batch (whole step, across ranks) | micro_batch (official code)."""
-
-
-@dataclass
-class KLCovConfig(PolicyLossConfig):
-    """KL-Cov (Cui et al. 2025, docs/algorithms.md §6)."""
-
-    name: str = "kl_cov"
-    select_ratio: float = bounded(2e-4, "in (0, 1]")
-    """Fraction of tokens (top by covariance) that get the KL penalty (2e-4 = 0.02%)."""
-    kl_coef: float = bounded(1.0, "≥ 0")
-    """β of |log π − log π_old| on the selected tokens."""
-    scope: str = one_of(SCOPES, "batch")
-    """Selection pool: batch (whole step, across ranks) | micro_batch (official code)."""
+TOKEN_SELECTION_SCHEMAS = registered_schemas(TokenSelectionConfig, registry.TOKEN_SELECTORS)
+POLICY_LOSS_SCHEMAS = registered_schemas(PolicyLossConfig, registry.POLICY_LOSSES)

@@ -7,20 +7,19 @@ import dataclasses
 from hydra.core.config_store import ConfigStore
 
 from rltrain.config.algo import *  # noqa: F403
-from rltrain.config.errors import ConfigError
 from rltrain.config.fields import check_choice
 from rltrain.config.schemas import *  # noqa: F403
 
 
 # ONE option table: every config-group option by name and its schema. The ConfigStore nodes
 # (``<option>_schema``, what conf/<group>/<option>.yaml extends), the valid names in errors and the
-# schema used to reload a config.yaml all derive from it; registries are checked against it below.
+# schema used to reload a config.yaml all derive from it. The token_selection and policy_loss rows are
+# the algos registries themselves (``config.algo.registered_schemas``).
 OPTIONS: dict[str, dict[str, type]] = {
     "algo": {"grpo": GRPOConfig, "opd": OPDConfig, "ppo": PPOConfig, "spo_chain": SPOChainConfig, "spo_tree": SPOTreeConfig,
              "dpo": DPOConfig, "sft": SFTConfig},
-    "token_selection": {"all": TokenSelectionConfig, "high_entropy": HighEntropyConfig, "prob_mask": ProbMaskConfig},
-    "policy_loss": {"clip": ClipLossConfig, "clip_cov": ClipCovConfig, "kl_cov": KLCovConfig, "gspo": GSPOConfig,
-                    "cispo": CISPOConfig, "sapo": SAPOConfig, "gmpo": GMPOConfig},
+    "token_selection": TOKEN_SELECTION_SCHEMAS,  # derived from the registered selectors (algos/select.py)
+    "policy_loss": POLICY_LOSS_SCHEMAS,  # derived from the registered losses (algos/ppo.py, entropy.py, pg_losses.py)
     "reward": {"math": MathRewardConfig, "python": PythonRewardConfig, "code": CodeRewardConfig,
                "judge": JudgeRewardConfig, "classifier": ClassifierRewardConfig, "combined": CombinedRewardConfig, "reasoning_gym": ReasoningGymRewardConfig},
     "data": {"arith": ArithDataConfig, "synthetic_prefs": SyntheticPrefsConfig, "gsm8k": GSM8KDataConfig,
@@ -42,20 +41,6 @@ LOOPS: dict[str, str] = {
     "sft": "rltrain.loops.sft:train",
 }
 assert set(LOOPS) == set(OPTIONS["algo"]), "every algo option needs a loop"
-
-# Derived views (kept for callers of the old names).
-ALGO_SCHEMAS = OPTIONS["algo"]
-OPTION_SCHEMAS = {g: OPTIONS[g] for g in ("data", "reward", "token_selection", "policy_loss")}
-
-
-def _check_registries() -> None:
-    """Every option of the table has its algos registry entry (the registry may hold more)."""
-    from rltrain.algos import registry
-
-    for group in ("token_selection", "policy_loss"):
-        missing = set(OPTIONS[group]) - set(registry.REGISTRIES[group])
-        if missing:
-            raise ConfigError(f"{group} options {sorted(missing)} have no registry entry in rltrain/algos/registry.py")
 
 
 def register_configs() -> None:

@@ -7,7 +7,7 @@ from dataclasses import fields, is_dataclass
 from rltrain.config.algo import *  # noqa: F403
 from rltrain.config.errors import ConfigError
 from rltrain.config.fields import check_choice, check_fields
-from rltrain.config.options import OPTIONS, _check_registries
+from rltrain.config.options import OPTIONS
 from rltrain.config.schemas import *  # noqa: F403
 from rltrain.report.trackers import TRACKERS
 from rltrain.rollout.engine import SamplingParams
@@ -36,7 +36,6 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
     fields), then the rules that span fields; raise ConfigError naming the keys and numbers."""
     t, a = cfg.train, cfg.algo
 
-    _check_registries()
     for group in OPTIONS:
         check_choice(f"{group}.name", getattr(cfg, group).name, list(OPTIONS[group]))
     if type(a) is not OPTIONS["algo"][a.name]:
@@ -44,7 +43,7 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
                           f"with algo={a.name}, not algo.name={a.name}")
     check_fields(cfg, "")
     pl = cfg.policy_loss
-    if isinstance(pl, ClipCovConfig) and pl.cov_low > pl.cov_high:
+    if pl.name == "clip_cov" and pl.cov_low > pl.cov_high:
         raise ConfigError(f"policy_loss.cov_low={pl.cov_low} must be ≤ policy_loss.cov_high={pl.cov_high}")
     r = cfg.rollout
     if not 0 < r.correction_icepop_low < 1 < r.correction_icepop_high:
@@ -131,7 +130,7 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
         if t.prompts_per_step % world_size:
             raise ConfigError(f"train.prompts_per_step={t.prompts_per_step} examples per step must divide "
                               f"evenly over {world_size} ranks")
-    if isinstance(a, SPOConfig) and isinstance(cfg.token_selection, ProbMaskConfig):
+    if isinstance(a, SPOConfig) and cfg.token_selection.name == "prob_mask":
         raise ConfigError(f"token_selection=prob_mask with algo={a.name} would mask twice: SPO applies its own "
                           "probability mask before whitening (algo.prob_mask=true, threshold algo.cut_threshold, "
                           "denominator algo.mask_denominator); keep token_selection=all (or high_entropy)")

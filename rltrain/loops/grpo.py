@@ -27,8 +27,8 @@ import time
 
 import torch
 
-from rltrain.algos import core
-from rltrain.algos.grpo import dynamic_sampling_keep, get_estimator, overlong_penalty
+from rltrain.algos import core, registry
+from rltrain.algos.grpo import dynamic_sampling_keep, overlong_penalty
 from rltrain.config import RunConfig
 from rltrain.engine.dist import Dist
 from rltrain.loops import episodes, lifecycle, setup
@@ -89,7 +89,7 @@ def advantages(ctx, cfg: RunConfig, dist: Dist, s: episodes.Scored, times: dict,
     whitened over the global batch (``whiten``: the estimator's own normalisation).
     """
     a, pad, temp, mb = cfg.algo, ctx.tok.pad_token_id, cfg.rollout.scoring_temperature, cfg.train.micro_batch_size
-    est = get_estimator(a.adv_estimator)
+    est = registry.ADV_ESTIMATORS[a.adv_estimator]
     ref_logp = kl = None
     if ctx.ref is not None:
         t1 = time.time()

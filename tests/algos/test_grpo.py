@@ -92,7 +92,7 @@ def test_rloo_hand_values_sum_to_zero_and_zero_spread():
 
 # --------------------------------------------------------------------------- the estimator table
 
-from rltrain.algos.grpo import ADV_ESTIMATORS, ESTIMATORS, get_estimator  # noqa: E402
+from rltrain.algos.registry import ADV_ESTIMATORS  # noqa: E402
 
 _KW = dict(scale="std", eps=0.0, std_ddof=1)
 
@@ -101,12 +101,12 @@ def test_estimator_table_names_and_what_each_needs():
     """The valid algo.adv_estimator names come from the table; REINFORCE++ puts the KL in the reward
     (needs π_old and the reference), the REINFORCE++ pair whitens over the batch, grpo/rloo do neither.
     REINFORCE++-baseline's β weights a KL loss, as grpo's and rloo's does (issue 31)."""
-    assert ADV_ESTIMATORS == ("grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline") == tuple(ESTIMATORS)
-    assert {n: (e.kl_in_reward, e.whiten) for n, e in ESTIMATORS.items()} == {
+    assert tuple(ADV_ESTIMATORS) == ("grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+    assert {n: (e.kl_in_reward, e.whiten) for n, e in ADV_ESTIMATORS.items()} == {
         "grpo": (False, False), "rloo": (False, False),
         "reinforce_pp": (True, True), "reinforce_pp_baseline": (False, True)}
-    with pytest.raises(ValueError, match="'reinforce'; valid: grpo, rloo, reinforce_pp, reinforce_pp_baseline"):
-        get_estimator("reinforce")
+    with pytest.raises(ValueError, match="'reinforce'; valid: grpo, reinforce_pp, reinforce_pp_baseline, rloo"):
+        ADV_ESTIMATORS["reinforce"]
 
 
 def test_grpo_and_rloo_entries_broadcast_their_sequence_advantage_and_ignore_kl():
@@ -114,10 +114,10 @@ def test_grpo_and_rloo_entries_broadcast_their_sequence_advantage_and_ignore_kl(
     group 1 [1,0,0,1]: r − mean of the other three = 1 − 1/3 = 2/3, 0 − 2/3 = −2/3."""
     mask = torch.tensor([[1.0, 1.0, 0.0]] * 8)
     kl = torch.full((8, 3), 5.0)
-    g = get_estimator("grpo").fn(SCORES, mask, group_size=4, kl=kl, kl_coef=1.0, **_KW)
+    g = ADV_ESTIMATORS["grpo"].fn(SCORES, mask, group_size=4, kl=kl, kl_coef=1.0, **_KW)
     s = 0.5 / math.sqrt(1 / 3)
     assert torch.allclose(g, torch.tensor([s, -s, -s, s, 0.5, 0.5, 0.5, -1.5])[:, None].expand(8, 3), atol=1e-6)
-    r = get_estimator("rloo").fn(SCORES, mask, group_size=4, kl=kl, kl_coef=1.0, **_KW)
+    r = ADV_ESTIMATORS["rloo"].fn(SCORES, mask, group_size=4, kl=kl, kl_coef=1.0, **_KW)
     assert torch.allclose(r[:4, 0], torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3]), atol=1e-6)
     assert torch.equal(r[:, 0], r[:, 2])
 
@@ -128,7 +128,7 @@ def test_reinforce_pp_entry_folds_the_kl_into_the_token_returns():
     scores = torch.tensor([1.0, 0.0])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     kl = torch.tensor([[0.1, 0.2, 9.0], [0.3, 9.0, 9.0]])
-    plain = get_estimator("reinforce_pp").fn(scores, mask, group_size=2, kl=kl, kl_coef=0.5, **_KW)
+    plain = ADV_ESTIMATORS["reinforce_pp"].fn(scores, mask, group_size=2, kl=kl, kl_coef=0.5, **_KW)
     assert torch.allclose(plain, torch.tensor([[0.85, 0.9, 0.0], [-0.15, 0.0, 0.0]]), atol=1e-6)
 
 
@@ -146,7 +146,7 @@ def test_reinforce_pp_baseline_advantage_is_the_centred_outcome_and_the_kl_a_los
     scores = torch.tensor([1.0, 0.0])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
     kl = torch.tensor([[0.1, 0.2, 9.0], [0.3, 9.0, 9.0]])
-    entry = get_estimator("reinforce_pp_baseline")
+    entry = ADV_ESTIMATORS["reinforce_pp_baseline"]
     assert not entry.kl_in_reward and entry.whiten  # the loop gives β to the KL loss, with the reference
     base = entry.fn(scores, mask, group_size=2, kl=kl, kl_coef=0.5, **_KW)
     valid = mask.bool()

@@ -9,10 +9,7 @@ import torch
 
 from rltrain.algos import registry
 from rltrain.algos.core import AGGREGATION_MODES, aggregate, aggregate_counts, flatten_valid, unflatten_valid
-from rltrain.algos.grpo import group_advantages, group_means
-from rltrain.algos.ppo import gae
-from rltrain.algos.registry import AdvantageInputs, get
-from rltrain.algos.spo import chain_advantages
+from rltrain.algos.registry import get
 
 from .conftest import right_padded_mask
 
@@ -22,65 +19,26 @@ def test_get_unknown_lists_valid_names():
         get("policy_loss", "ppo2")
     with pytest.raises(ValueError, match="all, high_entropy, prob_mask"):
         get("token_selection", "random")
-    with pytest.raises(ValueError, match="gae, grpo, spo_chain, spo_tree"):
-        get("advantage", "vtrace")
-    with pytest.raises(ValueError, match="advantage, policy_loss, token_selection"):
+    with pytest.raises(ValueError, match="grpo, reinforce_pp, reinforce_pp_baseline, rloo"):
+        get("adv_estimator", "vtrace")
+    with pytest.raises(ValueError, match="adv_estimator, policy_loss, token_selection"):
         get("losses", "clip")
 
 
-# --------------------------------------------------------------------------------------------
-# Advantage estimators
-# --------------------------------------------------------------------------------------------
-def test_grpo_estimator_broadcasts_group_advantages():
-    mask = right_padded_mask([3, 1, 2, 0], 3)
-    scores = torch.tensor([1.0, 0.0, 0.0, 1.0])
-    adv, ret = get("advantage", "grpo")(AdvantageInputs(mask=mask, scores=scores, group_size=2),
-                                        scale="std", eps=1e-6, std_ddof=1)
-    seq = group_advantages(scores, 2)
-    assert ret is None
-    assert torch.equal(adv, torch.where(mask, seq[:, None], 0.0))
+def test_one_registry_per_kind_and_each_option_a_defaulted_keyword():
+    """Every registered entry's options are keyword arguments with defaults (the config's), checked
+    where the entry says; a registration without a default, or a second one of a name, is refused."""
+    for kind in ("policy_loss", "token_selection"):
+        for name, entry in registry.REGISTRIES[kind].items():
+            assert set(entry.checks) <= set(registry.options(entry.fn)), (kind, name)
 
+    def no_default(logp, old_logp, advantages, mask, *, tau, selected=None, generator=None):
+        return logp, {}
 
-def test_gae_estimator_matches_gae():
-    g = torch.Generator().manual_seed(0)
-    mask = right_padded_mask([4, 2], 4)
-    r, v = torch.randn(2, 4, generator=g), torch.randn(2, 4, generator=g)
-    fin = torch.tensor([True, False])
-    adv, ret = get("advantage", "gae")(AdvantageInputs(mask=mask, token_rewards=r, values=v, finished=fin),
-                                       gamma=0.9, lam=0.95)
-    ref_adv, ref_ret = gae(r, v, mask, gamma=0.9, lam=0.95, finished=fin)
-    assert torch.equal(adv, ref_adv) and torch.equal(ret, ref_ret)
-
-
-def test_spo_chain_estimator_uses_group_mean_as_prompt_value():
-    """Group of 2 with scores [1, 0]: V(prompt) = 0.5. Row 0 (L = 4, cut [1], V 0.8): tokens 0–1
-    get 0.8 − 0.5 = 0.3, tokens 2–3 get 1 − 0.8 = 0.2. Row 1 (L = 2, no cuts): 0 − 0.5 = −0.5."""
-    mask = right_padded_mask([4, 2], 4)
-    inputs = AdvantageInputs(mask=mask, scores=torch.tensor([1.0, 0.0]), group_size=2,
-                             cut_positions=[[1], []], cut_values=[[0.8], []])
-    adv, _ = get("advantage", "spo_chain")(inputs, first_segment_value="group_mean")
-    assert torch.allclose(adv, torch.tensor([[0.3, 0.3, 0.2, 0.2], [-0.5, -0.5, 0.0, 0.0]]))
-    ref = chain_advantages([[1], []], [[0.8], []], inputs.scores, mask, prompt_values=group_means(inputs.scores, 2))
-    assert torch.equal(adv, ref)
-
-
-def test_spo_tree_estimator_rows_are_edges():
-    """Forest of test_spo: edges 1, 3, 4 have advantages −0.25, 0.5, −0.5; a root is no edge."""
-    parent = [-1, 0, 0, 1, 1, -1, 5, 5]
-    leaf = torch.tensor([math.nan, math.nan, 1.0, 1.0, 0.0, math.nan, 0.0, 0.0])
-    mask = right_padded_mask([2, 3, 1], 3)
-    inputs = AdvantageInputs(mask=mask, tree_parent=parent, tree_leaf_reward=leaf, edge_child=torch.tensor([1, 3, 4]))
-    adv, _ = get("advantage", "spo_tree")(inputs, variant="rloo")
-    assert torch.allclose(adv, torch.tensor([[-0.25, -0.25, 0.0], [0.5, 0.5, 0.5], [-0.5, 0.0, 0.0]]))
-    inputs.edge_child = torch.tensor([0, 3, 4])
-    with pytest.raises(ValueError, match="root"):
-        get("advantage", "spo_tree")(inputs, variant="rloo")
-
-
-def test_estimator_names_missing_inputs():
-    with pytest.raises(ValueError, match="AdvantageInputs.values"):
-        get("advantage", "gae")(AdvantageInputs(mask=torch.ones(1, 2), token_rewards=torch.zeros(1, 2)),
-                                gamma=1.0, lam=1.0)
+    with pytest.raises(TypeError, match="option 'tau' needs a default"):
+        registry.options(no_default)
+    with pytest.raises(ValueError, match="policy_loss 'clip' is registered twice"):
+        registry.register_policy_loss("clip")(no_default)
 
 
 # --------------------------------------------------------------------------------------------

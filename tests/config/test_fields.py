@@ -68,11 +68,11 @@ def test_every_checked_field_names_its_key(base, key, bad):
 def test_the_lists_are_the_implementations_own():
     """One source per list of names: the schema holds the implementing module's tuple itself."""
     meta = lambda cls, name: next(f for f in dataclasses.fields(cls) if f.name == name).metadata["choices"]  # noqa: E731
-    from rltrain.config import HighEntropyConfig, RolloutConfig
+    from rltrain.config import OPTIONS, RolloutConfig
     assert meta(GRPOConfig, "loss_agg_mode") is core.AGGREGATION_MODES
     assert meta(GRPOConfig, "kl_estimator") is core.KL_KINDS
     assert meta(RolloutConfig, "correction") is correction.CORRECTION_MODES
-    assert meta(HighEntropyConfig, "normalize") is select.NORMALIZE_MODES
+    assert meta(OPTIONS["token_selection"]["high_entropy"], "normalize") is select.NORMALIZE_MODES
     cfg = to_run_config(compose_or_explain(["algo.loss_agg_mode=token-sum"]))
     with pytest.raises(ConfigError, match="choose one of: " + ", ".join(core.AGGREGATION_MODES)):
         validate(cfg)

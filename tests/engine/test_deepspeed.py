@@ -33,12 +33,12 @@ LR = 1e-3
 
 
 def _config(stage: int, offload: bool, run_dir: str):
-    from rltrain.config import (ClipLossConfig, DeepSpeedConfig, GRPOConfig, ModelConfig, RunConfig,
-                                TokenSelectionConfig, TrainConfig)
+    from rltrain.config import OPTIONS, DeepSpeedConfig, GRPOConfig, ModelConfig, RunConfig, TrainConfig
 
     name = {0: "none", 1: "zero1", 2: "zero2", 3: "zero3_offload" if offload else "zero3"}[stage]
     return RunConfig(
-        algo=GRPOConfig(), token_selection=TokenSelectionConfig(), policy_loss=ClipLossConfig(),
+        algo=GRPOConfig(), token_selection=OPTIONS["token_selection"]["all"](),
+        policy_loss=OPTIONS["policy_loss"]["clip"](),
         model=ModelConfig(name="tiny", dtype="fp32"),
         deepspeed=DeepSpeedConfig(name=name, stage=stage, offload_optimizer=offload, offload_params=offload),
         train=TrainConfig(steps=STEPS, prompts_per_step=N_PROMPTS, samples_per_prompt=N_SAMPLES,

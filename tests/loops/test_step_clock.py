@@ -52,6 +52,9 @@ def test_end_step_evaluates_logs_and_saves_on_schedule_and_at_the_budget_stop(tm
         def log(self, step, m):
             logged.append((step, dict(m)))
 
+        def samples(self, step, kind, rows):  # samples.jsonl rows: none here
+            pass
+
     def go(done):
         return end_step(cfg, None, Dist(), clock, done, {"time/step": 2.0}, logger=Log(), save=lambda: saved.append(clock.step),
                         evaluate=lambda: evals.append(done) or {"accuracy": 0.5})

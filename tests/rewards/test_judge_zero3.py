@@ -31,10 +31,10 @@ def _completions():
 
 
 def _config():
-    from rltrain.config import (ClipLossConfig, DeepSpeedConfig, GRPOConfig, JudgeRewardConfig, ModelConfig,
-                                RunConfig, TokenSelectionConfig)
+    from rltrain.config import OPTIONS, DeepSpeedConfig, GRPOConfig, JudgeRewardConfig, ModelConfig, RunConfig
 
-    return RunConfig(algo=GRPOConfig(), token_selection=TokenSelectionConfig(), policy_loss=ClipLossConfig(),
+    return RunConfig(algo=GRPOConfig(), token_selection=OPTIONS["token_selection"]["all"](),
+                     policy_loss=OPTIONS["policy_loss"]["clip"](),
                      model=ModelConfig(name="tiny", dtype="fp32"),
                      reward=JudgeRewardConfig(model_path="tiny", batch_size=2),
                      deepspeed=DeepSpeedConfig(name="zero3", stage=3), resume="never")
