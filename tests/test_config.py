@@ -180,6 +180,28 @@ def test_ratios_and_clips_are_range_checked_with_the_key(over, key):
         validate(to_run_config(compose_or_explain(over)))
 
 
+def test_a_registered_policy_loss_brings_its_own_schema():
+    """Adding a policy loss is one registered function (and its yaml): the option's schema is its
+    keyword options with their defaults, checked as the entry says, naming the key."""
+    import dataclasses
+
+    from rltrain.algos.registry import PolicyLoss
+    from rltrain.config.algo import PolicyLossConfig, registered_schemas
+    from rltrain.config.fields import check_fields
+
+    def toy(logp, old_logp, advantages, mask, *, beta: float = 0.5, mode: str = "a", cap: float | None = None,
+            selected=None, generator=None):
+        return logp, {}
+
+    entry = PolicyLoss(toy, checks={"beta": "> 0", "mode": ("a", "b")})
+    schema = registered_schemas(PolicyLossConfig, {"toy": entry})["toy"]
+    assert dataclasses.asdict(schema()) == {"name": "toy", "beta": 0.5, "mode": "a", "cap": None}
+    with pytest.raises(ConfigError, match=r"^policy_loss.beta=0.0 must be > 0"):
+        check_fields(schema(beta=0.0), "policy_loss")
+    with pytest.raises(ConfigError, match=r"^policy_loss.mode='c' is not valid; choose one of: a, b"):
+        check_fields(schema(mode="c"), "policy_loss")
+
+
 def test_one_option_table_feeds_the_store_the_loops_and_the_registries():
     from rltrain.algos import registry
     from rltrain.cli import group_options
