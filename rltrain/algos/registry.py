@@ -122,8 +122,23 @@ def options(fn: Callable) -> dict[str, tuple[Any, Any]]:
     return out
 
 
+class _Selecting:
+    """What a policy loss and a token selector share: calling the entry calls ``fn``; ``select`` (or
+    None) is its batch-pool selection."""
+
+    fn: Callable[..., Any]
+    select: Callable[..., Tensor] | None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def needs_pool(self, options: Mapping[str, Any]) -> bool:
+        """True when the loop must compute ``selected`` on the batch pool (``scope="batch"``)."""
+        return self.select is not None and check_scope(options["scope"]) == "batch"
+
+
 @dataclass(frozen=True)
-class PolicyLoss:
+class PolicyLoss(_Selecting):
     """A registered policy loss.
 
     Attributes:
@@ -145,16 +160,9 @@ class PolicyLoss:
     zero_without_advantage: bool = True
     checks: Mapping[str, str | tuple] = field(default_factory=dict)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.fn(*args, **kwargs)
-
-    def needs_pool(self, options: Mapping[str, Any]) -> bool:
-        """True when the loop must compute ``selected`` on the batch pool (``scope="batch"``)."""
-        return self.select is not None and check_scope(options["scope"]) == "batch"
-
 
 @dataclass(frozen=True)
-class TokenSelector:
+class TokenSelector(_Selecting):
     """A registered token selector.
 
     Attributes:
@@ -170,13 +178,6 @@ class TokenSelector:
     select: Callable[..., Tensor] | None = None
     requires: frozenset[str] = frozenset()
     checks: Mapping[str, str | tuple] = field(default_factory=dict)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **kwargs)
-
-    def needs_pool(self, options: Mapping[str, Any]) -> bool:
-        """True when the loop must compute ``selected`` on the batch pool (``scope="batch"``)."""
-        return self.select is not None and check_scope(options["scope"]) == "batch"
 
 
 @dataclass(frozen=True)

@@ -237,6 +237,15 @@ def gdpo_batch_scores(s: Scored, cfg: RunConfig, dist: Dist, *, eps: float = 1e-
 STEP_REWARD_KEYS = ("reward/mean", "reward/failed", "reward/accuracy")  # what reward_metrics logs itself
 
 
+def rollout_metrics(s: Scored, times: dict, dist: Dist) -> dict:
+    """A step's rollout metrics: ``reward_metrics`` and ``perf/tokens_per_s``, the tokens sampled on
+    all ranks per second of ``times["time/rollout"]``."""
+    out = reward_metrics(s, dist)
+    tokens = dist.sum(torch.tensor([float(s.lengths.sum())], dtype=torch.float64)).item()
+    out["perf/tokens_per_s"] = tokens / max(times["time/rollout"], 1e-9)
+    return out
+
+
 def reward_metrics(s: Scored, dist: Dist) -> dict:
     """Batch-wide reward and length statistics (summed across ranks)."""
     correct = s.reward.info.get("correct")

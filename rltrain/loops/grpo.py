@@ -137,10 +137,8 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         # step 4: metrics, samples, evaluation, logging, checkpoint
         if ctx.sampler is not None:  # the next rollout samples with the updated weights
             metrics["time/weight_sync"] = ctx.sampler.push(ctx.actor.module)
-        metrics.update(episodes.reward_metrics(s, dist))
+        metrics.update(episodes.rollout_metrics(s, times, dist))
         metrics.update(times)
-        gen_tokens = lifecycle.global_count(float(s.lengths.sum()), dist)
-        metrics["perf/tokens_per_s"] = gen_tokens / max(times["time/rollout"], 1e-9)
         metrics["time/step"] = time.time() - t0
         if logger:  # samples.jsonl: the first rollouts of rank 0's batch
             logger.samples(step + 1, "train", rollout_rows(s, adv_tok, limit=cfg.log.samples_per_step))

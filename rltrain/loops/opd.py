@@ -76,10 +76,8 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         kl = dist.sum(torch.stack([core.masked_sum(old_logp - teacher_logp, valid).double(),
                                    valid.sum().double()]))
         metrics["opd/reverse_kl"] = kl[0].item() / max(kl[1].item(), 1.0)  # per token, the student's samples
-        metrics.update(episodes.reward_metrics(s, dist))
+        metrics.update(episodes.rollout_metrics(s, times, dist))
         metrics.update(times)
-        metrics["perf/tokens_per_s"] = lifecycle.global_count(float(s.lengths.sum()), dist) / max(
-            times["time/rollout"], 1e-9)
         metrics["time/step"] = time.time() - t0
         if logger:  # samples.jsonl: the first rollouts of rank 0's batch
             logger.samples(step + 1, "train", rollout_rows(s, adv, limit=cfg.log.samples_per_step))

@@ -231,9 +231,8 @@ def ppo_step(ctx: setup.Context, st: PPOState, cfg: RunConfig, dist: Dist, step:
     metrics["kl/ref_seq"] = seq_kl[0].item() / seq_kl[1].item()  # Σ_t k1 per sequence, batch mean
     metrics["kl/coef"] = st.kl_ctl.value
     st.kl_ctl.update(metrics["kl/ref_seq"], int(seq_kl[1].item()))
-    metrics.update(episodes.reward_metrics(s, dist))
+    metrics.update(episodes.rollout_metrics(s, times, dist))
     metrics.update(times)
-    metrics["perf/tokens_per_s"] = lifecycle.global_count(float(s.lengths.sum()), dist) / max(times["time/rollout"], 1e-9)
     return metrics
 
 

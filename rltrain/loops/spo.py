@@ -331,8 +331,7 @@ def chain_step(step: int, ctx, cfg: RunConfig, dist: Dist, update: PolicyUpdate,
     """SPO-chain's half of a step: this step's rollouts with their segment advantages."""
     with ctx.actor.gathered():  # ZeRO-3: one gather for rollout, old log-probs and MC continuations
         s, adv, old_logp, old_ent, times, stats = chain_batch(step, ctx, cfg, dist)
-    stats.update(episodes.reward_metrics(s, dist))
-    stats["perf/tokens_per_s"] = lifecycle.global_count(float(s.lengths.sum()), dist) / max(times["time/rollout"], 1e-9)
+    stats.update(episodes.rollout_metrics(s, times, dist))
     return StepBatch(s.prompt_ids, s.response_ids, s.mask, adv, old_logp, old_ent, times, stats,
                      layout=dict(rollout_logp=s.logprobs), rollout=s)
 
