@@ -108,6 +108,7 @@ def evaluate(module, tokenizer, samples: list[Sample], prompt_ids, reward_fn, cf
     per_call = max(1, batch_size // e.n)  # questions per generate call
     # [correct, score, length] summed over samples, [questions], then _sampled_sums' entries
     totals = torch.zeros(5 + 2 * len(ks), dtype=torch.float64)
+    tool_calls = torch.zeros(1, dtype=torch.float64)  # env: episodes with a valid tool call
     t0 = time.time()
     with progress.phase("eval", total=len(mine), unit="questions") as bar:
         for s in range(0, len(mine), per_call):
@@ -124,12 +125,15 @@ def evaluate(module, tokenizer, samples: list[Sample], prompt_ids, reward_fn, cf
                                        dtype=torch.float64)
             if e.n > 1:
                 totals[4:] += _sampled_sums(ok, answers, e.n, ks)
+            tool_calls += sum(sc.reward.info.get("env/called_tool", []))
             bar.advance(len(idx))
     tot = dist.sum(totals)
     questions = max(tot[3].item(), 1.0)
     seqs = questions * e.n
     out = {"accuracy": tot[0].item() / seqs, "score": tot[1].item() / seqs, "length": tot[2].item() / seqs,
            "n": int(questions), "time_s": time.time() - t0}
+    if cfg.env.name != "single_turn":  # multi-turn episodes (docs/environments.md)
+        out["tool_call_rate"] = dist.sum(tool_calls)[0].item() / seqs
     if e.n > 1:
         out[f"mean@{e.n}"] = out["accuracy"]
         out.update({f"pass@{k}": tot[5 + j].item() / questions for j, k in enumerate(ks)})

@@ -9,7 +9,7 @@ from rltrain.config import register_configs
 from rltrain.engine.dist import Dist
 from rltrain.loops import pg
 from rltrain.rollout.multiturn import ChatDelta
-from tests.cli import TINY, metrics, run_cli, run_inprocess
+from tests.cli import TINY, events, metrics, run_cli, run_inprocess
 
 
 class _Actor:
@@ -107,13 +107,15 @@ def test_multiturn_episodes_train_through_grpo(tmp_path):
     loop: three turns per episode, environment tokens masked, the update runs on them."""
     stops = "rollout.stop_strings=[" + ",".join("abcdefghijklmnopqrstuvwxyz") + "]"
     run_inprocess([*TINY, "train.steps=2", "env=python", "env.cls=tests.envs.toy_envs:Echo", "env.max_turns=3",
-                   stops, "eval.at_start=false", "reward.fn=tests.toy_rewards:mean_char_code"], tmp_path / "run")
+                   stops, "eval.at_start=false", "eval.temperature=1.0", "reward.fn=tests.toy_rewards:mean_char_code"], tmp_path / "run")
     rows = metrics(tmp_path / "run")
     assert len(rows) == 2
     for row in rows:
         assert row["env/turns"] > 2.5 and row["env/masked_tokens"] > 10 and row["env/tool_calls"] > 1.5
         assert row["actor/token_select_frac"] == 1.0 and row["actor/grad_norm"] > 0
         assert row["env/prefill_tokens"] > 0
+    (final,) = [e for e in events(tmp_path / "run") if e.get("event") == "eval"]
+    assert final["tool_call_rate"] > 0.5  # the held-out episodes play the environment too
 
 
 def test_env_errors_are_one_line_before_any_model_loads(tmp_path):
