@@ -171,7 +171,7 @@ def decode_tree(
     cfg: DecodeConfig,
     stats: dict[str, float] | None = None,
     first_uniforms: torch.Tensor | None = None,
-    prompt_offset: int = 0,
+    prompt_offset: int | list[int] = 0,
 ) -> list[Level]:
     """Sample the trees described in the module docstring. Call under ``torch.inference_mode()``.
 
@@ -179,7 +179,8 @@ def decode_tree(
         first_uniforms: optional ``[P * branching[0], budget]`` float64 table replacing the
             seeded streams of the first level (used to replay tree paths as independent sequences).
         prompt_offset: index of ``prompts[0]`` in the caller's whole prompt list (the random
-            streams depend on it, so sampling prompts in chunks gives the same samples).
+            streams depend on it, so sampling prompts in chunks gives the same samples), or each
+            prompt's index (prompts that are not consecutive there: multi-turn episodes still running).
 
     Returns:
         One ``Level`` per depth that has nodes (index 0 = the prompts' children).
@@ -213,7 +214,8 @@ def decode_tree(
             batch = _prefill_shared(model, norm, prompts, prompt_lens, cfg, dtype, neg, device, cache_key, keep_arg)
     else:
         batch = _prefill(model, prompts, prompt_lens, cfg, dtype, neg, device, cache_key, keep_arg, timer)
-    paths: list[tuple[int, ...]] = [(prompt_offset + i,) for i in range(n_prompts)]  # seed path of each row
+    positions = prompt_offset if isinstance(prompt_offset, list) else [prompt_offset + i for i in range(n_prompts)]
+    paths: list[tuple[int, ...]] = [(int(p),) for p in positions]  # seed path of each row
     row_parent = torch.arange(n_prompts)  # [rows] node index (previous level) of each batch row
     generated = 0  # response tokens so far, identical for every live row
 

@@ -107,7 +107,7 @@ def generate(
     generator: torch.Generator | None = None,
     kv_cache: str = "static",
     stats: dict[str, float] | None = None,
-    first_prompt_index: int = 0,
+    first_prompt_index: int | list[int] = 0,
     max_new_per_prompt: list[int] | None = None,
     on_position: Callable[[int, int], None] | None = None,
     shared_prefixes: tuple[list[list[int]], list[int]] | None = None,
@@ -130,7 +130,8 @@ def generate(
             sequence's random stream is seeded by (generator's draw, global prompt position, sample
             index), so a rank that samples a slice of a global batch, with the same generator on
             every rank, draws exactly the samples a single process would draw for those prompts.
-            ``Rollout.prompt_index`` stays local (0 = ``prompts[0]``).
+            ``Rollout.prompt_index`` stays local (0 = ``prompts[0]``). A list gives each prompt's
+            position (prompts that are not consecutive: multi-turn episodes, rollout/multiturn.py).
         max_new_per_prompt: optional cap on new tokens per prompt (each ≤ ``params.max_new_tokens``);
             a response that reaches its prompt's cap ends there (finish "length"), and its tokens
             equal the first tokens of the uncapped response (SPO-chain's Monte-Carlo continuations

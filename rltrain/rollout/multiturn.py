@@ -161,7 +161,9 @@ def run_episodes(model, tokenizer, delta: ChatDelta, envs: list, samples: list, 
             same first prompt (GRPO compares them from one initial state).
         params: sampling of each turn; ``max_new_tokens`` caps one turn.
         generator: draws one base seed per turn (the first turn draws exactly what the single-turn
-            rollout draws); ``first_prompt_index`` as in ``generate``.
+            rollout draws); ``first_prompt_index`` as in ``generate``. A later turn's random stream is
+            keyed by the episode's global position, so the episodes do not depend on how the prompts
+            are split over ranks or calls (a rank whose episodes have all ended stops drawing).
     """
     n, N = params.n, len(envs)
     if N != len(samples) * n:
@@ -192,7 +194,7 @@ def run_episodes(model, tokenizer, delta: ChatDelta, envs: list, samples: list, 
             contexts = [prompt_ids[i] + toks[i] for i in active]
             ro = generate(model, contexts, SamplingParams(**{**vars(params), "n": 1}), eos_token_ids=eos_token_ids,
                           pad_token_id=pad_token_id, tokenizer=tokenizer, generator=generator,
-                          first_prompt_index=first_prompt_index * n, max_new_per_prompt=caps)
+                          first_prompt_index=[first_prompt_index * n + i for i in active], max_new_per_prompt=caps)
             for i, c in zip(active, contexts):
                 stats["prefill_tokens"][i] += len(c)
         still = []

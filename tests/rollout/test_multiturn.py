@@ -164,3 +164,32 @@ def test_groups_must_share_their_reset(tiny):
 
     with pytest.raises(ValueError, match="same state"):
         _play(tiny, Random, Limits(max_turns=2, max_episode_tokens=100, max_tool_output_tokens=64))
+
+
+def test_episodes_do_not_depend_on_how_the_prompts_are_split(tiny):
+    """Two halves with their global positions (two ranks) play exactly the episodes of one call."""
+    samples = [Sample(c, f"{i} + 30?", "") for i, c in enumerate("abcd")]
+    limits = Limits(max_turns=3, max_episode_tokens=400, max_tool_output_tokens=64)
+    model, tok = tiny
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, n=2, stop_strings=STOPS)
+
+    class EndsEarly(Echo):  # samples a and c end after one turn: the later turns' batches have holes
+        def reset(self, sample):
+            self.stop = sample.id in "ac"
+            return super().reset(sample)
+
+        def step(self, text):
+            return (None, True, {}) if self.stop else super().step(text)
+
+    def play(part, first):
+        envs = [_env(EndsEarly()) for _ in range(len(part) * 2)]
+        return run_episodes(model, tok, ChatDelta(tok, "tiny"), envs, part, params, limits,
+                            eos_token_ids=[tok.eos_token_id], pad_token_id=tok.pad_token_id,
+                            generator=torch.Generator().manual_seed(3), first_prompt_index=first)
+
+    whole, halves = play(samples, 0), [play(samples[:2], 0), play(samples[2:], 2)]
+    assert whole.stats["turns"][:2] == [1.0, 1.0] and min(whole.stats["turns"][2:4]) > 1  # holes, later turns
+    rows = [r for h in halves for r in range(len(h.final_texts))]
+    got = [h.response_ids[r, :int(h.lengths[r])].tolist() for h in halves for r in range(len(h.final_texts))]
+    assert len(rows) == 8
+    assert got == [whole.response_ids[i, :int(whole.lengths[i])].tolist() for i in range(8)]
