@@ -7,8 +7,9 @@ the same seed: held-out accuracy before/after, rollout tokens/s, weight-sync tim
 
 Each run is the real command in a subprocess (``python -m rltrain.cli``) with its own run directory under
 --out. Rollout tokens/s is the step's generated tokens over its rollout time, averaged over the steps after
-the first (the first carries warm-up: vLLM's first batch, the allocator); the wall time includes start-up
-(vLLM's engine start, ~25 s on 2 cores) and both evaluations. The machine is shared: the load average is
+the first (the first carries warm-up: vLLM's first batch, the allocator); training s is the sum of the steps'
+times; the wall time adds start-up (vLLM's engine start) and both evaluations, the first of which the second
+run usually reads from the evaluation cache (marked). The machine is shared: the load average is
 printed before and after, and a ratio from one invocation is worth more than a single number.
 """
 from __future__ import annotations
@@ -54,6 +55,7 @@ def run(engine: str, seed: int, out: Path, extra: list[str]) -> dict:
         "engine": engine, "wall_s": wall, "acc_before": evals[0]["accuracy"], "acc_after": evals[-1]["accuracy"],
         "tok_s": mean("perf/tokens_per_s", later), "tok_s_first": steps[0]["perf/tokens_per_s"],
         "rollout_s": mean("time/rollout", steps), "step_s": mean("time/step", steps),
+        "train_s": sum(x["time/step"] for x in steps), "eval_cached": bool(evals[0].get("cached")),
         "sync_s": mean("time/weight_sync", steps) if "time/weight_sync" in steps[0] else None,
         "dlogp": mean("mismatch/abs_dlogp_mean", steps), "reward": mean("reward/mean", steps),
     }
@@ -72,13 +74,13 @@ def main() -> None:
         results.append(run(engine, args.seed, args.out, args.overrides))
         print(f"# after {engine}: {load()}", flush=True)
     print("\n| engine | held-out before → after | rollout tok/s (steps 2+; step 1) | rollout s/step | "
-          "weight sync s/step | step s | mean abs Δlogp | whole run s |")
-    print("|---|---|---|---|---|---|---|---|")
+          "weight sync s/step | step s | training s (steps) | mean abs Δlogp | whole run s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         sync = "-" if r["sync_s"] is None else f"{r['sync_s']:.2f}"
         print(f"| {r['engine']} | {100 * r['acc_before']:.1f}% → {100 * r['acc_after']:.1f}% | {r['tok_s']:.0f}; "
-              f"{r['tok_s_first']:.0f} | {r['rollout_s']:.1f} | {sync} | {r['step_s']:.1f} | {r['dlogp']:.1e} | "
-              f"{r['wall_s']:.0f} |")
+              f"{r['tok_s_first']:.0f} | {r['rollout_s']:.1f} | {sync} | {r['step_s']:.1f} | {r['train_s']:.0f} | "
+              f"{r['dlogp']:.1e} | {r['wall_s']:.0f}{' (initial eval cached)' if r['eval_cached'] else ''} |")
 
 
 if __name__ == "__main__":
