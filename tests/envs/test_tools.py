@@ -102,8 +102,8 @@ def test_tools_need_docstrings_and_types():
 def test_python_env_class_from_the_working_directory(tmp_path, monkeypatch):
     (tmp_path / "my_env_28.py").write_text(
         "class Calc:\n    def mul(self, a: int, b: int) -> int:\n        'Multiply.'\n        return a * b\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # found there, like `rltrain env=python env.cls=my_env_28:Calc` started in tmp_path
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))  # what import_callable adds is undone
     make = episode_factory("python", cls="my_env_28:Calc", tool_timeout_s=2, max_tool_output_chars=100,
                            max_invalid_tool_calls=0)
     assert make().step("<tool>mul(6, 7)</tool>").message["content"] == "42"
