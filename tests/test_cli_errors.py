@@ -88,7 +88,7 @@ def test_python_reward_that_does_not_import(tmp_path):
 
 def test_code_sandbox_that_cannot_run(tmp_path):
     r = cli(TINY + ["reward=code", "reward.isolation=no_such_mode"], tmp_path / "run")
-    assert_user_error(r, tmp_path / "run", "reward", "isolation")
+    assert_user_error(r, tmp_path / "run", "config", "reward.isolation", "auto, namespace, process")
     comp = "reward.components=[{name: code, kwargs: {isolation: no_such_mode}}]"
     r = cli(TINY + ["reward=combined", comp], tmp_path / "run")
     assert_user_error(r, tmp_path / "run", "reward", "reward.components[0].kwargs.isolation")
