@@ -1,6 +1,7 @@
 """``rollout.engine=vllm`` through the real command: a 2-step GRPO run on model=tiny with each engine and an
 OPD run with vLLM, the weights pushed after each update (step 2 samples with step 1's update: its log-probs
-are the trainer's), and no process of a run left behind, after a normal end or a SIGKILL."""
+are the trainer's), no process of a run left behind after a normal end or a SIGKILL, and a run resumed after
+the SIGKILL replays the uninterrupted one exactly."""
 import os
 import signal
 import time
@@ -47,15 +48,27 @@ def test_grpo_two_steps_with_each_engine(tmp_path):
     assert all(r["mismatch/abs_dlogp_mean"] < 1e-4 for r in rows), [r["mismatch/abs_dlogp_mean"] for r in rows]
 
 
-def test_sigkill_leaves_no_vllm_process(tmp_path):
+def test_sigkill_leaves_no_process_and_resume_replays_exactly(tmp_path):
+    """SIGKILL after the step-2 checkpoint: nothing of the run survives, and the resumed run's steps equal an
+    uninterrupted run's (the engine restarts from the checkpoint's weights; the samples are seeded by step)."""
+    args = [*ARGS, "rollout.engine=vllm", "train.steps=6", "checkpoint.every=2"]
+    run_ok(args, tmp_path / "whole")
     mark = uuid.uuid4().hex
-    proc = start_cli([*ARGS, "rollout.engine=vllm", "train.steps=200"], tmp_path, RLTRAIN_TEST_MARK=mark)
+    proc = start_cli(args, tmp_path / "killed", RLTRAIN_TEST_MARK=mark)
     deadline = time.time() + 300
-    while not (tmp_path / "metrics.jsonl").exists() or not metrics(tmp_path):  # the engine is up and sampling
+    while not (tmp_path / "killed" / "checkpoints" / "step_000002").exists():
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
-        time.sleep(0.5)
+        time.sleep(0.05)
     assert proc.pid in marked_processes(mark)  # the check sees a live run
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     time.sleep(1)
     assert marked_processes(mark) == []
+    assert len(metrics(tmp_path / "killed")) < 6  # killed before the end
+    run_ok(args, tmp_path / "killed")
+    whole = {r["step"]: r for r in metrics(tmp_path / "whole")}
+    resumed = {r["step"]: r for r in metrics(tmp_path / "killed")}  # a replayed step's later row wins
+    assert sorted(resumed) == list(range(1, 7))
+    for step in range(3, 7):
+        same = {k: v for k, v in whole[step].items() if not k.startswith(("time/", "perf/", "wall"))}
+        assert {k: resumed[step][k] for k in same} == same, step
