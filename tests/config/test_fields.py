@@ -12,8 +12,8 @@ from rltrain.config.fields import bounded, holds, one_of
 
 register_configs()
 
-EXTRA = {"opd": ["algo.teacher_path=t"], "python": ["reward.fn=tests.toy_rewards:sevens"],
-         "classifier": ["reward.model_path=m"]}
+EXTRA = {("algo", "opd"): ["algo.teacher_path=t"], ("reward", "python"): ["reward.fn=tests.toy_rewards:sevens"],
+         ("reward", "classifier"): ["reward.model_path=m"], ("env", "python"): ["env.cls=my_env:Calculator"]}
 
 
 def _violation(rule: str, kind: type):
@@ -34,7 +34,7 @@ def _checked_fields():
     nodes += [(f.name, None, f.default_factory) for f in dataclasses.fields(RunConfig)
               if f.name not in OPTIONS and f.name not in SINGLE_SCHEMA and callable(f.default_factory)]
     for group, name, schema in nodes:
-        base = ([f"{group}={name}"] + EXTRA.get(name, [])) if name else []
+        base = ([f"{group}={name}"] + EXTRA.get((group, name), [])) if name else []
         for f in dataclasses.fields(schema):
             if "choices" in f.metadata:
                 bad = 7 if isinstance(f.metadata["choices"][0], int) else "not_a_choice"
