@@ -306,6 +306,30 @@ def _values_close(got: Any, want: Any, tol: float) -> bool:
     return got == want
 
 
+def _json_length(value: Any) -> int:
+    """About the length of ``value``'s JSON text (at least it), without writing it: an int of any
+    size (``json.dumps`` refuses more than 4300 digits), iteratively (no recursion limit)."""
+    total, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bool) or item is None:
+            total += 5
+        elif isinstance(item, int):
+            total += item.bit_length() * 0.30103 + 2  # decimal digits and a sign
+        elif isinstance(item, str):
+            total += len(item) + 2
+        elif isinstance(item, (list, tuple)):
+            total += 2 + 2 * len(item)
+            stack.extend(item)
+        elif isinstance(item, dict):
+            total += 2 + 4 * len(item)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        else:  # float and anything else: its repr
+            total += len(repr(item))
+    return int(total)
+
+
 def call_result_matches(got_json: bytes | str, expected: Any, float_tol: float = 1e-6) -> bool:
     """Compare a call-based return value (JSON text from the sandbox) with the expected output.
 
@@ -319,7 +343,7 @@ def call_result_matches(got_json: bytes | str, expected: Any, float_tol: float =
     is bounded by the expected value, not by the output cap. The slack covers what the same
     value can look like (a float's repr is at most 24 characters, the smallest JSON value 1).
     """
-    if len(got_json) > _JSON_SLACK * len(json.dumps(expected, default=repr)) + 4096:
+    if len(got_json) > _JSON_SLACK * _json_length(expected) + 4096:
         return False
     try:
         got = json.loads(got_json, parse_int=_json_int)

@@ -143,7 +143,7 @@ def test_bad_arguments_name_the_key():
 def test_registry_builds_arith_and_rejects_unknown_names_and_options():
     splits = build_dataset("arith", difficulty=1, n_train=4, n_test=2, seed=0)
     assert len(splits.train) == 4 and len(splits.test) == 2
-    with pytest.raises(ValueError, match="apps, arith, gsm8k, math, preference, qa, synthetic_prefs"):
+    with pytest.raises(ValueError, match="apps, arith, gsm8k, math, preference, qa, reasoning_gym, synthetic_prefs"):
         build_dataset("gsm9k")
     with pytest.raises(ValueError, match="no option.*n_trian.*difficulty, n_train"):
         build_dataset("arith", n_trian=4)

@@ -16,6 +16,7 @@ def test_registry_lists_every_reward_lazily():
         "classifier": "rltrain.rewards.classifier:ClassifierReward",
         "python": "rltrain.rewards.python_fn:PythonReward",
         "combined": "rltrain.rewards.combined:CombinedReward",
+        "reasoning_gym": "rltrain.rewards.reasoning_gym:ReasoningGymReward",
     }
 
 
