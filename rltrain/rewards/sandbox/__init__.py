@@ -18,8 +18,8 @@ zygote, which forks one launcher per program) and sends the launcher a JSON requ
                                           filter; compiles the program once, says ``ready``,
                                           then for each test:
                                             fork ─► test child: its own input copied into its
-                                                    stdin memfd, stdout/stderr on memfds, the
-                                                    program's uid, a stacked seccomp filter,
+                                                    stdin memfd, stdout/stderr on memfds (made
+                                                    once, emptied per test), the program's uid,
                                                     CPU-time and file-size rlimits, runs the code
                                           kills the child at the wall-clock limit, kills every
                                           other process left in the namespace, and streams
@@ -52,7 +52,8 @@ What each mechanism buys (``Sandbox.mechanisms`` lists the ones active):
   resource and scheduling calls work on the caller only (the harness is out of reach); the
   page-cache and lock channels between jails (fadvise, mincore, cachestat, RWF_NOWAIT reads,
   AIO, MADV_COLD/PAGEOUT, flock, fcntl locks) and non-local socket families (AF_VSOCK...) are
-  refused; test processes get no memfds and no SysV shared memory (docs/sandbox.md).
+  refused; so are memfd_create and SysV shared memory (the harness makes its memfds first)
+  (docs/sandbox.md).
 - rlimits: address space (RLIMIT_AS), CPU seconds per test, file size (bounds stdout too:
   outputs go to memfds), process count, open files, no core dumps.
 - cgroups (v1 or v2, when writable): ``pids.max`` per jail bounds a fork bomb even across

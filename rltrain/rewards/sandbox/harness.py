@@ -8,8 +8,8 @@ What a test process can reach of the harness: it is a fork of it, so it holds th
 memory; the harness therefore holds no test input (they wait in a memfd, ``inputs_fd``, and
 each is copied kernel-side into its own test's stdin) and none of the launcher's cgroup paths.
 In a namespace jail the test process then switches to the program's uid, which the harness
-keeps only as its saved uid, and stacks ``seccomp._program_filter`` (no memfds, no SysV shared
-memory).
+keeps only as its saved uid. The five memfds a test uses are made once per program, before the
+seccomp filter (which refuses memfd_create to everyone in the jail), and emptied between tests.
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ import time
 
 from .libc import _PR_SET_PDEATHSIG, _libc, _set_rlimit
 from .protocol import STATUS_OK, STATUS_RUNTIME_ERROR, STATUS_SKIPPED, STATUS_TIMEOUT, _emit
-from .seccomp import _install_seccomp, _program_filter
 from .types import _MB
 
 # Imports that APPS-style solutions assume (hendrycks/apps prepends a similar header). They are
@@ -67,7 +66,13 @@ del _rltrain_guard
 """
 
 
-def _run_tests(req: dict, namespace: bool, inputs_fd: int) -> None:
+def test_memfds() -> dict[str, int]:
+    """The memfds every test of a program reuses (made before the seccomp filter refuses
+    memfd_create): the test's stdin, stdout, stderr, return value and call arguments."""
+    return {name: os.memfd_create(name) for name in ("stdin", "stdout", "stderr", "result", "args")}
+
+
+def _run_tests(req: dict, namespace: bool, inputs_fd: int, memfds: dict[str, int]) -> None:
     """Run every test of ``req`` (its inputs lie in ``inputs_fd``, one after another, sized by
     ``req["input_sizes"]``) and emit one event each. ``ready`` goes out first, once the program
     compiled: from then on a harness that dies is the program's doing (``protocol._parse_run``)."""
@@ -82,7 +87,6 @@ def _run_tests(req: dict, namespace: bool, inputs_fd: int) -> None:
     header = compile(HEADER, "<header>", "exec")
     exec(header, {})  # import once here; the forked tests reuse sys.modules
     limits = req["limits"]
-    program_filter = _program_filter()
     deadline = time.monotonic() + float(limits["program_timeout"])
     budget = [int(float(limits["output_mb"]) * _MB)]  # output bytes left for this program
     stop = False
@@ -100,7 +104,7 @@ def _run_tests(req: dict, namespace: bool, inputs_fd: int) -> None:
         try:
             run, payload = _run_one_test(
                 header, compiled, (inputs_fd, *where), req["fn_name"], limits, min(float(limits["timeout"]), remaining),
-                namespace, budget, req["uid"] if namespace else None, program_filter,
+                namespace, budget, req["uid"] if namespace else None, memfds,
             )
         except (OSError, MemoryError) as exc:  # the harness could not run this test: the test fails
             run, payload = {"status": STATUS_RUNTIME_ERROR, "error": f"harness: {type(exc).__name__}: {exc}"[:500],
@@ -150,16 +154,16 @@ def _stderr_tail(fd: int) -> str:
 
 
 def _run_one_test(header, compiled, test_input, fn_name, limits, wall: float, namespace: bool,
-                  budget: list[int], uid: int | None, program_filter: bytes) -> tuple[dict, bytes]:
+                  budget: list[int], uid: int | None, memfds: dict[str, int]) -> tuple[dict, bytes]:
     """Run one test in a forked child; returns its event and its output (within ``budget``,
     the program's output bytes left, which it decreases). ``test_input`` is ``(fd, offset,
     size)``: the stdin bytes, or the JSON of the call's arguments."""
     call_based = fn_name is not None
-    in_fd = os.memfd_create("stdin")
-    out_fd = os.memfd_create("stdout")
-    err_fd = os.memfd_create("stderr")
-    res_fd = os.memfd_create("result")
-    args_fd = os.memfd_create("args") if call_based else -1
+    for fd in memfds.values():  # empty and rewound: nothing of the last test is left in them
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+    in_fd, out_fd, err_fd, res_fd = memfds["stdin"], memfds["stdout"], memfds["stderr"], memfds["result"]
+    args_fd = memfds["args"] if call_based else -1
     source_fd, offset, size = test_input
     _copy_range(source_fd, args_fd if call_based else in_fd, offset, size)
     os.lseek(in_fd, 0, os.SEEK_SET)
@@ -168,7 +172,7 @@ def _run_one_test(header, compiled, test_input, fn_name, limits, wall: float, na
     pid = os.fork()
     if pid == 0:
         _test_child(header, compiled, args_fd, fn_name, in_fd, out_fd, err_fd, res_fd, cpu, int(limits["file_mb"]) * _MB,
-                    namespace, uid, program_filter)
+                    namespace, uid)
     timed_out = not _wait_exit(pid, wall)
     if timed_out:
         if namespace:
@@ -212,9 +216,8 @@ def _run_one_test(header, compiled, test_input, fn_name, limits, wall: float, na
             return {"status": STATUS_RUNTIME_ERROR, "error": error, "seconds": seconds, "truncated": True}, b""
         return {"status": STATUS_OK, "seconds": seconds}, output
     finally:
-        for fd in (in_fd, out_fd, err_fd, res_fd, args_fd):
-            if fd >= 0:
-                os.close(fd)
+        for fd in memfds.values():  # the output's pages go back now, not at the next test
+            os.ftruncate(fd, 0)
 
 
 def _kill_as(uid: int, pid: int) -> None:
@@ -273,8 +276,8 @@ def _wait_exit(pid: int, timeout: float) -> bool:
     return False
 
 
-def _test_child(header, compiled, args_fd, fn_name, in_fd, out_fd, err_fd, res_fd, cpu, fsize, namespace, uid,
-                program_filter) -> None:
+def _test_child(header, compiled, args_fd, fn_name, in_fd, out_fd, err_fd, res_fd, cpu, fsize, namespace,
+                uid) -> None:
     """Run the program once in this forked process and ``_exit``: 0 = finished, 1 = raised."""
     import builtins
     import traceback
@@ -293,7 +296,6 @@ def _test_child(header, compiled, args_fd, fn_name, in_fd, out_fd, err_fd, res_f
         if uid is not None:  # the program's uid: the harness keeps it as its saved uid only
             os.setresgid(uid, uid, uid)
             os.setresuid(uid, uid, uid)
-        _install_seccomp(_libc(), program_filter)
         os.dup2(in_fd, 0)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)

@@ -18,7 +18,7 @@ import resource
 import signal
 import sys
 
-from .harness import HEADER, _run_tests
+from .harness import HEADER, _run_tests, test_memfds
 from .host import _DEVICES, _is_within
 from .libc import (
     _CLONE_NEWIPC,
@@ -271,6 +271,7 @@ def _join_cgroups(procs_files: list[str]) -> None:
 
 def _jail_main() -> None:
     req, inputs_fd = _read_request()
+    memfds = test_memfds()  # before the seccomp filter, which refuses memfd_create
     limits = req["limits"]
     if req["isolation"] not in ("namespace", "process"):  # only an explicit "process" runs uncontained
         _emit({"event": "setup_error", "error": f"unknown isolation {req['isolation']!r}"})
@@ -323,6 +324,6 @@ def _jail_main() -> None:
     _set_rlimit(resource.RLIMIT_AS, int(limits["memory_mb"]) * _MB)
     _set_rlimit(resource.RLIMIT_CPU, int(math.ceil(limits["program_timeout"])) + 1)
     sys.path.extend(req["sys_path"])
-    _run_tests(req, namespace, inputs_fd)
+    _run_tests(req, namespace, inputs_fd, memfds)
     _emit({"event": "done"})
     os._exit(0)

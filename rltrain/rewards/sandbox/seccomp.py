@@ -7,9 +7,9 @@ too), reboot, kexec, the page-cache and lock channels between jails, and the res
 ``_DENIED_SYSCALLS`` with EPERM; ``_ARG_RULES`` limit calls by their arguments (resource and
 scheduling calls to the caller itself, no record locks, local socket families only). It is
 installed in the jail as its last step before the harness, after the jail build (which itself
-uses mount_setattr). Each test process stacks ``_program_filter`` on top (no memfds, no SysV
-shared memory: the harness uses memfds, the program must not). ``_seccomp_arch`` also tells the
-training process whether this machine has a table.
+uses mount_setattr) and after the harness made the memfds its tests reuse (memfd_create and
+SysV shared memory are refused: they hold memory outside RLIMIT_AS). ``_seccomp_arch`` also
+tells the training process whether this machine has a table.
 """
 from __future__ import annotations
 
@@ -36,11 +36,10 @@ _DENIED_SYSCALLS = (
     # Linux AIO (RWF_NOWAIT probing). Plus calls no scoring program needs.
     "fadvise64", "mincore", "cachestat", "preadv2", "pwritev2", "io_setup", "flock",
     "modify_ldt", "memfd_secret",
+    # Memory outside RLIMIT_AS (where no memory cgroup exists, memfds and SysV segments escaped
+    # the memory and disk limits); the harness makes its memfds before this filter.
+    "memfd_create", "shmget",
 )
-# Calls the test process (the program) is refused on top of ``_DENIED_SYSCALLS``: the harness
-# needs them, the program does not, and they hold memory outside RLIMIT_AS (where no memory
-# cgroup exists, memfds and SysV segments escaped the memory and disk limits).
-_DENIED_TO_PROGRAMS = ("memfd_create", "shmget")
 _SYSCALLS = {
     "x86_64": (0xC000003E, {
         "add_key": 248, "request_key": 249, "keyctl": 250, "ptrace": 101, "process_vm_readv": 310,
@@ -126,10 +125,6 @@ def _denied_here(names: Sequence[str]) -> tuple[str, ...]:
     arch = _seccomp_arch()
     return tuple(name for name in names if arch and name in arch[1])
 
-
-def _program_filter() -> bytes:
-    """The test process's extra filter: ``_DENIED_TO_PROGRAMS`` only (stacked on the jail's)."""
-    return _seccomp_program(_denied_here(_DENIED_TO_PROGRAMS), arg_rules={})
 
 
 def _seccomp_program(denied: Sequence[str] = _DENIED_SYSCALLS, arg_rules: dict | None = None) -> bytes:
