@@ -122,6 +122,25 @@ def masked_moments(x: Tensor, mask: Tensor) -> Tensor:
     return torch.stack([m.sum().double(), x64.sum(), (x64 * x64).sum()])  # [3]
 
 
+def moment_stats(moments: Tensor, unbiased: bool) -> tuple[Tensor, Tensor, bool] | None:
+    """``(mean, variance, flat)`` in float64 from ``[count, Σx, Σx²]``; None for an empty set.
+
+    ``flat``: zero spread up to rounding (the variance from the moments is ≤ 64 ulp of E[x²]),
+    where callers return exactly 0 instead of amplifying rounding (decision 11 in docs/algorithms.md).
+    ``unbiased``: Bessel-corrected variance.
+    """
+    count, total, total_sq = moments.double().unbind()
+    if count <= 0:
+        return None
+    mean = total / count
+    second = total_sq / count
+    var = (second - mean * mean).clamp(min=0.0)
+    flat = bool(var <= 64 * torch.finfo(torch.float64).eps * second)
+    if unbiased and count > 1:
+        var = var * count / (count - 1)
+    return mean, var, flat
+
+
 def masked_whiten(
     x: Tensor,
     mask: Tensor,
@@ -152,15 +171,10 @@ def masked_whiten(
     m = _bool(mask)
     if moments is None:
         moments = masked_moments(x, m)
-    count, total, total_sq = moments.double().unbind()
-    if count <= 0:
+    stats = moment_stats(moments, unbiased)
+    if stats is None:
         return torch.zeros_like(x)
-    mean = total / count
-    second = total_sq / count
-    var = (second - mean * mean).clamp(min=0.0)
-    flat = bool(var <= 64 * torch.finfo(torch.float64).eps * second)  # zero spread up to rounding
-    if unbiased and count > 1:
-        var = var * count / (count - 1)
+    mean, var, flat = stats
     scale = torch.rsqrt(var + eps).to(x.dtype)
     centered = torch.zeros_like(x) if flat else (x - mean.to(x.dtype)) * scale
     out = centered if shift_mean else centered + mean.to(x.dtype)

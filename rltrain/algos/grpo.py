@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rltrain.algos import core
 from rltrain.algos.registry import register_adv_estimator
 
 GROUP_SCALES = ("std", "none")
@@ -239,18 +240,11 @@ def batch_normalize(scores: Tensor, *, moments: Tensor | None = None, eps: float
         raise ValueError(f"std_ddof must be 0 or 1, got {std_ddof}")
     x = scores.to(torch.promote_types(scores.dtype, torch.float32))  # [N]
     if moments is None:
-        x64 = x.double()
-        moments = torch.stack([torch.tensor(float(x.numel()), dtype=torch.float64), x64.sum(), (x64 * x64).sum()])
-    count, total, total_sq = moments.double().unbind()
-    if count <= 0:
+        moments = core.masked_moments(x, torch.ones_like(x, dtype=torch.bool))
+    stats = core.moment_stats(moments, unbiased=std_ddof == 1)
+    if stats is None or stats[2]:  # empty, or zero spread up to rounding
         return torch.zeros_like(x)
-    mean = total / count
-    second = total_sq / count
-    var = (second - mean * mean).clamp(min=0.0)
-    if bool(var <= 64 * torch.finfo(torch.float64).eps * second):  # zero spread up to rounding
-        return torch.zeros_like(x)
-    if std_ddof == 1 and count > 1:
-        var = var * count / (count - 1)
+    mean, var, _ = stats
     return ((x.double() - mean) / (var.sqrt() + eps)).to(x.dtype)
 
 
