@@ -36,7 +36,8 @@ def throughput(programs: int, tests: int, repeats: int) -> dict:
 
 def worst_judging(cap_mb: float) -> list[tuple[str, float]]:
     """Seconds to judge each hostile output of ``cap_mb`` MiB (the most the sandbox reads back)."""
-    from rltrain.rewards.code import call_result_matches, extract_code, stdout_matches
+    from rltrain.rewards.code import extract_code
+    from rltrain.rewards.code_compare import call_result_matches, stdout_matches
 
     n = int(cap_mb * _MB) - 16
     cases = {

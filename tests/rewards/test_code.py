@@ -4,14 +4,8 @@ import json
 import pytest
 
 from rltrain.rewards.base import score_safely
-from rltrain.rewards.code import (
-    CodeReward,
-    call_result_matches,
-    extract_code,
-    program_status,
-    score,
-    stdout_matches,
-)
+from rltrain.rewards.code import CodeReward, extract_code, program_status, score
+from rltrain.rewards.code_compare import call_result_matches, stdout_matches
 from rltrain.types import Sample
 
 ADD_IO = {"inputs": ["1 2\n", "10 -3\n", "0 0\n"], "outputs": ["3\n", "7\n", "0\n"]}

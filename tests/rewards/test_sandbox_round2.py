@@ -18,7 +18,8 @@ import uuid
 import pytest
 
 from rltrain.rewards.base import score_safely
-from rltrain.rewards.code import CodeReward, extract_code, stdout_matches
+from rltrain.rewards.code import CodeReward, extract_code
+from rltrain.rewards.code_compare import stdout_matches
 from rltrain.types import Sample
 from sandbox_support import NAMESPACE_UNSUPPORTED
 
@@ -157,7 +158,8 @@ def test_harness_death_after_the_program_started_is_the_programs_zero(reward):
 
 _JUDGE_SCRIPT = """
 import sys, time
-from rltrain.rewards.code import call_result_matches, extract_code, stdout_matches
+from rltrain.rewards.code import extract_code
+from rltrain.rewards.code_compare import call_result_matches, stdout_matches
 n = int(sys.argv[1])
 cases = [
     (b"0" * n + b"x", "5"), (b"-" + b"0" * n + b"x", "5"), (b"1" * n + b"x", "1.5"), (b"1" * n + b".x", "1.5"),
@@ -451,7 +453,7 @@ def test_hostile_json_costs_memory_bounded_by_the_expected_value():
     """Before: a return value of 2 MiB of ``[[],[],...]`` was decoded whole (~40 MiB of lists in
     the trainer) before being compared with ``[1]``. Now text far longer than any JSON the
     expected value could have is a mismatch without being decoded; a long right answer passes."""
-    from rltrain.rewards.code import call_result_matches
+    from rltrain.rewards.code_compare import call_result_matches
 
     hostile = b"[" + b"[]," * (2 * 2**20 // 3) + b"[]]"
     tracemalloc.start()
