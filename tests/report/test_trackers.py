@@ -80,7 +80,18 @@ def test_wandb_offline_round_trip(tmp_path, monkeypatch, caplog):
         monkeypatch.setenv(k, str(v))
     drive(tmp_path, ["wandb"])
     assert no_tracker_warnings(caplog)
-    path, records = _wandb_records(tmp_path)
+    # run.finish() can return before W&B's service has flushed the transaction log to disk (a CI run read a
+    # log without its run record): shut the service down, then wait for the log's exit record.
+    import wandb
+    wandb.teardown()
+    deadline = time.monotonic() + 60
+    while True:
+        path, records = _wandb_records(tmp_path)
+        kinds = [r.WhichOneof("record_type") for r in records]
+        if "exit" in kinds or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert "run" in kinds and "exit" in kinds, f"{path} ({os.path.getsize(path)} bytes) holds only {kinds}"
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert (run.project, run.display_name) == ("rltrain-test", "drive")
     assert run.run_id == json.loads((tmp_path / "trackers.json").read_text())["wandb"]  # a resumed run continues it
