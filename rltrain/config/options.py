@@ -25,7 +25,8 @@ OPTIONS: dict[str, dict[str, type]] = {
     "data": {"arith": ArithDataConfig, "synthetic_prefs": SyntheticPrefsConfig, "gsm8k": GSM8KDataConfig,
              "math": MathDataConfig, "preference": PreferenceDataConfig, "apps": AppsDataConfig,
              "qa": QADataConfig, "reasoning_gym": ReasoningGymDataConfig},
-    "env": {"single_turn": EnvConfig, "calculator": CalculatorEnvConfig, "python": PythonEnvConfig},
+    "env": {"single_turn": EnvConfig, "calculator": CalculatorEnvConfig, "python_tool": PythonToolEnvConfig,
+            "reasoning_gym": ReasoningGymEnvConfig, "python": PythonEnvConfig},
 }
 # Groups with one schema for every option (the option only sets values).
 SINGLE_SCHEMA: dict[str, type] = {"model": ModelConfig, "deepspeed": DeepSpeedConfig}

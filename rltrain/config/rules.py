@@ -109,6 +109,13 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
     if cfg.env.name != "single_turn" and a.name not in ("grpo", "opd"):  # episodes: rollout.multiturn
         raise ConfigError(f"env={cfg.env.name} (multi-turn episodes) is wired into algo=grpo and algo=opd only, not "
                           f"algo={a.name}; use env=single_turn")
+    if cfg.env.name == "reasoning_gym":  # its episodes are reasoning-gym items (rltrain/envs/reasoning_gym.py)
+        if cfg.data.name != "reasoning_gym":
+            raise ConfigError(f"env=reasoning_gym plays reasoning-gym tasks: it needs data=reasoning_gym, "
+                              f"not data={cfg.data.name}")
+        if cfg.env.retries >= cfg.env.max_turns:
+            raise ConfigError(f"env.retries={cfg.env.retries} needs env.max_turns ≥ {cfg.env.retries + 1} (each retry "
+                              f"is one more turn), got env.max_turns={cfg.env.max_turns}")
     if isinstance(cfg.reward, CombinedRewardConfig) and cfg.reward.normalize == "then_sum":
         if not isinstance(a, (GRPOConfig, PPOConfig)) or t.samples_per_prompt < 2:
             raise ConfigError("reward.normalize=then_sum (GDPO) normalises each reward component within a prompt's "

@@ -505,7 +505,7 @@ class EnvConfig:
     any other option plays multi-turn episodes with tools (``rltrain.envs``, ``rltrain.rollout.multiturn``)."""
 
     name: str = "single_turn"
-    """single_turn | calculator | python (a class of yours: env.cls)."""
+    """single_turn | calculator | python_tool | reasoning_gym | python (a class of yours: env.cls)."""
     max_turns: int = bounded(4, "≥ 1")
     """Assistant turns per episode."""
     max_episode_tokens: int = bounded(512, "≥ 1")
@@ -524,6 +524,26 @@ class EnvConfig:
 @dataclass
 class CalculatorEnvConfig(EnvConfig):
     name: str = "calculator"
+
+
+@dataclass
+class PythonToolEnvConfig(EnvConfig):
+    """The model's Python code run in the code sandbox (rltrain/envs/python_tool.py)."""
+
+    name: str = "python_tool"
+    isolation: str = one_of(code.ISOLATIONS, "auto")
+    """As reward.isolation: auto | namespace (a jail, or no start) | process (NOT contained, said once)."""
+    memory_mb: int = bounded(1024, "≥ 64")
+    """Address space of each process of one call of the code (RLIMIT_AS)."""
+
+
+@dataclass
+class ReasoningGymEnvConfig(EnvConfig):
+    """reasoning-gym tasks as episodes (rltrain/envs/reasoning_gym.py); needs data=reasoning_gym."""
+
+    name: str = "reasoning_gym"
+    retries: int = bounded(1, "≥ 0")
+    """Turns in which an answer without <answer> tags is sent back as not read (each uses one of env.max_turns)."""
 
 
 @dataclass

@@ -15,6 +15,13 @@ method is optional:
   as one ``tool`` message; a text without a call ends the episode (it is the final answer).
 - ``reward(self, sample, completion) -> float``: the episode's reward, from the final assistant
   text; without it the configured ``reward=`` scores the final text.
+- ``shared(cls, **options) -> object with close()`` (a classmethod): what the episodes of one
+  rollout share, made once per rollout and given to each episode's constructor as its one argument,
+  closed when the rollout ends (``env=python_tool``: its sandbox). ``options`` are the env option's own
+  fields (``env.isolation``...) and ``tool_timeout_s``, ``max_tool_output_chars``.
+- ``fork_tools = False`` (a class attribute): the tools run in the trainer's process instead of a
+  forked child; only for tools that bound their own time and output (``env=python_tool``'s runs the
+  code in the sandbox, which does both).
 """
 from __future__ import annotations
 
@@ -65,6 +72,7 @@ class ToolEnv:
         self.schemas = [tool_schema(name, fn, owner=owner) for name, fn in sorted(self.tools.items())]
         self.system_prompt = system_prompt
         self.timeout_s, self.max_chars, self.max_invalid = tool_timeout_s, max_tool_output_chars, max_invalid_tool_calls
+        self.fork_tools = bool(getattr(obj, "fork_tools", True))
         self.invalid = 0
 
     def reset(self, sample: Sample) -> list[dict]:
@@ -97,7 +105,10 @@ class ToolEnv:
                 invalid += 1
                 results.append(f"Error: {target}. {CALL_FORMAT}")
                 continue
-            ok, out = run_tool(target[0], target[1], timeout_s=self.timeout_s, max_chars=self.max_chars)
+            if self.fork_tools:
+                ok, out = run_tool(target[0], target[1], timeout_s=self.timeout_s, max_chars=self.max_chars)
+            else:  # the tool bounds itself (fork_tools = False)
+                ok, out = True, str(target[0](**target[1]))
             results.append(out if ok else f"Error: {out}")
         self.invalid += invalid
         info = {"tool_calls": float(len(calls)), "invalid_calls": float(invalid)}

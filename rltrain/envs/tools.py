@@ -31,7 +31,7 @@ PLAIN_RE = re.compile(r"<tool>(.*?)</tool>", re.DOTALL)
 # An opening tag without its closing tag is a malformed call too (the model stopped mid-call).
 UNCLOSED_RE = re.compile(r"<tool_call>(?!.*</tool_call>)|<tool>(?!.*</tool>)", re.DOTALL)
 
-HOOKS = ("reset", "step", "reward")  # methods of an environment class that are not tools
+HOOKS = ("reset", "step", "reward", "shared")  # methods of an environment class that are not tools
 _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
 
 
@@ -49,7 +49,7 @@ class ToolCall:
 
 
 def tool_methods(obj) -> dict[str, typing.Callable]:
-    """The public methods of ``obj`` other than the hooks (``reset``, ``step``, ``reward``): its tools."""
+    """The public methods of ``obj`` other than the hooks (``reset``, ``step``, ``reward``, ``shared``): its tools."""
     out = {}
     for name in dir(type(obj)):
         if name.startswith("_") or name in HOOKS:

@@ -9,11 +9,12 @@ numbers go into the reward info as ``env/<name>`` and are logged as batch means 
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
 
-from rltrain.config import RunConfig
+from rltrain.config import EnvConfig, RunConfig
 from rltrain.engine.model import eos_token_ids
 from rltrain.envs import episode_factory
 from rltrain.loops.episodes import Scored, logged_info_keys
@@ -24,11 +25,14 @@ from rltrain.types import RewardOutput, Sample
 
 
 def env_factory(cfg: RunConfig):
-    """One fresh environment per call (None for single_turn); checks the class once."""
+    """The rollout's ``rltrain.envs.EnvFactory`` (None for single_turn): one fresh environment per call,
+    the class checked once; the caller closes it (python_tool: its sandbox)."""
     e = cfg.env
-    return episode_factory(e.name, cls=getattr(e, "cls", None), system_prompt=cfg.data.system_prompt,
-                           tool_timeout_s=e.tool_timeout_s, max_tool_output_chars=e.max_tool_output_chars,
-                           max_invalid_tool_calls=e.max_invalid_tool_calls)
+    shared = {f.name for f in dataclasses.fields(EnvConfig)}
+    options = {f.name: getattr(e, f.name) for f in dataclasses.fields(e) if f.name not in shared}
+    return episode_factory(e.name, system_prompt=cfg.data.system_prompt, tool_timeout_s=e.tool_timeout_s,
+                           max_tool_output_chars=e.max_tool_output_chars,
+                           max_invalid_tool_calls=e.max_invalid_tool_calls, **options)
 
 
 def play_and_score(module, tokenizer, samples: list[Sample], reward_fn, cfg: RunConfig, *, params: SamplingParams,
@@ -38,15 +42,16 @@ def play_and_score(module, tokenizer, samples: list[Sample], reward_fn, cfg: Run
     e = cfg.env
     make = env_factory(cfg)
     model_name = cfg.model.path or cfg.model.name
-    envs = [make() for _ in range(len(samples) * params.n)]
     module.eval()
     try:
+        envs = [make() for _ in range(len(samples) * params.n)]
         ep = run_episodes(module, tokenizer, ChatDelta(tokenizer, model_name), envs, samples, params,
                           Limits(max_turns=e.max_turns, max_episode_tokens=e.max_episode_tokens,
                                  max_tool_output_tokens=e.max_tool_output_tokens),
                           eos_token_ids=eos_token_ids(module, tokenizer), pad_token_id=tokenizer.pad_token_id,
                           generator=generator, first_prompt_index=first_prompt_index)
     finally:
+        make.close()
         module.train()
     t1 = time.time()
     seq_samples = [samples[i // params.n] for i in range(len(envs))]

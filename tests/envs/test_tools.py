@@ -141,7 +141,7 @@ def test_env_options_are_checked_with_the_config():
     register_configs()
     with pytest.raises(ConfigError, match="env.max_turns=0 must be ≥ 1"):
         validate(to_run_config(compose_or_explain(["model=tiny", "env=calculator", "env.max_turns=0"])))
-    with pytest.raises(Exception, match="unknown option env=nope; valid options for 'env': calculator, python, single_turn"):
+    with pytest.raises(Exception, match="unknown option env=nope; valid options for 'env': calculator, python, python_tool, reasoning_gym, single_turn"):
         compose_or_explain(["env=nope"])
     assert to_run_config(compose_or_explain(["model=tiny"])).env.name == "single_turn"
 
