@@ -1,6 +1,6 @@
 """``rollout.engine=vllm`` where vLLM is not installed (this suite's .venv: ``make vllm`` puts vLLM in
 .venv-vllm, whose tests are tests/vllm_engine): one line naming the install command, before any model
-loads; and the config rules of the engine (wired into GRPO on one rank without ZeRO)."""
+loads; and the config rules of the engine (the loops that cannot sample through it are named)."""
 import importlib.util
 
 import pytest
@@ -21,7 +21,9 @@ def test_vllm_engine_without_vllm_is_one_line_before_loading(tmp_path):
 
 
 @pytest.mark.parametrize("override, words", [
-    (["algo=ppo"], "algo=grpo and algo=opd only, not algo=ppo"),
+    (["algo=spo_tree"], "algo=spo_tree samples its trees with rltrain's engine"),
+    (["algo=dpo"], "algo=dpo samples nothing without algo.iterative=true"),
+    (["algo=sft", "data=arith"], "algo=sft samples nothing"),
     (["deepspeed=zero2"], "deepspeed.stage=2"),
     (["launch.nproc_per_node=2"], "2 ranks"),
     (["env=calculator"], "env=calculator"),
@@ -31,4 +33,11 @@ def test_vllm_engine_rules_name_the_keys(override, words):
     cfg = to_run_config(compose_or_explain([*TINY, "rollout.engine=vllm", *override]))
     with pytest.raises(ConfigError, match="rollout.engine=vllm") as err:
         validate(cfg, world_size=2 if "launch.nproc_per_node=2" in override else 1)
-    assert words in str(err.value)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override", [["algo=ppo"], ["algo=spo_chain"], ["algo=dpo", "algo.iterative=true"],
+                                      ["algo=grpo"], ["algo=opd", "algo.teacher_path=x"]])
+def test_vllm_engine_is_accepted_by_the_sampling_loops(override):
+    register_configs()
+    validate(to_run_config(compose_or_explain([*TINY, "rollout.engine=vllm", *override])), world_size=1)

@@ -96,10 +96,12 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
                               "from the prompt's other responses)")
         if t.samples_per_prompt < 2 and a.adv_scale == "std" and a.adv_estimator == "grpo":
             raise ConfigError(f"algo={a.name} needs train.samples_per_prompt ≥ 2 (group-normalised advantages)")
-    if cfg.rollout.engine == "vllm":  # wired so far: GRPO and OPD on one rank without ZeRO (docs/vllm.md)
-        if a.name not in ("grpo", "opd"):
-            raise ConfigError(f"rollout.engine=vllm is wired into algo=grpo and algo=opd only, not algo={a.name}; "
-                              "use rollout.engine=rltrain")
+    if cfg.rollout.engine == "vllm":  # the loops that sample through it (docs/vllm.md)
+        why_not = {"spo_tree": "samples its trees with rltrain's engine (a node's KV cache shared by its children)",
+                   "sft": "samples nothing (it trains on fixed examples)",
+                   "dpo": "samples nothing without algo.iterative=true (offline pairs)"}
+        if a.name in why_not and not (a.name == "dpo" and a.iterative):
+            raise ConfigError(f"rollout.engine=vllm: algo={a.name} {why_not[a.name]}; use rollout.engine=rltrain")
         if world_size > 1 or cfg.deepspeed.stage > 0:
             raise ConfigError(f"rollout.engine=vllm runs on one rank without ZeRO for now; got {world_size} ranks "
                               f"and deepspeed.stage={cfg.deepspeed.stage} (use rollout.engine=rltrain)")

@@ -257,7 +257,8 @@ def build_round(ctx: setup.Context, cfg: RunConfig, dist: Dist, r: int) -> Round
         with ctx.actor.gathered():  # ZeRO-3: the actor's parameters gathered once for the rollout
             s, _ = episodes.rollout_and_score(ctx.actor.module, ctx.tok, [ctx.train[i] for i in idx],
                                        [ctx.train_ids[i] for i in idx], ctx.reward, cfg, n=K,
-                                       generator=episodes.rollout_generator(cfg.seed, step), first_prompt_index=first)
+                                       generator=episodes.rollout_generator(cfg.seed, step), first_prompt_index=first,
+                                       sampler=ctx.sampler)  # rollout.engine=vllm: the engine's pushed weights
         rows = rollout_rows(s, None, limit=cfg.log.samples_per_step)  # samples.jsonl, marked chosen / rejected
         for g in range(len(idx)):
             scores = s.scores[g * K:(g + 1) * K]  # [K]
@@ -311,7 +312,8 @@ def evaluate(ctx: setup.Context, cfg: RunConfig, dist: Dist, ref_test: torch.Ten
     out = {}
     with ctx.actor.gathered():
         if ctx.test:
-            out.update(lifecycle.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist))
+            out.update(lifecycle.evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist,
+                                          sampler=ctx.sampler))
         if ctx.test_pairs:
             out.update(preference_eval(ctx, cfg, dist, ref_test))
     return out
@@ -343,6 +345,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         t1 = time.time()
         metrics.update(dpo_step(ctx, cfg, dist, step, pairs, ref_logps))
         metrics["time/update"] = time.time() - t1
+        setup.push_weights(ctx, metrics)  # rollout.engine=vllm: the next round and evaluation sample with them
         metrics["time/step"] = time.time() - t0
         # step 3: evaluation, logging, checkpoint
         if lifecycle.end_step(cfg, ctx, dist, clock, step + 1, metrics, logger=logger,

@@ -120,7 +120,6 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                         with_reference=cfg.algo.kl_coef > 0)
     update = PolicyUpdate(cfg)
     ts, logger, before, clock = lifecycle.start(cfg, ctx, dist, f"rltrain {cfg.algo.name}")
-    setup.start_sampler(cfg, ctx)  # rollout.engine=vllm: started with the (resumed) policy's weights
     pad = ctx.tok.pad_token_id
     for step in clock.steps():
         t0 = time.time()
@@ -135,8 +134,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
         metrics = update.run(ctx.actor, batch, dist, pad_id=pad, step=step,
                              generator=episodes.update_generator(cfg.seed, step))
         # step 4: metrics, samples, evaluation, logging, checkpoint
-        if ctx.sampler is not None:  # the next rollout samples with the updated weights
-            metrics["time/weight_sync"] = ctx.sampler.push(ctx.actor.module)
+        setup.push_weights(ctx, metrics)  # rollout.engine=vllm: the next rollout samples with the updated weights
         metrics.update(episodes.rollout_metrics(s, times, dist))
         metrics.update(times)
         metrics["time/step"] = time.time() - t0

@@ -78,7 +78,7 @@ class TrainState:
 
 @torch.no_grad()
 def evaluate(module, tokenizer, samples: list[Sample], prompt_ids, reward_fn, cfg: RunConfig, dist: Dist,
-             batch_size: int = 64, keep: list | None = None) -> dict:
+             batch_size: int = 64, keep: list | None = None, sampler=None) -> dict:
     """Held-out evaluation on (this rank's share of) the test split, reduced across ranks.
 
     ``eval.n`` answers per question at ``eval.temperature`` / ``eval.top_p`` (default: one greedy
@@ -96,7 +96,8 @@ def evaluate(module, tokenizer, samples: list[Sample], prompt_ids, reward_fn, cf
     base-model results were computed with). ``batch_size``: sequences per generate call.
 
     ``keep``: on rank 0, the first ``log.eval_samples`` answers are appended to it as samples.jsonl
-    rows (``report.samples.eval_rows``).
+    rows (``report.samples.eval_rows``). ``sampler``: the vLLM engine of ``rollout.engine=vllm``, holding
+    ``module``'s pushed weights, to generate with instead of rltrain's engine (docs/vllm.md).
     """
     e = cfg.eval
     ks = sorted(set(e.k)) if e.n > 1 else []
@@ -115,7 +116,7 @@ def evaluate(module, tokenizer, samples: list[Sample], prompt_ids, reward_fn, cf
             idx = mine[s:s + per_call]
             sc, _ = rollout_and_score(module, tokenizer, [samples[i] for i in idx], [prompt_ids[i] for i in idx],
                                       reward_fn, cfg, n=e.n, generator=torch.Generator().manual_seed(e.seed),
-                                      params=params, first_prompt_index=idx[0] if sampled else 0)
+                                      params=params, first_prompt_index=idx[0] if sampled else 0, sampler=sampler)
             c = sc.reward.info.get("correct")
             ok = [bool(x) for x in c] if c is not None else (sc.scores > 0).tolist()  # [len(idx) * n]
             answers = sc.reward.info.get("extracted")
@@ -238,9 +239,11 @@ def run_logger(cfg: RunConfig, dist: Dist, ts: TrainState, title: str) -> RunLog
 def start(cfg: RunConfig, ctx, dist: Dist, title: str, *, engines: dict | None = None,
           evaluate=None) -> tuple[TrainState, RunLogger | None, dict | None, StepClock]:
     """The preamble every loop runs before its ``for step in clock.steps()``: resume (the TrainState;
-    ``engines`` are checkpointed besides the actor), rank 0's RunLogger, the held-out evaluation before
+    ``engines`` are checkpointed besides the actor), the vLLM engine of ``rollout.engine=vllm`` (with the
+    resumed weights), rank 0's RunLogger, the held-out evaluation before
     training (``initial_eval``; ``evaluate``: the loop's own) and the step clock."""
     ts = resume(cfg, ctx.actor, engines)
+    setup.start_sampler(cfg, ctx, dist)  # rollout.engine=vllm: started with the (resumed) policy's weights
     logger = run_logger(cfg, dist, ts, title)
     before = initial_eval(cfg, ctx, dist, logger, ts, evaluate=evaluate)
     return ts, logger, before, StepClock(cfg, dist, ts, logger)
@@ -308,10 +311,11 @@ def end_step(cfg: RunConfig, ctx, dist: Dist, clock: StepClock, done: int, metri
 
 
 def policy_eval(ctx, cfg: RunConfig, dist: Dist, keep: list | None = None) -> dict:
-    """Held-out evaluation of the actor (``evaluate``; parameters gathered once under ZeRO-3);
-    ``keep`` collects answers for samples.jsonl."""
+    """Held-out evaluation of the actor (``evaluate``; parameters gathered once under ZeRO-3), through
+    the vLLM engine with ``rollout.engine=vllm``; ``keep`` collects answers for samples.jsonl."""
     with ctx.actor.gathered():
-        return evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist, keep=keep)
+        return evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist, keep=keep,
+                        sampler=ctx.sampler)
 
 
 def entropy_stats(ent: torch.Tensor, mask: torch.Tensor, dist: Dist) -> dict:
@@ -361,6 +365,8 @@ def cached_base_eval(ctx, cfg: RunConfig, dist: Dist, keep: list | None = None) 
                 "world_size": dist.world_size, "threads": torch.get_num_threads(), "dtype": cfg.model.dtype}
     if cfg.env.name != "single_turn":  # multi-turn evaluation: the environment decides what is played
         settings["env"] = cfg.env
+    if cfg.rollout.engine == "vllm":  # evaluated by vLLM (another sampler, other kernels)
+        settings["engine"] = "vllm"
     key = eval_cache.eval_key(ctx.actor.module, ctx.test, ctx.test_ids, settings=settings)
     hit = eval_cache.load(key)
     if dist.sum(torch.tensor([float(hit is not None)])).item() == dist.world_size:

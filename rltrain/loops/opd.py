@@ -42,7 +42,6 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                         with_teacher=True)
     update = PolicyUpdate(cfg)
     ts, logger, before, clock = lifecycle.start(cfg, ctx, dist, "rltrain opd")
-    setup.start_sampler(cfg, ctx)  # rollout.engine=vllm: started with the (resumed) policy's weights
     pad, temp, mb = ctx.tok.pad_token_id, cfg.rollout.scoring_temperature, t.micro_batch_size
     for step in clock.steps():
         t0 = time.time()
@@ -69,8 +68,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                         rollout_entropy=s.entropies, rollout_logp=s.logprobs)
         metrics = update.run(ctx.actor, batch, dist, pad_id=pad, step=step,
                              generator=episodes.update_generator(cfg.seed, step))
-        if ctx.sampler is not None:  # the next rollout samples with the updated weights
-            metrics["time/weight_sync"] = ctx.sampler.push(ctx.actor.module)
+        setup.push_weights(ctx, metrics)  # rollout.engine=vllm: the next rollout samples with the updated weights
         # step 5: metrics, samples, evaluation, logging, checkpoint
         valid = s.mask.bool()
         kl = dist.sum(torch.stack([core.masked_sum(old_logp - teacher_logp, valid).double(),

@@ -31,7 +31,8 @@ checkpoint's ``critic/`` folder.
 
 Deliberate departures:
 - The π_old log-probs come from the training forward, not the sampler, so the first minibatch's
-  ratio is 1 up to kernel differences; the sampler's own log-probs are not used.
+  ratio is 1 up to kernel differences; the sampler's own log-probs (rltrain's engine or, with
+  ``rollout.engine=vllm``, vLLM's: docs/vllm.md) feed only the rollout↔trainer mismatch metrics.
 - ReaLHF's early stop zeroes a minibatch; here each micro-batch decides on its own mean ratio
   (identical when a minibatch is one micro-batch).
 - Advantage whitening uses (A − μ)·rsqrt(σ² + 1e-8) with the population variance; ReaLHF divides
@@ -176,7 +177,8 @@ def ppo_step(ctx: setup.Context, st: PPOState, cfg: RunConfig, dist: Dist, step:
     with ctx.actor.gathered():  # ZeRO-3: the actor's parameters gathered once for the rollout
         s, times = episodes.rollout_and_score(ctx.actor.module, ctx.tok, [ctx.train[i] for i in idx],
                                        [ctx.train_ids[i] for i in idx], ctx.reward, cfg, n=n,
-                                       generator=episodes.rollout_generator(cfg.seed, step), first_prompt_index=first)
+                                       generator=episodes.rollout_generator(cfg.seed, step), first_prompt_index=first,
+                                       sampler=ctx.sampler)  # rollout.engine=vllm: the engine's pushed weights
     episodes.gdpo(s, ctx.reward, cfg, n)  # reward.normalize=then_sum
     batch_sum = episodes.gdpo_batch_scores(s, cfg, dist)  # reward.sum_normalize=batch: the sum over the batch
     scores = s.scores if batch_sum is None else batch_sum  # [N] what enters the token rewards
@@ -224,6 +226,7 @@ def ppo_step(ctx: setup.Context, st: PPOState, cfg: RunConfig, dist: Dist, step:
                                      generator=episodes.update_generator(cfg.seed, step)))
         if st.moving_ref is not None:  # trick 3
             st.moving_ref.update(ctx.actor, a.ref_ema)
+        setup.push_weights(ctx, metrics)  # rollout.engine=vllm: the next rollout samples with the updated weights
     t1 = time.time()
     metrics.update(critic_update(ctx, cfg, dist, s.prompt_ids, s.response_ids, mask, raw_values[:, :T], targets, step))
     times["time/critic"] = time.time() - t1

@@ -192,13 +192,25 @@ class Context:
                                truncation=a.truncation)
 
 
-def start_sampler(cfg: RunConfig, ctx) -> None:
+def start_sampler(cfg: RunConfig, ctx, dist: Dist) -> None:
     """``rollout.engine=vllm``: start the colocated vLLM engine as ``ctx.sampler`` with the policy's
-    current weights (call after resuming); the loop pushes the weights after each update."""
+    current weights (``lifecycle.start`` calls it after resuming, before the first evaluation); the
+    loop pushes the weights after each update (``push_weights``). Sized for the longest training
+    prompt + ``rollout.max_new_tokens`` and the longest held-out prompt + ``eval.max_new_tokens``."""
     if cfg.rollout.engine == "vllm":
         from rltrain.rollout.vllm_engine import colocated
 
-        ctx.sampler = colocated(cfg, ctx.actor.module, ctx.tok, [len(p) for p in ctx.train_ids])
+        longest = max([len(p) + cfg.rollout.max_new_tokens for p in ctx.train_ids]
+                      + [len(p) + cfg.eval.max_new_tokens for p in ctx.test_ids], default=1)
+        ctx.sampler = colocated(cfg, ctx.actor.module, ctx.tok, max_model_len=longest, dist=dist)
+
+
+def push_weights(ctx, metrics: dict) -> None:
+    """``rollout.engine=vllm``: after an update, push the policy's weights into the engine (the next
+    rollout or evaluation samples with them), timed as ``time/weight_sync``; a no-op otherwise.
+    Under ZeRO-3 a collective (each parameter is gathered in turn): every rank calls it."""
+    if ctx.sampler is not None:
+        metrics["time/weight_sync"] = ctx.sampler.push(ctx.actor.module)
 
 
 def close(ctx) -> None:

@@ -24,6 +24,10 @@ Deviations from the official code (decisions 2 and 3 in docs/algorithms.md), bot
   for both terms.
 - Replayed edges keep the old log-probs computed when they were added (as SPO does).
 
+``rollout.engine=vllm`` (SPO-chain only, docs/vllm.md): the rollouts and the Monte-Carlo continuations are
+sampled by the colocated vLLM engine (its prefix cache shares a row's cut states), the weights pushed after
+each update; SPO-tree samples its trees with rltrain's engine (a node's KV cache shared by its children).
+
 Distributed: each rank samples its slice of the step's prompts; every random stream (responses,
 MC continuations, trees) is keyed by global positions (prompt, cut state), so a run's samples do
 not depend on the number of ranks. The edge replay buffer is per rank.
@@ -86,7 +90,8 @@ def chain_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
     idx, first = episodes.rank_slice(ctx.order, step, t.prompts_per_step, dist)
     samples, prompt_ids = [ctx.train[i] for i in idx], [ctx.train_ids[i] for i in idx]
     s, times = episodes.rollout_and_score(ctx.actor.module, ctx.tok, samples, prompt_ids, ctx.reward, cfg, n=n,
-                                   generator=episodes.rollout_generator(cfg.seed, step), first_prompt_index=first)
+                                   generator=episodes.rollout_generator(cfg.seed, step), first_prompt_index=first,
+                                   sampler=ctx.sampler)  # rollout.engine=vllm: the engine's pushed weights
     temp = cfg.rollout.scoring_temperature
     pad = ctx.tok.pad_token_id
     t0 = time.time()
@@ -124,14 +129,18 @@ def chain_batch(step: int, ctx, cfg: RunConfig, dist: Dist):
         sources = [list(s.prompt_ids[i]) + s.response_ids[i, : last_cut[i] + 1].tolist() for i in source_index]
         source_of = [source_index[i] for i, _ in state_rows]
         prefill, prefill_unshared = sum(map(len, sources)), sum(map(len, prefixes))
-        # one generate call for every cut state (shared batching); the bar counts decoded positions
-        with progress.phase("mc_values", total=budget, unit="positions") as bar:
-            ro = generate(ctx.actor.module, prefixes, _params(cfg, a.mc_rollouts, budget),
-                          eos_token_ids=eos_token_ids(ctx.actor.module, ctx.tok), pad_token_id=pad, tokenizer=ctx.tok,
-                          generator=episodes.rollout_generator(cfg.seed, step, episodes.Stream.MC_VALUES),
-                          first_prompt_index=first_state, max_new_per_prompt=caps, on_position=bar.update,
-                          shared_prefixes=(sources, source_of))
-            bar.update(budget)  # an early stop ends the phase
+        mc_generator = episodes.rollout_generator(cfg.seed, step, episodes.Stream.MC_VALUES)
+        if ctx.sampler is not None:  # rollout.engine=vllm: its prefix cache shares the cut states' prefixes
+            ro = ctx.sampler.generate(prefixes, _params(cfg, a.mc_rollouts, budget),
+                                      eos_token_ids=eos_token_ids(ctx.actor.module, ctx.tok), pad_token_id=pad,
+                                      generator=mc_generator, first_prompt_index=first_state, max_new_per_prompt=caps)
+        else:  # one generate call for every cut state (shared batching); the bar counts decoded positions
+            with progress.phase("mc_values", total=budget, unit="positions") as bar:
+                ro = generate(ctx.actor.module, prefixes, _params(cfg, a.mc_rollouts, budget),
+                              eos_token_ids=eos_token_ids(ctx.actor.module, ctx.tok), pad_token_id=pad,
+                              tokenizer=ctx.tok, generator=mc_generator, first_prompt_index=first_state,
+                              max_new_per_prompt=caps, on_position=bar.update, shared_prefixes=(sources, source_of))
+                bar.update(budget)  # an early stop ends the phase
         texts, seq_samples = [], []
         for j in range(len(ro.lengths)):
             row, c = state_rows[int(ro.prompt_index[j])]
@@ -426,6 +435,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
                         old_entropy=b.old_entropy, log_mask=valid, **b.layout)
         metrics = update.run(ctx.actor, batch, dist, pad_id=pad, step=step,
                              generator=episodes.update_generator(cfg.seed, step))
+        setup.push_weights(ctx, metrics)  # rollout.engine=vllm (spo_chain): the next rollout samples with them
         metrics.update(stats)
         metrics.update(times)
         metrics["time/step"] = time.time() - t0

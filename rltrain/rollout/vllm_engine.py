@@ -19,14 +19,20 @@ Departures from rltrain's engine (``rollout/engine.py``), all deliberate:
 - One push per training step, after all of its optimizer steps: the weights are only read by the
   next rollout. LoRA is pushed merged (``W + (alpha/r)·B·A``, the base model's names); a tied LM
   head is pushed as ``lm_head.weight`` too, since vLLM on a CPU keeps a packed copy of it.
+- Several ranks (``launch.nproc_per_node`` > 1, DeepSpeed): one engine per rank, each sampling its own
+  slice of the prompts, started in vLLM's ``external_launcher`` mode on the trainer's process group
+  (each rank its own tensor-parallel group of one). Under ZeRO-3 the push gathers one parameter at a
+  time (every rank pushes: the gathers are collectives).
 """
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -47,11 +53,41 @@ def sequence_seed(base: int, prompt_position: int, sample: int) -> int:
 
 
 def policy_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The weights vLLM needs, under the HF model's names: LoRA merged, a tied head included."""
+    """The weights vLLM needs, under the HF model's names: LoRA merged, a tied head included
+    (a module whose parameters are whole: not ZeRO-3-partitioned, or inside a gather)."""
     sd = module.state_dict()  # keeps lm_head.weight of a tied head (named_parameters would drop it)
     if is_lora(module):
         sd = merged_state_dict(sd, module.rltrain_lora_scaling)
     return {k: v.detach() for k, v in sd.items()}
+
+
+def is_partitioned(module: torch.nn.Module) -> bool:
+    """Whether ``module``'s parameters are ZeRO-3 partitions (DeepSpeed tags them with ``ds_id``)."""
+    return any(hasattr(p, "ds_id") for p in module.parameters())
+
+
+def pushed_weights(module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs of ``policy_state``, produced as vLLM loads them. Under ZeRO-3 each
+    parameter is gathered in turn, copied and released (a LoRA policy is gathered whole, to merge):
+    a collective, in the state dict's order on every rank; memory beyond the partitions is one
+    parameter (vLLM copies each tensor into its own weights as it reads it)."""
+    if not is_partitioned(module):
+        yield from policy_state(module).items()
+        return
+    import deepspeed
+
+    if is_lora(module):
+        with deepspeed.zero.GatheredParameters(list(module.parameters())):
+            state = {k: v.clone() for k, v in policy_state(module).items()}
+        yield from state.items()
+        return
+    params = dict(module.named_parameters(remove_duplicate=False))  # a tied head: both names, one parameter
+    for name, value in module.state_dict(keep_vars=True).items():
+        p = params.get(name)
+        gather = deepspeed.zero.GatheredParameters([p]) if p is not None and hasattr(p, "ds_id") \
+            else contextlib.nullcontext()
+        with gather:
+            yield name, value.detach().clone()
 
 
 class VLLMEngine:
@@ -66,6 +102,9 @@ class VLLMEngine:
         kv_cache_gb: memory reserved for vLLM's KV cache, GiB (``rollout.vllm_kv_cache_gb``).
         seed: vLLM's global seed (the sequences carry their own).
         threads: CPU cores the engine's OpenMP threads are bound to (this process's first ones).
+
+    With ``torch.distributed`` initialised (DeepSpeed, several ranks) every rank must construct its
+    engine at the same point (vLLM builds its groups on the trainer's) and call ``push`` together.
     """
 
     def __init__(self, module: torch.nn.Module, tokenizer, *, dtype: str, max_model_len: int, kv_cache_gb: float,
@@ -80,11 +119,23 @@ class VLLMEngine:
         # no engine process that could outlive the trainer.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         if not on_gpu and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
-            # "auto" leaves one thread on a 2-core machine; bind to the cores this rank computes on.
-            cores = sorted(os.sched_getaffinity(0))[: threads or torch.get_num_threads()]
+            # "auto" leaves one thread on a 2-core machine; bind to the cores this rank computes on:
+            # local rank r of the machine takes the r-th block of its threads-per-rank cores.
+            n, allowed = threads or torch.get_num_threads(), sorted(os.sched_getaffinity(0))
+            first = int(os.environ.get("LOCAL_RANK", "0")) * n % len(allowed)
+            cores = (allowed + allowed)[first:first + min(n, len(allowed))]
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cores)
         from vllm import LLM
 
+        parallel = {}
+        if torch.distributed.is_initialized():
+            # The trainer's process group (ranks, DeepSpeed's single-rank one) is the world: vLLM's
+            # external_launcher mode builds on it, one tensor-parallel group of one per rank.
+            rank = torch.distributed.get_rank()
+            os.environ["RANK"] = str(rank)
+            os.environ.setdefault("LOCAL_RANK", str(rank))
+            parallel = {"distributed_executor_backend": "external_launcher"}
+        self._on_trainer_group = bool(parallel)
         self._dir = tempfile.TemporaryDirectory(prefix="rltrain-vllm-")
         config.save_pretrained(self._dir.name)  # config + tokenizer only; the weights come by push
         tokenizer.save_pretrained(self._dir.name)
@@ -94,7 +145,7 @@ class VLLMEngine:
         self.llm = LLM(model=self._dir.name, dtype=VLLM_DTYPES[dtype], load_format="dummy", seed=seed,
                        enforce_eager=True,  # torch.compile: 60-90 s more start-up on a CPU, its cache never loads
                        kv_cache_memory_bytes=int(kv_cache_gb * 2**30), max_model_len=max_model_len,
-                       logprobs_mode="processed_logprobs", enable_prefix_caching=True)
+                       logprobs_mode="processed_logprobs", enable_prefix_caching=True, **parallel)
         self.start_s = time.time() - t0
         self._closed = False
         atexit.register(self.close)  # a run that raises still shuts the engine down
@@ -105,16 +156,17 @@ class VLLMEngine:
     def push(self, module: torch.nn.Module) -> float:
         """Replace the engine's weights with ``module``'s current ones; returns the seconds it took."""
         t0 = time.time()
-        state = policy_state(module)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(state.items())})
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": pushed_weights(module)})
         self.llm.reset_prefix_cache()  # cached prompt keys/values belong to the old weights
         return time.time() - t0
 
     def generate(self, prompts: list[list[int]], params: SamplingParams, *, eos_token_ids: list[int],
                  pad_token_id: int, generator: torch.Generator | None = None,
-                 first_prompt_index: int = 0) -> Rollout:
+                 first_prompt_index: int = 0, max_new_per_prompt: list[int] | None = None) -> Rollout:
         """``params.n`` responses to each prompt, as ``rollout.engine.generate`` returns them
-        (``entropies`` None). Each sequence is one request; prefix caching encodes a prompt once."""
+        (``entropies`` None). Each sequence is one request; prefix caching encodes a prompt once.
+        ``max_new_per_prompt``: each prompt's own token budget (at most ``params.max_new_tokens``;
+        SPO-chain's continuations from a cut state)."""
         from vllm import SamplingParams as VLLMParams
 
         if not prompts or any(len(p) == 0 for p in prompts):
@@ -125,7 +177,8 @@ class VLLMEngine:
             for j in range(params.n):
                 requests.append({"prompt_token_ids": list(p)})
                 sampling.append(VLLMParams(
-                    n=1, max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
+                    n=1, max_tokens=params.max_new_tokens if max_new_per_prompt is None else max_new_per_prompt[i],
+                    temperature=params.temperature, top_p=params.top_p,
                     top_k=params.top_k, stop_token_ids=list(eos_token_ids), stop=list(params.stop_strings) or None,
                     include_stop_str_in_output=True, detokenize=bool(params.stop_strings), logprobs=0,
                     seed=sequence_seed(base, first_prompt_index + i, j)))
@@ -152,15 +205,39 @@ class VLLMEngine:
             return
         self._closed = True
         atexit.unregister(self.close)
-        self.llm.llm_engine.engine_core.shutdown()
+        with _trainer_group_kept(self._on_trainer_group):
+            self.llm.llm_engine.engine_core.shutdown()
         del self.llm
         self._dir.cleanup()
 
 
-def colocated(cfg, module: torch.nn.Module, tokenizer, prompt_lengths: list[int]) -> VLLMEngine:
-    """The ``rollout.engine=vllm`` engine of a run, sized for its longest prompt."""
+@contextlib.contextmanager
+def _trainer_group_kept(keep: bool):
+    """vLLM's in-process shutdown ends with ``destroy_distributed_environment``, which destroys the default
+    process group too: when that group is the trainer's (``external_launcher``), only vLLM's own groups
+    are destroyed, and the trainer's collectives go on working after ``close``."""
+    if not keep:
+        yield
+        return
+    from vllm.distributed import parallel_state as ps
+
+    def destroy_vllm_groups_only():
+        if ps._WORLD:
+            ps._WORLD.destroy()  # vLLM's world groups (new_group), not the default one
+        ps._WORLD = ps._NODE_COUNT = None
+
+    real = ps.destroy_distributed_environment
+    ps.destroy_distributed_environment = destroy_vllm_groups_only
+    try:
+        yield
+    finally:
+        ps.destroy_distributed_environment = real
+
+
+def colocated(cfg, module: torch.nn.Module, tokenizer, *, max_model_len: int, dist) -> VLLMEngine:
+    """The ``rollout.engine=vllm`` engine of a run on this rank (``max_model_len``: its longest prompt +
+    response), bound to the rank's cores."""
     from rltrain.engine.model import resolve_dtype
 
-    r = cfg.rollout
-    return VLLMEngine(module, tokenizer, dtype=resolve_dtype(cfg.model.dtype), seed=cfg.seed,
-                      max_model_len=max(prompt_lengths, default=1) + r.max_new_tokens, kv_cache_gb=r.vllm_kv_cache_gb)
+    return VLLMEngine(module, tokenizer, dtype=resolve_dtype(cfg.model.dtype), seed=cfg.seed + dist.rank,
+                      max_model_len=max_model_len, kv_cache_gb=cfg.rollout.vllm_kv_cache_gb)

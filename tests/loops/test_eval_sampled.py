@@ -217,7 +217,7 @@ def test_base_eval_cache_keys_on_the_sampling_settings(tiny, tmp_path, monkeypat
     monkeypatch.setenv("RLTRAIN_CACHE", str(tmp_path))
     model, tok, samples, prompt_ids = tiny
     ctx = SimpleNamespace(actor=SimpleNamespace(module=model, gathered=contextlib.nullcontext), tok=tok,
-                          test=samples, test_ids=prompt_ids, reward=first_char_mod3)
+                          test=samples, test_ids=prompt_ids, reward=first_char_mod3, sampler=None)
 
     def base_eval(*over):
         cfg = cfg_with(*over)
