@@ -172,6 +172,7 @@ def decode_tree(
     stats: dict[str, float] | None = None,
     first_uniforms: torch.Tensor | None = None,
     prompt_offset: int | list[int] = 0,
+    start: "_Batch | None" = None,
 ) -> list[Level]:
     """Sample the trees described in the module docstring. Call under ``torch.inference_mode()``.
 
@@ -181,6 +182,10 @@ def decode_tree(
         prompt_offset: index of ``prompts[0]`` in the caller's whole prompt list (the random
             streams depend on it, so sampling prompts in chunks gives the same samples), or each
             prompt's index (prompts that are not consecutive there: multi-turn episodes still running).
+        start: the decoding state to continue from instead of prefilling ``prompts`` (one row per
+            prompt, its cache holding the prompt: multi-turn episodes carry their cache across turns,
+            rollout/turn_cache.py). It is advanced in place, so after the call it holds the state at
+            the end (with ``cfg.compact_fraction`` = inf every row stays, in node order).
 
     Returns:
         One ``Level`` per depth that has nodes (index 0 = the prompts' children).
@@ -209,7 +214,9 @@ def decode_tree(
     # shared prefixes need the final norm's output (the first logits of each prompt); a model whose
     # norm is not found gets the plain prefill: the same samples, each prefix encoded again
     norm = final_norm(model) if cfg.sources is not None else None
-    if norm is not None and model.get_output_embeddings() is not None:
+    if start is not None:
+        batch = start
+    elif norm is not None and model.get_output_embeddings() is not None:
         with timer("prefill"):
             batch = _prefill_shared(model, norm, prompts, prompt_lens, cfg, dtype, neg, device, cache_key, keep_arg)
     else:

@@ -15,10 +15,11 @@ whitespace), so the trainer would score tokens the model never sampled. A templa
 earlier turns differently once a message is added (e.g. drops an earlier turn's reasoning) breaks
 the prefix property: ``ChatDelta`` refuses it with one line naming the model.
 
-KV cache: each turn is one ``generate`` call on the whole context so far, so the context is
-prefilled again every turn (the engine's cache lives inside one call). The cost is measured per
-episode (``env/prefill_tokens`` against ``env/episode_tokens``); keeping an episode's cache across
-calls would remove it and is not done here.
+KV cache: the live episodes' cache is carried from turn to turn (``rollout/turn_cache.py``): a turn
+prefills only the environment's message (and the previous turn's last sampled token), not the whole
+context. ``carry_cache=False`` makes each turn one ``generate`` call on the whole context instead
+(the recompute path: the same tokens, the log-probs up to float rounding; tested). The cost is
+measured per episode (``env/prefill_tokens`` against ``env/episode_tokens``).
 
 Limits (``Limits``): assistant turns, tokens per episode (prompt excluded), tokens of one tool
 message (middle cut, said in the message). The tool call's own time and size bounds are the
@@ -31,6 +32,8 @@ from dataclasses import dataclass, field
 import torch
 
 from rltrain.rollout.engine import SamplingParams, generate
+from rltrain.rollout.sampling import draw_base_seed
+from rltrain.rollout.turn_cache import TurnCache
 
 _PROBE = "\u2063probe-assistant-text\u2063"
 
@@ -139,6 +142,22 @@ STATS = ("turns", "tool_calls", "called_tool", "invalid_calls", "truncations", "
          "episode_tokens")
 
 
+@dataclass
+class _Turn:
+    """One turn's samples, row per live episode (the fields of ``Rollout`` that ``run_episodes`` reads)."""
+
+    response_ids: torch.Tensor  # [K, budget]
+    logprobs: torch.Tensor  # [K, budget]
+    entropies: torch.Tensor  # [K, budget]
+    lengths: torch.Tensor  # [K]
+    finish_reasons: list[str]
+
+    @staticmethod
+    def of(level) -> "_Turn":
+        return _Turn(level.tokens.cpu(), level.logprobs.cpu(), level.entropies.cpu(), level.lengths.cpu(),
+                     level.finish)
+
+
 def cut_tokens(delta: ChatDelta, content: str, max_tokens: int) -> tuple[str, bool]:
     """``content`` with its middle cut to ``max_tokens`` tokens (a note says how many were cut)."""
     ids = delta.encode(content)
@@ -152,7 +171,7 @@ def cut_tokens(delta: ChatDelta, content: str, max_tokens: int) -> tuple[str, bo
 
 def run_episodes(model, tokenizer, delta: ChatDelta, envs: list, samples: list, params: SamplingParams,
                  limits: Limits, *, eos_token_ids: list[int], pad_token_id: int, generator: torch.Generator,
-                 first_prompt_index: int = 0) -> Episodes:
+                 first_prompt_index: int = 0, carry_cache: bool = True) -> Episodes:
     """Play ``params.n`` episodes of each of ``samples``.
 
     Args:
@@ -164,6 +183,8 @@ def run_episodes(model, tokenizer, delta: ChatDelta, envs: list, samples: list, 
             rollout draws); ``first_prompt_index`` as in ``generate``. A later turn's random stream is
             keyed by the episode's global position, so the episodes do not depend on how the prompts
             are split over ranks or calls (a rank whose episodes have all ended stops drawing).
+        carry_cache: keep the episodes' KV cache from turn to turn (``TurnCache``); False: each turn
+            prefills the whole context again (the recompute path, for comparison).
     """
     n, N = params.n, len(envs)
     if N != len(samples) * n:
@@ -180,23 +201,39 @@ def run_episodes(model, tokenizer, delta: ChatDelta, envs: list, samples: list, 
     finished, final = [False] * N, [""] * N
     active = list(range(N))
     eos = set(eos_token_ids)
+    cache = TurnCache(model, params, eos_token_ids=eos_token_ids, pad_token_id=pad_token_id,
+                      tokenizer=tokenizer) if carry_cache else None
+    last_active: list[int] = []  # the episodes of the last turn, in the order of its rows
     for turn in range(limits.max_turns):
         if not active:
             break
         caps = [min(params.max_new_tokens, limits.max_episode_tokens - len(toks[i])) for i in active]
+        positions = [first_prompt_index * n + i for i in active]  # a later turn's random stream (see Args)
         if turn == 0:  # one prompt per group, n samples: the single-turn rollout's call
-            ro = generate(model, prompt_ids[::n], params, eos_token_ids=eos_token_ids, pad_token_id=pad_token_id,
-                          tokenizer=tokenizer, generator=generator, first_prompt_index=first_prompt_index,
-                          max_new_per_prompt=caps[::n])
+            groups = list(range(first_prompt_index, first_prompt_index + len(samples)))
+            if cache is not None:
+                ro = _Turn.of(cache.first_turn(prompt_ids[::n], groups, caps[::n], draw_base_seed(generator)))
+            else:
+                ro = generate(model, prompt_ids[::n], params, eos_token_ids=eos_token_ids, pad_token_id=pad_token_id,
+                              tokenizer=tokenizer, generator=generator, first_prompt_index=first_prompt_index,
+                              max_new_per_prompt=caps[::n])
             for i in range(N):
                 stats["prefill_tokens"][i] += len(prompt_ids[i]) / n
+        elif cache is not None:
+            rows = [last_active.index(i) for i in active]
+            level, prefilled = cache.next_turn(rows, [prompt_ids[i] + toks[i] for i in active], positions, caps,
+                                               draw_base_seed(generator))
+            ro = _Turn.of(level)
+            for i, k in zip(active, prefilled):
+                stats["prefill_tokens"][i] += k
         else:
             contexts = [prompt_ids[i] + toks[i] for i in active]
             ro = generate(model, contexts, SamplingParams(**{**vars(params), "n": 1}), eos_token_ids=eos_token_ids,
                           pad_token_id=pad_token_id, tokenizer=tokenizer, generator=generator,
-                          first_prompt_index=[first_prompt_index * n + i for i in active], max_new_per_prompt=caps)
+                          first_prompt_index=positions, max_new_per_prompt=caps)
             for i, c in zip(active, contexts):
                 stats["prefill_tokens"][i] += len(c)
+        last_active = active
         still = []
         for row, i in enumerate(active):
             L = int(ro.lengths[row])
