@@ -127,15 +127,21 @@ class VLLMEngine:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cores)
         from vllm import LLM
 
-        parallel = {}
+        placement = {}  # where it runs: the GPU share, the trainer's process group
+        if on_gpu:
+            # vLLM refuses to start unless gpu_memory_utilization × the device's memory is free; beside a
+            # trainer that already holds its share, ask for 90% of what is free now (the KV cache itself
+            # is kv_cache_gb, as on a CPU).
+            free, total = torch.cuda.mem_get_info()
+            placement["gpu_memory_utilization"] = 0.9 * free / total
         if torch.distributed.is_initialized():
             # The trainer's process group (ranks, DeepSpeed's single-rank one) is the world: vLLM's
             # external_launcher mode builds on it, one tensor-parallel group of one per rank.
             rank = torch.distributed.get_rank()
             os.environ["RANK"] = str(rank)
             os.environ.setdefault("LOCAL_RANK", str(rank))
-            parallel = {"distributed_executor_backend": "external_launcher"}
-        self._on_trainer_group = bool(parallel)
+            placement["distributed_executor_backend"] = "external_launcher"
+        self._on_trainer_group = "distributed_executor_backend" in placement
         self._dir = tempfile.TemporaryDirectory(prefix="rltrain-vllm-")
         config.save_pretrained(self._dir.name)  # config + tokenizer only; the weights come by push
         tokenizer.save_pretrained(self._dir.name)
@@ -145,7 +151,12 @@ class VLLMEngine:
         self.llm = LLM(model=self._dir.name, dtype=VLLM_DTYPES[dtype], load_format="dummy", seed=seed,
                        enforce_eager=True,  # torch.compile: 60-90 s more start-up on a CPU, its cache never loads
                        kv_cache_memory_bytes=int(kv_cache_gb * 2**30), max_model_len=max_model_len,
-                       logprobs_mode="processed_logprobs", enable_prefix_caching=True, **parallel)
+                       logprobs_mode="processed_logprobs", enable_prefix_caching=True,
+                       # A prompt is never split over engine steps: a request whose prefill is chunked has its
+                       # seeded generator rewound after the step (set_offset), which a CPU generator cannot do
+                       # (vLLM 0.32 raises "CPU Generator does not use offset"; seen with SPO-chain's many
+                       # continuations). Unchunked, a step holds up to this many tokens, a prompt at least.
+                       enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 8192), **placement)
         self.start_s = time.time() - t0
         self._closed = False
         atexit.register(self.close)  # a run that raises still shuts the engine down

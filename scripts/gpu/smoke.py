@@ -1,5 +1,9 @@
 """GPU smoke test (issue 14): bf16 GRPO/PPO steps, 1-rank nccl ZeRO-2/3, rollout tokens/s at batch 64
 against the HBM bandwidth bound, bf16-vs-fp32 log-prob mismatch; one summary table; exit 1 on any error.
+The vLLM engine (issue 27, docs/vllm.md), run by ``.venv-vllm``'s Python (``$VLLM_PYTHON``; ``make vllm``
+installs ``vllm`` where ``nvidia-smi`` is found): the colocated engine in bf16 beside the trainer, its
+log-probs against the trainer's before and after a weight push (scripts/gpu/vllm_smoke.py), and a 2-step
+GRPO run with ``rollout.engine=vllm``. ``--no-vllm`` leaves them out; without vLLM they fail, naming why.
 
 No network: model=tiny and a ~100M-parameter random Llama built here (saved to a temp dir).
 ``--device cpu`` is a dry mode (small sizes, gloo, no bandwidth bound) to check the script itself.
@@ -35,8 +39,11 @@ def check(name):
     return wrap
 
 
-def cli(args: list[str], run_dir: Path, timeout: int) -> None:
-    cmd = [sys.executable, "-m", "rltrain.cli", *args, f"run_dir={run_dir}", "log.console=false"]
+VLLM_PY = os.environ.get("VLLM_PYTHON", str(ROOT / ".venv-vllm" / "bin" / "python"))
+
+
+def cli(args: list[str], run_dir: Path, timeout: int, python: str = sys.executable) -> None:
+    cmd = [python, "-m", "rltrain.cli", *args, f"run_dir={run_dir}", "log.console=false"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
@@ -90,6 +97,46 @@ def zero2(tmp: Path, timeout: int):
 def zero3(tmp: Path, timeout: int):
     cli(["algo=grpo", "deepspeed=zero3", "reward=python", "reward.fn=tests.toy_rewards:contains_seven", *TINY],
         tmp / "zero3", timeout)
+
+
+def need_vllm() -> None:
+    """The vLLM checks' Python must exist and import vLLM (a CUDA build on a GPU: ``pip install vllm``)."""
+    if not Path(VLLM_PY).exists():
+        raise RuntimeError(f"no {VLLM_PY}: run `make vllm` (or set VLLM_PYTHON), or pass --no-vllm")
+    r = subprocess.run([VLLM_PY, "-c", "import vllm"], capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise RuntimeError(f"{VLLM_PY} cannot import vllm: {(r.stderr.strip().splitlines() or ['?'])[-1][:100]}")
+
+
+@check("vLLM engine colocated, bf16: push + log-probs (~100M Llama)")
+def vllm_engine(model_dir: Path, device: str, timeout: int):
+    need_vllm()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([VLLM_PY, str(ROOT / "scripts" / "gpu" / "vllm_smoke.py"), str(model_dir), "--device", device],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    last = (r.stdout.strip().splitlines() or [""])[-1]
+    if r.returncode != 0:
+        sys.stderr.write(r.stdout[-4000:] + r.stderr[-8000:])
+        raise RuntimeError(last or f"vllm_smoke.py exited {r.returncode}")
+    return last
+
+
+@check("GRPO 2 steps bf16, rollout.engine=vllm (tiny)")
+def grpo_vllm(tmp: Path, timeout: int):
+    import json
+
+    need_vllm()
+    run = tmp / "grpo_vllm"
+    cli(["algo=grpo", "reward=python", "reward.fn=tests.toy_rewards:contains_seven", *TINY,
+         "model.tiny_hidden_size=128", "rollout.engine=vllm"], run, timeout, python=VLLM_PY)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"event"' not in x]
+    if [r["step"] for r in rows] != [1, 2] or not all("time/weight_sync" in r for r in rows):
+        raise RuntimeError("expected steps 1-2, each with time/weight_sync")
+    d = [r["mismatch/abs_dlogp_mean"] for r in rows]
+    if not all(x < 0.05 for x in d):  # bf16 trainer vs bf16 vLLM: ~1e-3 measured on a CPU (docs/vllm.md)
+        raise RuntimeError(f"rollout↔trainer mean |dlogp| {d}: the push or the engine is off")
+    syncs = ", ".join("%.2f" % r["time/weight_sync"] for r in rows)
+    return f"weight sync {syncs} s; |dlogp| {', '.join('%.1e' % x for x in d)}; {rows[-1]['perf/tokens_per_s']:.0f} tok/s"
 
 
 def hbm_bandwidth(device: str) -> float:
@@ -174,6 +221,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--skip-runs", action="store_true", help="only the in-process checks (no rltrain runs)")
+    ap.add_argument("--no-vllm", action="store_true", help="leave out the vLLM engine's checks")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("smoke: no CUDA GPU visible (use --device cpu for the dry mode)", file=sys.stderr)
@@ -185,8 +233,10 @@ def main() -> int:
         ROWS.append(("random Llama built locally", "ok", f"{n / 1e6:.0f}M parameters"))
         rollout_speed(tmp / "llama", args.device)
         mismatch(tmp / "llama", args.device)
+        if not args.no_vllm:
+            vllm_engine(tmp / "llama", args.device, 300)
         if not args.skip_runs:
-            for fn in (grpo, ppo, zero2, zero3):
+            for fn in (grpo, ppo, zero2, zero3) + (() if args.no_vllm else (grpo_vllm,)):
                 fn(tmp, 240)
     w = max(len(r[0]) for r in ROWS)
     print(f"\nrltrain GPU smoke ({args.device}, {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}, "

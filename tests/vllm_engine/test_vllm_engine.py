@@ -71,6 +71,38 @@ def test_plain_policy_logprobs_match_after_push(untied):
     assert max_gap(engine, model, tok) < 1e-4
 
 
+def test_per_prompt_budgets(untied):
+    """SPO-chain's continuations: each prompt its own token budget (``max_new_per_prompt``), log-probs still
+    the trainer's."""
+    engine, model, tok = untied
+    prompts = [tok("What is 12 + 30?", add_special_tokens=False).input_ids,
+               tok("Count to seven:", add_special_tokens=False).input_ids]
+    ro = engine.generate(prompts, PARAMS, eos_token_ids=eos_token_ids(model, tok), pad_token_id=tok.pad_token_id,
+                         generator=torch.Generator().manual_seed(0), max_new_per_prompt=[3, 9])
+    lengths = ro.lengths.view(2, PARAMS.n)  # [prompt, sample]
+    assert lengths[0].max() <= 3 and lengths[1].max() > 3 and lengths[1].max() <= 9, lengths
+    with torch.no_grad():
+        lp, _ = response_logprobs(model, ro.prompt_ids, ro.response_ids, pad_id=tok.pad_token_id,
+                                  temperature=TEMPERATURE)
+    assert float(((lp - ro.logprobs).abs() * ro.response_mask).max()) < 1e-4
+
+
+def test_more_prompt_tokens_than_one_engine_step(untied):
+    """70 prompts of 120 tokens (8,400 > the 8,192 tokens of one engine step) with seeded requests: without
+    chunked prefill no prompt is split over steps (a split one made vLLM 0.32 rewind its CPU generator and
+    raise), and each sample is the same as when its prompt is sampled alone (seeds by global position)."""
+    engine, model, tok = untied
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(4, len(tok), (120,), generator=g).tolist() for _ in range(70)]
+    params = SamplingParams(max_new_tokens=4, temperature=1.0, n=1)
+    kw = dict(eos_token_ids=eos_token_ids(model, tok), pad_token_id=tok.pad_token_id)
+    ro = engine.generate(prompts, params, generator=torch.Generator().manual_seed(0), **kw)
+    assert ro.response_ids.shape[0] == 70 and ro.lengths.min() >= 1
+    alone = engine.generate(prompts[69:], params, generator=torch.Generator().manual_seed(0), first_prompt_index=69,
+                            **kw)
+    assert torch.equal(alone.response_ids[0, :int(alone.lengths[0])], ro.response_ids[69, :int(ro.lengths[69])])
+
+
 def test_lora_policy_is_pushed_merged(untied):
     engine, model, tok = untied
     lora = apply_lora(model, r=4, alpha=8.0, dropout=0.0, target_modules=["all-linear"])
