@@ -102,9 +102,6 @@ def validate(cfg: RunConfig, world_size: int = 1) -> None:
                    "dpo": "samples nothing without algo.iterative=true (offline pairs)"}
         if a.name in why_not and not (a.name == "dpo" and a.iterative):
             raise ConfigError(f"rollout.engine=vllm: algo={a.name} {why_not[a.name]}; use rollout.engine=rltrain")
-        if world_size > 1 or cfg.deepspeed.stage > 0:
-            raise ConfigError(f"rollout.engine=vllm runs on one rank without ZeRO for now; got {world_size} ranks "
-                              f"and deepspeed.stage={cfg.deepspeed.stage} (use rollout.engine=rltrain)")
         if cfg.env.name != "single_turn":
             raise ConfigError(f"rollout.engine=vllm samples single-turn responses only, not env={cfg.env.name}'s "
                               "multi-turn episodes; use rollout.engine=rltrain")

@@ -5,7 +5,8 @@ time, each rank's vLLM log-probs of the same fixed-seed samples equal the traine
 1e-4 (fp32). model=tiny with its tied head (the case a push of the embedding alone gets wrong).
 
 Runs this file as a worker script (``python test_vllm_zero3.py worker OUT RANK WORLD PORT``), one thread
-per process."""
+per process. Then the same through the command: a 2-step GRPO run on 2 ranks under ZeRO-3 with an engine per
+rank."""
 from __future__ import annotations
 
 import json
@@ -91,6 +92,27 @@ def test_zero3_two_ranks_push_matches_the_trainer(tmp_path):
         assert rec["start"] < 1e-4, (r, rec)  # the first push, at start: the gathered initial weights
         assert rec["stale"] > 1e-2, (r, rec)  # the optimizer step moved the weights: the check sees a stale engine
         assert rec["pushed"] < 1e-4, (r, rec)
+
+
+def test_grpo_two_ranks_zero3_with_vllm(tmp_path):
+    """The command with 2 ranks under ZeRO-3 and an engine per rank: step 1 samples what a 1-rank vLLM run samples
+    (the seeds follow global prompt positions; same rollout metrics), step 2 samples with step 1's pushed update
+    (log-probs the trainer's), and no process of the run is left."""
+    import uuid
+
+    from tests.cli import metrics, run_ok
+    from tests.vllm_engine.test_vllm_grpo import ARGS, marked_processes
+
+    args = [*ARGS, "rollout.engine=vllm", "eval.at_start=false"]
+    run_ok(args, tmp_path / "one")
+    mark = uuid.uuid4().hex
+    out = run_ok([*args, "launch.nproc_per_node=2", "deepspeed=zero3"], tmp_path / "two", RLTRAIN_TEST_MARK=mark)
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [r["step"] for r in two] == [1, 2] and all("time/weight_sync" in r for r in two), out[-3000:]
+    assert all(r["mismatch/abs_dlogp_mean"] < 1e-4 for r in two), [r["mismatch/abs_dlogp_mean"] for r in two]
+    for k in ("reward/mean", "response/length_mean", "response/length_max"):
+        assert two[0][k] == one[0][k], k
+    assert marked_processes(mark) == []
 
 
 if __name__ == "__main__" and sys.argv[1] == "worker":
