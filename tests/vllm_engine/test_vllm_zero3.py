@@ -115,5 +115,32 @@ def test_grpo_two_ranks_zero3_with_vllm(tmp_path):
     assert marked_processes(mark) == []
 
 
+def test_sigkill_of_a_two_rank_vllm_run_leaves_no_process(tmp_path):
+    """SIGKILL of the command (the launcher) after step 1 of a 2-rank ZeRO-3 run, each rank holding its vLLM
+    engine: the ranks and anything of their engines are gone within seconds (the workers die with their parent;
+    the engines live in the workers' processes)."""
+    import signal
+    import time
+    import uuid
+
+    from tests.cli import start_cli
+    from tests.vllm_engine.test_vllm_grpo import ARGS, marked_processes
+
+    mark = uuid.uuid4().hex
+    proc = start_cli([*ARGS, "rollout.engine=vllm", "eval.at_start=false", "train.steps=50",
+                      "launch.nproc_per_node=2", "deepspeed=zero3"], tmp_path, RLTRAIN_TEST_MARK=mark)
+    deadline = time.time() + 300
+    while not ((tmp_path / "metrics.jsonl").exists() and (tmp_path / "metrics.jsonl").read_text().strip()):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.1)
+    assert len(marked_processes(mark)) >= 3  # the launcher and its two ranks, alive, engines running
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.time() + 30
+    while marked_processes(mark) and time.time() < deadline:
+        time.sleep(0.2)
+    assert marked_processes(mark) == []
+
+
 if __name__ == "__main__" and sys.argv[1] == "worker":
     worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
