@@ -382,7 +382,8 @@ class RolloutConfig:
     (colocated in the trainer's process, the policy's weights pushed into it after every optimizer step;
     needs vLLM installed: ``make vllm``, then ``.venv-vllm/bin/rltrain``). Samples the training rollouts of
     algo=grpo, opd, ppo, spo_chain (and its Monte-Carlo continuations) and iterative dpo, and the held-out
-    evaluations; one rank, no ZeRO, env=single_turn for now."""
+    evaluations, one engine per rank (ZeRO-3: pushed one gathered parameter at a time); not spo_tree, sft,
+    offline dpo or an env other than single_turn."""
     vllm_kv_cache_gb: float = bounded(1.0, "> 0")
     """vllm: memory (GiB, CPU or GPU) vLLM reserves for its KV cache beside the trainer; its share of
     the machine is this plus one copy of the weights."""

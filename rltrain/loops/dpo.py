@@ -19,7 +19,9 @@ the pairs' reference log-probs; then train the round's steps, step j on the pair
 prompts (so one pass over the round's pairs). The reference is the initial policy
 (``algo.reference=initial``, default) or the policy at the start of the round
 (``previous_iterate``). Each round's pairs and reference log-probs are saved in the run directory
-(``iterative/``), so a run resumed mid-round trains on exactly the pairs it sampled.
+(``iterative/``), so a run resumed mid-round trains on exactly the pairs it sampled. With
+``rollout.engine=vllm`` the colocated vLLM engine samples the rounds (and the evaluations), the weights
+pushed after every optimizer step (docs/vllm.md).
 
 Reference log-probs: offline with ``algo.cache_ref_logps=true`` (default) they are computed once
 by the initial policy before training, for every pair the run will use, and cached on disk
