@@ -6,8 +6,8 @@
 1. A bf16 LocalActor of MODEL_DIR (where rltrain's loops keep it) and a VLLMEngine beside it in this process
    (bf16, on the GPU when there is one, 1 GiB KV cache), the actor's weights pushed at start; 64 sequences sampled (tok/s), their vLLM log-probs against the
    trainer's bf16 forward (mean and max |Δlogp|; fails above a mean of 0.05 or on a non-finite value).
-2. Every weight moved (a stand-in for an optimizer step): the engine is stale (mean |Δlogp| grows); after a
-   timed push it is back within the bound of step 1.
+2. One real optimizer step of the actor (lr 1e-2): the engine is stale (mean |Δlogp| grows); after a timed
+   push it is back within the bound of step 1.
 Prints one summary line last (the smoke's detail column); exits non-zero on a failed check.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main() -> int:
 
     big = args.device == "cuda"
     model, tok = load_model("hf", args.model_dir, dtype="fp32")
-    opt = OptimConfig(lr=1e-5, weight_decay=0.0, betas=(0.9, 0.99), warmup_steps=0, schedule="constant",
+    opt = OptimConfig(lr=1e-2, weight_decay=0.0, betas=(0.9, 0.99), warmup_steps=0, schedule="constant",
                       total_steps=1, max_grad_norm=1.0)
     actor = LocalActor(model, opt, dtype="bf16")  # the trainer's weights stay where rltrain's loops keep them
     t0 = time.perf_counter()
@@ -52,16 +52,16 @@ def main() -> int:
             lp, _ = response_logprobs(actor.module, ro.prompt_ids, ro.response_ids, pad_id=tok.pad_token_id,
                                       temperature=1.0)
         d = (lp.float() - ro.logprobs)[ro.response_mask.bool()].abs()
-        return d.mean().item(), d.max().item(), int(ro.lengths.sum()), dt
+        return d.mean().item(), d.max().item(), int(ro.lengths.sum()), dt, ro
 
-    mean0, max0, tokens, dt = gap()
-    with torch.no_grad():  # stand-in for an optimizer step: every weight moves
-        g = torch.Generator().manual_seed(1)
-        for p in actor.module.parameters():
-            p.add_((torch.randn(p.shape, generator=g) * 0.02).to(p.dtype))
-    stale, _, _, _ = gap()
+    mean0, max0, tokens, dt, ro = gap()
+    # One real optimizer step (fp32 masters → bf16 compute weights, as in a run): lower the sampled tokens' NLL.
+    lp, _ = response_logprobs(actor.module, ro.prompt_ids, ro.response_ids, pad_id=tok.pad_token_id, temperature=1.0)
+    actor.backward(-(lp * ro.response_mask).sum() / ro.response_mask.sum())
+    actor.step()
+    stale = gap()[0]
     push_s = engine.push(actor.module)
-    mean1, max1, _, _ = gap()
+    mean1, max1 = gap()[:2]
     engine.close()
     line = (f"start {start_s:.1f}s; {tokens / dt:.0f} tok/s; |dlogp| mean {mean0:.2e} max {max0:.2e}; "
             f"stale {stale:.2e}; push {push_s:.2f}s; after push mean {mean1:.2e} max {max1:.2e}")
