@@ -136,7 +136,8 @@ def grpo_vllm(tmp: Path, timeout: int):
     if not all(x < 0.05 for x in d):  # bf16 trainer vs bf16 vLLM: ~1e-3 measured on a CPU (docs/vllm.md)
         raise RuntimeError(f"rollout↔trainer mean |dlogp| {d}: the push or the engine is off")
     syncs = ", ".join("%.2f" % r["time/weight_sync"] for r in rows)
-    return f"weight sync {syncs} s; |dlogp| {', '.join('%.1e' % x for x in d)}; {rows[-1]['perf/tokens_per_s']:.0f} tok/s"
+    gaps = ", ".join("%.1e" % x for x in d)
+    return f"weight sync {syncs} s; |dlogp| {gaps}; {rows[-1]['perf/tokens_per_s']:.0f} tok/s"
 
 
 def hbm_bandwidth(device: str) -> float:

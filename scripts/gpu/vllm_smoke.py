@@ -4,8 +4,9 @@
     python scripts/gpu/vllm_smoke.py MODEL_DIR [--device cuda|cpu]
 
 1. A bf16 LocalActor of MODEL_DIR (where rltrain's loops keep it) and a VLLMEngine beside it in this process
-   (bf16, on the GPU when there is one, 1 GiB KV cache), the actor's weights pushed at start; 64 sequences sampled (tok/s), their vLLM log-probs against the
-   trainer's bf16 forward (mean and max |Δlogp|; fails above a mean of 0.05 or on a non-finite value).
+   (bf16, on the GPU when there is one, 1 GiB KV cache), the actor's weights pushed at start; 64 sequences
+   sampled (tok/s), their vLLM log-probs against the trainer's bf16 forward (mean and max |Δlogp|; fails
+   above a mean of 0.05 or on a non-finite value).
 2. One real optimizer step of the actor (lr 1e-2): the engine is stale (mean |Δlogp| grows); after a timed
    push it is back within the bound of step 1.
 Prints one summary line last (the smoke's detail column); exits non-zero on a failed check.

@@ -36,7 +36,9 @@ def test_two_steps_with_vllm(loop, tmp_path):
     assert marked_processes(mark) == []
     one_step = ["train.steps=1"] + (["algo.rounds=1"] if loop == "iterative_dpo" else [])  # round 0's first step
     run_ok([*args, "rollout.engine=rltrain", *one_step], tmp_path / "own")
-    text = lambda run, kind, step: [r["completion"] for r in samples(run) if r["kind"] == kind and r["step"] == step]  # noqa: E731
-    assert text(tmp_path / "vllm", "train", 1) and text(tmp_path / "vllm", "train", 1) != text(tmp_path / "own", "train", 1)
+    def texts(run: str, kind: str, step: int) -> list[str]:
+        return [r["completion"] for r in samples(tmp_path / run) if r["kind"] == kind and r["step"] == step]
+
+    assert texts("vllm", "train", 1) and texts("vllm", "train", 1) != texts("own", "train", 1)
     if loop != "iterative_dpo":  # DPO's own evaluation writes no answers to samples.jsonl
-        assert text(tmp_path / "vllm", "eval", 0) and text(tmp_path / "vllm", "eval", 0) != text(tmp_path / "own", "eval", 0)
+        assert texts("vllm", "eval", 0) and texts("vllm", "eval", 0) != texts("own", "eval", 0)
