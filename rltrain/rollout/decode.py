@@ -92,6 +92,9 @@ class DecodeConfig:
     # each prompt's KV is its source's first len(prompt) positions (SPO-chain's cut states of a row)
     sources: list[list[int]] | None = None
     source_of: list[int] | None = None
+    # called as on_drop(batch, rows, nodes) just before rows [R] (nodes [R]) leave the batch at a compaction
+    # (multi-turn episodes keep the caches of turns that ended: rollout/turn_cache.py)
+    on_drop: Callable[["_Batch", torch.Tensor, torch.Tensor], None] | None = None
 
 
 class _Timer:
@@ -185,7 +188,8 @@ def decode_tree(
         start: the decoding state to continue from instead of prefilling ``prompts`` (one row per
             prompt, its cache holding the prompt: multi-turn episodes carry their cache across turns,
             rollout/turn_cache.py). It is advanced in place, so after the call it holds the state at
-            the end (with ``cfg.compact_fraction`` = inf every row stays, in node order).
+            the end of a one-level tree: the rows not dropped at a compaction (``cfg.on_drop``), in
+            node order.
 
     Returns:
         One ``Level`` per depth that has nodes (index 0 = the prompts' children).
@@ -293,6 +297,9 @@ def decode_tree(
             # dropping them copies the whole KV cache.
             if alive.shape[0] - n_alive >= max(1, cfg.compact_fraction * alive.shape[0]):
                 with timer("compact"):
+                    if cfg.on_drop is not None:
+                        gone = (~alive).nonzero().squeeze(1)
+                        cfg.on_drop(batch, gone, node[gone])
                     node, tok = batch.select(alive.nonzero().squeeze(1), node, tok)
                     alive = torch.ones(node.shape[0], dtype=torch.bool, device=device)
             with timer("forward"):

@@ -220,7 +220,8 @@ def run_episodes(model, tokenizer, delta: ChatDelta, envs: list, samples: list, 
             for i in range(N):
                 stats["prefill_tokens"][i] += len(prompt_ids[i]) / n
         elif cache is not None:
-            rows = [last_active.index(i) for i in active]
+            row_of = {i: r for r, i in enumerate(last_active)}
+            rows = [row_of[i] for i in active]
             level, prefilled = cache.next_turn(rows, [prompt_ids[i] + toks[i] for i in active], positions, caps,
                                                draw_base_seed(generator))
             ro = _Turn.of(level)

@@ -3,7 +3,7 @@
 (docs/environments.md, "KV cache"). Same random streams for both paths: the tokens must agree.
 
     python scripts/bench/turn_cache_bench.py --model tiny --stops abcdefgh   # seconds
-    python scripts/bench/turn_cache_bench.py --model smollm2_135m          # ~2 min on a 2-core CPU
+    python scripts/bench/turn_cache_bench.py --model smollm2_135m --prompts 2 --samples 4   # ~5 min, 2 loaded cores
 
 A turn ends at one of ``--stops`` (characters); a turn that reaches ``--turn-tokens`` ends its episode.
 """
@@ -52,6 +52,7 @@ def main():
                           eos_token_ids=[tok.eos_token_id], pad_token_id=tok.pad_token_id, generator=torch.Generator().manual_seed(0),
                           carry_cache=carry)
         seconds = time.perf_counter() - t0
+        print(f"carry_cache={carry}: {seconds:.2f} s", flush=True)
         results.setdefault(carry, []).append((ep, seconds))
     for carry in (False, True):
         ep, _ = results[carry][0]
