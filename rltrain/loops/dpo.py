@@ -256,7 +256,7 @@ def build_round(ctx: setup.Context, cfg: RunConfig, dist: Dist, r: int) -> Round
     for j in range(spr):
         step = r * spr + j
         idx, first = episodes.rank_slice(ctx.order, step, t.prompts_per_step, dist)
-        with ctx.actor.gathered():  # ZeRO-3: the actor's parameters gathered once for the rollout
+        with setup.rollout_gathered(ctx):  # ZeRO-3: the actor's parameters gathered once for the rollout
             s, _ = episodes.rollout_and_score(ctx.actor.module, ctx.tok, [ctx.train[i] for i in idx],
                                        [ctx.train_ids[i] for i in idx], ctx.reward, cfg, n=K,
                                        generator=episodes.rollout_generator(cfg.seed, step), first_prompt_index=first,

@@ -124,7 +124,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     for step in clock.steps():
         t0 = time.time()
         # step 1: sample and score this rank's prompts (DAPO refills when enabled)
-        with ctx.actor.gathered():  # ZeRO-3: the actor's parameters gathered once for the rollout phase
+        with setup.rollout_gathered(ctx):  # ZeRO-3: the actor's parameters gathered once for the rollout phase
             s, times = collect(step, ctx, cfg, dist)
         # step 2: advantages [N, T], with the reference's log-probs for a KL loss
         adv_tok, ref_logp, old_logp, old_ent = advantages(ctx, cfg, dist, s, times)

@@ -313,7 +313,7 @@ def end_step(cfg: RunConfig, ctx, dist: Dist, clock: StepClock, done: int, metri
 def policy_eval(ctx, cfg: RunConfig, dist: Dist, keep: list | None = None) -> dict:
     """Held-out evaluation of the actor (``evaluate``; parameters gathered once under ZeRO-3), through
     the vLLM engine with ``rollout.engine=vllm``; ``keep`` collects answers for samples.jsonl."""
-    with ctx.actor.gathered():
+    with setup.rollout_gathered(ctx):
         return evaluate(ctx.actor.module, ctx.tok, ctx.test, ctx.test_ids, ctx.reward, cfg, dist, keep=keep,
                         sampler=ctx.sampler)
 

@@ -46,7 +46,7 @@ def train(cfg: RunConfig, dist: Dist) -> dict:
     for step in clock.steps():
         t0 = time.time()
         # step 1: sample and score
-        with ctx.actor.gathered():
+        with setup.rollout_gathered(ctx):
             s, times = grpo.collect(step, ctx, cfg, dist)
         # step 2: student π_old and teacher log-probs of the sampled tokens
         t1 = time.time()

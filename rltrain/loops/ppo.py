@@ -174,7 +174,7 @@ def ppo_step(ctx: setup.Context, st: PPOState, cfg: RunConfig, dist: Dist, step:
     a, t = cfg.algo, cfg.train
     pad, temp, n = ctx.tok.pad_token_id, cfg.rollout.scoring_temperature, t.samples_per_prompt
     idx, first = episodes.rank_slice(ctx.order, step, t.prompts_per_step, dist)
-    with ctx.actor.gathered():  # ZeRO-3: the actor's parameters gathered once for the rollout
+    with setup.rollout_gathered(ctx):  # ZeRO-3: the actor's parameters gathered once for the rollout
         s, times = episodes.rollout_and_score(ctx.actor.module, ctx.tok, [ctx.train[i] for i in idx],
                                        [ctx.train_ids[i] for i in idx], ctx.reward, cfg, n=n,
                                        generator=episodes.rollout_generator(cfg.seed, step), first_prompt_index=first,

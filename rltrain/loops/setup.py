@@ -3,6 +3,8 @@ DeepSpeed), the frozen reference, PPO's critic, OPD's teacher, the reward, the d
 encoded prompts or examples — all built by one ``Context``, whose options say what a loop needs."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from rltrain.config import ConfigError, RunConfig, option_kwargs
@@ -203,6 +205,13 @@ def start_sampler(cfg: RunConfig, ctx, dist: Dist) -> None:
         longest = max([len(p) + cfg.rollout.max_new_tokens for p in ctx.train_ids]
                       + [len(p) + cfg.eval.max_new_tokens for p in ctx.test_ids], default=1)
         ctx.sampler = colocated(cfg, ctx.actor.module, ctx.tok, max_model_len=longest, dist=dist)
+
+
+def rollout_gathered(ctx):
+    """Context for a rollout phase: the actor's ZeRO-3 parameters gathered once (``actor.gathered()``) for
+    rltrain's engine; nothing with the vLLM engine, which samples with its own pushed copy (a whole-model
+    gather per rank would only cost memory)."""
+    return contextlib.nullcontext() if ctx.sampler is not None else ctx.actor.gathered()
 
 
 def push_weights(ctx, metrics: dict) -> None:
