@@ -54,7 +54,8 @@ class _Kept:
     Attributes:
         layers: per layer ``(keys, values)``, each ``[H, C, D]`` (C = the batch's cache length then).
         bias: ``[C]`` additive mask (0 on real columns so far, the dtype's minimum on padding).
-        fed: turn tokens the row had fed when it left (its columns ``turn_start .. turn_start + fed - 1``).
+        fed: this turn's sampled tokens in the cache (its columns ``turn_start .. turn_start + fed - 1``; the
+            columns it computed after it stopped, while waiting to leave the batch, are not counted).
     """
 
     def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], bias: torch.Tensor, fed: int):
@@ -134,8 +135,10 @@ class TurnCache:
         (level,) = decode_tree(self.model, prompts, cfg, prompt_offset=positions, start=batch)
         left = [node for node in range(level.lengths.shape[0]) if node not in self.kept]  # in node order
         self._keep(batch, torch.arange(len(left), device=self.device), torch.tensor(left))
-        for r, L in enumerate(level.lengths.tolist()):  # the loop feeds every sampled token but the last
-            self.ids[r] += level.tokens[r, :min(L, self.kept[r].fed)].tolist()
+        for r, L in enumerate(level.lengths.tolist()):
+            # the loop feeds every sampled token but the last; a row that stopped before it left fed more (ignored)
+            self.kept[r].fed = min(L, self.kept[r].fed)
+            self.ids[r] += level.tokens[r, :self.kept[r].fed].tolist()
         return level
 
     def _repack_and_prefill(self, rows: list[int], new: list[list[int]], cfg: DecodeConfig) -> _Batch:

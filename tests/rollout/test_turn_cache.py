@@ -57,6 +57,9 @@ def _play(tiny, env_cls, limits, params, carry, first=0):
 CASES = {
     "four turns": (Echo, Limits(max_turns=4, max_episode_tokens=400, max_tool_output_tokens=64),
                    SamplingParams(max_new_tokens=12, temperature=1.0, n=3, stop_strings=STOPS)),
+    "32 rows (stopped rows wait to leave the batch)": (
+        Echo, Limits(max_turns=3, max_episode_tokens=400, max_tool_output_tokens=64),
+        SamplingParams(max_new_tokens=16, temperature=1.0, n=8, stop_strings=tuple("abcdefgh"))),
     "episodes end early": (EndsEarly, Limits(max_turns=4, max_episode_tokens=400, max_tool_output_tokens=64),
                            SamplingParams(max_new_tokens=12, temperature=1.0, n=2, stop_strings=STOPS)),
     "ragged messages, top-p": (LongAnswer, Limits(max_turns=3, max_episode_tokens=400, max_tool_output_tokens=64),
