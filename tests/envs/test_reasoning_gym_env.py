@@ -96,3 +96,17 @@ def test_episodes_with_a_retry_are_scored_by_the_task_on_the_last_turn():
     assert scored.scores.tolist() == [0.0] * 4 and scored.reward.info["reasoning_gym/raw_score"] == [0.0] * 4
     # With the answer right, the same scorer gives 1 (the reward reads the last turn only).
     assert ReasoningGymReward()([samples[0]], [f"<answer>{samples[0].answer}</answer>"]).scores == [1.0]
+
+
+def test_grpo_runs_with_env_reasoning_gym(tmp_path):
+    """Through the real loop (in-process CLI path): env=reasoning_gym with its data and reward, one step."""
+    from tests.cli import metrics, run_inprocess
+
+    run_inprocess(["model=tiny", "env=reasoning_gym", "data.size=16", "data.n_test=4", "eval.size=4",
+                   "eval.max_new_tokens=8", "eval.at_start=false", "rollout.max_new_tokens=8",
+                   "rollout.stop_strings=[" + ",".join("abcdefghijklmnopqrstuvwxyz0123456789") + "]", "train.steps=1", "train.prompts_per_step=2",
+                   "train.samples_per_prompt=4", "train.micro_batch_size=8", "launch.threads_per_rank=1",
+                   "log.console=false"], tmp_path / "run")
+    (row,) = metrics(tmp_path / "run")
+    assert row["env/turns"] > 1.5  # the random model writes no <answer> tags: episodes get their retry
+    assert "reasoning_gym/raw_score" in row and row["env/masked_tokens"] > 0
