@@ -121,7 +121,7 @@ def check_env(cfg) -> None:
     from rltrain.loops.env_episodes import env_factory
 
     try:
-        env_factory(cfg)
+        env_factory(cfg).close()  # env=python_tool: its sandbox was built (isolation checked) and is stopped
     except (ImportError, AttributeError, TypeError, ValueError) as exc:
         raise PreflightError("env", str(exc).splitlines()[0]) from None
 
