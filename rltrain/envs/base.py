@@ -1,7 +1,8 @@
 """The environment interface the multi-turn rollout drives, and its adapter for a plain class.
 
-An environment is any class with a no-argument constructor (one instance per episode). Every
-method is optional:
+An environment is any class with a no-argument constructor (one instance per episode; the built-in
+options take their own fields as keyword arguments, ``env=reasoning_gym``'s ``retries``, or what
+``shared`` made). Every method is optional:
 
 - ``reset(self, sample) -> str | list[dict]``: the first user message (or the whole message list)
   of the episode; default: ``sample.question``. All samples of a GRPO group are reset from the same
