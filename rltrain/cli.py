@@ -16,11 +16,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+from rltrain import threads
 
-from rltrain.config import ConfigError, RunConfig, register_configs, validate
-from rltrain.preflight import user_error_kind
+threads.set_wait_policy()  # before torch loads (rltrain.config imports it): OpenMP reads it once
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from rltrain.config import ConfigError, RunConfig, register_configs, validate  # noqa: E402
+from rltrain.preflight import user_error_kind  # noqa: E402
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 GROUPS = ["algo", "token_selection", "policy_loss", "reward", "data", "env", "model", "deepspeed", "experiment"]

@@ -15,9 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from rltrain import threads
 
-from rltrain.config import LOOPS, RunConfig, option_schema
+threads.set_wait_policy()  # before torch loads (rltrain.config imports it): OpenMP reads it once
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from rltrain.config import LOOPS, RunConfig, option_schema  # noqa: E402
 
 
 
@@ -69,22 +73,31 @@ def local_world_size(world_size: int) -> int:
     return world_size
 
 
-def threads_per_rank(cfg: RunConfig, local_world: int) -> int:
-    """OMP/torch threads of one rank: launch.threads_per_rank, else Slurm's CPUs per task, else this
-    process's usable cores shared by the ranks on this machine (oversubscription is slow)."""
-    if cfg.launch.threads_per_rank:
-        return cfg.launch.threads_per_rank
-    if slurm_world() is not None and os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
-        return int(os.environ["SLURM_CPUS_PER_TASK"])
-    return max(1, len(os.sched_getaffinity(0)) // local_world)
+def cpu_budget(cfg: RunConfig, local_world: int) -> threads.CpuBudget:
+    """OMP/torch threads of one rank (rltrain/threads.py): launch.threads_per_rank, else Slurm's CPUs
+    per task, else this process's usable cores (affinity, cgroup quota) shared by the ranks on this
+    machine (oversubscription is slow)."""
+    slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return threads.cpu_budget(local_world, configured=cfg.launch.threads_per_rank,
+                              slurm_cpus=int(slurm_cpus) if slurm_world() is not None and slurm_cpus.isdigit() else None)
 
 
-def set_threads(cfg: RunConfig, world_size: int) -> None:
+def set_threads(cfg: RunConfig, world_size: int) -> threads.CpuBudget:
+    """Set this rank's threads for the run."""
     import torch
 
-    n = threads_per_rank(cfg, local_world_size(world_size))
-    os.environ["OMP_NUM_THREADS"] = str(n)
-    torch.set_num_threads(n)
+    budget = cpu_budget(cfg, local_world_size(world_size))
+    os.environ["OMP_NUM_THREADS"] = str(budget.threads)
+    torch.set_num_threads(budget.threads)
+    return budget
+
+
+def warn_if_loaded(cfg: RunConfig, local_world: int) -> None:
+    """One line when the machine is already busy with other work as the run starts."""
+    cores = cpu_budget(cfg, local_world).threads * local_world
+    text = threads.load_warning(os.getloadavg()[0], cores)
+    if text:
+        print(f"rltrain: warning: {text}", file=sys.stderr, flush=True)
 
 
 def keep_freed_memory() -> bool:
@@ -163,11 +176,11 @@ def _spawn_local(cfg: RunConfig, run_dir: Path, n: int) -> dict:
     failed first.
     """
     port = _free_port()
-    threads = threads_per_rank(cfg, n)
+    n_threads = cpu_budget(cfg, n).threads
     procs = []
     for rank in range(n):
         env = dict(os.environ, RLTRAIN_RANK=str(rank), RLTRAIN_WORLD=str(n), LOCAL_RANK=str(rank),
-                   RLTRAIN_MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads))
+                   RLTRAIN_MASTER_PORT=str(port), OMP_NUM_THREADS=str(n_threads))
         procs.append(subprocess.Popen([sys.executable, "-m", "rltrain.launch", str(run_dir)], env=env,
                                       preexec_fn=_die_with_parent if sys.platform == "linux" else None))
     try:
@@ -224,9 +237,11 @@ def launch(cfg: RunConfig) -> dict:
         os.environ["LOCAL_RANK"] = str(local_rank)
         if rank == 0:
             save_config(cfg, run_dir, header)
+            warn_if_loaded(cfg, local_world_size(world))
         addr, port = _slurm_master()
         return run_worker(cfg, rank, world, master_addr=addr, master_port=port) or {}
     save_config(cfg, run_dir, header)
+    warn_if_loaded(cfg, cfg.launch.nproc_per_node)
     if cfg.launch.nproc_per_node == 1:
         return run_worker(cfg) or {}
     return _spawn_local(cfg, run_dir, cfg.launch.nproc_per_node)

@@ -431,7 +431,8 @@ class LaunchConfig:
     nproc_per_node: int = bounded(1, "≥ 1")
     """Local worker processes (torch.distributed: gloo on CPU, nccl on GPU)."""
     threads_per_rank: int = 0
-    """OMP/torch threads per rank; 0 = cores / ranks."""
+    """OMP/torch threads per rank; 0 = usable cores (CPU affinity, cgroup quota) / ranks
+    (rltrain/threads.py)."""
     timeout_s: int = 600
     """A rank that stops answering makes the job exit after this many seconds."""
     keep_freed_memory: bool = True

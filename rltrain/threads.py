@@ -1,0 +1,118 @@
+"""How many threads a rank computes with, and how they behave when the CPU is shared.
+
+A run on a 2-core machine used to pin ``OMP_NUM_THREADS`` to every core it saw. When another
+process took one of those cores, each parallel region waited for the thread that had been
+descheduled while its partner spun, and steps became 5-8x slower instead of 2x. Three things fix
+that (measurements: docs/results.md, "Sharing the CPU"):
+
+- **The cores a rank may use** are the smallest of its CPU affinity (``sched_getaffinity``), its
+  cgroup's CPU quota (``cpu.max`` in cgroup v2, ``cpu.cfs_quota_us`` in v1; a container's
+  ``--cpus``) and Slurm's ``SLURM_CPUS_PER_TASK``, shared by the ranks on the machine.
+- **Threads that sleep when they wait**: ``OMP_WAIT_POLICY=PASSIVE`` unless the user set it
+  (``rltrain.cli`` and ``rltrain.launch`` set it before torch is imported; OpenMP reads it once, at
+  load). With one busy competitor on 2 cores this alone brought a SmolLM2-sized forward + backward
+  from 4.8x to 1.6x its uncontended time, the same as computing with one thread; so the thread
+  count stays fixed for the run (which keeps a seed's arithmetic the same on a busy machine).
+
+At start, ``load_warning`` says in one line when the load average already exceeds the cores the
+run will use.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+WAIT_POLICY = "PASSIVE"
+
+
+def set_wait_policy(environ=os.environ) -> str:
+    """``OMP_WAIT_POLICY=PASSIVE`` unless already set; returns the policy in effect. Must run before
+    torch (its OpenMP runtime) is loaded to have any effect."""
+    return environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
+    """The CPU quota of this process's cgroup in cores (``cpu.max`` ``"200000 100000"`` -> 2.0), or
+    None when there is none (``max``), or when it cannot be read."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        rel = path.lstrip("/")
+        if controllers == "":  # cgroup v2: walk up from the process's cgroup; the tightest limit wins
+            quota = None
+            d = root / rel
+            while True:
+                q = _read_v2(d / "cpu.max")
+                if q is not None:
+                    quota = q if quota is None else min(quota, q)
+                if d == root or root not in d.parents:
+                    break
+                d = d.parent
+            return quota
+        if "cpu" in controllers.split(","):
+            for base in (root / "cpu,cpuacct", root / "cpu"):
+                q = _read_v1(base / rel)
+                if q is not None:
+                    return q
+    return None
+
+
+def _read_v2(path: Path) -> float | None:
+    try:
+        quota, period = path.read_text().split()
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def _read_v1(d: Path) -> float | None:
+    try:
+        quota = int((d / "cpu.cfs_quota_us").read_text())
+        period = int((d / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota <= 0 else quota / period
+
+
+@dataclass(frozen=True)
+class CpuBudget:
+    """The cores a rank may compute with and what limited them."""
+
+    threads: int
+    why: str
+
+
+def cpu_budget(local_world: int = 1, *, configured: int = 0, affinity: int | None = None,
+               quota: float | None = None, slurm_cpus: int | None = None) -> CpuBudget:
+    """Threads per rank: ``launch.threads_per_rank`` when set, else Slurm's CPUs per task, else the
+    machine's usable cores (affinity and cgroup quota, whichever is smaller) shared by the
+    ``local_world`` ranks on it; at least 1. Arguments left None are read from this process."""
+    if configured:
+        return CpuBudget(configured, "launch.threads_per_rank")
+    if slurm_cpus:
+        return CpuBudget(slurm_cpus, "SLURM_CPUS_PER_TASK")
+    affinity = len(os.sched_getaffinity(0)) if affinity is None else affinity
+    quota = cgroup_cpu_quota() if quota is None else quota
+    cores, why = affinity, f"{affinity} cores in this process's CPU affinity"
+    if quota is not None and quota < affinity:
+        # A quota of 1.5 cores with 2 threads throttles both every period: round down.
+        cores, why = max(1, math.floor(quota)), f"the cgroup's CPU quota of {quota:g} cores"
+    n = max(1, cores // max(1, local_world))
+    if local_world > 1:
+        why += f", shared by {local_world} ranks"
+    return CpuBudget(n, why)
+
+
+def load_warning(load1: float, cores: int) -> str | None:
+    """The start-of-run warning when the 1-minute load average already exceeds the cores the run will
+    use (another process is computing on them), else None."""
+    if load1 <= cores:
+        return None
+    return (f"the load average is {load1:.1f} on the {cores} core{'s' if cores != 1 else ''} this run uses: "
+            f"other processes are computing on them, so steps will be slower (rltrain's threads sleep while "
+            f"they wait instead of spinning; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
