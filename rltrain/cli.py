@@ -23,8 +23,10 @@ threads.set_wait_policy()  # before torch loads (rltrain.config imports it): Ope
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from rltrain.config import ConfigError, RunConfig, register_configs, validate  # noqa: E402
 from rltrain.preflight import user_error_kind  # noqa: E402
+
+# rltrain.config (and with it torch) is imported where it is used, so that `rltrain --help` answers
+# at once.
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 GROUPS = ["algo", "token_selection", "policy_loss", "reward", "data", "env", "model", "deepspeed", "experiment"]
@@ -80,9 +82,26 @@ def explain_override_error(err: Exception, overrides: list[str]) -> str:
     return text
 
 
+_registered = False
+
+
+def _register_configs() -> None:
+    """The schemas into Hydra's ConfigStore, once per process."""
+    global _registered
+    if not _registered:
+        from rltrain.config import register_configs
+
+        register_configs()
+        _registered = True
+
+
 def compose_or_explain(overrides: list[str]):
     """Compose the config with the compose API; raise ConfigError with a clear message."""
     from hydra import compose, initialize_config_dir
+
+    from rltrain.config import ConfigError
+
+    _register_configs()
 
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
@@ -94,6 +113,8 @@ def compose_or_explain(overrides: list[str]):
 def to_run_config(cfg: DictConfig) -> RunConfig:
     """The typed config (dataclasses all the way down); a required key left unset is named."""
     from omegaconf.errors import MissingMandatoryValue
+
+    from rltrain.config import ConfigError
 
     try:
         return OmegaConf.to_object(cfg)
@@ -122,6 +143,7 @@ def _user_overrides(argv: list[str]) -> list[str] | None:
 def checked_config(cfg: DictConfig) -> RunConfig:
     """``cfg`` typed and validated (the rules of ``rltrain.config.validate``)."""
     from rltrain import launch
+    from rltrain.config import validate
 
     run_cfg = to_run_config(cfg)
     validate(run_cfg, world_size=launch.planned_world_size(run_cfg))
@@ -233,12 +255,12 @@ Examples:
 
 
 def main() -> None:
-    register_configs()
     argv = sys.argv[1:]
     if argv and argv[0] in ("--help", "-h"):
         groups = "\n".join(f"  {g:16s} {', '.join(group_options(g)) or '(none yet)'}" for g in GROUPS)
         print(HELP.format(groups=groups))
         return
+    _register_configs()
     overrides = _user_overrides(argv)
     if overrides is not None:
         global _checked

@@ -97,7 +97,7 @@ def test_set_wait_policy_keeps_the_users():
     assert threads.set_wait_policy(env) == "ACTIVE"
 
 
-# What OMP_WAIT_POLICY holds at the moment torch is first imported by the module named in argv.
+# What OMP_WAIT_POLICY holds at the moment torch is first imported, the module named in argv imported first.
 TORCH_SEES = """
 import importlib, os, sys
 class Spy:
@@ -107,6 +107,7 @@ class Spy:
         return None
 sys.meta_path.insert(0, Spy())
 importlib.import_module(sys.argv[1])
+import torch  # where the module did not load it, the run does later
 print(globals().get("seen"))
 """
 
