@@ -11,16 +11,17 @@ from tests.cli import REPO
 COUNTING_MAIN = """
 import json, sys
 import rltrain.cli as cli
+import rltrain.config as config
 from rltrain import launch
 calls = {"validate": 0, "preflight": 0, "launch": []}
-validate, preflight = cli.validate, cli.run_preflight
+validate, preflight = config.validate, cli.run_preflight
 def counted_validate(*a, **k):
     calls["validate"] += 1
     return validate(*a, **k)
 def counted_preflight(*a, **k):
     calls["preflight"] += 1
     return preflight(*a, **k)
-cli.validate, cli.run_preflight = counted_validate, counted_preflight
+config.validate, cli.run_preflight = counted_validate, counted_preflight
 launch.launch = lambda cfg: calls["launch"].append([cfg.seed, cfg.run_dir is not None]) or {}
 sys.argv = ["rltrain"] + sys.argv[1:]
 try:
