@@ -95,7 +95,8 @@ def set_threads(cfg: RunConfig, world_size: int) -> threads.CpuBudget:
 def warn_if_loaded(cfg: RunConfig, local_world: int) -> None:
     """One line when the machine is already busy with other work as the run starts."""
     cores = cpu_budget(cfg, local_world).threads * local_world
-    text = threads.load_warning(os.getloadavg()[0], cores)
+    load1 = os.getloadavg()[0]
+    text = threads.load_warning(load1, threads.others_busy_now() if load1 > cores else 0.0, cores)
     if text:
         print(f"rltrain: warning: {text}", file=sys.stderr, flush=True)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,11 +109,45 @@ def cpu_budget(local_world: int = 1, *, configured: int = 0, affinity: int | Non
     return CpuBudget(n, why)
 
 
-def load_warning(load1: float, cores: int) -> str | None:
+# Other processes keeping less than this many of the run's cores busy right now do not count: the
+# load average lags by a minute (a job that has just ended still shows), a shell or logger is noise.
+BUSY_NOW_CORES = 0.5
+
+
+def load_warning(load1: float, busy_now: float, cores: int) -> str | None:
     """The start-of-run warning when the 1-minute load average already exceeds the cores the run will
-    use (another process is computing on them), else None."""
-    if load1 <= cores:
+    use and other processes are computing on them right now (``busy_now`` cores, from
+    ``others_busy_now``), else None."""
+    if load1 <= cores or busy_now < BUSY_NOW_CORES:
         return None
-    return (f"the load average is {load1:.1f} on the {cores} core{'s' if cores != 1 else ''} this run uses: "
-            f"other processes are computing on them, so steps will be slower (rltrain's threads sleep while "
-            f"they wait instead of spinning; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
+    return (f"the load average is {load1:.1f} on the {cores} core{'s' if cores != 1 else ''} this run uses and "
+            f"other processes keep {busy_now:.1f} of them busy: steps will be slower (rltrain's threads sleep "
+            f"while they wait instead of spinning; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
+
+
+def busy_seconds(cpus: set[int], stat: Path = Path("/proc/stat")) -> float | None:
+    """Seconds the cores in ``cpus`` have been busy since boot, summed (None where /proc is absent)."""
+    try:
+        lines = stat.read_text().splitlines()
+    except OSError:
+        return None
+    busy = 0
+    for line in lines:
+        name, *values = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            # user nice system idle iowait irq softirq steal: busy is all but idle and iowait
+            fields = [int(x) for x in values[:8]]
+            busy += sum(fields) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def others_busy_now(window_s: float = 0.3) -> float:
+    """Cores of this process's affinity that other processes kept busy over the next ``window_s``
+    (this process sleeps meanwhile); 0 where it cannot be read."""
+    cpus = os.sched_getaffinity(0)
+    before, own0 = busy_seconds(cpus), sum(os.times()[:2])
+    time.sleep(window_s)
+    after, own1 = busy_seconds(cpus), sum(os.times()[:2])
+    if before is None or after is None:
+        return 0.0
+    return max(0.0, (after - before) - (own1 - own0)) / window_s

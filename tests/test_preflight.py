@@ -138,6 +138,9 @@ def noise(stdout: str, stderr: str) -> list[str]:
     """Lines of a run's output that are warnings or stderr text, minus progress bars."""
     out = []
     for line in re.split(r"[\r\n]+", stderr):
+        # The machine is busy with other work as the run starts (rltrain/threads.py): a user can act on it.
+        if line.startswith("rltrain: warning: the load average is"):
+            continue
         if line.strip() and not _PROGRESS.search(line):
             out.append(f"stderr: {line.strip()}")
     for line in stdout.splitlines():

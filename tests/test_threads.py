@@ -66,13 +66,14 @@ def test_cpu_budget_says_why():
 
 
 def test_load_warning_text():
-    assert threads.load_warning(2.0, 2) is None
-    assert threads.load_warning(0.4, 1) is None
-    assert threads.load_warning(3.26, 2) == (
-        "the load average is 3.3 on the 2 cores this run uses: other processes are computing on them, so steps "
-        f"will be slower (rltrain's threads sleep while they wait instead of spinning; "
+    assert threads.load_warning(2.0, 1.0, 2) is None
+    assert threads.load_warning(0.4, 1.0, 1) is None
+    assert threads.load_warning(3.5, 0.2, 2) is None  # a job that has just ended: nothing busy now
+    assert threads.load_warning(3.26, 1.04, 2) == (
+        "the load average is 3.3 on the 2 cores this run uses and other processes keep 1.0 of them busy: steps "
+        "will be slower (rltrain's threads sleep while they wait instead of spinning; "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')})")
-    assert "on the 1 core this run uses" in threads.load_warning(1.5, 1)
+    assert "on the 1 core this run uses" in threads.load_warning(1.5, 1.0, 1)
 
 
 def test_launch_prints_the_warning_once_when_loaded(monkeypatch, capsys):
@@ -81,6 +82,7 @@ def test_launch_prints_the_warning_once_when_loaded(monkeypatch, capsys):
     cfg = RunConfig()
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.setattr(threads, "cgroup_cpu_quota", lambda: None)
+    monkeypatch.setattr(threads, "others_busy_now", lambda: 1.0)
     monkeypatch.setattr(os, "getloadavg", lambda: (0.9, 3.0, 3.0))
     warn_if_loaded(cfg, 1)
     assert capsys.readouterr().err == ""
@@ -88,6 +90,34 @@ def test_launch_prints_the_warning_once_when_loaded(monkeypatch, capsys):
     warn_if_loaded(cfg, 1)
     err = capsys.readouterr().err
     assert err.startswith("rltrain: warning: the load average is 4.0 on the 2 cores") and err.count("\n") == 1
+    monkeypatch.setattr(threads, "others_busy_now", lambda: 0.1)
+    warn_if_loaded(cfg, 1)
+    assert capsys.readouterr().err == ""
+
+
+def test_busy_seconds_reads_only_the_given_cores(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  900 0 100 5000 0 0 0 0 0 0\n"
+                    "cpu0 100 0 0 1000 50 0 0 0 0 0\n"
+                    "cpu1 200 10 20 1000 0 0 0 5 0 0\n"
+                    "cpu2 600 0 80 3000 0 0 0 0 0 0\n"
+                    "intr 12345\n")
+    assert threads.busy_seconds({0, 1}, stat) == pytest.approx((100 + 235) / os.sysconf("SC_CLK_TCK"))
+    assert threads.busy_seconds({0}, tmp_path / "absent") is None
+
+
+def test_others_busy_now_sees_a_busy_process():
+    """A real competitor pinned to this process's first core: counted as about one busy core (the
+    measuring process sleeps meanwhile). Bounds are wide: the machine may be doing other work too."""
+    cpu = min(os.sched_getaffinity(0))
+    hog = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"])
+    try:
+        import time
+        time.sleep(0.5)
+        assert 0.6 <= threads.others_busy_now(0.5) <= len(os.sched_getaffinity(0)) + 0.2
+    finally:
+        hog.kill()
+        hog.wait()
 
 
 def test_set_wait_policy_keeps_the_users():
