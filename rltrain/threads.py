@@ -2,20 +2,20 @@
 
 A run on a 2-core machine used to pin ``OMP_NUM_THREADS`` to every core it saw. When another
 process took one of those cores, each parallel region waited for the thread that had been
-descheduled while its partner spun, and steps became 5-8x slower instead of 2x. Three things fix
-that (measurements: docs/results.md, "Sharing the CPU"):
+descheduled while its partner spun, and steps became several times slower instead of about 2x.
+What this module does about it (measurements: docs/results.md, "Sharing the CPU"):
 
 - **The cores a rank may use** are the smallest of its CPU affinity (``sched_getaffinity``), its
   cgroup's CPU quota (``cpu.max`` in cgroup v2, ``cpu.cfs_quota_us`` in v1; a container's
   ``--cpus``) and Slurm's ``SLURM_CPUS_PER_TASK``, shared by the ranks on the machine.
 - **Threads that sleep when they wait**: ``OMP_WAIT_POLICY=PASSIVE`` unless the user set it
   (``rltrain.cli`` and ``rltrain.launch`` set it before torch is imported; OpenMP reads it once, at
-  load). With one busy competitor on 2 cores this alone brought a SmolLM2-sized forward + backward
-  from 4.8x to 1.6x its uncontended time, the same as computing with one thread; so the thread
-  count stays fixed for the run (which keeps a seed's arithmetic the same on a busy machine).
-
-At start, ``load_warning`` says in one line when the load average already exceeds the cores the
-run will use.
+  load). Beside one busy process on 2 cores this brought a SmolLM2-sized forward + backward from
+  2.1x to 1.5x its uncontended time and KV-cached decoding from 2.6x to 1.3x, as fast as computing
+  with one thread; so the thread count stays fixed for the run (which keeps a seed's arithmetic
+  the same on a busy machine).
+- **A warning at start** (``load_warning``), one line, when the load average already exceeds the
+  run's cores and other processes are busy on them right now.
 """
 from __future__ import annotations
 
