@@ -78,8 +78,9 @@ def cpu_budget(cfg: RunConfig, local_world: int) -> threads.CpuBudget:
     per task, else this process's usable cores (affinity, cgroup quota) shared by the ranks on this
     machine (oversubscription is slow)."""
     slurm_cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    from_slurm = slurm_world() is not None and slurm_cpus.isdigit()
     return threads.cpu_budget(local_world, configured=cfg.launch.threads_per_rank,
-                              slurm_cpus=int(slurm_cpus) if slurm_world() is not None and slurm_cpus.isdigit() else None)
+                              slurm_cpus=int(slurm_cpus) if from_slurm else None)
 
 
 def set_threads(cfg: RunConfig, world_size: int) -> threads.CpuBudget:

@@ -34,7 +34,8 @@ def set_wait_policy(environ=os.environ) -> str:
     return environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
 
 
-def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup"),
+                     proc_cgroup: Path = Path("/proc/self/cgroup")) -> float | None:
     """The CPU quota of this process's cgroup in cores (``cpu.max`` ``"200000 100000"`` -> 2.0), or
     None when there is none (``max``), or when it cannot be read."""
     try:

@@ -62,7 +62,8 @@ def test_cpu_budget(kw, want):
 
 def test_cpu_budget_says_why():
     assert threads.cpu_budget(affinity=8, quota=2.5).why == "the cgroup's CPU quota of 2.5 cores"
-    assert threads.cpu_budget(2, affinity=4, quota=None).why == "4 cores in this process's CPU affinity, shared by 2 ranks"
+    assert (threads.cpu_budget(2, affinity=4, quota=None).why
+            == "4 cores in this process's CPU affinity, shared by 2 ranks")
 
 
 def test_load_warning_text():
