@@ -6,7 +6,8 @@ generator options, e.g. ``{min_terms: 2, max_terms: 3}`` for ``chain_sum``). Eac
 ``round(size * weight / total weight)`` training items from a seed derived from ``data.seed`` and the
 task, and ``n_test`` held-out items per task from another; a held-out question never appears in
 training. The item's metadata rides in ``Sample.meta["entry"]`` for the reward
-(``rltrain.rewards.reasoning_gym``), which scores with the task's own ``score_answer``.
+(``rltrain.rewards.reasoning_gym``), which scores with the task's own ``score_answer``. Its ``solution``
+is the answer in the tags (``<answer>42</answer>``): ``algo=sft data=reasoning_gym`` teaches the format.
 """
 from __future__ import annotations
 
@@ -68,5 +69,6 @@ def reasoning_gym(*, tasks: list, size: int = 1000, n_test: int = 100, seed: int
         for split, rows in (("train", items), ("test", held)):
             out = train if split == "train" else test
             out += [Sample(id=f"{split}-{name}-{i}", question=f"{x['question']}\n\n{instruction}",
-                           answer=str(x["answer"]), meta={"task": name, "entry": x}) for i, x in enumerate(rows)]
+                           answer=str(x["answer"]), solution=f"<answer>{x['answer']}</answer>",
+                           meta={"task": name, "entry": x}) for i, x in enumerate(rows)]
     return DatasetSplits(train=train, test=test)

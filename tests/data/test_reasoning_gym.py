@@ -46,3 +46,13 @@ def test_scores_partial_credit_and_binarize():
     binary = ReasoningGymReward(binarize=True)([s] * 3, completions)
     assert binary.scores == [1.0, 0.0, 0.0]
     assert binary.info["reasoning_gym/raw_score"] == raw.scores  # logged either way
+
+
+def test_solution_is_the_answer_in_tags_and_scores_one():
+    """algo=sft data=reasoning_gym trains on the items' own answers in the tags the reward reads."""
+    from rltrain.data.sft import to_sft_pairs
+
+    sp = reasoning_gym(tasks=["chain_sum", "leg_counting"], size=6, n_test=2, seed=0)
+    pairs = to_sft_pairs(sp.train)
+    assert [p.response for p in pairs] == [f"<answer>{s.answer}</answer>" for s in sp.train]
+    assert ReasoningGymReward(binarize=True)(sp.train, [p.response for p in pairs]).scores == [1.0] * 6
