@@ -1,7 +1,7 @@
 """Model loading: the real SmolLM2-135M-Instruct (offline, from a GGUF inside a pip package), a
 tiny random Llama for tests, or any Hugging Face causal LM (hub id or local directory).
 
-The SmolLM2 GGUF is dequantised by transformers on first use (~25 s) and saved once in HF format
+The SmolLM2 GGUF is dequantised on first use (``engine.gguf_convert``, ~10 s) and saved once in HF format
 under the cache directory (``$RLTRAIN_CACHE`` or ``~/.cache/rltrain``); later loads take seconds.
 The conversion writes into a temporary directory and renames it into place, so a crash during
 conversion never leaves a half-written model that a later run would pick up.
@@ -275,24 +275,15 @@ def smollm2_dir() -> Path:
     target = cache_dir() / "models" / "smollm2-135m-instruct"
     if (target / "config.json").exists():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from rltrain.engine.gguf_convert import convert_llama
 
     gguf = _smollm2_gguf_path()
-    log.info("converting %s to HF format in %s (one time, ~30 s)", gguf.name, target)
+    log.info("converting %s to HF format in %s (one time, ~10 s)", gguf.name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-        )
-        # A GGUF-loaded model carries a quantizer; save_pretrained refuses it until removed.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        with no_hf_progress_bars():  # the conversion's own bar above reports the progress
-            model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        with no_hf_progress_bars():
+            convert_llama(gguf, tmp)
         try:
             tmp.rename(target)
         except OSError:  # another process converted it meanwhile
