@@ -162,3 +162,24 @@ def test_auto_dtype_reason_and_probe_cache(tmp_path, monkeypatch):
     assert cpu_bf16_probe() == probe  # cached: not re-measured
     dtype, why = choose_dtype("auto")
     assert dtype in ("fp32", "bf16") and why.startswith("auto:")
+
+
+def test_auto_picks_bf16_on_a_cpu_only_where_the_probe_says_it_is_faster(monkeypatch):
+    """auto on a CPU: fp32 without native bf16; with it, bf16 only when the probe's bf16/fp32 time ratio
+    is at most PROBE_MARGIN (and the eight-seed parity holds: CPU_BF16_TRAINS_LIKE_FP32); the reason
+    names the measured times either way."""
+    from rltrain.engine import model as m
+
+    monkeypatch.setattr(m.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(m, "fast_bf16", lambda: False)
+    assert m.choose_dtype("auto") == ("fp32", "auto: CPU without avx512_bf16/AMX (bf16 would be emulated)")
+    monkeypatch.setattr(m, "fast_bf16", lambda: True)
+    for ratio, parity, expected in [(0.36, True, "bf16"), (0.8, True, "bf16"), (0.81, True, "fp32"),
+                                    (0.36, False, "fp32")]:
+        monkeypatch.setattr(m, "cpu_bf16_probe", lambda: {"fp32_s": 0.0137, "bf16_s": 0.0137 * ratio,
+                                                          "ratio": ratio, "key": "k"})
+        monkeypatch.setattr(m, "CPU_BF16_TRAINS_LIKE_FP32", parity)
+        dtype, why = m.choose_dtype("auto")
+        assert dtype == expected, (ratio, parity)
+        assert why.startswith("auto: CPU matmul probe bf16") and f"fp32 13.7 ms (ratio {ratio}" in why
+        assert ("model.dtype=bf16 to use it" in why) == (ratio <= 0.8 and not parity)
