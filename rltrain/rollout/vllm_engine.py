@@ -118,13 +118,14 @@ class VLLMEngine:
         # In-process engine core: the weights iterator of a push is passed by reference, and there is
         # no engine process that could outlive the trainer.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        bind = {}  # set while the engine starts (its worker binds then), not left to later engines or children
         if not on_gpu and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
             # "auto" leaves one thread on a 2-core machine; bind to the cores this rank computes on:
             # local rank r of the machine takes the r-th block of its threads-per-rank cores.
             n, allowed = threads or torch.get_num_threads(), sorted(os.sched_getaffinity(0))
             first = int(os.environ.get("LOCAL_RANK", "0")) * n % len(allowed)
             cores = (allowed + allowed)[first:first + min(n, len(allowed))]
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cores)
+            bind["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cores)
         from vllm import LLM
 
         placement = {}  # where it runs: the GPU share, the trainer's process group
@@ -148,16 +149,21 @@ class VLLMEngine:
         if getattr(module, "generation_config", None) is not None:
             module.generation_config.save_pretrained(self._dir.name)
         t0 = time.time()
-        self.llm = LLM(model=self._dir.name, dtype=VLLM_DTYPES[dtype], load_format="dummy", seed=seed,
-                       enforce_eager=True,  # torch.compile: 60-90 s more start-up on a CPU, its cache never loads
-                       kv_cache_memory_bytes=int(kv_cache_gb * 2**30), max_model_len=max_model_len,
-                       logprobs_mode="processed_logprobs", enable_prefix_caching=True,
-                       # A prompt is never split over engine steps: a request whose prefill is chunked has its
-                       # seeded generator rewound after the step (set_offset), which a CPU generator cannot do
-                       # (vLLM 0.32 raises "CPU Generator does not use offset"; seen with SPO-chain's many
-                       # continuations). Unchunked, a step holds up to this many tokens, a prompt at least.
-                       enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 8192), **placement)
+        with _environ(bind):
+            self.llm = LLM(model=self._dir.name, dtype=VLLM_DTYPES[dtype], load_format="dummy", seed=seed,
+                           enforce_eager=True,  # torch.compile: 60-90 s more start-up on a CPU, its cache never loads
+                           kv_cache_memory_bytes=int(kv_cache_gb * 2**30), max_model_len=max_model_len,
+                           logprobs_mode="processed_logprobs", enable_prefix_caching=True,
+                           # A prompt is never split over engine steps: a request whose prefill is chunked has its
+                           # seeded generator rewound after the step (set_offset), which a CPU generator cannot do
+                           # (vLLM 0.32 raises "CPU Generator does not use offset"; seen with SPO-chain's many
+                           # continuations). Unchunked, a step holds up to this many tokens, a prompt at least.
+                           enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 8192), **placement)
         self.start_s = time.time() - t0
+        # vLLM's sampler torch.compiles two small functions (the sampled token's rank among the vocabulary,
+        # a random draw) whatever enforce_eager says: on a CPU the compile at the first generate took 2-5 s, more
+        # than the eager versions cost over a run. Eager on a CPU, inside this engine's calls only.
+        self._eager = contextlib.nullcontext if on_gpu else lambda: torch.compiler.set_stance("force_eager")
         self._closed = False
         atexit.register(self.close)  # a run that raises still shuts the engine down
         push_s = self.push(module)
@@ -193,7 +199,8 @@ class VLLMEngine:
                     top_k=params.top_k, stop_token_ids=list(eos_token_ids), stop=list(params.stop_strings) or None,
                     include_stop_str_in_output=True, detokenize=bool(params.stop_strings), logprobs=0,
                     seed=sequence_seed(base, first_prompt_index + i, j)))
-        outs = self.llm.generate(requests, sampling, use_tqdm=False)
+        with self._eager():
+            outs = self.llm.generate(requests, sampling, use_tqdm=False)
         done = [o.outputs[0] for o in outs]
         N, T = len(done), max(1, max(len(c.token_ids) for c in done))
         tokens = torch.full((N, T), pad_token_id, dtype=torch.long)
@@ -220,6 +227,19 @@ class VLLMEngine:
             self.llm.llm_engine.engine_core.shutdown()
         del self.llm
         self._dir.cleanup()
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    """``values`` set in ``os.environ`` inside the block and removed after it. The thread binding of an engine
+    is read while it starts; left set, it would bind a later engine of the process, and every process started
+    from it (a test's runs, several ranks), to this engine's cores."""
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k in values:
+            os.environ.pop(k, None)
 
 
 @contextlib.contextmanager
