@@ -2,6 +2,8 @@
 trainer's weights, vLLM's sampled-token log-probs equal the training forward's (fp32, 1e-4), for a plain
 (untied) policy, a LoRA policy (pushed merged) and a tied-head policy; each check also shows it would see a
 stale engine. One engine per policy architecture, started once for this module."""
+import os
+
 import psutil
 import pytest
 import torch
@@ -13,6 +15,8 @@ from rltrain.rollout import SamplingParams, response_logprobs
 from rltrain.rollout.vllm_engine import VLLMEngine, policy_state
 
 TEMPERATURE = 0.7
+BIND = "VLLM_CPU_OMP_THREADS_BIND"
+BIND_BEFORE = os.environ.get(BIND)  # this process's thread binding for vLLM before any engine started
 PARAMS = SamplingParams(max_new_tokens=12, temperature=TEMPERATURE, n=3)
 
 
@@ -65,7 +69,11 @@ def tied():
 
 def test_plain_policy_logprobs_match_after_push(untied):
     engine, model, tok = untied
+    from torch._dynamo.utils import counters
+
+    compiled = counters["frames"]["total"]
     assert max_gap(engine, model, tok) < 1e-4  # the weights it started with
+    assert counters["frames"]["total"] == compiled  # vLLM's sampler ran eager (no torch.compile at the first call)
     train_step(model, seed=1)
     assert max_gap(engine, model, tok) > 1e-2  # not pushed yet: the check sees a stale engine
     assert engine.push(model) < 30
@@ -164,9 +172,13 @@ def test_bf16_policy_after_a_real_optimizer_step_and_push():
 
 
 def test_close_leaves_no_process_or_engine(tied):
-    """The engine runs in this process (no engine-core or worker process), and close frees it."""
+    """The engine runs in this process (no engine-core or worker process), leaves this process's environment as
+    it found it, and close frees it."""
     engine, _, _ = tied
     assert psutil.Process().children(recursive=True) == []  # while it runs: nothing of it outside this process
+    # Its thread binding was set for its start only: a later engine here, or a process started from here (a
+    # test's run, a rank), binds to its own cores, not to this engine's.
+    assert os.environ.get(BIND) == BIND_BEFORE
     engine.close()
     engine.close()  # idempotent (the atexit hook and the fixture call it again)
     assert not hasattr(engine, "llm")

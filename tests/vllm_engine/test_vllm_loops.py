@@ -11,7 +11,7 @@ import pytest
 
 from tests.cli import metrics, run_ok
 from tests.loops.test_samples_e2e import samples
-from tests.vllm_engine.test_vllm_grpo import ARGS, marked_processes
+from tests.vllm_engine.test_vllm_grpo import ARGS, marked_processes, run_beside
 
 LOOPS = {"ppo": ["algo=ppo"],
          "spo_chain": ["algo=spo_chain", "algo.mc_rollouts=2", "algo.cut_interval=3"],
@@ -24,8 +24,10 @@ EVAL = ["eval.n=2", "eval.temperature=1.0", "eval.k=[2]", "eval.cache_base=false
 @pytest.mark.parametrize("loop", sorted(LOOPS))
 def test_two_steps_with_vllm(loop, tmp_path):
     args = [*ARGS, *LOOPS[loop], *EVAL]
+    one_step = ["train.steps=1"] + (["algo.rounds=1"] if loop == "iterative_dpo" else [])  # round 0's first step
     mark = uuid.uuid4().hex
-    out = run_ok([*args, "rollout.engine=vllm"], tmp_path / "vllm", RLTRAIN_TEST_MARK=mark)
+    with run_beside([*args, "rollout.engine=rltrain", *one_step], tmp_path / "own"):
+        out = run_ok([*args, "rollout.engine=vllm"], tmp_path / "vllm", RLTRAIN_TEST_MARK=mark)
     rows = metrics(tmp_path / "vllm")
     assert [r["step"] for r in rows] == [1, 2], out[-3000:]
     assert all(r["time/weight_sync"] > 0 for r in rows)  # pushed after each update
@@ -34,8 +36,7 @@ def test_two_steps_with_vllm(loop, tmp_path):
     if loop == "spo_chain":
         assert all(r["spo/cut_states"] > 0 and r["spo/mc_tokens"] > 0 for r in rows)
     assert marked_processes(mark) == []
-    one_step = ["train.steps=1"] + (["algo.rounds=1"] if loop == "iterative_dpo" else [])  # round 0's first step
-    run_ok([*args, "rollout.engine=rltrain", *one_step], tmp_path / "own")
+
     def texts(run: str, kind: str, step: int) -> list[str]:
         return [r["completion"] for r in samples(tmp_path / run) if r["kind"] == kind and r["step"] == step]
 

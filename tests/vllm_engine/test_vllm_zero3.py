@@ -94,20 +94,20 @@ def test_zero3_two_ranks_push_matches_the_trainer(tmp_path):
         assert rec["pushed"] < 1e-4, (r, rec)
 
 
-def test_grpo_two_ranks_zero3_with_vllm(tmp_path):
-    """The command with 2 ranks under ZeRO-3 and an engine per rank: step 1 samples what a 1-rank vLLM run samples
-    (the seeds follow global prompt positions; same rollout metrics), step 2 samples with step 1's pushed update
-    (log-probs the trainer's), and no process of the run is left."""
+def test_grpo_two_ranks_zero3_with_vllm(vllm_run, tmp_path):
+    """The command with 2 ranks under ZeRO-3 and an engine per rank: step 1 samples what the session's 1-rank
+    vLLM run samples (the seeds follow global prompt positions and the step, not the evaluation before it or the
+    run's length; same rollout metrics), step 2 samples with step 1's pushed update (log-probs the trainer's),
+    and no process of the run is left."""
     import uuid
 
     from tests.cli import metrics, run_ok
     from tests.vllm_engine.test_vllm_grpo import ARGS, marked_processes
 
-    args = [*ARGS, "rollout.engine=vllm", "eval.at_start=false"]
-    run_ok(args, tmp_path / "one")
     mark = uuid.uuid4().hex
-    out = run_ok([*args, "launch.nproc_per_node=2", "deepspeed=zero3"], tmp_path / "two", RLTRAIN_TEST_MARK=mark)
-    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    out = run_ok([*ARGS, "rollout.engine=vllm", "eval.at_start=false", "launch.nproc_per_node=2", "deepspeed=zero3"],
+                 tmp_path / "two", RLTRAIN_TEST_MARK=mark)
+    one, two = metrics(vllm_run.dir), metrics(tmp_path / "two")
     assert [r["step"] for r in two] == [1, 2] and all("time/weight_sync" in r for r in two), out[-3000:]
     assert all(r["mismatch/abs_dlogp_mean"] < 1e-4 for r in two), [r["mismatch/abs_dlogp_mean"] for r in two]
     for k in ("reward/mean", "response/length_mean", "response/length_max"):
