@@ -160,10 +160,6 @@ class VLLMEngine:
                            # continuations). Unchunked, a step holds up to this many tokens, a prompt at least.
                            enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 8192), **placement)
         self.start_s = time.time() - t0
-        # vLLM's sampler torch.compiles two small functions (the sampled token's rank among the vocabulary,
-        # a random draw) whatever enforce_eager says: on a CPU the compile at the first generate took 2-5 s, more
-        # than the eager versions cost over a run. Eager on a CPU, inside this engine's calls only.
-        self._eager = contextlib.nullcontext if on_gpu else lambda: torch.compiler.set_stance("force_eager")
         self._closed = False
         atexit.register(self.close)  # a run that raises still shuts the engine down
         push_s = self.push(module)
@@ -199,8 +195,7 @@ class VLLMEngine:
                     top_k=params.top_k, stop_token_ids=list(eos_token_ids), stop=list(params.stop_strings) or None,
                     include_stop_str_in_output=True, detokenize=bool(params.stop_strings), logprobs=0,
                     seed=sequence_seed(base, first_prompt_index + i, j)))
-        with self._eager():
-            outs = self.llm.generate(requests, sampling, use_tqdm=False)
+        outs = self.llm.generate(requests, sampling, use_tqdm=False)
         done = [o.outputs[0] for o in outs]
         N, T = len(done), max(1, max(len(c.token_ids) for c in done))
         tokens = torch.full((N, T), pad_token_id, dtype=torch.long)

@@ -5,12 +5,21 @@ left out (not skipped): the run that is meant to have vLLM then collects no test
 Most of the folder's time is vLLM's start-up (an import and an engine per run), so a finished vLLM run that
 several tests read is made once per session (``vllm_run``)."""
 import importlib.util
+import os
 import uuid
 from types import SimpleNamespace
 
 import pytest
+import torch._dynamo.config
 
 collect_ignore_glob = [] if importlib.util.find_spec("vllm") else ["test_*.py"]
+
+# vLLM's sampler torch.compiles two small functions (the sampled token's rank, a random draw) at an engine's
+# first generate, enforce_eager or not: 2-5 s in every process on this CPU. The runs these tests start skip it
+# (TORCH_COMPILE_DISABLE in their environment; rltrain compiles nothing itself); the engines of this process
+# compile as a user's run does, and test_vllm_engine checks that both sample the same tokens and log-probs.
+os.environ["TORCH_COMPILE_DISABLE"] = "1"
+torch._dynamo.config.disable = False
 
 
 @pytest.fixture(scope="session")
