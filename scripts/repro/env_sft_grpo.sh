@@ -2,7 +2,8 @@
 # SFT warm start, then GRPO from its checkpoint, for one seed (docs/environments.md, "Results"):
 #   scripts/repro/env_sft_grpo.sh calculator SEED   # +experiment=env_calculator_sft, then +experiment=calculator
 #   scripts/repro/env_sft_grpo.sh rg SEED           # +experiment=env_rg_sft, then +experiment=env_rg_grpo
-# Runs land in ${OUT:-outputs/env_runs}/<task>_s<SEED>/{sft,grpo}; a finished stage is skipped. Extra arguments
+# Runs land in ${OUT:-outputs/env_runs}/<task>_s<SEED>/{sft,grpo}; a finished stage is skipped; of the SFT
+# checkpoint only the policy is kept, and GRPO saves none (a run's metrics.jsonl holds the table's numbers). Extra arguments
 # go to both rltrain calls (e.g. launch.threads_per_rank=2). RLTRAIN, PYTHON: the commands (default .venv's).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,5 +27,7 @@ case $task in
 esac
 finished "$dir/sft" || "$RLTRAIN" "${sft[@]}" seed="$seed" hydra.run.dir="$dir/sft" "$@"
 ckpt=$(ls -d "$dir"/sft/checkpoints/step_*/policy | sort -V | tail -1)
+rm -f "$(dirname "$ckpt")/trainer.pt"  # the optimizer state (1.6 GB): GRPO loads the policy only
+# GRPO's own final checkpoint is not needed for the table (checkpoint.save_final=false: 2.2 GB a run)
 finished "$dir/grpo" || "$RLTRAIN" "${grpo[@]}" model=hf model.path="$ckpt" seed="$seed" \
-  hydra.run.dir="$dir/grpo" "$@"
+  checkpoint.save_final=false hydra.run.dir="$dir/grpo" "$@"

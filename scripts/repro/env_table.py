@@ -33,10 +33,30 @@ def cell(e: dict | None, tools: bool) -> str:
     return f"{acc} / {100 * e.get('tool_call_rate', 0):.0f}%" if tools else acc
 
 
+def steps(run: Path) -> list[dict]:
+    f = run / "metrics.jsonl"
+    rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.exists() else []
+    return [r for r in rows if "event" not in r and "reward/accuracy" in r]
+
+
+def training(run: Path, tools: bool) -> str:
+    """GRPO's sampled episodes (T = rollout.temperature): accuracy (and tool-call rate), first → last step."""
+    st = steps(run)
+    if not st:
+        return "-"
+
+    def one(r: dict) -> str:
+        acc = f"{100 * r['reward/accuracy']:.0f}%"
+        return f"{acc} / {100 * r.get('env/called_tool', 0):.0f}%" if tools else acc
+
+    return f"{one(st[0])} → {one(st[-1])}"
+
+
 def table(root: Path, task: str, base: dict | None = None) -> str:
     tools = task == "calculator"
     head = "accuracy / tool-call rate" if tools else "accuracy"
-    out = [f"| {task} seed | base: {head} | after SFT | after SFT + GRPO |", "|---|---|---|---|"]
+    out = [f"| {task} seed | base: {head} | after SFT | after SFT + GRPO | GRPO's samples, step 1 → last |",
+           "|---|---|---|---|---|"]
     for run in sorted(p for p in root.glob(f"{task}_s*") if p.is_dir()):
         sft_first, sft_last = first_last(run / "sft")
         grpo_first, grpo_last = first_last(run / "grpo")
@@ -44,7 +64,8 @@ def table(root: Path, task: str, base: dict | None = None) -> str:
             b, mid = base, grpo_first
         else:  # the SFT run evaluates base and after SFT; GRPO's first evaluation is off
             b, mid = sft_first, sft_last
-        out.append(f"| {run.name.split('_s')[-1]} | {cell(b, tools)} | {cell(mid, tools)} | {cell(grpo_last, tools)} |")
+        out.append(f"| {run.name.split('_s')[-1]} | {cell(b, tools)} | {cell(mid, tools)} | {cell(grpo_last, tools)} "
+                   f"| {training(run / 'grpo', tools)} |")
     return "\n".join(out)
 
 
