@@ -65,7 +65,8 @@ def reasoning_gym(*, tasks: list, size: int = 1000, n_test: int = 100, seed: int
         held = _items(name, n_test, seed * 1_000_003 + key + 1, config) if n_test else []
         seen = {x["question"] for x in held}
         n = round(size * weight / total)
-        items = [x for x in _items(name, n + len(seen), seed * 1_000_003 + key, config) if x["question"] not in seen][:n]
+        items = [x for x in _items(name, n + len(seen), seed * 1_000_003 + key, config)
+                 if x["question"] not in seen][:n]
         for split, rows in (("train", items), ("test", held)):
             out = train if split == "train" else test
             out += [Sample(id=f"{split}-{name}-{i}", question=f"{x['question']}\n\n{instruction}",

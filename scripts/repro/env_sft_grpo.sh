@@ -3,8 +3,9 @@
 #   scripts/repro/env_sft_grpo.sh calculator SEED   # +experiment=env_calculator_sft, then +experiment=calculator
 #   scripts/repro/env_sft_grpo.sh rg SEED           # +experiment=env_rg_sft, then +experiment=env_rg_grpo
 # Runs land in ${OUT:-outputs/env_runs}/<task>_s<SEED>/{sft,grpo}; a finished stage is skipped; of the SFT
-# checkpoint only the policy is kept, and GRPO saves none (a run's metrics.jsonl holds the table's numbers). Extra arguments
-# go to both rltrain calls (e.g. launch.threads_per_rank=2). RLTRAIN, PYTHON: the commands (default .venv's).
+# checkpoint only the policy is kept, and GRPO saves none (a run's metrics.jsonl holds the table's numbers).
+# Extra arguments go to both rltrain calls (e.g. launch.threads_per_rank=2). RLTRAIN, PYTHON: the commands
+# (default .venv's).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/repro/lib.sh
