@@ -44,6 +44,7 @@ def test_spo_chain_raw_recipe_is_the_e2_cell_it_cites():
     assert cfg.algo.name == "spo_chain"
     assert (cfg.algo.adv_whiten, cfg.algo.prob_mask, cfg.algo.kl_coef) == ("none", False, 0.0)
     assert (cfg.train.prompts_per_step, cfg.train.samples_per_prompt) == (8, 8)
+    assert cfg.train.lr_schedule == "constant"  # pinned: its numbers predate the cosine default
     plain = to_run_config(compose_or_explain(["algo=spo_chain"]))
     assert (plain.algo.adv_whiten, plain.algo.prob_mask) == ("batch", True)  # the official recipe stays the default
 
@@ -51,6 +52,10 @@ def test_spo_chain_raw_recipe_is_the_e2_cell_it_cites():
 def test_default_is_grpo_smollm_arith():
     cfg = to_run_config(compose_or_explain([]))
     assert (cfg.algo.name, cfg.model.name, cfg.data.name, cfg.reward.name) == ("grpo", "smollm2_135m", "arith", "math")
+    # the recipe of docs/results.md "A recipe for every seed" (seeds 0-7, fp32 and bf16)
+    t = cfg.train
+    assert (t.steps, t.prompts_per_step, t.samples_per_prompt, t.lr, t.lr_schedule) == (6, 16, 8, 4e-5, "cosine")
+    assert (cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.model.dtype) == (0.7, 64, "auto")
 
 
 def test_unknown_key_lists_valid_keys():
