@@ -26,7 +26,8 @@ BUDGET_S=${BUDGET_S:-300}
 EXPS=("$@")
 [ ${#EXPS[@]} -gt 0 ] || EXPS=(E1 E2 E3)
 
-common=(train.prompts_per_step=8 train.lr_schedule=constant log.console=false resume=auto)  # the recipe measured
+# the recipe and dtype the tables were measured with
+common=(train.prompts_per_step=8 train.lr_schedule=constant model.dtype=fp32 log.console=false resume=auto)
 declare -A CELLS=(
   [E1_grpo]="algo=grpo train.samples_per_prompt=8 train.steps=$STEPS"
   [E1_chain]="algo=spo_chain algo.kl_coef=0 train.samples_per_prompt=8 train.steps=$STEPS"
