@@ -69,7 +69,9 @@ def phases(wall: float, rows: list[dict]) -> dict[str, float]:
     evals = [r for r in rows if r.get("event") == "eval"]
     split = {"whole run": wall}
     if evals:
-        split["evaluation before"] = evals[0].get("time_s", 0.0) if evals[0]["step"] == 0 else 0.0
+        # a cached base evaluation (eval.cache_base) logs the time it took when it was computed: not spent here
+        first = evals[0]
+        split["evaluation before"] = first.get("time_s", 0.0) if first["step"] == 0 and not first.get("cached") else 0.0
         split["evaluation after"] = evals[-1].get("time_s", 0.0) if evals[-1]["step"] > 0 else 0.0
     for key in ("time/rollout", "time/update", "time/reward", "time/step"):
         split[f"{len(steps)} steps: {key[5:]}"] = sum(r.get(key, 0.0) for r in steps)
