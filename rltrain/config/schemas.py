@@ -293,8 +293,9 @@ class ModelConfig:
     path: Optional[str] = None
     """Hub id or local directory (model=hf), or a saved tiny model."""
     dtype: str = one_of(("auto", "bf16", "fp32"), "auto")
-    """Compute dtype: auto (bf16 on a GPU that runs it natively, fp32 on CPUs; see
-    engine/model.py:resolve_dtype) | bf16 (fp32 master weights kept for the optimizer) | fp32."""
+    """Compute dtype: auto (bf16 on a GPU that runs it natively and on a CPU whose matmul probe finds
+    bf16 faster, else fp32; see engine/model.py:choose_dtype) | bf16 (fp32 master weights kept for the
+    optimizer) | fp32."""
     gradient_checkpointing: bool = False
     tiny_hidden_size: int = 64
     tiny_layers: int = 2
