@@ -39,6 +39,11 @@ ARGS = [
     "train.prompts_per_step=4", "train.samples_per_prompt=4", "train.minibatches_per_step=2",
     "train.micro_batch_size=2", "train.lr=1e-3", "checkpoint.every=1", "checkpoint.keep=3",
     "launch.threads_per_rank=1", "log.console=false",
+    # The constant lr these tests were written with. With the default's cosine schedule the final greedy
+    # evaluation of the 2-rank ZeRO-3 run deadlocks: its ranks stop decoding at different steps (the "7" stop
+    # string), and DeepSpeed's forward pre-hook runs a collective while its module trace is incomplete, though
+    # the policy is gathered. A known bug, open: docs/architecture.md "Known issues".
+    "train.lr_schedule=constant",
 ]
 COMPARED = ("actor/pg_loss", "actor/entropy", "actor/grad_norm", "actor/lr", "reward/mean",
             "response/length_mean")
